@@ -158,7 +158,7 @@ def parse_headwords(data: bytes, index_text: str) -> list[tuple[str, str]]:
     spans: set[tuple[int, int]] = set()
     for line in index_text.splitlines():
         parts = line.split("\t")
-        if len(parts) != 3 or parts[0].startswith("00-database") or parts[0].startswith("00database"):
+        if len(parts) != 3 or parts[0].startswith(("00-database", "00database")):
             continue
         spans.add((_b64_number(parts[1]), _b64_number(parts[2])))
     pairs: list[tuple[str, str]] = []
@@ -262,7 +262,8 @@ def build_ding_corpus(
     index_path = Path(index_path)
     if include_headwords and not index_path.is_file():
         raise FileNotFoundError(
-            f"Ding index not found at {index_path}; {_INSTALL_HINT.replace('dict_path', 'index_path')}."
+            f"Ding index not found at {index_path}; install it with "
+            "`apt-get install dict-freedict-eng-deu` or pass index_path=<freedict-eng-deu.index>."
         )
     if out_dir is None:
         out_dir = data_home() / ("ding-headwords" if include_headwords else "ding")
@@ -287,7 +288,11 @@ def build_ding_corpus(
 
     with open(dict_path, "rb") as fh:
         is_gzip = fh.read(2) == b"\x1f\x8b"
-    data = gzip.open(dict_path, "rb").read() if is_gzip else dict_path.read_bytes()
+    if is_gzip:
+        with gzip.open(dict_path, "rb") as fh:
+            data = fh.read()
+    else:
+        data = dict_path.read_bytes()
     text = data.decode("utf-8")
     pairs, malformed = parse_examples(text)
     stats = {"example_lines": len(pairs) + malformed, "malformed_lines": malformed}

@@ -92,7 +92,9 @@ def read_idx(path: str | Path) -> torch.Tensor:
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_TYPES:
         allowed = ", ".join(f"0x{c:02X}" for c in _IDX_TYPES)
-        raise IdxFormatError(f"{path}: unknown IDX type code 0x{type_code:02X} (allowed: {allowed})")
+        raise IdxFormatError(
+            f"{path}: unknown IDX type code 0x{type_code:02X} (allowed: {allowed})"
+        )
     if ndim == 0:
         raise IdxFormatError(f"{path}: IDX header declares 0 dimensions")
     header_len = 4 + 4 * ndim
@@ -105,8 +107,8 @@ def read_idx(path: str | Path) -> torch.Tensor:
     expected = header_len + itemsize * int(np.prod(dims, dtype=np.int64))
     if len(raw) != expected:
         raise IdxFormatError(
-            f"{path}: header says dims {dims} of {itemsize}-byte elements ({expected} bytes in all) "
-            f"but the file holds {len(raw)} bytes"
+            f"{path}: header says dims {dims} of {itemsize}-byte elements "
+            f"({expected} bytes in all) but the file holds {len(raw)} bytes"
         )
     array = np.frombuffer(raw, dtype=np_dtype, offset=header_len).reshape(dims)
     # astype to native order (and a copy, so the tensor owns writable memory).

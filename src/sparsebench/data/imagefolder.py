@@ -93,7 +93,8 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
                 )
             self.samples.extend((p, self.class_to_idx[name]) for p in files)
         if transform is None:
-            transform = imagenet_train_transform() if split == "train" else imagenet_eval_transform()
+            is_train = split == "train"
+            transform = imagenet_train_transform() if is_train else imagenet_eval_transform()
         self.transform = transform
         self.split = split
 

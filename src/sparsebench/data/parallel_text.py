@@ -144,7 +144,7 @@ def read_tsv(path: str | Path) -> list[tuple[str, str]]:
 def read_split(
     directory: str | Path, split: str, src_lang: str = "en", tgt_lang: str = "de"
 ) -> list[tuple[str, str]]:
-    """Read split ``split`` from ``directory``: ``<split>.<src>``/``<split>.<tgt>`` or ``<split>.tsv``.
+    """Read one split from ``directory``: ``<split>.<src>`` + ``<split>.<tgt>``, or ``<split>.tsv``.
 
     Returns:
         The sentence pairs of that split.
@@ -270,6 +270,7 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
         self.max_sentences = max_sentences
         self.epoch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose shuffle ``__iter__`` produces."""
@@ -277,6 +278,10 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     def batches(self) -> list[list[int]]:
         """Return this epoch's batches as lists of example indices."""
+        # Cached per epoch: DataLoader calls len() and iter(), and sorting 500k lengths twice
+        # per epoch is wasted work.
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return [list(b) for b in self._cache[1]]
         rng = random.Random(self.seed + self.epoch)
         order = list(range(len(self.lengths)))
         if self.shuffle:
@@ -297,7 +302,8 @@ class TokenBatchSampler(Sampler[list[int]]):
             batches.append(current)
         if self.shuffle:
             rng.shuffle(batches)
-        return batches
+        self._cache = (self.epoch, batches)
+        return [list(b) for b in batches]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
