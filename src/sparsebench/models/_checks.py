@@ -33,7 +33,7 @@ def probability(name: str, value: Any) -> float:
 
 
 def one_of(name: str, value: Any, allowed: Iterable[Any]) -> Any:
-    """Returns ``value`` if it is one of ``allowed``; raises ``ValueError`` listing them otherwise."""
+    """Returns ``value`` if it is in ``allowed``; raises ``ValueError`` listing them otherwise."""
     allowed = list(allowed)
     if value not in allowed:
         listed = ", ".join(repr(a) for a in allowed)

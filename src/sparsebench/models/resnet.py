@@ -82,7 +82,7 @@ class Bottleneck(nn.Module):
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns ``relu(F(x) + shortcut(x))``, of shape (N, 4 * planes, H / stride, W / stride)."""
+        """Returns relu(F(x) + shortcut(x)), shape (N, 4 * planes, H / stride, W / stride)."""
         out = torch.relu(self.bn1(self.conv1(x)))
         out = torch.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
