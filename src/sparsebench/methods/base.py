@@ -1,0 +1,137 @@
+"""The protocol every technique follows, and the pieces they share.
+
+A technique is a frozen ``Config`` (its own documented fields, validated on construction) and a
+``Method`` that makes one parametrization per sparsified weight. The parametrization is what
+``torch.nn.utils.parametrize`` calls on every access of the weight, so masks and the method's
+own parameters (log σ², log α) live in the model's state_dict and every reader of the weight —
+``nn.MultiheadAttention`` included — sees the sparse version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+__all__ = ["Layer", "Method", "MethodConfig", "WeightParametrization"]
+
+
+@dataclass
+class Layer:
+    """One sparsified weight.
+
+    Attributes:
+        name: fully qualified parameter name, e.g. ``"encoder.layers.0.linear1.weight"``.
+        module_name: fully qualified name of the module holding it.
+        module: that module.
+        attr: the attribute on ``module`` (``"weight"`` or ``"in_proj_weight"``).
+        shape: the weight's shape.
+        local_reparam: True when the module's own forward runs (nn.Linear / nn.Conv2d not read
+            by a parent), so a method may replace that forward (variational dropout does).
+    """
+
+    name: str
+    module_name: str
+    module: nn.Module
+    attr: str
+    shape: tuple[int, ...]
+    local_reparam: bool
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def aliases(self) -> tuple[str, str]:
+        """Returns the names a user pattern may match: the parameter and its module."""
+        return (self.name, self.module_name)
+
+    @property
+    def parametrization(self) -> WeightParametrization:
+        return self.module.parametrizations[self.attr][0]
+
+    @property
+    def original(self) -> nn.Parameter:
+        """Returns the dense trained weight behind the parametrization."""
+        return self.module.parametrizations[self.attr].original
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every technique's configuration: frozen, validated in ``__post_init__``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        """Returns a config from plain values; unknown fields get one clear sentence."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown hyperparameter(s) {unknown} for {cls.__name__}; "
+                f"allowed: {sorted(known)}."
+            )
+        return cls(**values)
+
+    def _require(self, condition: bool, field: str, allowed: str) -> None:
+        if not condition:
+            raise ValueError(
+                f"{type(self).__name__}.{field} = {getattr(self, field)!r} is invalid: "
+                f"it must be {allowed}."
+            )
+
+
+class WeightParametrization(nn.Module):
+    """The per-weight piece of a technique: ``forward(original) -> weight the layer uses``."""
+
+    def final_weight(self, original: torch.Tensor) -> torch.Tensor:
+        """Returns the deterministic evaluation weight with exact zeros (no autograd)."""
+        return original * self.keep_mask(original)
+
+    def keep_mask(self, original: torch.Tensor) -> torch.Tensor:
+        """Returns a boolean tensor: True where the evaluation weight is kept."""
+        raise NotImplementedError
+
+
+class Method:
+    """Shared protocol: make parametrizations, advance with the step, give a penalty.
+
+    Subclasses set ``name``, ``config_class``, ``uses_sparsity_target`` and implement
+    ``make_parametrization``; the others have sensible defaults.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+    #: True for techniques that hit a given sparsity exactly (magnitude, random).
+    uses_sparsity_target: ClassVar[bool]
+
+    def __init__(self, config: MethodConfig, layers: list[Layer], targets: dict[str, float]):
+        self.config = config
+        self.layers = layers
+        self.targets = targets
+
+    def make_parametrization(self, layer: Layer) -> WeightParametrization:
+        raise NotImplementedError
+
+    def forward_override(self, layer: Layer) -> Callable | None:
+        """Returns a replacement forward for ``layer.module``, or None to keep its own."""
+        return None
+
+    def on_attach(self) -> None:
+        """Called once after every parametrization is registered (e.g. to make first masks)."""
+
+    def on_step(self, step: int) -> None:
+        """Called after each optimizer step with the new step count."""
+
+    def penalty(self, step: int) -> torch.Tensor:
+        """Returns the regularizer to add to a mean loss (0 for pruning methods)."""
+        return torch.zeros(())

@@ -1,0 +1,127 @@
+"""What magnitude and random pruning share: a binary mask per weight, the gradual schedule, and
+an exact per-layer zero count. The two differ only in the score that ranks weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..schedules import GradualSchedule, exact_zero_count
+from .base import Layer, Method, MethodConfig, WeightParametrization
+
+__all__ = ["MaskParametrization", "PRUNED_WEIGHT_MODES", "PruningConfig", "PruningMethod"]
+
+#: What happens to weights outside the mask during training.
+#:  "update": the study's description — the forward pass uses w·mask but every weight keeps
+#:            receiving the full gradient (straight-through), so a masked weight can grow back
+#:            when the mask is recomputed.
+#:  "keep":   TF model_pruning's behaviour — masked weights get zero gradient but keep their
+#:            values, so they can come back only if kept weights shrink below them.
+#:  "drop":   masked weights are set to zero, get no gradient and stay pruned for good.
+PRUNED_WEIGHT_MODES = ("update", "keep", "drop")
+
+
+class _StraightThroughMask(torch.autograd.Function):
+    """Forward ``w * mask``; backward passes the gradient to every weight, masked or not."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class MaskParametrization(WeightParametrization):
+    """Holds a boolean ``mask`` buffer (in the state_dict) and applies it in the forward pass."""
+
+    def __init__(self, shape: tuple[int, ...], pruned_weights: str):
+        super().__init__()
+        self.register_buffer("mask", torch.ones(shape, dtype=torch.bool))
+        self.straight_through = pruned_weights == "update"
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        if self.straight_through and original.requires_grad:
+            return _StraightThroughMask.apply(original, self.mask)
+        return original * self.mask
+
+    def keep_mask(self, original: torch.Tensor) -> torch.Tensor:
+        return self.mask
+
+
+@dataclass(frozen=True)
+class PruningConfig(MethodConfig):
+    """Options shared by the pruning methods.
+
+    Attributes:
+        pruned_weights: ``"update"`` (default, straight-through gradient, masked weights may
+            regrow), ``"keep"`` (zero gradient, values kept, may return) or ``"drop"`` (zeroed,
+            never return). See ``PRUNED_WEIGHT_MODES``.
+    """
+
+    pruned_weights: str = "update"
+
+    def __post_init__(self) -> None:
+        self._require(
+            self.pruned_weights in PRUNED_WEIGHT_MODES, "pruned_weights",
+            f"one of {list(PRUNED_WEIGHT_MODES)}",
+        )
+
+
+class PruningMethod(Method):
+    """Masks recomputed at the schedule's update steps so each layer holds exactly
+    ``round(s·n)`` zeros, ranking by ``score()``; the lowest scores are pruned, ties broken by
+    position (a stable sort), so the masks are deterministic."""
+
+    uses_sparsity_target: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        config: PruningConfig,
+        layers: list[Layer],
+        targets: dict[str, float],
+        schedule: GradualSchedule | None = None,
+    ):
+        super().__init__(config, layers, targets)
+        self.schedule = schedule
+
+    def score(self, index: int, layer: Layer) -> torch.Tensor:
+        """Returns a tensor of ``layer.shape``: higher scores are kept."""
+        raise NotImplementedError
+
+    def make_parametrization(self, layer: Layer) -> MaskParametrization:
+        return MaskParametrization(layer.shape, self.config.pruned_weights)
+
+    def sparsity_at(self, step: int, layer: Layer) -> float:
+        """Returns the layer's scheduled sparsity at ``step`` (its target when unscheduled)."""
+        target = self.targets[layer.name]
+        return target if self.schedule is None else self.schedule.sparsity_at(step, target)
+
+    def on_attach(self) -> None:
+        self.update_masks(0)
+
+    def on_step(self, step: int) -> None:
+        if self.schedule is not None and self.schedule.is_update_step(step):
+            self.update_masks(step)
+
+    @torch.no_grad()
+    def update_masks(self, step: int) -> None:
+        """Recomputes every layer's mask for the sparsity scheduled at ``step``."""
+        drop = self.config.pruned_weights == "drop"
+        for index, layer in enumerate(self.layers):
+            parametrization = layer.parametrization
+            zeros = exact_zero_count(self.sparsity_at(step, layer), layer.numel)
+            scores = self.score(index, layer).float()
+            if drop:
+                # Already-pruned weights rank lowest, so they stay pruned.
+                scores = scores.masked_fill(~parametrization.mask, float("-inf"))
+            order = torch.sort(scores.flatten(), stable=True).indices
+            mask = torch.ones(layer.numel, dtype=torch.bool, device=scores.device)
+            mask[order[:zeros]] = False
+            parametrization.mask.copy_(mask.view(layer.shape))
+            if drop:
+                layer.original.mul_(parametrization.mask)

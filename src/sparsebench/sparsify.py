@@ -1,0 +1,339 @@
+"""The public entry: ``sparsify(model, method, …)`` selects weights, attaches a technique and
+returns a ``Sparsifier`` that steps it, reports it, saves it and finally squashes it into plain
+weights.
+
+Mechanism: one ``torch.nn.utils.parametrize`` parametrization per selected weight. The weight's
+trained value moves to ``<module>.parametrizations.<attr>.original`` (the same Parameter object,
+so an optimizer made earlier stays valid for it), and masks, log σ² and log α live in the
+parametrization, hence in the model's state_dict: a checkpoint of the model alone rebuilds the
+sparse model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import methods
+from .distributions import LayerSparsity, matches, resolve_layer_sparsity
+from .methods import Layer, Method
+from .schedules import GradualSchedule
+
+__all__ = ["Sparsifier", "load_masks", "select_layers", "sparsify"]
+
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _as_patterns(patterns: str | Iterable[str] | None, what: str) -> list[str] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return [patterns]
+    result = list(patterns)
+    if not all(isinstance(p, str) for p in result):
+        raise ValueError(f"{what} must be a name pattern or a list of name patterns.")
+    return result
+
+
+def select_layers(
+    model: nn.Module,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+) -> list[Layer]:
+    """Returns the weights ``sparsify`` would sparsify, in module order.
+
+    By default: the ``weight`` of every nn.Linear, nn.Conv1d and nn.Conv2d, and the input
+    projection of every nn.MultiheadAttention (its output projection is an nn.Linear). Biases,
+    norms and embeddings stay dense. ``include`` keeps only weights matching one of its glob
+    patterns; ``exclude`` drops the matching ones. A pattern matches a weight when it matches
+    either the parameter name (``"fc.weight"``) or its module name (``"fc"``).
+
+    Raises:
+        ValueError: when a pattern matches no weight, the selection is empty, or one weight is
+            shared by two modules (tied weights must be excluded or untied first).
+    """
+    include_p = _as_patterns(include, "include")
+    exclude_p = _as_patterns(exclude, "exclude")
+    parents = {
+        id(child): module for module in model.modules() for child in module.children()
+    }
+    candidates: list[Layer] = []
+    for module_name, module in model.named_modules():
+        attrs: list[str] = []
+        if isinstance(module, nn.MultiheadAttention):
+            attrs = (
+                ["in_proj_weight"] if module.in_proj_weight is not None
+                else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+            )
+        elif isinstance(module, _PRUNABLE):
+            attrs = ["weight"]
+        for attr in attrs:
+            weight = getattr(module, attr)
+            read_by_parent = isinstance(parents.get(id(module)), nn.MultiheadAttention)
+            candidates.append(Layer(
+                name=f"{module_name}.{attr}" if module_name else attr,
+                module_name=module_name,
+                module=module,
+                attr=attr,
+                shape=tuple(weight.shape),
+                local_reparam=attr == "weight" and not read_by_parent
+                and isinstance(module, (nn.Linear, nn.Conv2d)),
+            ))
+    if not candidates:
+        raise ValueError("The model has no nn.Linear, nn.Conv1d, nn.Conv2d or "
+                         "nn.MultiheadAttention weight to sparsify.")
+    for pattern in (include_p or []) + (exclude_p or []):
+        if not any(matches(pattern, layer.aliases) for layer in candidates):
+            names = ", ".join(layer.name for layer in candidates[:12])
+            raise ValueError(f"Pattern {pattern!r} matches no sparsifiable weight; "
+                             f"the weights are: {names}{' …' if len(candidates) > 12 else ''}.")
+    selected = [
+        layer for layer in candidates
+        if (include_p is None or any(matches(p, layer.aliases) for p in include_p))
+        and not any(matches(p, layer.aliases) for p in (exclude_p or []))
+    ]
+    if not selected:
+        raise ValueError("include/exclude left no weight to sparsify.")
+    seen: dict[int, str] = {}
+    for layer in selected:
+        key = id(getattr(layer.module, layer.attr))
+        if key in seen:
+            raise ValueError(f"Weights {seen[key]!r} and {layer.name!r} are the same tensor "
+                             f"(tied); exclude one of them.")
+        seen[key] = layer.name
+    return selected
+
+
+def sparsify(
+    model: nn.Module,
+    method: str,
+    sparsity: float | None = None,
+    schedule: GradualSchedule | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    layer_sparsity: LayerSparsity | str | Mapping[str, float] | None = None,
+    **hparams: Any,
+) -> Sparsifier:
+    """Makes ``model`` sparse-trainable in place and returns its ``Sparsifier``.
+
+    Create the optimizer *after* this call: variational dropout and L0 add parameters.
+
+    Args:
+        model: any module built from standard layers.
+        method: ``"magnitude"``, ``"random"``, ``"variational_dropout"`` (``"vd"``) or ``"l0"``.
+        sparsity: the overall target in [0, 1) for magnitude and random pruning. VD and L0 take
+            no target: their ``kl_weight`` / ``l0_weight`` (and VD's threshold) set the sparsity.
+        schedule: a ``GradualSchedule``; None prunes to the target at once (one-shot).
+        include, exclude: glob patterns over parameter or module names (see ``select_layers``).
+        layer_sparsity: per-layer targets: a distribution name (``"uniform"``, ``"fill"``,
+            ``"erk"``), a map of patterns to sparsities (others get ``sparsity``), or a
+            ``LayerSparsity`` combining both.
+        **hparams: the technique's own options (its Config fields).
+
+    Returns:
+        A ``Sparsifier``; call ``step()`` after each optimizer step.
+
+    Raises:
+        ValueError: with one sentence for an unknown method or hyperparameter, a sparsity
+            outside [0, 1), a pattern matching nothing, or options the method does not take.
+    """
+    method_class = methods.get(method)
+    config = method_class.config_class.from_dict(hparams)
+    if method_class.uses_sparsity_target:
+        if sparsity is None:
+            raise ValueError(f"{method_class.name} pruning needs a target: pass sparsity=… in "
+                             f"[0, 1).")
+        spec = LayerSparsity.coerce(layer_sparsity)
+        if schedule is not None and not isinstance(schedule, GradualSchedule):
+            raise ValueError(f"schedule must be a GradualSchedule or None, got {schedule!r}.")
+    else:
+        for name, value in (("sparsity", sparsity), ("schedule", schedule),
+                            ("layer_sparsity", layer_sparsity)):
+            if value is not None:
+                raise ValueError(
+                    f"{method_class.name} takes no {name}: its sparsity comes from its "
+                    f"regularization weight (and threshold), and the achieved value is reported."
+                )
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            raise ValueError("The model is already parametrized (sparsified?); finalize() the "
+                             "previous Sparsifier or start from a plain model.")
+
+    layers = select_layers(model, include, exclude)
+    if method_class.uses_sparsity_target:
+        targets = resolve_layer_sparsity(
+            {layer.name: (layer.shape, layer.aliases) for layer in layers}, sparsity, spec
+        )
+        technique = method_class(config, layers, targets, schedule)
+    else:
+        technique = method_class(config, layers, {})
+    for layer in layers:
+        parametrization = technique.make_parametrization(layer)
+        parametrize.register_parametrization(layer.module, layer.attr, parametrization)
+        override = technique.forward_override(layer)
+        if override is not None:
+            # An instance attribute shadows the class's forward; finalize() deletes it.
+            layer.module.forward = override
+    technique.on_attach()
+    return Sparsifier(model, technique, sparsity, schedule)
+
+
+class Sparsifier:
+    """Drives one technique on one model: step, penalty, reports, state and finalize."""
+
+    def __init__(self, model: nn.Module, technique: Method, sparsity: float | None,
+                 schedule: GradualSchedule | None):
+        self.model = model
+        self.technique = technique
+        self.target = sparsity
+        self.schedule = schedule
+        self._step = 0
+        self._finalized = False
+
+    # -- training ------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.technique.name
+
+    @property
+    def layers(self) -> list[Layer]:
+        return self.technique.layers
+
+    @property
+    def current_step(self) -> int:
+        """Returns how many times ``step()`` has been called (optimizer steps)."""
+        return self._step
+
+    def step(self) -> None:
+        """Advances the step counter by one optimizer step and updates masks when due."""
+        self._check_live()
+        self._step += 1
+        self.technique.on_step(self._step)
+
+    def penalty(self) -> torch.Tensor:
+        """Returns the regularizer to add to a mean loss: 0 for magnitude and random pruning,
+        ``kl_weight·warm-up·ΣKL`` for VD, ``l0_weight·warm-up·ΣP(z≠0)`` for L0."""
+        self._check_live()
+        return self.technique.penalty(self._step)
+
+    # -- reports -------------------------------------------------------------------------
+    @torch.no_grad()
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Returns each layer's boolean keep-mask as it would be at evaluation."""
+        self._check_live()
+        return {
+            layer.name: layer.parametrization.keep_mask(layer.original).detach().clone()
+            for layer in self.layers
+        }
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """Returns each layer's achieved sparsity (fraction of zeros at evaluation)."""
+        return {name: 1.0 - int(mask.sum()) / mask.numel() for name, mask in self.masks().items()}
+
+    def sparsity(self) -> float:
+        """Returns the achieved sparsity over all sparsified weights (zeros / size)."""
+        masks = self.masks()
+        zeros = sum(int((~m).sum()) for m in masks.values())
+        return zeros / sum(m.numel() for m in masks.values())
+
+    def targets(self) -> dict[str, float]:
+        """Returns each layer's final target (empty for VD and L0, which have none)."""
+        return dict(self.technique.targets)
+
+    def describe(self) -> dict[str, Any]:
+        """Returns the set-up as plain data (method, config, target, schedule, layers)."""
+        schedule = None
+        if self.schedule is not None:
+            schedule = {f: getattr(self.schedule, f)
+                        for f in ("begin_step", "end_step", "frequency", "initial_sparsity")}
+        return {
+            "method": self.method,
+            "config": self.technique.config.to_dict(),
+            "sparsity": self.target,
+            "schedule": schedule,
+            "layers": {layer.name: list(layer.shape) for layer in self.layers},
+            "targets": self.targets(),
+        }
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Returns the step counter and every layer's method state (masks, log σ², log α) as
+        a flat map of tensors, ready for safetensors."""
+        self._check_live()
+        state = {"step": torch.tensor(self._step, dtype=torch.int64)}
+        for layer in self.layers:
+            for key, value in layer.parametrization.state_dict().items():
+                state[f"{layer.name}.{key}"] = value.detach().clone()
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restores a ``state_dict()`` so a resumed run continues exactly.
+
+        Raises:
+            ValueError: when keys or shapes do not match this sparsifier's layers.
+        """
+        self._check_live()
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"Sparsifier state does not match: missing {missing[:5]}, "
+                             f"unexpected {extra[:5]}.")
+        for layer in self.layers:
+            own = layer.parametrization.state_dict()
+            layer.parametrization.load_state_dict(
+                {key: state[f"{layer.name}.{key}"] for key in own}
+            )
+        self._step = int(state["step"])
+
+    def save(self, path: str | Path) -> None:
+        """Writes ``state_dict()`` to a safetensors file, with the set-up as metadata."""
+        metadata = {"sparsebench": json.dumps(self.describe())}
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path), metadata)
+
+    def load(self, path: str | Path) -> None:
+        """Reads a file written by ``save()`` into this sparsifier."""
+        self.load_state_dict(load_file(str(path)))
+
+    def save_masks(self, path: str | Path) -> None:
+        """Writes each layer's boolean evaluation mask to a safetensors file."""
+        save_file({k: v.contiguous() for k, v in self.masks().items()}, str(path),
+                  {"sparsebench": json.dumps({"method": self.method})})
+
+    # -- the end -------------------------------------------------------------------------
+    @torch.no_grad()
+    def finalize(self) -> nn.Module:
+        """Squashes the technique into plain weights and returns the model.
+
+        Magnitude and random pruning apply their masks; VD zeroes weights whose log α exceeds
+        the threshold and keeps θ elsewhere; L0 multiplies by the test-time gate. Afterwards the
+        model has exactly the parameters and buffers (names, shapes) it had before
+        ``sparsify()``, and its weights hold exact zeros. The Parameter objects are the
+        originals, so an optimizer still refers to them.
+        """
+        self._check_live()
+        for layer in self.layers:
+            final = layer.parametrization.final_weight(layer.original.detach())
+            if "forward" in vars(layer.module):
+                del layer.module.forward
+            parametrize.remove_parametrizations(layer.module, layer.attr,
+                                                leave_parametrized=False)
+            getattr(layer.module, layer.attr).copy_(final)
+        self._finalized = True
+        return self.model
+
+    def _check_live(self) -> None:
+        if self._finalized:
+            raise RuntimeError("This Sparsifier was finalized; its model is plain again.")
+
+
+def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
+    """Returns the boolean masks written by ``Sparsifier.save_masks``, keyed by weight name."""
+    return load_file(str(path))
