@@ -190,6 +190,11 @@ def train_vocab(
             max_sentence_length=16384,
             minloglevel=2,  # warnings and errors only: the info log is hundreds of lines
         )
+    except RuntimeError as exc:
+        # e.g. "Vocabulary size too high (90). Please set it to a value <= 83." on small corpora.
+        names = ", ".join(str(p) for p in paths)
+        raise ValueError(f"sentencepiece training on {names} failed: {exc}") from exc
+    else:
         os.replace(tmp_dir / f"{stem}.vocab", directory / f"{stem}.vocab")
         # The .model goes last: its presence marks a finished training.
         os.replace(tmp_dir / f"{stem}.model", model_path)
