@@ -16,7 +16,8 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 def idx_bytes(type_code: int, dims: list[int], payload: bytes) -> bytes:
     """An IDX file written by hand from the format description (big-endian header)."""
-    return bytes([0, 0, type_code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + payload
+    header = bytes([0, 0, type_code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+    return header + payload
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -56,7 +57,8 @@ def test_corrupt_header_errors_name_the_file(tmp_path: Path, raw: bytes, message
 
 def test_size_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "short.gz"
-    path.write_bytes(gzip.compress(idx_bytes(0x08, [2, 2, 2], bytes(7))))  # header 16 + 8 pixels = 24 expected
+    # header 4 + 3*4 = 16 bytes, plus 2*2*2 = 8 pixels: 24 expected, 23 present.
+    path.write_bytes(gzip.compress(idx_bytes(0x08, [2, 2, 2], bytes(7))))
     with pytest.raises(IdxFormatError, match=r"24 bytes in all\) but the file holds 23"):
         read_idx(path)
 

@@ -69,7 +69,7 @@ def test_random_resized_crop_box_within_limits() -> None:
     torch.manual_seed(0)
     for _ in range(50):
         left, top, w, h = crop.box(500, 375)
-        assert 0 <= left and left + w <= 500 and 0 <= top and top + h <= 375
+        assert left >= 0 and left + w <= 500 and top >= 0 and top + h <= 375
         assert 0.08 * 500 * 375 * 0.9 <= w * h <= 500 * 375
         assert 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1  # rounding slack
     assert crop(Image.new("RGB", (500, 375))).size == (224, 224)

@@ -47,7 +47,7 @@ def test_empty_line_reported_with_line_number(tmp_path: Path) -> None:
 
 def test_invalid_utf8_reported_with_line_number(tmp_path: Path) -> None:
     (tmp_path / "c.en").write_text("one\ntwo\n", encoding="utf-8")
-    (tmp_path / "c.de").write_bytes("eins\n".encode() + "Grüße\n".encode("latin-1"))
+    (tmp_path / "c.de").write_bytes(b"eins\n" + "Grüße\n".encode("latin-1"))
     with pytest.raises(ParallelTextError, match=r"c\.de:2: invalid UTF-8"):
         read_parallel(tmp_path / "c.en", tmp_path / "c.de")
 
