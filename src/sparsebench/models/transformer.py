@@ -532,7 +532,9 @@ class Transformer(nn.Module):
             seqs = torch.cat([seqs[source_row], token[:, None]], dim=1)
             was_finished = finished[source_row]
             lengths = torch.where(was_finished, lengths[source_row], t + 1)
-            finished = was_finished | (token == c.eos_id)
+            # A -inf hypothesis (only possible when fewer than k tokens have any probability)
+            # can never win, so it is retired rather than extended.
+            finished = was_finished | (token == c.eos_id) | (scores == -math.inf)
             for layer_cache in cache:
                 # Cross-attention keys are identical across a sentence's beams: no reorder needed.
                 self_cache = layer_cache["self"]
