@@ -133,6 +133,8 @@ def load_extension() -> ModuleType | None:
     The first call compiles or loads the cached build and logs which path is in use; later
     calls return the same answer at once.
     """
+    if "module" in _state:  # fast path for every forward call after the first
+        return _state["module"]  # type: ignore[return-value]
     with _lock:
         if "module" in _state:
             return _state["module"]  # type: ignore[return-value]

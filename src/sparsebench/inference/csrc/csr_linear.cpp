@@ -18,7 +18,8 @@
 
 namespace {
 
-constexpr int64_t kRowBlock = 16;  // output rows per tile: one 64-byte line of y per batch row
+constexpr int64_t kRowBlock = 16;
+constexpr int64_t kSerialWork = 1 << 16;  // multiply-adds below which threads do not pay off  // output rows per tile: one 64-byte line of y per batch row
 
 // Chunk boundaries over rows so each chunk holds about the same nonzeros + rows; random
 // pruning gives even rows, but a layer with dense and empty rows must not idle a core.
@@ -133,23 +134,43 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
   const I* ci = ci_t.data_ptr<I>();
   const float* v = v_t.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // A few chunks per thread so a slow (shared, preempted) core can be helped out.
+  // A few chunks per thread so a slow (shared, preempted) core can be helped out. Small
+  // products run on the calling thread alone: waking the pool costs microseconds, and on a
+  // shared machine a parallel region waits for a descheduled worker for a whole time slice.
   const int64_t threads = at::get_num_threads();
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(out, threads * 4));
+  const int64_t work = static_cast<int64_t>(rp[out]) * B + out;
+  const int64_t chunks =
+      work < kSerialWork ? 1 : std::max<int64_t>(1, std::min<int64_t>(out, threads * 4));
   const auto splits = balanced_splits(rp, out, chunks);
+  auto for_chunks = [&](auto&& body) {
+    if (chunks == 1) body(0, 1);
+    else at::parallel_for(0, chunks, 1, body);
+  };
   if (B == 1) {
     const at::Tensor xc = x.contiguous();
     const float* xp = xc.data_ptr<float>();
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for_chunks([&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c)
         spmv_rows<I>(splits[c], splits[c + 1], rp, ci, v, xp, bias, yp);
     });
     return;
   }
-  // x.t() is already contiguous when x came out of a previous transposed producer.
-  const at::Tensor xT = x.t().contiguous();
+  // x.t() is already contiguous when x came out of a previous transposed producer. Small
+  // inputs are transposed by a plain loop: torch's copy costs ~6 us of dispatch for 16x300.
+  at::Tensor xT;
+  const int64_t in = x.size(1);
+  if (x.numel() <= kSerialWork && !x.t().is_contiguous()) {
+    const at::Tensor xc = x.contiguous();
+    xT = at::empty({in, B}, x.options());
+    const float* src = xc.data_ptr<float>();
+    float* dst = xT.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < in; ++i) dst[i * B + b] = src[b * in + i];
+  } else {
+    xT = x.t().contiguous();
+  }
   const float* xtp = xT.data_ptr<float>();
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+  for_chunks([&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
       spmm_rows<I>(splits[c], splits[c + 1], rp, ci, v, xtp, B, bias, yp, out);
   });
