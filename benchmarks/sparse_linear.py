@@ -1,0 +1,87 @@
+"""Sparse Linear vs dense and vs torch's CSR, measured side by side in one process.
+
+For a ``out x in`` layer (default 4096x1024, issue 6) at several sparsities and batch sizes,
+times dense ``F.linear``, torch's CSR (``torch.sparse.mm`` with int32 indices, its fastest
+setting here) and sparsebench's ``SparseLinear`` interleaved round by round, and prints
+medians as ratios: dense / ours and torch-CSR / ours. The machine is shared, so the context
+line (load average, threads, kernel path) is part of the result.
+
+    .venv/bin/python benchmarks/sparse_linear.py                 # the issue-6 table (~2 min)
+    .venv/bin/python benchmarks/sparse_linear.py --repeats 9     # quicker, noisier
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from sparsebench.inference import SparseLinear, interleaved_medians, kernel_path, machine_context
+from sparsebench.inference.sparse_linear import sparse_mm_torch
+
+
+def main() -> None:
+    """Parse arguments, run the measurements and print the ratio table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=int, default=4096, help="out_features")
+    p.add_argument("--in", dest="in_f", type=int, default=1024, help="in_features")
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
+    p.add_argument("--repeats", type=int, default=31, help="interleaved rounds per cell")
+    p.add_argument("--budget", type=float, default=4.0, help="max seconds of timing per cell")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+    print(f"kernel path: {kernel_path()}")
+    print(f"before: {machine_context()}")
+    torch.manual_seed(0)
+    start = time.time()
+    rows = []
+    for s in args.sparsities:
+        w = torch.randn(args.out, args.in_f)
+        w[torch.rand_like(w) < s] = 0
+        b = torch.randn(args.out)
+        ours = SparseLinear.from_dense(w, b)
+        w_csr = ours.torch_csr()
+        for batch in args.batches:
+            x = torch.randn(batch, args.in_f)
+            ref = F.linear(x, w, b)
+            err = ((ours(x) - ref).abs().max() / ref.abs().max()).item()
+            t = interleaved_medians(
+                {
+                    "dense": lambda x=x, w=w, b=b: F.linear(x, w, b),
+                    "torch_csr": lambda x=x, w_csr=w_csr, b=b: sparse_mm_torch(w_csr, x, b),
+                    "ours": lambda x=x, ours=ours: ours(x),
+                },
+                repeats=args.repeats,
+                budget_s=args.budget,
+            )
+            rows.append((s, batch, t["dense"], t["torch_csr"], t["ours"], err))
+            print(
+                f"  sparsity {s:.2f} batch {batch:4d}: dense {t['dense'] * 1e6:9.1f} us  "
+                f"torch-csr {t['torch_csr'] * 1e6:9.1f} us  ours {t['ours'] * 1e6:9.1f} us  "
+                f"max rel err {err:.1e}",
+                flush=True,
+            )
+    print(f"after:  {machine_context()}  ({time.time() - start:.0f} s)")
+    print()
+    print(f"Linear {args.out}x{args.in_f} fp32, medians of up to {args.repeats} interleaved rounds")
+    head = "".join(f" | b{b:<4} dense/ours  csr/ours" for b in args.batches)
+    print(f"sparsity{head}")
+    for s in args.sparsities:
+        cells = []
+        for batch in args.batches:
+            r = next(r for r in rows if r[0] == s and r[1] == batch)
+            cells.append(f" | {'':5} {r[2] / r[4]:9.2f}x {r[3] / r[4]:8.2f}x")
+        print(f"{s:8.2f}{''.join(cells)}")
+
+
+if __name__ == "__main__":
+    main()
