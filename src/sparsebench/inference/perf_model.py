@@ -203,6 +203,13 @@ class PerformanceModel:
             self._write()
         return cal
 
+    def record(self, cal: Calibration) -> None:
+        """Store a calibration (measured elsewhere, or made up in a test) in the cache."""
+        key = self._key(cal.out_features, cal.in_features, cal.batch, self.densities)
+        self._entries[key] = cal
+        if self.persist:
+            self._write()
+
     def predict_speedup(
         self, out_features: int, in_features: int, batch: int, density: float
     ) -> float:

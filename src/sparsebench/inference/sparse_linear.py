@@ -9,6 +9,8 @@ index bytes, else int32) and ``values`` (float32). They are buffers, so ``state_
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -148,14 +150,19 @@ class SparseLinear(nn.Module):
     def torch_csr(self) -> Tensor:
         """Return the weight as torch's CSR tensor with int32 indices (its fastest setting)."""
         if self._torch_csr is None:
-            self._torch_csr = torch.sparse_csr_tensor(
-                self.crow_indices,
-                self.col_indices.to(torch.int32),
-                self.values,
-                (self.out_features, self.in_features),
-                check_invariants=False,
-            )
+            with warnings.catch_warnings():  # "CSR support is in beta": known, and not news
+                warnings.simplefilter("ignore", UserWarning)
+                self._torch_csr = self._make_torch_csr()
         return self._torch_csr
+
+    def _make_torch_csr(self) -> Tensor:
+        return torch.sparse_csr_tensor(
+            self.crow_indices,
+            self.col_indices.to(torch.int32),
+            self.values,
+            (self.out_features, self.in_features),
+            check_invariants=False,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Return ``x @ W.T + b`` with shape ``(..., out_features)``."""

@@ -1,0 +1,90 @@
+"""compile_sparse keeps outputs and follows the performance model; the model's arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from sparsebench.inference import (
+    Calibration,
+    PerformanceModel,
+    SparseLinear,
+    compile_sparse,
+    plan_sparse,
+)
+
+DENS = (0.1, 0.5, 1.0)
+
+
+def _mlp(densities=(0.05, 0.05, 1.0)) -> nn.Sequential:
+    m = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 20), nn.GELU(), nn.Linear(20, 5))
+    with torch.no_grad():
+        for layer, d in zip(m[::2], densities, strict=True):
+            layer.weight.mul_(torch.rand_like(layer.weight) < d)
+    return m
+
+
+def _fake_model(tmp_path, shapes, batches=(1, 16)) -> PerformanceModel:
+    """A model whose 'measurements' say: sparse time = 10 us * density, dense = 5 us."""
+    pm = PerformanceModel(tmp_path / "cal.json", densities=DENS)
+    for out_f, in_f in shapes:
+        for b in batches:
+            pm.record(Calibration(out_f, in_f, b, 5e-6, DENS, tuple(1e-5 * d for d in DENS)))
+    return pm
+
+
+def test_calibration_arithmetic():
+    cal = Calibration(8, 8, 1, 5e-6, DENS, (1e-6, 5e-6, 10e-6))
+    assert cal.sparse_time(0.3) == pytest.approx(3e-6)
+    assert cal.speedup(0.5) == pytest.approx(1.0)
+    assert cal.break_even_density() == pytest.approx(0.5, abs=1e-6)
+    assert cal.break_even_density(min_speedup=2.0) == pytest.approx(0.25, abs=1e-6)
+    fast = Calibration(8, 8, 1, 1.0, DENS, (1e-6, 2e-6, 3e-6))
+    assert fast.break_even_density() == 1.0
+
+
+def test_plan_follows_model_and_compile_keeps_outputs(tmp_path):
+    model = _mlp()
+    pm = _fake_model(tmp_path, [(40, 30), (20, 40), (5, 20)])
+    plan = plan_sparse(model, batch_hint=[1, 16], perf_model=pm)
+    assert [d.use_sparse for d in plan] == [True, True, False]
+    assert plan[0].break_even_density == pytest.approx(0.5 / 1.1, abs=1e-3)
+    compiled = compile_sparse(model, plan=plan)
+    assert isinstance(compiled[0], SparseLinear) and isinstance(compiled[2], SparseLinear)
+    assert type(compiled[4]) is nn.Linear and type(model[0]) is nn.Linear  # input untouched
+    x = torch.randn(16, 30)
+    with torch.no_grad():
+        ref, got = model(x), compiled(x)
+    assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+def test_calibration_is_cached_as_json(tmp_path):
+    pm = PerformanceModel(tmp_path / "c.json", densities=(0.1, 1.0), budget_s=0.01)
+    cal = pm.calibrate(12, 10, 2)
+    assert cal.dense_s > 0 and len(cal.sparse_s) == 2
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["machine"]["threads"] == str(torch.get_num_threads())
+    again = PerformanceModel(tmp_path / "c.json", densities=(0.1, 1.0))
+    assert again.calibrate(12, 10, 2) == cal  # read back, not re-measured
+
+
+def test_real_calibration_end_to_end(tmp_path):
+    model = _mlp()
+    pm = PerformanceModel(tmp_path / "c.json", densities=(0.05, 0.5, 1.0), budget_s=0.01)
+    compiled = compile_sparse(model, batch_hint=4, perf_model=pm)
+    x = torch.randn(4, 30)
+    with torch.no_grad():
+        ref, got = model(x), compiled(x)
+    assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="batch_hint"):
+        plan_sparse(_mlp(), batch_hint=0, perf_model=_fake_model(tmp_path, []))
+    with pytest.raises(ValueError, match="min_speedup"):
+        plan_sparse(_mlp(), min_speedup=0)
+    with pytest.raises(ValueError, match="densities"):
+        PerformanceModel(tmp_path / "x.json", densities=(0.0,))
