@@ -8,6 +8,11 @@ line (load average, threads, kernel path) is part of the result.
 
     .venv/bin/python benchmarks/sparse_linear.py                 # the issue-6 table (~2 min)
     .venv/bin/python benchmarks/sparse_linear.py --repeats 9     # quicker, noisier
+    .venv/bin/python benchmarks/sparse_linear.py --threads 1     # when neighbours load the CPU
+
+On a shared 2-core machine a neighbour's job can stall any 2-thread parallel region (ours and
+MKL's alike) for a scheduler time slice (~12 ms), which swamps a 50 us product; when the load
+average in the context lines is above ~1, the single-thread table is the one to trust.
 """
 
 from __future__ import annotations
