@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..schedules import linear_warmup
+from ._fused import fused
 from .base import Layer, Method, MethodConfig, WeightParametrization
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "L0Regularization",
     "ZETA",
     "expected_l0",
+    "hard_concrete",
     "hard_concrete_sample",
     "deterministic_gate",
 ]
@@ -34,14 +36,22 @@ BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
 EPS = 1e-6
 
 
+def hard_concrete(
+    log_alpha: torch.Tensor, u: torch.Tensor, beta: float = BETA, gamma: float = GAMMA,
+    zeta: float = ZETA,
+) -> torch.Tensor:
+    """Eq. 10 for given uniform noise u: s = σ((log u − log(1 − u) + log α)/β);
+    s̄ = s(ζ − γ) + γ; returns z = min(1, max(0, s̄))."""
+    u = u.clamp(EPS, 1.0 - EPS)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / beta)
+    return torch.clamp(s * (zeta - gamma) + gamma, 0.0, 1.0)
+
+
 def hard_concrete_sample(
     log_alpha: torch.Tensor, beta: float = BETA, gamma: float = GAMMA, zeta: float = ZETA
 ) -> torch.Tensor:
-    """Eq. 10: s = σ((log u − log(1 − u) + log α)/β), u ~ U(0, 1); s̄ = s(ζ − γ) + γ;
-    returns z = min(1, max(0, s̄))."""
-    u = torch.rand_like(log_alpha).clamp_(EPS, 1.0 - EPS)
-    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / beta)
-    return torch.clamp(s * (zeta - gamma) + gamma, 0.0, 1.0)
+    """Returns a gate sample z per element of ``log_alpha``, with u ~ U(0, 1)."""
+    return hard_concrete(log_alpha, torch.rand_like(log_alpha), beta, gamma, zeta)
 
 
 def expected_l0(
@@ -56,6 +66,19 @@ def deterministic_gate(
 ) -> torch.Tensor:
     """Eq. 13, the test-time gate: ẑ = min(1, max(0, σ(log α)(ζ − γ) + γ))."""
     return torch.clamp(torch.sigmoid(log_alpha) * (zeta - gamma) + gamma, 0.0, 1.0)
+
+
+# Fused versions over flattened tensors (see _fused.py); u is drawn outside so the random
+# stream is torch's own, identical with and without compilation.
+@fused
+def _gated_weight(theta: torch.Tensor, log_alpha: torch.Tensor, u: torch.Tensor,
+                  beta: float, gamma: float, zeta: float) -> torch.Tensor:
+    return theta * hard_concrete(log_alpha, u, beta, gamma, zeta)
+
+
+@fused
+def _expected_l0_sum(log_alpha: torch.Tensor, beta: float, gamma: float, zeta: float):
+    return expected_l0(log_alpha, beta, gamma, zeta).sum()
 
 
 @dataclass(frozen=True)
@@ -98,14 +121,17 @@ class HardConcreteGate(WeightParametrization):
         self.log_alpha = nn.Parameter(init)
         self.beta, self.gamma, self.zeta = config.beta, config.gamma, config.zeta
 
-    def gate(self) -> torch.Tensor:
-        """Returns a training sample of the gates, or the test-time gate in eval mode."""
-        if self.training:
-            return hard_concrete_sample(self.log_alpha, self.beta, self.gamma, self.zeta)
-        return deterministic_gate(self.log_alpha, self.gamma, self.zeta)
-
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
-        return theta * self.gate()
+        if not self.training:
+            return theta * deterministic_gate(self.log_alpha, self.gamma, self.zeta)
+        u = torch.rand_like(self.log_alpha)
+        flat = _gated_weight(theta.reshape(-1), self.log_alpha.reshape(-1), u.reshape(-1),
+                             self.beta, self.gamma, self.zeta)
+        return flat.view(theta.shape)
+
+    def expected_l0(self) -> torch.Tensor:
+        """Returns Σ P(z ≠ 0) over this weight."""
+        return _expected_l0_sum(self.log_alpha.reshape(-1), self.beta, self.gamma, self.zeta)
 
     def final_weight(self, theta: torch.Tensor) -> torch.Tensor:
         return theta * deterministic_gate(self.log_alpha.detach(), self.gamma, self.zeta)
@@ -128,8 +154,4 @@ class L0Regularization(Method):
         scale = c.l0_weight * linear_warmup(step, c.warmup_begin, c.warmup_end)
         if scale == 0.0:
             return torch.zeros((), device=self.layers[0].original.device)
-        total = sum(
-            expected_l0(layer.parametrization.log_alpha, c.beta, c.gamma, c.zeta).sum()
-            for layer in self.layers
-        )
-        return scale * total
+        return scale * sum(layer.parametrization.expected_l0() for layer in self.layers)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..schedules import linear_warmup
+from ._fused import fused
 from .base import Layer, Method, MethodConfig, WeightParametrization
 
 __all__ = [
@@ -44,6 +45,23 @@ def negative_kl(log_alpha: torch.Tensor) -> torch.Tensor:
     """Molchanov et al. 2017, eq. 14, elementwise:
     −KL ≈ k1·σ(k2 + k3·log α) − ½·log(1 + 1/α) − k1."""
     return K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * F.softplus(-log_alpha) - K1
+
+
+# The per-weight chains below run fused (see _fused.py); they take flattened tensors so one
+# compiled kernel serves every layer shape.
+@fused
+def _noise_variance(theta: torch.Tensor, log_sigma2: torch.Tensor, clip: float) -> torch.Tensor:
+    return torch.exp(log_alpha(theta, log_sigma2, clip)) * theta * theta
+
+
+@fused
+def _kl_sum(theta: torch.Tensor, log_sigma2: torch.Tensor, clip: float) -> torch.Tensor:
+    return -negative_kl(log_alpha(theta, log_sigma2, clip)).sum()
+
+
+@fused
+def _gaussian_sample(mean: torch.Tensor, variance: torch.Tensor, noise: torch.Tensor):
+    return mean + torch.sqrt(variance + EPS) * noise
 
 
 @dataclass(frozen=True)
@@ -95,17 +113,29 @@ class VariationalDropoutWeight(WeightParametrization):
 
     def noise_variance(self, theta: torch.Tensor) -> torch.Tensor:
         """Returns α·θ² (= σ² unless log α was clipped), the variance the noise uses."""
-        return torch.exp(self.log_alpha(theta)) * theta * theta
+        flat = _noise_variance(theta.reshape(-1), self.log_sigma2.reshape(-1), self.clip)
+        return flat.view(theta.shape)
+
+    def kl(self, theta: torch.Tensor) -> torch.Tensor:
+        """Returns the KL summed over this weight (eq. 14, negated)."""
+        return _kl_sum(theta.reshape(-1), self.log_sigma2.reshape(-1), self.clip)
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return theta * self.keep_mask(theta)
         if self.local:
             return theta
-        return theta + torch.sqrt(self.noise_variance(theta) + EPS) * torch.randn_like(theta)
+        return sample(theta, self.noise_variance(theta))
 
     def keep_mask(self, theta: torch.Tensor) -> torch.Tensor:
         return log_alpha(theta, self.log_sigma2.detach(), self.clip) <= self.threshold
+
+
+def sample(mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """Returns mean + sqrt(variance)·ε with ε ~ N(0, 1) of the same shape."""
+    noise = torch.randn_like(mean)
+    flat = _gaussian_sample(mean.reshape(-1), variance.reshape(-1), noise.reshape(-1))
+    return flat.view(mean.shape)
 
 
 def local_reparameterized_forward(module: nn.Module, input: torch.Tensor) -> torch.Tensor:
@@ -125,7 +155,7 @@ def local_reparameterized_forward(module: nn.Module, input: torch.Tensor) -> tor
     else:
         mean = F.linear(input, theta, module.bias)
         var = F.linear(input * input, variance)
-    return mean + torch.sqrt(var + EPS) * torch.randn_like(mean)
+    return sample(mean, var)
 
 
 class VariationalDropout(Method):
@@ -149,8 +179,4 @@ class VariationalDropout(Method):
         )
         if scale == 0.0:
             return torch.zeros((), device=self.layers[0].original.device)
-        total = sum(
-            -negative_kl(layer.parametrization.log_alpha(layer.original)).sum()
-            for layer in self.layers
-        )
-        return scale * total
+        return scale * sum(layer.parametrization.kl(layer.original) for layer in self.layers)

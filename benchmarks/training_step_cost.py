@@ -1,0 +1,120 @@
+"""Training-step cost of each technique relative to the same dense model.
+
+One step = forward + backward + optimizer step (+ the sparsifier's step and penalty). Every
+method runs on its own copy of the same model; the methods are timed round-robin, in a fresh
+random order each round, and the median per-step time of each is kept, so a burst of load on
+this shared machine hits all methods alike. Prints ratios, never raw times alone.
+
+    .venv/bin/python benchmarks/training_step_cost.py [--rounds 7] [--steps 5] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsebench as sb
+from sparsebench import models
+
+METHODS = {
+    "dense": None,
+    "magnitude": dict(sparsity=0.9),
+    "random": dict(sparsity=0.9),
+    "vd": dict(kl_weight=1e-6),
+    "l0": dict(l0_weight=1e-6),
+}
+
+
+def linear_stack():
+    model = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(1024, 1024), nn.ReLU())])
+    x, y = torch.randn(128, 1024), torch.randn(128, 1024)
+    return "Linear stack (4 x 1024x1024, batch 128)", model, lambda m: F.mse_loss(m(x), y)
+
+
+def transformer_block():
+    model = models.create("transformer-base", vocab_size=1000, n_encoder_layers=1,
+                          n_decoder_layers=1)
+    src = torch.randint(4, 1000, (16, 32))
+    tgt = torch.randint(4, 1000, (16, 32))
+    return ("Transformer block (1+1 layers, d 512, ff 2048, batch 16x32)", model,
+            lambda m: m.loss(src, tgt))
+
+
+def small_resnet():
+    model = models.create("resnet20", in_channels=1, num_classes=10)
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    return "ResNet-20 (28x28x1, batch 32)", model, lambda m: F.cross_entropy(m(x), y)
+
+
+def _prepare(base: nn.Module, method: str):
+    model = copy.deepcopy(base)
+    sp = None if METHODS[method] is None else sb.sparsify(model, method, **METHODS[method])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    return model, sp, opt
+
+
+def _step(model, sp, opt, loss_fn):
+    loss = loss_fn(model)
+    if sp is not None:
+        loss = loss + sp.penalty()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if sp is not None:
+        sp.step()
+
+
+def measure(builder, rounds: int, steps: int) -> tuple[str, dict[str, float]]:
+    """Returns the workload's name and the median seconds per step of each method."""
+    name, base, loss_fn = builder()
+    runs = {method: _prepare(base, method) for method in METHODS}
+    for model, sp, opt in runs.values():  # warm-up: allocator, lazy init, first Adam state
+        for _ in range(2):
+            _step(model, sp, opt, loss_fn)
+    samples: dict[str, list[float]] = {method: [] for method in METHODS}
+    order = list(METHODS)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for method in order:
+            model, sp, opt = runs[method]
+            start = time.perf_counter()
+            for _ in range(steps):
+                _step(model, sp, opt, loss_fn)
+            samples[method].append((time.perf_counter() - start) / steps)
+    return name, {method: statistics.median(values) for method, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    random.seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"median of {args.rounds} interleaved rounds x {args.steps} steps")
+    header = ["workload", "dense ms/step", "magnitude", "random", "VD", "L0", "VD/MP", "L0/MP"]
+    rows = []
+    for builder in (linear_stack, transformer_block, small_resnet):
+        name, t = measure(builder, args.rounds, args.steps)
+        rows.append([name, f"{t['dense'] * 1e3:.1f}",
+                     *(f"{t[m] / t['dense']:.2f}x" for m in ("magnitude", "random", "vd", "l0")),
+                     f"{t['vd'] / t['magnitude']:.2f}", f"{t['l0'] / t['magnitude']:.2f}"])
+        print(" | ".join(rows[-1]), flush=True)
+    if args.markdown:
+        print("\n| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
