@@ -1,0 +1,532 @@
+"""The run store: one SQLite file holding every run of a study, ours and the published ones.
+
+One row per run (one row per *evaluation* where a trained model is evaluated several ways, as
+the study's Transformer VD runs are at eleven log-alpha thresholds; ``train_id`` then names the
+trained model the rows share). Several processes may use one store at once: the file is in WAL
+mode with a busy timeout, and every write is one ``BEGIN IMMEDIATE`` transaction, so two sweep
+processes neither corrupt it nor run the same point twice (see :meth:`RunStore.claim`).
+
+Units: ``metric_value`` is in one unit per metric, BLEU in points (0-100) and top-1 as a
+fraction (0-1); sparsities are fractions.
+
+Open one :class:`RunStore` per process (or thread); a connection must not cross a fork.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..rundir import atomic_write_bytes
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SOURCES",
+    "STATUSES",
+    "TECHNIQUES",
+    "Run",
+    "RunStore",
+    "StoreError",
+    "model_family_of",
+]
+
+#: Version of the table layout below; bump it (and migrate) whenever a column changes.
+SCHEMA_VERSION = 1
+
+STATUSES = ("pending", "running", "finished", "failed", "diverged")
+SOURCES = ("ours", "published")
+#: The techniques a row may name: the library's four, the dense baseline, the retraining kinds
+#: of the study's second question, and MP v2 (non-uniform layer distribution, 1.5x steps).
+TECHNIQUES = (
+    "dense",
+    "magnitude",
+    "random",
+    "variational_dropout",
+    "l0",
+    "scratch-e",
+    "scratch-b",
+    "lottery",
+    "augmented",
+    "mp-v2",
+)
+#: Our method registry's aliases, so a result.json naming one still lands on one technique.
+_TECHNIQUE_ALIASES = {"vd": "variational_dropout", "l0_regularization": "l0", "none": "dense"}
+
+#: Seconds after which a running claim whose heartbeat stopped may be taken by another worker.
+DEFAULT_STALE_SECONDS = 600.0
+
+_JSON_COLUMNS = ("hyperparameters", "config", "flags")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id                TEXT PRIMARY KEY,
+    train_id          TEXT NOT NULL,
+    sweep             TEXT NOT NULL DEFAULT '',
+    task              TEXT NOT NULL DEFAULT '',
+    model_family      TEXT NOT NULL DEFAULT '',
+    technique         TEXT NOT NULL,
+    variant           TEXT NOT NULL DEFAULT '',
+    target_sparsity   REAL,
+    achieved_sparsity REAL,
+    metric_name       TEXT NOT NULL DEFAULT '',
+    metric_value      REAL,
+    higher_is_better  INTEGER NOT NULL DEFAULT 1,
+    hyperparameters   TEXT NOT NULL DEFAULT '{{}}',
+    config            TEXT NOT NULL DEFAULT '{{}}',
+    status            TEXT NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
+    error             TEXT,
+    seconds_per_step  REAL,
+    train_seconds     REAL,
+    run_dir           TEXT,
+    source            TEXT NOT NULL DEFAULT 'ours'
+                      CHECK (source IN ({", ".join(repr(s) for s in SOURCES)})),
+    flags             TEXT NOT NULL DEFAULT '{{}}',
+    replica           INTEGER,
+    seed              INTEGER,
+    worker            TEXT,
+    heartbeat         REAL,
+    created           TEXT NOT NULL,
+    updated           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_family ON runs (source, model_family, technique);
+CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep, status);
+"""
+
+
+class StoreError(ValueError):
+    """The file is not a run store this version can read (unknown or newer schema)."""
+
+
+@dataclass
+class Run:
+    """One row of the store, with JSON columns decoded.
+
+    ``metric_value`` is BLEU in points or top-1 as a fraction; sparsities are fractions.
+    ``train_id`` names the trained model (several evaluations of one model share it).
+    """
+
+    id: str
+    technique: str
+    train_id: str = ""
+    sweep: str = ""
+    task: str = ""
+    model_family: str = ""
+    variant: str = ""
+    target_sparsity: float | None = None
+    achieved_sparsity: float | None = None
+    metric_name: str = ""
+    metric_value: float | None = None
+    higher_is_better: bool = True
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    status: str = "pending"
+    error: str | None = None
+    seconds_per_step: float | None = None
+    train_seconds: float | None = None
+    run_dir: str | None = None
+    source: str = "ours"
+    flags: dict[str, Any] = field(default_factory=dict)
+    replica: int | None = None
+    seed: int | None = None
+    worker: str | None = None
+    heartbeat: float | None = None
+    created: str = ""
+    updated: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.train_id:
+            self.train_id = self.id
+        self.technique = _TECHNIQUE_ALIASES.get(self.technique, self.technique)
+        # Validated here so a bad value is one sentence naming the field, not a CHECK failure.
+        if self.technique not in TECHNIQUES:
+            raise ValueError(
+                f"run {self.id!r}: technique {self.technique!r} is not one of {TECHNIQUES}."
+            )
+        if self.status not in STATUSES:
+            raise ValueError(f"run {self.id!r}: status {self.status!r} is not one of {STATUSES}.")
+        if self.source not in SOURCES:
+            raise ValueError(f"run {self.id!r}: source {self.source!r} is not one of {SOURCES}.")
+        for name in ("target_sparsity", "achieved_sparsity"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"run {self.id!r}: {name}={value} is not a fraction in [0, 1]."
+                )
+
+    @property
+    def label(self) -> str:
+        """Returns the series name used in tables and figures: technique, plus variant."""
+        return f"{self.technique} ({self.variant})" if self.variant else self.technique
+
+    def as_dict(self) -> dict[str, Any]:
+        """Returns the row as a plain dict (JSON columns as dicts)."""
+        return asdict(self)
+
+
+_COLUMNS = tuple(f.name for f in fields(Run))
+
+
+def model_family_of(model_name: str) -> str:
+    """Returns the family of a registered model name: the part before the first ``-``
+    (``resnet50-small`` -> ``resnet50``, ``transformer-tiny`` -> ``transformer``)."""
+    return model_name.split("-", 1)[0]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _to_row(run: Run) -> dict[str, Any]:
+    row = run.as_dict()
+    for name in _JSON_COLUMNS:
+        row[name] = json.dumps(row[name], sort_keys=True)
+    row["higher_is_better"] = int(bool(row["higher_is_better"]))
+    return row
+
+
+def _from_row(row: sqlite3.Row) -> Run:
+    values = dict(row)
+    for name in _JSON_COLUMNS:
+        values[name] = json.loads(values[name] or "{}")
+    values["higher_is_better"] = bool(values["higher_is_better"])
+    return Run(**values)
+
+
+def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """Returns a WHERE clause and its parameters; a filter value may be one value, None
+    (no filter) or a list/tuple/set of accepted values."""
+    clauses, params = [], []
+    for name, value in filters.items():
+        if name not in _COLUMNS:
+            raise ValueError(f"unknown run field {name!r}; filter on one of {_COLUMNS}.")
+        if value is None:
+            continue
+        if isinstance(value, list | tuple | set | frozenset):
+            values = list(value)
+            clauses.append(f"{name} IN ({', '.join('?' * len(values))})" if values else "0")
+            params.extend(values)
+        else:
+            clauses.append(f"{name} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class RunStore:
+    """A SQLite run store at ``path`` (created with its schema when absent).
+
+    Raises:
+        StoreError: when the file is a database without our ``meta`` table, or was written by a
+            newer schema than :data:`SCHEMA_VERSION`.
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
+        # before reading (no upgrade deadlock between two writers).
+        self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._open_schema()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the connection."""
+        self._db.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Yields the connection inside one ``BEGIN IMMEDIATE`` transaction (committed on
+        success, rolled back on error)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _open_schema(self) -> None:
+        with self.transaction() as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "meta" not in tables:
+                raise StoreError(
+                    f"{self.path} is an SQLite file but not a sparsebench run store "
+                    f"(it has tables {sorted(tables)} and no 'meta' table)."
+                )
+            if not tables:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                db.execute("INSERT INTO meta VALUES ('created', ?)", (_now(),))
+                return
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        raw = row[0] if row else None
+        try:
+            version = int(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise StoreError(
+                f"{self.path}: schema_version {raw!r} in its meta table is not a number; "
+                "this is not a run store this version of sparsebench can read."
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} uses run-store schema {version}, newer than this sparsebench "
+                f"reads (up to {SCHEMA_VERSION}); upgrade sparsebench to open it."
+            )
+        if version < 1:
+            raise StoreError(f"{self.path}: unknown run-store schema version {version}.")
+
+    @property
+    def schema_version(self) -> int:
+        """Returns the schema version recorded in the file."""
+        return int(self._db.execute("SELECT value FROM meta WHERE key='schema_version'")
+                   .fetchone()[0])
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def upsert(self, runs: Iterable[Run]) -> int:
+        """Inserts the runs, replacing rows with the same id (keeping their ``created`` time),
+        in one transaction. Returns the number of runs written."""
+        with self.transaction() as db:
+            return self._write(db, runs)
+
+    def replace(self, runs: Iterable[Run], **filters: Any) -> int:
+        """Deletes the rows matching ``filters`` (at least one) and writes ``runs``, in one
+        transaction: re-importing a file this way never duplicates or half-replaces its rows.
+        Returns the number of runs written."""
+        where, params = _where(filters)
+        if not where:
+            raise ValueError("replace() needs at least one filter; refusing to empty the store.")
+        with self.transaction() as db:
+            db.execute(f"DELETE FROM runs{where}", params)
+            return self._write(db, runs)
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, runs: Iterable[Run]) -> int:
+        now = _now()
+        updated = [c for c in _COLUMNS if c != "created"]
+        sql = (
+            f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES "
+            f"({', '.join(':' + c for c in _COLUMNS)}) ON CONFLICT(id) DO UPDATE SET "
+            + ", ".join(f"{c}=excluded.{c}" for c in updated)
+        )
+        count = 0
+        for run in runs:
+            row = _to_row(run)
+            row["created"] = row["created"] or now
+            row["updated"] = now
+            db.execute(sql, row)
+            count += 1
+        return count
+
+    def add_pending(self, run: Run) -> bool:
+        """Adds ``run`` as pending unless a row with its id exists (a restarted sweep keeps its
+        finished runs). Returns True when the row was added."""
+        row = _to_row(run)
+        row.update(status="pending", created=_now(), updated=_now(), worker=None, heartbeat=None)
+        with self.transaction() as db:
+            cursor = db.execute(
+                f"INSERT OR IGNORE INTO runs ({', '.join(_COLUMNS)}) VALUES "
+                f"({', '.join(':' + c for c in _COLUMNS)})",
+                row,
+            )
+        return cursor.rowcount == 1
+
+    def claim(
+        self, run_id: str, worker: str, *, stale_after: float = DEFAULT_STALE_SECONDS
+    ) -> bool:
+        """Marks ``run_id`` as running by ``worker`` if it is pending, or running under a claim
+        whose heartbeat is older than ``stale_after`` seconds (its worker presumably died).
+
+        Returns True for exactly one of several processes claiming the same run at once.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET status='running', worker=?, heartbeat=?, updated=? "
+                "WHERE id=? AND (status='pending' OR "
+                "(status='running' AND (heartbeat IS NULL OR heartbeat < ?)))",
+                (worker, now, _now(), run_id, now - stale_after),
+            )
+        return cursor.rowcount == 1
+
+    def heartbeat(self, run_id: str, worker: str) -> bool:
+        """Refreshes the claim of ``worker`` on ``run_id``. Returns False when the worker no
+        longer holds it (another worker reclaimed it as stale)."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET heartbeat=? WHERE id=? AND worker=? AND status='running'",
+                (time.time(), run_id, worker),
+            )
+        return cursor.rowcount == 1
+
+    def release(self, run_id: str, worker: str) -> bool:
+        """Puts a run claimed by ``worker`` back to pending (e.g. on a clean interrupt).
+        Returns True when the worker held it."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET status='pending', worker=NULL, heartbeat=NULL, updated=? "
+                "WHERE id=? AND worker=? AND status='running'",
+                (_now(), run_id, worker),
+            )
+        return cursor.rowcount == 1
+
+    def mark_failed(self, run_id: str, error: str) -> None:
+        """Records that ``run_id`` failed with ``error`` (the sweep goes on with the others).
+
+        Raises:
+            KeyError: when no run has this id.
+        """
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET status='failed', error=?, worker=NULL, heartbeat=NULL, "
+                "updated=? WHERE id=?",
+                (error, _now(), run_id),
+            )
+        if cursor.rowcount != 1:
+            raise KeyError(f"no run {run_id!r} in {self.path}")
+
+    def record_result(
+        self,
+        run_id: str,
+        result: Mapping[str, Any],
+        run_dir: str | Path | None = None,
+        *,
+        sweep: str | None = None,
+        technique: str | None = None,
+        model_family: str | None = None,
+        variant: str | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        replica: int | None = None,
+    ) -> Run:
+        """Stores the runner's ``result.json`` dict (schema in :mod:`sparsebench.rundir`) as the
+        row ``run_id`` (created when absent, otherwise updated; the claim is cleared).
+
+        The keyword arguments override what the result implies, for the study harness: a
+        scratch-e retraining run is a ``magnitude`` method run to the runner, say.
+
+        Returns:
+            The stored :class:`Run`.
+
+        Raises:
+            ValueError: when the result lacks ``status``/``metric`` or names an unknown status or
+                technique.
+        """
+        if "status" not in result:
+            raise ValueError(f"result for run {run_id!r} has no 'status' field.")
+        existing = self.get(run_id)
+        config = dict(result.get("config") or {})
+        model_name = (config.get("model") or {}).get("name", "")
+        metric = result.get("metric") or {}
+        value = metric.get("test")
+        if value is None:
+            value = metric.get("valid")
+        method = technique or result.get("technique") or result.get("method") or "dense"
+        base = existing or Run(id=run_id, technique=method)
+        run = Run(
+            id=run_id,
+            train_id=base.train_id,
+            sweep=sweep if sweep is not None else base.sweep,
+            task=str(result.get("task") or base.task),
+            model_family=model_family or base.model_family or model_family_of(model_name),
+            technique=method,
+            variant=variant if variant is not None else base.variant,
+            target_sparsity=result.get("target_sparsity", base.target_sparsity),
+            achieved_sparsity=result.get("sparsity", base.achieved_sparsity),
+            metric_name=str(metric.get("name") or base.metric_name),
+            metric_value=None if value is None else float(value),
+            higher_is_better=bool(metric.get("higher_is_better", base.higher_is_better)),
+            hyperparameters=dict(hyperparameters or base.hyperparameters),
+            config=config,
+            status=str(result["status"]),
+            error=result.get("error"),
+            seconds_per_step=result.get("seconds_per_step"),
+            train_seconds=result.get("train_seconds"),
+            run_dir=str(run_dir) if run_dir is not None else base.run_dir,
+            source="ours",
+            flags=dict(base.flags),
+            replica=replica if replica is not None else base.replica,
+            seed=result.get("seed", base.seed),
+            created=base.created,
+        )
+        self.upsert([run])
+        stored = self.get(run_id)
+        assert stored is not None  # just written in its own transaction
+        return stored
+
+    def delete(self, **filters: Any) -> int:
+        """Deletes the runs matching ``filters`` (at least one is required). Returns the count."""
+        where, params = _where(filters)
+        if not where:
+            raise ValueError("delete() needs at least one filter; refusing to empty the store.")
+        with self.transaction() as db:
+            return db.execute(f"DELETE FROM runs{where}", params).rowcount
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> Run | None:
+        """Returns the run with this id, or None."""
+        row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return _from_row(row) if row else None
+
+    def runs(self, **filters: Any) -> list[Run]:
+        """Returns the runs whose columns equal the given values (a list/tuple means "any of"),
+        ordered by id, e.g. ``runs(source="published", technique=("magnitude", "l0"))``."""
+        where, params = _where(filters)
+        rows = self._db.execute(f"SELECT * FROM runs{where} ORDER BY id", params).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def query(self, **filters: Any) -> list[dict[str, Any]]:
+        """Returns :meth:`runs` as plain dicts."""
+        return [run.as_dict() for run in self.runs(**filters)]
+
+    def count(self, **filters: Any) -> int:
+        """Returns the number of runs matching ``filters``."""
+        where, params = _where(filters)
+        return int(self._db.execute(f"SELECT COUNT(*) FROM runs{where}", params).fetchone()[0])
+
+    def distinct(self, column: str, **filters: Any) -> list[Any]:
+        """Returns the sorted distinct values of ``column`` among runs matching ``filters``."""
+        if column not in _COLUMNS:
+            raise ValueError(f"unknown run field {column!r}; choose one of {_COLUMNS}.")
+        where, params = _where(filters)
+        rows = self._db.execute(
+            f"SELECT DISTINCT {column} FROM runs{where} ORDER BY {column}", params
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def to_csv(self, path: str | Path, **filters: Any) -> Path:
+        """Writes the matching runs as CSV (JSON columns as JSON text), atomically.
+        Returns the path written."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for run in self.runs(**filters):
+            writer.writerow(_to_row(run))
+        atomic_write_bytes(path, buffer.getvalue().encode())
+        return Path(path)
