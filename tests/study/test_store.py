@@ -1,0 +1,172 @@
+"""The run store: schema checks, round trips, runner results, claims and two processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+
+from sparsebench.study.store import SCHEMA_VERSION, Run, RunStore, StoreError
+
+
+def _result(**overrides):
+    """A result.json dict shaped as sparsebench.rundir documents it."""
+    result = {
+        "status": "finished",
+        "task": "fashion-mnist",
+        "method": "magnitude",
+        "target_sparsity": 0.9,
+        "sparsity": 0.8996,
+        "layers": [],
+        "metric": {"name": "top1", "test": 0.871, "valid": 0.88, "higher_is_better": True},
+        "metrics": {"top1": 0.871},
+        "steps": 1000,
+        "train_seconds": 120.5,
+        "seconds_per_step": 0.1205,
+        "flops": {"dense": 10, "sparse": 2},
+        "config": {"model": {"name": "resnet50-small", "options": {}}, "optim": {"lr": 0.1}},
+        "seed": 3,
+        "versions": {"torch": "2.13.0"},
+    }
+    result.update(overrides)
+    return result
+
+
+def test_round_trip_and_filters(tmp_path):
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert([
+            Run(id="a", technique="magnitude", model_family="lenet5", achieved_sparsity=0.5,
+                metric_value=0.9, hyperparameters={"begin": 0, "lr": 1e-3}, flags={"x": True}),
+            Run(id="b", technique="vd", model_family="lenet5", source="published"),
+            Run(id="c", technique="l0", model_family="resnet50"),
+        ])
+        a = store.get("a")
+        assert a.hyperparameters == {"begin": 0, "lr": 1e-3} and a.flags == {"x": True}
+        assert a.train_id == "a" and a.created and a.updated
+        assert store.get("b").technique == "variational_dropout"  # registry alias resolved
+        assert [r.id for r in store.runs(model_family="lenet5")] == ["a", "b"]
+        assert [r.id for r in store.runs(technique=("l0", "magnitude"))] == ["a", "c"]
+        assert store.count(source="published") == 1
+        assert store.distinct("model_family") == ["lenet5", "resnet50"]
+        assert store.query(id="c")[0]["technique"] == "l0"
+        with pytest.raises(ValueError, match="unknown run field 'colour'"):
+            store.runs(colour="red")
+
+
+def test_invalid_values_are_one_sentence():
+    with pytest.raises(ValueError, match="technique 'pruned'"):
+        Run(id="x", technique="pruned")
+    with pytest.raises(ValueError, match=r"achieved_sparsity=90"):
+        Run(id="x", technique="magnitude", achieved_sparsity=90)
+    with pytest.raises(ValueError, match="status 'done'"):
+        Run(id="x", technique="magnitude", status="done")
+
+
+def test_schema_version_checks(tmp_path):
+    path = tmp_path / "s.db"
+    RunStore(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+    db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer than this sparsebench reads"):
+        RunStore(path)
+
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE things (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="not a sparsebench run store"):
+        RunStore(other)
+
+
+def test_record_result_from_runner(tmp_path):
+    with RunStore(tmp_path / "s.db") as store:
+        assert store.add_pending(Run(id="r1", technique="magnitude", sweep="demo",
+                                     hyperparameters={"end": 800}))
+        assert not store.add_pending(Run(id="r1", technique="magnitude"))  # kept, not reset
+        run = store.record_result("r1", _result(), tmp_path / "runs" / "r1")
+        assert run.status == "finished" and run.sweep == "demo"
+        assert run.model_family == "resnet50" and run.task == "fashion-mnist"
+        assert run.technique == "magnitude" and run.metric_name == "top1"
+        assert run.metric_value == 0.871 and run.achieved_sparsity == 0.8996
+        assert run.target_sparsity == 0.9 and run.seed == 3
+        assert run.seconds_per_step == 0.1205 and run.train_seconds == 120.5
+        assert run.config["optim"] == {"lr": 0.1} and run.hyperparameters == {"end": 800}
+        assert run.run_dir.endswith("r1") and run.source == "ours"
+
+        diverged = store.record_result(
+            "r2", _result(status="diverged", metric={"name": "bleu", "test": None, "valid": 0.0},
+                          method="l0_regularization"),
+            technique=None, replica=2,
+        )
+        assert diverged.status == "diverged" and diverged.metric_value == 0.0
+        assert diverged.technique == "l0" and diverged.replica == 2
+
+        retrained = store.record_result("r3", _result(), technique="scratch-e")
+        assert retrained.technique == "scratch-e"
+        with pytest.raises(ValueError, match="no 'status'"):
+            store.record_result("r4", {"metric": {}})
+
+
+def test_claim_release_failure_and_stale(tmp_path):
+    with RunStore(tmp_path / "s.db") as store:
+        store.add_pending(Run(id="p", technique="random"))
+        assert store.claim("p", "w1")
+        assert not store.claim("p", "w2")  # held and fresh
+        assert store.heartbeat("p", "w1") and not store.heartbeat("p", "w2")
+        assert store.release("p", "w1") and store.get("p").status == "pending"
+        assert store.claim("p", "w2")
+        # w2 "died": with a zero staleness window its claim is stale at once.
+        assert store.claim("p", "w3", stale_after=0.0)
+        assert store.get("p").worker == "w3"
+        assert not store.heartbeat("p", "w2")
+        store.mark_failed("p", "RuntimeError: out of memory")
+        failed = store.get("p")
+        assert failed.status == "failed" and "out of memory" in failed.error
+        assert not store.claim("p", "w4", stale_after=0.0)  # failed runs are not re-claimed
+        assert not store.claim("missing", "w1")
+        with pytest.raises(KeyError):
+            store.mark_failed("missing", "x")
+
+
+def test_to_csv(tmp_path):
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert([Run(id="a", technique="dense", metric_value=27.3, hyperparameters={"k": 1})])
+        path = store.to_csv(tmp_path / "out" / "runs.csv")
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("id,technique,train_id,")
+    assert len(lines) == 2 and '"{""k"": 1}"' in lines[1]
+
+
+def _claim_all(path, worker, ids, queue, barrier):
+    store = RunStore(path)
+    barrier.wait(timeout=30)  # start together, so the claims really race
+    queue.put([run_id for run_id in ids if store.claim(run_id, worker)])
+    store.close()
+
+
+def test_two_processes_never_claim_the_same_run(tmp_path):
+    path = tmp_path / "s.db"
+    ids = [f"run{i:03d}" for i in range(200)]
+    with RunStore(path) as store:
+        for run_id in ids:
+            store.add_pending(Run(id=run_id, technique="magnitude"))
+    # fork: each child opens its own connection (the parent closed its own before forking).
+    context = mp.get_context("fork")
+    queue, barrier = context.Queue(), context.Barrier(2)
+    workers = [context.Process(target=_claim_all, args=(path, f"w{k}", ids, queue, barrier))
+               for k in range(2)]
+    for worker in workers:
+        worker.start()
+    claimed = [queue.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert sorted(claimed[0] + claimed[1]) == ids  # every run claimed exactly once
+    with RunStore(path) as store:
+        assert store.count(status="running") == 200
+        owners = {run.worker for run in store.runs()}
+    assert owners <= {"w0", "w1"}
