@@ -1,0 +1,251 @@
+"""The study's figures, drawn with matplotlib's Agg renderer (no display, no pyplot state).
+
+* :func:`frontier_figure`: top panel, each technique's frontier against sparsity with the dense
+  baseline as a horizontal line; bottom panel, every run as a scatter (as in the study).
+* :func:`retraining_figure`: scratch-e / scratch-b / lottery / augmented, mean with min/max bars
+  over replicas, against the magnitude-pruning frontier.
+* :func:`relative_frontiers_figure`: a published frontier beside the user's own, both as a
+  fraction of their own dense baseline, so the shapes compare although the tasks differ.
+
+Each returns the path of the PNG it wrote (atomically). Top-1 is drawn in percent.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from ..rundir import atomic_write_bytes
+from .pareto import Frontier, Point, Summary, display_name, metric_label
+
+__all__ = ["frontier_figure", "relative_frontiers_figure", "retraining_figure"]
+
+_COLOURS = {
+    "magnitude": "#1f77b4",
+    "variational_dropout": "#ff7f0e",
+    "l0": "#2ca02c",
+    "random": "#d62728",
+    "mp-v2": "#9467bd",
+    "scratch-e": "#8c564b",
+    "scratch-b": "#e377c2",
+    "lottery": "#17becf",
+    "augmented": "#bcbd22",
+    "dense": "#333333",
+}
+_EXTRA = ("#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _colours(series: Sequence[str]) -> dict[str, str]:
+    """Returns a colour per series: the technique's own, or a spare one for each variant after
+    the first of a technique, so two variants never share a colour."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    spare = iter(_EXTRA * 4)
+    for name in series:
+        colour = _COLOURS.get(name.split(" ", 1)[0])
+        if colour is None or colour in used:
+            colour = next(spare)
+        used.add(colour)
+        out[name] = colour
+    return out
+
+
+def _scale(metric_name: str) -> float:
+    # The store holds top-1 as a fraction; the study's figures read it in percent.
+    return 100.0 if metric_name == "top1" else 1.0
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def _lower_limit(series_values: Sequence[Sequence[float]], baseline: float | None) -> float | None:
+    """Returns a y lower limit that keeps the informative range readable. A series whose best
+    value is under half of the dense baseline (chance-level L0 on ResNet-50) would squash every
+    other line into a sliver, so it falls below the axis and is named in a note instead; every
+    point of the other series stays in view."""
+    if baseline is None or baseline <= 0:
+        return None
+    kept = [v for values in series_values if values and max(values) >= 0.5 * baseline
+            for v in values]
+    if not kept:
+        return None
+    low = min(kept)
+    return low - 0.05 * (max(max(kept), baseline) - low + 1e-9)
+
+
+def frontier_figure(
+    frontiers: Mapping[str, Frontier],
+    points: Sequence[Point],
+    path: str | Path,
+    *,
+    metric_name: str,
+    baseline: Summary | None = None,
+    title: str = "",
+) -> Path:
+    """Draws the study's two-panel figure: frontiers per series (top) and all runs (bottom),
+    with the dense baseline's mean as a horizontal line. Returns the PNG path."""
+    k = _scale(metric_name)
+    names = sorted(frontiers, key=_order)
+    colours = _colours(names)
+    fig = Figure(figsize=(8.0, 8.2))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    base = baseline.mean * k if baseline else None
+    frontier_values = [fp.value * k for f in frontiers.values() for fp in f.values()]
+    low = _lower_limit([[fp.value * k for fp in f.values()] for f in frontiers.values()], base)
+    hidden = []
+    for index, name in enumerate(names):
+        levels = sorted(frontiers[name])
+        xs = [100 * lv for lv in levels]
+        ys = [frontiers[name][lv].value * k for lv in levels]
+        top.plot(xs, ys, marker=_MARKERS[index % len(_MARKERS)], color=colours[name],
+                 label=display_name(name), linewidth=1.8)
+        if low is not None and ys and max(ys) < low:
+            hidden.append(f"{display_name(name)} (best {max(ys):.2f})")
+    if base is not None:
+        top.axhline(base, color="black", linestyle="--", linewidth=1.2,
+                    label=f"dense ({base:.2f}, n={baseline.n})")
+    if low is not None:
+        top.set_ylim(bottom=low, top=max(frontier_values + [base]) + 0.02 * abs(base))
+    if hidden:
+        top.text(0.01, 0.02, "below the axis: " + "; ".join(hidden), transform=top.transAxes,
+                 fontsize=8, color="#555555")
+    top.set_ylabel(metric_label(metric_name))
+    top.set_title(title or "Pareto frontier per technique")
+    top.grid(True, alpha=0.3)
+    top.legend(fontsize=8, loc="lower left" if not hidden else "center left")
+
+    by_series: dict[str, list[Point]] = {}
+    for point in points:
+        by_series.setdefault(point.series, []).append(point)
+    values = [p.value * k for p in points]
+    for name in sorted(by_series, key=_order):
+        pts = by_series[name]
+        bottom.scatter([100 * p.sparsity for p in pts], [p.value * k for p in pts], s=9,
+                       alpha=0.45, color=colours.get(name, "#7f7f7f"), label=display_name(name),
+                       edgecolors="none")
+    if base is not None:
+        bottom.axhline(base, color="black", linestyle="--", linewidth=1.0)
+    subtitle = f"All {len(values)} runs"
+    if low is not None:
+        # The same range as the frontiers above, so the two panels read against each other.
+        below = sum(v < low for v in values)
+        bottom.set_ylim(bottom=low, top=max(values + [base]) + 0.02 * abs(base))
+        if below:
+            subtitle += f" ({below} below the axis: failed, chance-level or far-off runs)"
+    bottom.set_xlabel("sparsity (%)")
+    bottom.set_ylabel(metric_label(metric_name))
+    bottom.set_title(subtitle, fontsize=10)
+    bottom.set_xlim(45, 100)
+    bottom.grid(True, alpha=0.3)
+    bottom.legend(fontsize=8, loc="lower left", markerscale=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def retraining_figure(
+    summaries: Mapping[str, Mapping[float, Summary]],
+    reference: Frontier,
+    path: str | Path,
+    *,
+    metric_name: str,
+    baseline: Summary | None = None,
+    reference_name: str = "magnitude",
+    title: str = "",
+) -> Path:
+    """Draws retraining series as mean markers with min/max bars over replicas, beside the
+    ``reference`` frontier (magnitude pruning) and the dense baseline. Returns the PNG path."""
+    k = _scale(metric_name)
+    names = sorted(summaries, key=_order)
+    colours = _colours([reference_name, *names])
+    fig = Figure(figsize=(10.0, 4.8))
+    ax = fig.subplots()
+    levels = sorted(reference)
+    ax.plot([100 * lv for lv in levels], [reference[lv].value * k for lv in levels],
+            color=colours[reference_name], linewidth=2.2, marker="o",
+            label=f"{display_name(reference_name)} frontier")
+    width = 1.6  # percentage points across which the series at one level are spread
+    all_values = [reference[lv].value * k for lv in levels]
+    for index, name in enumerate(names):
+        offset = (index - (len(names) - 1) / 2) * width / max(len(names) - 1, 1)
+        cells = sorted(summaries[name].items())
+        xs = [100 * lv + offset for lv, _ in cells]
+        means = [s.mean * k for _, s in cells]
+        lower = [(s.mean - s.min) * k for _, s in cells]
+        upper = [(s.max - s.mean) * k for _, s in cells]
+        all_values += [s.max * k for _, s in cells] + means
+        # A min from a failed replica (BLEU 0) is left to run off the bottom of the plot.
+        all_values += [s.min * k for _, s in cells
+                       if baseline is None or s.min >= 0.5 * baseline.mean]
+        ax.errorbar(xs, means, yerr=[lower, upper], fmt=_MARKERS[(index + 1) % len(_MARKERS)],
+                    color=colours[name], capsize=3, markersize=5, linewidth=1.2,
+                    label=f"{display_name(name)} (n={max(s.n for _, s in cells)})")
+    base = baseline.mean * k if baseline else None
+    if base is not None:
+        ax.axhline(base, color="black", linestyle="--", linewidth=1.0, label=f"dense ({base:.2f})")
+        all_values.append(base)
+    # Bars reaching a failed replica (BLEU 0) run off the bottom rather than flatten the plot.
+    low = _lower_limit([all_values], base)
+    if low is not None:
+        ax.set_ylim(bottom=low, top=max(all_values) + 0.02 * abs(base))
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel(metric_label(metric_name))
+    ax.set_title(title or "Training the sparse architecture from scratch: mean, min/max bars")
+    ax.grid(True, alpha=0.3)
+    # Outside the axes: inside, it hides the bars of the lowest series.
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def relative_frontiers_figure(
+    published: Mapping[str, Frontier],
+    published_baseline: Summary,
+    ours: Mapping[str, Frontier],
+    our_baseline: Summary,
+    path: str | Path,
+    *,
+    published_label: str = "published",
+    our_label: str = "ours",
+    title: str = "",
+) -> Path:
+    """Draws two frontier tables as fractions of their own dense baselines: the published one
+    dashed, ours solid, one colour per technique. Returns the PNG path."""
+    names = sorted(set(published) | set(ours), key=_order)
+    colours = _colours(names)
+    fig = Figure(figsize=(8.0, 4.8))
+    ax = fig.subplots()
+    for table, baseline, style, label in ((published, published_baseline, "--", published_label),
+                                          (ours, our_baseline, "-", our_label)):
+        for name in names:
+            if name not in table or not table[name]:
+                continue
+            levels = sorted(table[name])
+            ax.plot([100 * lv for lv in levels],
+                    [table[name][lv].value / baseline.mean for lv in levels],
+                    linestyle=style, marker="o", markersize=4, color=colours[name],
+                    label=f"{display_name(name)}, {label}")
+    ax.axhline(1.0, color="black", linewidth=1.0, linestyle=":", label="dense = 1")
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("fraction of its own dense baseline")
+    ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))
+    ax.set_title(title or f"Frontiers relative to dense: {our_label} vs {published_label}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower left", ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _order(series: str) -> tuple[int, str]:
+    """Sorts series in the study's order (MP, VD, L0, random, then retraining kinds)."""
+    order = ("magnitude", "mp-v2", "variational_dropout", "l0", "random", "scratch-e",
+             "scratch-b", "lottery", "augmented")
+    technique = series.split(" ", 1)[0]
+    return (order.index(technique) if technique in order else len(order), series)
