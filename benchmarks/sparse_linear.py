@@ -9,6 +9,11 @@ line (load average, threads, kernel path) is part of the result.
     .venv/bin/python benchmarks/sparse_linear.py                 # the issue-6 table (~2 min)
     .venv/bin/python benchmarks/sparse_linear.py --repeats 9     # quicker, noisier
     .venv/bin/python benchmarks/sparse_linear.py --threads 1     # when neighbours load the CPU
+    .venv/bin/python benchmarks/sparse_linear.py --variants      # + OpenMP/serial/gather columns
+
+``--variants`` adds our kernel with torch's OpenMP pool and with the calling thread only (ours
+uses its own pool, in which the calling thread works and waits only for chunks a helper has
+started), and at batch 1 the AVX-512 gather SpMV, all in the same interleaved rounds.
 
 On a shared 2-core machine a neighbour's job can stall any 2-thread parallel region (ours and
 MKL's alike) for a scheduler time slice (~12 ms), which swamps a 50 us product; when the load
@@ -26,7 +31,20 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.inference import SparseLinear, interleaved_medians, kernel_path, machine_context
-from sparsebench.inference.sparse_linear import sparse_mm_torch
+from sparsebench.inference.sparse_linear import set_kernel_options, sparse_mm_torch
+
+
+def _with(layer: SparseLinear, x: torch.Tensor, **options: str):  # noqa: ANN202
+    """Return a callable that runs ``layer(x)`` under the given kernel options."""
+
+    def call() -> torch.Tensor:
+        old = set_kernel_options(**options)
+        try:
+            return layer(x)
+        finally:
+            set_kernel_options(**old)
+
+    return call
 
 
 def main() -> None:
@@ -39,6 +57,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=31, help="interleaved rounds per cell")
     p.add_argument("--budget", type=float, default=4.0, help="max seconds of timing per cell")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--variants", action="store_true", help="also time threading/SpMV variants")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,20 +78,27 @@ def main() -> None:
             x = torch.randn(batch, args.in_f)
             ref = F.linear(x, w, b)
             err = ((ours(x) - ref).abs().max() / ref.abs().max()).item()
-            t = interleaved_medians(
-                {
-                    "dense": lambda x=x, w=w, b=b: F.linear(x, w, b),
-                    "torch_csr": lambda x=x, w_csr=w_csr, b=b: sparse_mm_torch(w_csr, x, b),
-                    "ours": lambda x=x, ours=ours: ours(x),
-                },
-                repeats=args.repeats,
-                budget_s=args.budget,
+            cands = {
+                "dense": lambda x=x, w=w, b=b: F.linear(x, w, b),
+                "torch_csr": lambda x=x, w_csr=w_csr, b=b: sparse_mm_torch(w_csr, x, b),
+                "ours": lambda x=x, ours=ours: ours(x),
+            }
+            if args.variants and kernel_path() == "cpp":
+                cands["openmp"] = _with(ours, x, threading="openmp")
+                cands["serial"] = _with(ours, x, threading="serial")
+                if batch == 1:
+                    cands["gather16"] = _with(ours, x, spmv="gather16")
+            t = interleaved_medians(cands, repeats=args.repeats, budget_s=args.budget)
+            rows.append((s, batch, t["dense"], t["torch_csr"], t["ours"], err, t))
+            extra = "".join(
+                f"  {k} {v * 1e6:8.1f} us"
+                for k, v in t.items()
+                if k not in ("dense", "torch_csr", "ours")
             )
-            rows.append((s, batch, t["dense"], t["torch_csr"], t["ours"], err))
             print(
                 f"  sparsity {s:.2f} batch {batch:4d}: dense {t['dense'] * 1e6:9.1f} us  "
-                f"torch-csr {t['torch_csr'] * 1e6:9.1f} us  ours {t['ours'] * 1e6:9.1f} us  "
-                f"max rel err {err:.1e}",
+                f"torch-csr {t['torch_csr'] * 1e6:9.1f} us  ours {t['ours'] * 1e6:9.1f} us"
+                f"{extra}  max rel err {err:.1e}",
                 flush=True,
             )
     print(f"after:  {machine_context()}  ({time.time() - start:.0f} s)")
@@ -86,6 +112,13 @@ def main() -> None:
             r = next(r for r in rows if r[0] == s and r[1] == batch)
             cells.append(f" | {'':5} {r[2] / r[4]:9.2f}x {r[3] / r[4]:8.2f}x")
         print(f"{s:8.2f}{''.join(cells)}")
+    if args.variants:
+        print()
+        print("variants: dense / variant (same rounds); ours = our pool + scalar SpMV")
+        for r in rows:
+            t = r[6]
+            cells = "  ".join(f"{k} {t['dense'] / v:6.2f}x" for k, v in t.items() if k != "dense")
+            print(f"  sparsity {r[0]:.2f} batch {r[1]:4d}: {cells}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsebench.inference import SparseLinear, _extension, dense_to_csr, kernel_path
+from sparsebench.inference.sparse_linear import set_kernel_options
 
 
 def _weight(out_f: int, in_f: int, density: float, empty_rows: bool = False) -> torch.Tensor:
@@ -117,3 +118,29 @@ def test_fallback_is_announced(monkeypatch, caplog):
         assert "torch CSR fallback" in caplog.text and _extension.DISABLE_ENV in caplog.text
     finally:
         _extension._reset_for_tests()
+
+
+@pytest.mark.parametrize("spmv", ["scalar", "gather16", "gather8"])
+@pytest.mark.parametrize("threading", ["serial", "openmp", "pool"])
+def test_kernel_variants_match_dense(kernel, spmv, threading):
+    """Every batch-1 kernel and every threading mode gives the dense result (big enough to
+    be split into chunks, with int16 and int32 indices)."""
+    if kernel == "torch-csr" and (spmv, threading) != ("scalar", "pool"):
+        pytest.skip("the torch CSR fallback ignores kernel options; one combination covers it")
+    old = set_kernel_options(spmv=spmv, threading=threading)
+    try:
+        for in_f, density in ((700, 0.3), (33000, 0.005)):
+            w = _weight(333, in_f, density, empty_rows=True)
+            b = torch.randn(333)
+            layer = SparseLinear.from_dense(w, b)
+            assert layer.col_indices.dtype == (torch.int16 if in_f < 32768 else torch.int32)
+            for batch in (1, 3, 40):
+                _check(layer, w, b, torch.randn(batch, in_f))
+    finally:
+        set_kernel_options(**old)
+
+
+def test_kernel_options_are_validated():
+    with pytest.raises(ValueError, match="threading must be one of"):
+        set_kernel_options(threading="mpi")
+    assert set_kernel_options() == {"spmv": "default", "threading": "default"}

@@ -20,6 +20,38 @@ from sparsebench.inference import _extension
 #: Largest ``in_features`` for which column indices fit int16.
 INT16_MAX_COLS = 32767
 
+#: Batch-1 kernels of the extension, by name (``-1`` in the extension means its default).
+SPMV_VARIANTS = ("default", "scalar", "gather16", "gather8")
+#: How the extension spreads work over threads: its own load-tolerant pool (default), torch's
+#: OpenMP pool, or the calling thread only.
+THREADING = ("default", "serial", "openmp", "pool")
+_options = {"spmv": -1, "threading": -1}
+
+
+def set_kernel_options(*, spmv: str | None = None, threading: str | None = None) -> dict[str, str]:
+    """Choose the extension's batch-1 kernel and threading for every sparse layer.
+
+    Benchmarks use it to time the variants side by side; users rarely need it. ``"default"``
+    restores the built-in choice (scalar SpMV, the pool).
+
+    Returns:
+        The previous settings, as accepted by this function (``set_kernel_options(**old)``).
+
+    Raises:
+        ValueError: for a name not in ``SPMV_VARIANTS`` / ``THREADING``.
+    """
+    old = {
+        "spmv": SPMV_VARIANTS[_options["spmv"] + 1],
+        "threading": THREADING[_options["threading"] + 1],
+    }
+    for key, value, names in (("spmv", spmv, SPMV_VARIANTS), ("threading", threading, THREADING)):
+        if value is None:
+            continue
+        if value not in names:
+            raise ValueError(f"{key} must be one of {', '.join(names)}; got {value!r}")
+        _options[key] = names.index(value) - 1
+    return old
+
 
 def index_dtype_for(in_features: int) -> torch.dtype:
     """Return the smallest column-index dtype for a layer: int16 up to 32767 inputs, else int32."""
@@ -183,7 +215,14 @@ class SparseLinear(nn.Module):
         ext = _extension.load_extension()
         if ext is not None:
             y = ext.csr_linear(
-                x2, self.crow_indices, self.col_indices, self.values, self.bias, self.in_features
+                x2,
+                self.crow_indices,
+                self.col_indices,
+                self.values,
+                self.bias,
+                self.in_features,
+                _options["spmv"],
+                _options["threading"],
             )
         else:
             y = sparse_mm_torch(self.torch_csr(), x2, self.bias)

@@ -3,23 +3,213 @@
 //
 // Built at first use by torch.utils.cpp_extension.load (see _extension.py), never by pip.
 // Two kernels:
-//  * batch 1, SpMV: rows split over threads by nonzero count; each row is a dot product of
-//    its values with a gather of x (x is a few KB, so the gather hits L1).
+//  * batch 1, SpMV: rows split into chunks by nonzero count; each row is a dot product of
+//    its values with a gather of x (x is a few KB, so the gather hits L1). With AVX-512 the
+//    gather is one vpgatherdps per 16 nonzeros, which moves the limit from the ~3 scalar
+//    loads per nonzero (about 1 nonzero/cycle) to the gather unit.
 //  * batch >= 2, SpMM: x is transposed to xT (in, batch) so that each nonzero W[o, i] does an
 //    AXPY of the contiguous vector xT[i, b0:b0+TB] into a register accumulator for row o.
 //    A block of RB output rows is accumulated into a small L1 buffer and written out
 //    transposed, so y comes back (batch, out) contiguous without a separate transpose pass.
+//
+// Threads: a small pool of our own (WorkPool below) rather than OpenMP, because on a shared
+// 2-core machine an OpenMP region waits at its barrier for a worker the OS has descheduled,
+// a whole scheduler slice (~12 ms) for a 50 us product. In the pool the calling thread works
+// too and waits only for chunks a helper has actually started.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
+#include <thread>
 #include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define SB_HAVE_AVX512 1
+#else
+#define SB_HAVE_AVX512 0
+#endif
+#if defined(__AVX2__)
+#include <immintrin.h>
+#define SB_HAVE_AVX2 1
+#else
+#define SB_HAVE_AVX2 0
+#endif
 
 namespace {
 
-constexpr int64_t kRowBlock = 16;
-constexpr int64_t kSerialWork = 1 << 16;  // multiply-adds below which threads do not pay off  // output rows per tile: one 64-byte line of y per batch row
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// A job is run(ctx, chunk) for chunk in [0, n). The pool's whole state for a job is one
+// 64-bit word, generation << 32 | next chunk, so a helper that wakes late can claim a chunk
+// only of the job it read the descriptor of (its compare-and-swap fails once the generation
+// moved on), and a job never waits for a helper that has not started.
+class WorkPool {
+ public:
+  using Fn = void (*)(void*, int64_t);
+
+  // Runs fn(ctx, c) for every c in [0, n) on the calling thread and up to `helpers` pool
+  // threads; returns when all chunks are done. Concurrent callers (two Python threads) do
+  // not share the pool: the second one runs its chunks alone.
+  void run(int64_t n, int helpers, Fn fn, void* ctx) {
+    if (n <= 0) return;
+    std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
+    if (helpers <= 0 || n == 1 || !busy.owns_lock()) {
+      for (int64_t c = 0; c < n; ++c) fn(ctx, c);
+      return;
+    }
+    grow(helpers);
+    // Close the previous generation before touching the descriptor (see class comment).
+    const uint64_t gen = (state_.load() >> 32) + 1;
+    state_.store((gen << 32) | kClosed);
+    fn_.store(fn);
+    ctx_.store(ctx);
+    n_.store(n);
+    active_.store(helpers);
+    done_.store(0);
+    state_.store(gen << 32);
+    if (sleepers_.load() > 0) {
+      { std::lock_guard<std::mutex> lock(sleep_mutex_); }
+      sleep_cv_.notify_all();
+    }
+    int64_t mine = 0;
+    for (uint64_t s = state_.load(); (s & kIndexMask) < static_cast<uint64_t>(n);) {
+      if (state_.compare_exchange_weak(s, s + 1)) {
+        fn(ctx, static_cast<int64_t>(s & kIndexMask));
+        ++mine;
+        s = state_.load();
+      }
+    }
+    // Every chunk is claimed; wait only for those a helper took (it is running them).
+    for (int spins = 0; done_.load() < n - mine; ++spins) {
+      if (spins < 4096) cpu_relax(); else sched_yield();
+    }
+  }
+
+  static WorkPool& instance() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+      pool_ = new WorkPool();  // leaked on purpose: helpers outlive static destruction
+      // A forked child has none of the parent's threads: give it a fresh, empty pool.
+      pthread_atfork(nullptr, nullptr, [] { pool_ = new WorkPool(); });
+    });
+    return *pool_;
+  }
+
+ private:
+  static constexpr uint64_t kIndexMask = 0xffffffffull;
+  static constexpr uint64_t kClosed = kIndexMask;  // index value: no chunk may be claimed
+  // How long an idle helper spins before sleeping: long enough to catch the next layer of a
+  // forward pass, short enough not to burn a shared core.
+  static inline WorkPool* pool_ = nullptr;
+
+ public:
+  static inline std::atomic<int64_t> spin_us{200};
+
+ private:
+
+  void grow(int helpers) {
+    while (static_cast<int>(threads_.size()) < helpers) {
+      const int id = static_cast<int>(threads_.size());
+      threads_.emplace_back([this, id] { helper(id); });
+      threads_.back().detach();
+    }
+  }
+
+  void helper(int id) {
+    uint64_t seen = 0;  // generation last handled
+    for (;;) {
+      uint64_t s = state_.load();
+      if ((s >> 32) == seen || (s & kIndexMask) == kClosed) {
+        s = wait_for_job(seen);
+        if ((s & kIndexMask) == kClosed) continue;
+      }
+      const uint64_t gen = s >> 32;
+      const Fn fn = fn_.load();
+      void* const ctx = ctx_.load();
+      const uint64_t n = static_cast<uint64_t>(n_.load());
+      const int active = active_.load();
+      if (id < active) {
+        while ((s >> 32) == gen && (s & kIndexMask) < n) {
+          if (state_.compare_exchange_weak(s, s + 1)) {
+            fn(ctx, static_cast<int64_t>(s & kIndexMask));
+            done_.fetch_add(1);
+            s = state_.load();
+          }
+        }
+      }
+      seen = gen;
+    }
+  }
+
+  // Spins briefly, then sleeps until a generation other than `seen` is published.
+  uint64_t wait_for_job(uint64_t seen) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us.load());
+    for (int i = 0;; ++i) {
+      const uint64_t s = state_.load();
+      if ((s >> 32) != seen && (s & kIndexMask) != kClosed) return s;
+      cpu_relax();
+      if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) break;
+    }
+    sleepers_.fetch_add(1);
+    std::unique_lock<std::mutex> lock(sleep_mutex_);
+    sleep_cv_.wait(lock, [&] {
+      const uint64_t s = state_.load();
+      return (s >> 32) != seen && (s & kIndexMask) != kClosed;
+    });
+    sleepers_.fetch_sub(1);
+    return state_.load();
+  }
+
+  std::atomic<uint64_t> state_{kClosed};
+  std::atomic<Fn> fn_{nullptr};
+  std::atomic<void*> ctx_{nullptr};
+  std::atomic<int64_t> n_{0};
+  std::atomic<int> active_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> sleepers_{0};
+  std::mutex run_mutex_, sleep_mutex_;
+  std::condition_variable sleep_cv_;
+  std::vector<std::thread> threads_;
+};
+
+// How a kernel spreads its chunks: the calling thread alone, torch's OpenMP pool, or ours.
+enum Threading : int64_t { kSerial = 0, kOpenMP = 1, kPool = 2 };
+
+template <typename Body>
+void parallel_chunks(int64_t chunks, int64_t threading, Body&& body) {
+  const int threads = at::get_num_threads();
+  if (chunks == 1 || threads <= 1 || threading == kSerial) {
+    for (int64_t c = 0; c < chunks; ++c) body(c);
+  } else if (threading == kOpenMP) {
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) body(c);
+    });
+  } else {
+    auto trampoline = [](void* ctx, int64_t c) { (*static_cast<Body*>(ctx))(c); };
+    WorkPool::instance().run(chunks, threads - 1, trampoline, &body);
+  }
+}
+
+
+constexpr int64_t kRowBlock = 16;  // output rows per tile: one 64-byte line of y per batch row
+constexpr int64_t kSerialWork = 1 << 16;  // multiply-adds below which threads do not pay off
+// Chunks per thread: several, so a preempted thread's share is small and others take it.
+constexpr int64_t kChunksPerThread = 8;
 
 // Chunk boundaries over rows so each chunk holds about the same nonzeros + rows; random
 // pruning gives even rows, but a layer with dense and empty rows must not idle a core.
@@ -57,6 +247,104 @@ void spmv_rows(int64_t r0, int64_t r1, const int32_t* rp, const I* ci, const flo
     for (; j < e; ++j) a0 += v[j] * x[ci[j]];
     y[r] = ((a0 + a1) + (a2 + a3)) + (bias ? bias[r] : 0.f);
   }
+}
+
+#if SB_HAVE_AVX512
+template <typename I> inline __m512i load_idx16(const I* p);
+template <> inline __m512i load_idx16<int16_t>(const int16_t* p) {
+  return _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+template <> inline __m512i load_idx16<int32_t>(const int32_t* p) {
+  return _mm512_loadu_si512(p);
+}
+template <typename I> inline __m512i load_idx16_masked(const I* p, __mmask16 m);
+template <> inline __m512i load_idx16_masked<int16_t>(const int16_t* p, __mmask16 m) {
+  return _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, p));
+}
+template <> inline __m512i load_idx16_masked<int32_t>(const int32_t* p, __mmask16 m) {
+  return _mm512_maskz_loadu_epi32(m, p);
+}
+
+// One gather per 16 nonzeros. Two rows are interleaved so that one row's gathers are in
+// flight while the other's FMAs retire (a row at 90% sparsity holds only ~6 gathers).
+template <typename I>
+inline float row_dot16(int64_t j, int64_t e, const I* ci, const float* v, const float* x) {
+  __m512 acc = _mm512_setzero_ps();
+  for (; j + 16 <= e; j += 16) {
+    const __m512 xv = _mm512_i32gather_ps(load_idx16<I>(ci + j), x, 4);
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(v + j), xv, acc);
+  }
+  if (j < e) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (e - j)) - 1u);
+    const __m512 xv =
+        _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, load_idx16_masked<I>(ci + j, m), x, 4);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, v + j), xv, acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+template <typename I>
+void spmv_rows_gather(int64_t r0, int64_t r1, const int32_t* rp, const I* ci, const float* v,
+                      const float* x, const float* bias, float* y) {
+  for (int64_t r = r0; r < r1; ++r)
+    y[r] = row_dot16<I>(rp[r], rp[r + 1], ci, v, x) + (bias ? bias[r] : 0.f);
+}
+#endif
+
+#if SB_HAVE_AVX2
+template <typename I> inline __m256i load_idx8(const I* p);
+template <> inline __m256i load_idx8<int16_t>(const int16_t* p) {
+  return _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <> inline __m256i load_idx8<int32_t>(const int32_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+// 8-wide gathers: on some CPUs (AMD Zen) a ymm gather has better throughput per element.
+template <typename I>
+void spmv_rows_gather8(int64_t r0, int64_t r1, const int32_t* rp, const I* ci, const float* v,
+                       const float* x, const float* bias, float* y) {
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t j = rp[r];
+    const int64_t e = rp[r + 1];
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (; j + 16 <= e; j += 16) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j), _mm256_i32gather_ps(x, load_idx8<I>(ci + j), 4), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j + 8),
+                           _mm256_i32gather_ps(x, load_idx8<I>(ci + j + 8), 4), a1);
+    }
+    if (j + 8 <= e) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j), _mm256_i32gather_ps(x, load_idx8<I>(ci + j), 4), a0);
+      j += 8;
+    }
+    a0 = _mm256_add_ps(a0, a1);
+    alignas(32) float t[8];
+    _mm256_store_ps(t, a0);
+    float sum = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+    for (; j < e; ++j) sum += v[j] * x[ci[j]];
+    y[r] = sum + (bias ? bias[r] : 0.f);
+  }
+}
+#endif
+
+// SpMV variants, selectable per call so a benchmark can time them side by side.
+enum SpmvVariant : int64_t { kScalar = 0, kGather16 = 1, kGather8 = 2 };
+
+// Measured on AMD Zen 4 (benchmarks/sparse_linear.py --variants): the gathers are not faster
+// than the scalar loop there (vpgatherdps issues one load per element anyway), so the scalar
+// loop is the default and the gathers stay selectable for CPUs where they win.
+inline int64_t default_spmv_variant() { return kScalar; }
+
+template <typename I>
+void spmv_dispatch(int64_t variant, int64_t r0, int64_t r1, const int32_t* rp, const I* ci,
+                   const float* v, const float* x, const float* bias, float* y) {
+#if SB_HAVE_AVX512
+  if (variant == kGather16) return spmv_rows_gather<I>(r0, r1, rp, ci, v, x, bias, y);
+#endif
+#if SB_HAVE_AVX2
+  if (variant == kGather8) return spmv_rows_gather8<I>(r0, r1, rp, ci, v, x, bias, y);
+#endif
+  spmv_rows<I>(r0, r1, rp, ci, v, x, bias, y);
 }
 
 // GCC/Clang vector extension: 8 floats, one AVX2 register (half an AVX-512 one, which on
@@ -127,31 +415,28 @@ void spmm_rows(int64_t r0, int64_t r1, const int32_t* rp, const I* ci, const flo
 
 template <typename I>
 void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
-         const at::Tensor& v_t, const float* bias, at::Tensor& y) {
+         const at::Tensor& v_t, const float* bias, at::Tensor& y, int64_t variant,
+         int64_t threading) {
   const int64_t B = x.size(0);
   const int64_t out = y.size(1);
   const int32_t* rp = rp_t.data_ptr<int32_t>();
   const I* ci = ci_t.data_ptr<I>();
   const float* v = v_t.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // A few chunks per thread so a slow (shared, preempted) core can be helped out. Small
-  // products run on the calling thread alone: waking the pool costs microseconds, and on a
-  // shared machine a parallel region waits for a descheduled worker for a whole time slice.
+  // Small products run on the calling thread alone: waking a helper costs microseconds.
   const int64_t threads = at::get_num_threads();
   const int64_t work = static_cast<int64_t>(rp[out]) * B + out;
+  const int64_t per_thread = threading == kPool ? kChunksPerThread : 4;
   const int64_t chunks =
-      work < kSerialWork ? 1 : std::max<int64_t>(1, std::min<int64_t>(out, threads * 4));
+      work < kSerialWork || threads <= 1 || threading == kSerial
+          ? 1
+          : std::max<int64_t>(1, std::min<int64_t>(out, threads * per_thread));
   const auto splits = balanced_splits(rp, out, chunks);
-  auto for_chunks = [&](auto&& body) {
-    if (chunks == 1) body(0, 1);
-    else at::parallel_for(0, chunks, 1, body);
-  };
   if (B == 1) {
     const at::Tensor xc = x.contiguous();
     const float* xp = xc.data_ptr<float>();
-    for_chunks([&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c)
-        spmv_rows<I>(splits[c], splits[c + 1], rp, ci, v, xp, bias, yp);
+    parallel_chunks(chunks, threading, [&](int64_t c) {
+      spmv_dispatch<I>(variant, splits[c], splits[c + 1], rp, ci, v, xp, bias, yp);
     });
     return;
   }
@@ -170,19 +455,19 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
     xT = x.t().contiguous();
   }
   const float* xtp = xT.data_ptr<float>();
-  for_chunks([&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c)
-      spmm_rows<I>(splits[c], splits[c + 1], rp, ci, v, xtp, B, bias, yp, out);
+  parallel_chunks(chunks, threading, [&](int64_t c) {
+    spmm_rows<I>(splits[c], splits[c + 1], rp, ci, v, xtp, B, bias, yp, out);
   });
 }
 
 }  // namespace
 
 // x: (batch, in) float32; crow: (out + 1,) int32; col: (nnz,) int16/int32; values: (nnz,)
-// float32; bias: (out,) float32 or None. Returns y: (batch, out) float32, contiguous.
+// float32; bias: (out,) float32 or None; variant: batch-1 kernel (SpmvVariant, -1 = best
+// available); threading: Threading (-1 = the pool). Returns y: (batch, out) float32, contiguous.
 at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                       const at::Tensor& values, const c10::optional<at::Tensor>& bias,
-                      int64_t in_features) {
+                      int64_t in_features, int64_t variant, int64_t threading) {
   TORCH_CHECK(x.dim() == 2, "csr_linear: x must be 2-D (batch, in), got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
               "csr_linear: float32 only");
@@ -200,15 +485,24 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   }
   at::Tensor y = at::empty({x.size(0), out}, x.options());
   if (x.size(0) == 0 || out == 0) return y;
+  if (variant < 0) variant = default_spmv_variant();
+  if (threading < 0) threading = kPool;
   if (col.scalar_type() == at::kShort) {
-    run<int16_t>(x, crow, col, values, bp, y);
+    run<int16_t>(x, crow, col, values, bp, y, variant, threading);
   } else {
     TORCH_CHECK(col.scalar_type() == at::kInt, "col indices must be int16 or int32");
-    run<int32_t>(x, crow, col, values, bp, y);
+    run<int32_t>(x, crow, col, values, bp, y, variant, threading);
   }
   return y;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("csr_linear", &csr_linear, "y = x @ W.T + b with W in CSR (fp32)");
+  m.def("csr_linear", &csr_linear, "y = x @ W.T + b with W in CSR (fp32)", py::arg("x"),
+        py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("bias"),
+        py::arg("in_features"), py::arg("variant") = -1, py::arg("threading") = -1);
+  m.def("set_pool_spin_us", [](int64_t us) { WorkPool::spin_us.store(us); },
+        "How long an idle pool helper spins before it sleeps (microseconds).");
+  m.attr("SPMV_VARIANTS") = py::make_tuple("scalar", "gather16", "gather8");
+  m.attr("THREADING") = py::make_tuple("serial", "openmp", "pool");
+  m.attr("HAVE_AVX512") = static_cast<bool>(SB_HAVE_AVX512);
 }
