@@ -217,6 +217,18 @@ class Sparsifier:
         self._step += 1
         self.technique.on_step(self._step)
 
+    def fix_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Installs ``masks`` (weight name -> bool tensor, e.g. from ``load_masks``) and keeps
+        them for the rest of training. Only for magnitude and random pruning.
+
+        Raises:
+            ValueError: for another method, or masks that do not match the weights.
+        """
+        self._check_live()
+        if not hasattr(self.technique, "fix_masks"):
+            raise ValueError(f"{self.method} has no masks to fix; use magnitude or random.")
+        self.technique.fix_masks(dict(masks))
+
     def penalty(self) -> torch.Tensor:
         """Returns the regularizer to add to a mean loss: 0 for magnitude and random pruning,
         ``kl_weight·warm-up·ΣKL`` for VD, ``l0_weight·warm-up·ΣP(z≠0)`` for L0."""

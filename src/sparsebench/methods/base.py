@@ -73,14 +73,14 @@ class MethodConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
         """Returns a config from plain values; unknown fields get one clear sentence."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(
                 f"Unknown hyperparameter(s) {unknown} for {cls.__name__}; "
-                f"allowed: {sorted(known)}."
+                f"allowed: {sorted(fields)}."
             )
-        return cls(**values)
+        return cls(**{k: _coerce(cls.__name__, k, v, fields[k].type) for k, v in values.items()})
 
     def _require(self, condition: bool, field: str, allowed: str) -> None:
         if not condition:
@@ -88,6 +88,24 @@ class MethodConfig:
                 f"{type(self).__name__}.{field} = {getattr(self, field)!r} is invalid: "
                 f"it must be {allowed}."
             )
+
+
+def _coerce(owner: str, name: str, value: Any, annotation: Any) -> Any:
+    """Returns ``value`` as the field's type (an int is a fine float), or one clear sentence."""
+    kind = str(annotation)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "float" and is_number:
+        return float(value)
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "str" and isinstance(value, str):
+        return value
+    expected = {"float": "a number", "int": "an integer", "str": "a string"}
+    if kind in expected:
+        raise ValueError(f"{owner}.{name} = {value!r} is invalid: it must be {expected[kind]}.")
+    return value
 
 
 class WeightParametrization(nn.Module):

@@ -88,6 +88,7 @@ class PruningMethod(Method):
     ):
         super().__init__(config, layers, targets)
         self.schedule = schedule
+        self.fixed = False
 
     def score(self, index: int, layer: Layer) -> torch.Tensor:
         """Returns a tensor of ``layer.shape``: higher scores are kept."""
@@ -105,8 +106,31 @@ class PruningMethod(Method):
         self.update_masks(0)
 
     def on_step(self, step: int) -> None:
-        if self.schedule is not None and self.schedule.is_update_step(step):
+        if not self.fixed and self.schedule is not None and self.schedule.is_update_step(step):
             self.update_masks(step)
+
+    @torch.no_grad()
+    def fix_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Installs given masks and stops updating them (retraining a found sparse
+        architecture: scratch, lottery). With ``pruned_weights="drop"`` the pruned weights are
+        zeroed and get no gradient.
+
+        Raises:
+            ValueError: when the names or shapes do not match the sparsified weights.
+        """
+        names = {layer.name for layer in self.layers}
+        if set(masks) != names:
+            raise ValueError(f"The masks name {sorted(set(masks) ^ names)[:5]} which do not "
+                             f"match the sparsified weights.")
+        for layer in self.layers:
+            mask = masks[layer.name]
+            if tuple(mask.shape) != layer.shape:
+                raise ValueError(f"Mask {layer.name} has shape {tuple(mask.shape)}, "
+                                 f"the weight {layer.shape}.")
+            layer.parametrization.mask.copy_(mask.to(torch.bool))
+            if self.config.pruned_weights == "drop":
+                layer.original.mul_(layer.parametrization.mask)
+        self.fixed = True
 
     @torch.no_grad()
     def update_masks(self, step: int) -> None:

@@ -1,0 +1,46 @@
+"""The runner: one training run from a config, resumable, on one process or many."""
+
+from .config import RunConfig, apply_overrides, load_yaml, parse_set
+from .loop import Diverged, learning_rate_factor, train
+from .tasks import PRESETS, make_task, preset, presets
+
+__all__ = [
+    "PRESETS",
+    "Diverged",
+    "RunConfig",
+    "apply_overrides",
+    "build_config",
+    "learning_rate_factor",
+    "load_yaml",
+    "make_task",
+    "parse_set",
+    "preset",
+    "presets",
+    "train",
+]
+
+
+def build_config(task: str, *, method: str | None = None, sparsity: float | None = None,
+                 steps: int | None = None, seed: int | None = None,
+                 config_file: str | None = None, overrides: list[str] | None = None,
+                 values: dict | None = None) -> RunConfig:
+    """Returns the validated config of a run: the task preset, then a YAML file, then the
+    named shortcuts, then ``values`` (nested) and ``--set`` style ``overrides``, later wins."""
+    config = preset(task)
+    if config_file:
+        apply_overrides(config, load_yaml(config_file))
+    shortcuts: dict = {}
+    if method is not None:
+        shortcuts.setdefault("sparsity", {})["method"] = method
+    if sparsity is not None:
+        shortcuts.setdefault("sparsity", {})["sparsity"] = sparsity
+    if steps is not None:
+        shortcuts.setdefault("run", {})["steps"] = steps
+    if seed is not None:
+        shortcuts.setdefault("run", {})["seed"] = seed
+    apply_overrides(config, shortcuts)
+    if values:
+        apply_overrides(config, values)
+    if overrides:
+        apply_overrides(config, parse_set(overrides))
+    return config.validate()

@@ -1,0 +1,367 @@
+"""Tasks: a model + dataset + training recipe, as presets of ``RunConfig``, and the two kinds
+of work behind them (image classification, translation) that the training loop drives.
+
+A task kind knows how to load its data, make resumable batches, compute the training loss and
+evaluate; the loop knows nothing about images or sentences.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import RunConfig, apply_overrides
+
+__all__ = ["PRESETS", "ClassificationTask", "TranslationTask", "make_task", "preset", "presets"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named starting configuration."""
+
+    name: str
+    description: str
+    values: dict[str, Any]
+
+
+def _classification(model: str, options: dict[str, Any], steps: int, batch: int, lr: float,
+                    augment: bool, weight_decay: float, label_smoothing: float = 0.0,
+                    dataset: str = "fashion-mnist", schedule: str = "cosine") -> dict[str, Any]:
+    return {
+        "model": {"name": model, "options": options},
+        "data": {"dataset": dataset, "batch_size": batch, "augment": augment},
+        "optim": {"name": "sgd", "lr": lr, "momentum": 0.9, "nesterov": True,
+                  "weight_decay": weight_decay, "schedule": schedule,
+                  "warmup_steps": max(1, steps // 50), "label_smoothing": label_smoothing},
+        "sparsity": {"begin": 0.1, "end": 0.6, "frequency": max(1, steps // 100)},
+        "run": {"steps": steps, "checkpoint_every": max(1, steps // 10),
+                "log_every": max(1, steps // 100)},
+    }
+
+
+def _translation(model: str, options: dict[str, Any], steps: int, max_tokens: int, lr: float,
+                 warmup: int, dataset: str, vocab_size: int) -> dict[str, Any]:
+    return {
+        "model": {"name": model, "options": {"vocab_size": vocab_size, **options}},
+        "data": {"dataset": dataset, "max_tokens": max_tokens, "vocab_size": vocab_size},
+        "optim": {"name": "adam", "lr": lr, "betas": (0.9, 0.98), "eps": 1e-9,
+                  "schedule": "inverse_sqrt", "warmup_steps": warmup, "label_smoothing": 0.1},
+        "sparsity": {"begin": 0.1, "end": 0.6, "frequency": max(1, steps // 100)},
+        "eval": {"beam_size": 4, "max_valid": 500},
+        "run": {"steps": steps, "checkpoint_every": max(1, steps // 10),
+                "log_every": max(1, steps // 100)},
+    }
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("fmnist-lenet300", "LeNet-300-100 on Fashion-MNIST (minutes on a CPU)",
+               _classification("lenet300", {}, 6000, 100, 0.05, False, 5e-4)),
+        Preset("fmnist-lenet5", "LeNet-5 (Caffe) on Fashion-MNIST",
+               _classification("lenet5", {}, 6000, 100, 0.05, True, 5e-4)),
+        Preset("fmnist-resnet", "CPU-size ResNet-50 shape (width 16) on Fashion-MNIST",
+               _classification("resnet50-small", {}, 4000, 128, 0.1, True, 5e-4, 0.1)),
+        Preset("ding-transformer", "CPU-size Transformer on the Ding English→German corpus",
+               _translation("transformer-tiny", {}, 8000, 4096, 1e-3, 1000, "ding", 8000)),
+        Preset("imagenet-resnet50", "ResNet-50 on an ImageNet folder (set data.root)",
+               _classification("resnet50", {}, 128_000, 1024, 0.4, True, 1e-4, 0.1,
+                               dataset="imagefolder")),
+        Preset("wmt14-transformer", "Transformer base on WMT14 EN-DE text (set data.root)",
+               _translation("transformer-base", {}, 500_000, 4096, 7e-4, 4000, "parallel",
+                            32000)),
+    )
+}
+
+
+def presets() -> list[Preset]:
+    """Returns every task preset."""
+    return list(PRESETS.values())
+
+
+def preset(name: str) -> RunConfig:
+    """Returns the (unvalidated) RunConfig of task ``name``.
+
+    Raises:
+        ValueError: for an unknown task, listing the known ones.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"Unknown task {name!r}; choose one of {sorted(PRESETS)}.")
+    config = RunConfig(task=name)
+    apply_overrides(config, PRESETS[name].values)
+    return config
+
+
+# -- resumable batch order --------------------------------------------------------------------
+class BatchOrder:
+    """Hands out the global batches of an epoch-based order, resumable from (epoch, position).
+
+    ``make_epoch(epoch)`` returns that epoch's list of index lists; it must depend only on the
+    epoch (and a seed), so a resumed run sees exactly the same batches. Under several processes
+    each rank takes every ``world``-th example of the global batch.
+    """
+
+    def __init__(self, make_epoch, rank: int = 0, world: int = 1):
+        self.make_epoch = make_epoch
+        self.rank, self.world = rank, world
+        self.epoch, self.position = 0, 0
+        self._batches: list[list[int]] | None = None
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self
+
+    def __next__(self) -> list[int]:
+        if self._batches is None:
+            self._batches = self.make_epoch(self.epoch)
+        if self.position >= len(self._batches):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._batches = self.make_epoch(self.epoch)
+        batch = self._batches[self.position]
+        self.position += 1
+        return batch[self.rank :: self.world]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._batches = None
+
+
+# -- image classification ---------------------------------------------------------------------
+class ClassificationTask:
+    """Images → class. Fashion-MNIST/MNIST live in memory (bit-identical resume); image
+    folders stream through a DataLoader."""
+
+    metric_name = "top1"
+    higher_is_better = True
+
+    def __init__(self, config: RunConfig, rank: int = 0, world: int = 1):
+        self.config, self.rank, self.world = config, rank, world
+        data = config.data
+        self.generator = torch.Generator().manual_seed(config.run.seed * 1000 + 17 + rank)
+        if data.dataset in ("fashion-mnist", "mnist"):
+            from ..data import IdxImageDataset
+
+            def load(split: str) -> IdxImageDataset:
+                return IdxImageDataset(data.root, split, dataset=data.dataset,
+                                       valid_size=data.valid_size)
+
+            self.train_set = load("train")
+            self.images, self.labels = self.train_set.tensors()
+            if data.limit_train:
+                self.images = self.images[: data.limit_train]
+                self.labels = self.labels[: data.limit_train]
+            self.eval_sets = {"test": load("test").tensors()}
+            if data.valid_size:
+                self.eval_sets["valid"] = load("valid").tensors()
+            self.background = float(self.images.min())
+            self.flip = data.dataset == "fashion-mnist"
+            self.num_classes, self.in_channels = 10, 1
+            self.streaming = False
+        else:
+            from ..data import ImageFolder, imagenet_eval_transform, imagenet_train_transform
+
+            train = ImageFolder(data.root, data.train_split, imagenet_train_transform())
+            self.folder_train = train
+            self.folder_eval = {
+                "valid": ImageFolder(data.root, "val", imagenet_eval_transform(),
+                                     classes=train.classes)
+            }
+            self.num_classes, self.in_channels = train.num_classes, 3
+            self.streaming = True
+        self.order = BatchOrder(self._epoch_batches, rank, world)
+
+    def model_options(self) -> dict[str, Any]:
+        """Returns model options the data imply (class count, input channels)."""
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels}
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        size = len(self.folder_train) if self.streaming else len(self.labels)
+        g = torch.Generator().manual_seed(self.config.run.seed * 7919 + epoch)
+        order = torch.randperm(size, generator=g).tolist()
+        b = self.config.data.batch_size
+        return [order[i : i + b] for i in range(0, size - b + 1, b)] or [order]
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random crop after 2-pixel padding (and horizontal flip), from the task's generator."""
+        n, _, h, w = x.shape
+        pad = 2
+        padded = F.pad(x, (pad, pad, pad, pad), value=self.background)
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=self.generator)
+        rows = offsets[:, 0, None] + torch.arange(h)
+        cols = offsets[:, 1, None] + torch.arange(w)
+        batch_index = torch.arange(n)[:, None, None]
+        out = padded[:, 0][batch_index, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+        if self.flip:
+            flip = torch.rand(n, generator=self.generator) < 0.5
+            out[flip] = out[flip].flip(-1)
+        return out
+
+    def next_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns this rank's share of the next training batch."""
+        indices = next(self.order)
+        if self.streaming:
+            items = [self.folder_train[i] for i in indices]
+            x = torch.stack([item[0] for item in items])
+            y = torch.tensor([item[1] for item in items])
+        else:
+            x, y = self.images[indices], self.labels[indices]
+            if self.config.data.augment:
+                x = self._augment(x)
+        return x.to(device), y.to(device)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y, label_smoothing=self.config.optim.label_smoothing)
+
+    def example_input(self) -> tuple[torch.Tensor, ...]:
+        """Returns one example, for FLOP counting."""
+        if self.streaming:
+            return (self.folder_eval["valid"][0][0].unsqueeze(0),)
+        return (self.images[:1],)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, device: torch.device) -> dict[str, float]:
+        """Returns top-1/top-5 accuracy (fractions) and the mean loss on ``split``."""
+        from ..metrics import evaluate_classifier
+
+        batch = self.config.eval.batch_size
+        if self.streaming:
+            if split not in self.folder_eval:
+                return {}
+            loader = torch.utils.data.DataLoader(self.folder_eval[split], batch_size=batch,
+                                                 num_workers=self.config.data.workers)
+            return evaluate_classifier(model, loader, device=device)
+        if split not in self.eval_sets:
+            return {}
+        images, labels = self.eval_sets[split]
+        batches = ((images[i : i + batch], labels[i : i + batch])
+                   for i in range(0, len(labels), batch))
+        return evaluate_classifier(model, batches, device=device)
+
+
+# -- translation ------------------------------------------------------------------------------
+class TranslationTask:
+    """Source sentence → target sentence with a Transformer, scored by BLEU on detokenized
+    output (sacrebleu, case-sensitive)."""
+
+    metric_name = "bleu"
+    higher_is_better = True
+
+    def __init__(self, config: RunConfig, rank: int = 0, world: int = 1):
+        from ..data import ParallelTextDataset, TokenBatchSampler, read_split, train_joint_vocab
+
+        self.config, self.rank, self.world = config, rank, world
+        data = config.data
+        if data.dataset == "ding":
+            from ..data import build_ding_corpus
+
+            directory = build_ding_corpus(data.root).directory
+        else:
+            directory = Path(data.root)
+        langs = (data.src_lang, data.tgt_lang)
+        self.vocab = train_joint_vocab(directory, data.train_split, langs,
+                                       vocab_size=data.vocab_size)
+        pairs = read_split(directory, data.train_split, *langs)
+        if data.limit_train:
+            pairs = pairs[: data.limit_train]
+        self.train_set = ParallelTextDataset(pairs, self.vocab, max_length=data.max_length)
+        self.eval_pairs = {
+            "valid": read_split(directory, data.valid_split, *langs),
+            "test": read_split(directory, data.test_split, *langs),
+        }
+        self.sampler = TokenBatchSampler(self.train_set.lengths(), data.max_tokens,
+                                         seed=config.run.seed)
+        self.order = BatchOrder(self._epoch_batches, rank, world)
+
+    def model_options(self) -> dict[str, Any]:
+        return {"vocab_size": len(self.vocab)}
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        self.sampler.set_epoch(epoch)
+        return self.sampler.batches()
+
+    def next_batch(self, device: torch.device):
+        from ..data import collate_pairs
+
+        indices = next(self.order) or [0]
+        src, tgt = collate_pairs([self.train_set[i] for i in indices])
+        return src.to(device), tgt.to(device)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        from ..models.transformer import label_smoothed_cross_entropy
+
+        src, tgt = batch
+        # Targets are [bos] + ids + [eos]: teacher forcing reads tgt[:-1] and predicts tgt[1:].
+        # The call goes through model(...) so DistributedDataParallel sees it.
+        logits = model(src, tgt[:, :-1])
+        return label_smoothed_cross_entropy(logits, tgt[:, 1:],
+                                            smoothing=self.config.optim.label_smoothing,
+                                            pad_id=_unwrap(model).config.pad_id)
+
+    def example_input(self) -> tuple[torch.Tensor, ...]:
+        src, tgt = self.train_set[0]
+        return src.unsqueeze(0), tgt[:-1].unsqueeze(0)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, device: torch.device) -> dict[str, float]:
+        """Returns BLEU and chrF of beam-search (or greedy) translations of ``split``."""
+        from ..data.parallel_text import collate_pairs
+        from ..metrics import bleu, chrf
+
+        limit = self.config.eval.max_valid if split == "valid" else self.config.eval.max_test
+        pairs = self.eval_pairs[split][:limit] if limit else self.eval_pairs[split]
+        model = _unwrap(model)
+        was_training = model.training
+        model.eval()
+        eos = model.config.eos_id
+        hypotheses: list[str] = []
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))  # less padding
+        translated: dict[int, str] = {}
+        batch = max(1, self.config.eval.batch_size // 8)
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            sources = [torch.tensor(self.vocab.encode(pairs[i][0])[: self.config.data.max_length]
+                                    + [eos]) for i in chunk]
+            src, _ = collate_pairs([(s, s) for s in sources])
+            src = src.to(device)
+            if self.config.eval.beam_size > 1:
+                out = model.beam_search(src, beam_size=self.config.eval.beam_size,
+                                        alpha=self.config.eval.length_penalty)
+            else:
+                out = model.greedy_decode(src)
+            for i, row in zip(chunk, out.tolist(), strict=True):
+                translated[i] = self.vocab.decode(row)
+        hypotheses = [translated[i] for i in range(len(pairs))]
+        references = [target for _, target in pairs]
+        model.train(was_training)
+        return {"bleu": bleu(hypotheses, references), "chrf": chrf(hypotheses, references),
+                "sentences": float(len(pairs))}
+
+
+_DDP = torch.nn.parallel.DistributedDataParallel
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, _DDP) else model
+
+
+def make_task(config: RunConfig, rank: int = 0, world: int = 1):
+    """Returns the task kind that serves ``config.data.dataset``."""
+    if config.data.dataset in ("ding", "parallel"):
+        return TranslationTask(config, rank, world)
+    return ClassificationTask(config, rank, world)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds torch and Python's ``random`` (the only generators the runner uses)."""
+    torch.manual_seed(seed)
+    random.seed(seed)

@@ -1,0 +1,230 @@
+"""The runner: config validation, results, resume after SIGKILL, divergence, DDP, retraining."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparsebench.train import build_config, learning_rate_factor, train
+from sparsebench.train.config import OptimConfig
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(),
+                                  reason="Fashion-MNIST missing: apt-get install "
+                                         "dataset-fashion-mnist")
+QUICK = ["data.limit_train=2000", "data.valid_size=1000", "eval.batch_size=1000",
+         "run.log_every=1000"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(task="nope"), "Unknown task 'nope'"),
+        (dict(task="fmnist-lenet300", method="prune"), "Unknown sparsification method"),
+        (dict(task="fmnist-lenet300", method="magnitude"),
+         r"sparsity.sparsity = None is invalid: it must be in \[0, 1\) for magnitude"),
+        (dict(task="fmnist-lenet300", method="magnitude", sparsity=1.2),
+         r"sparsity.sparsity = 1.2 is invalid"),
+        (dict(task="fmnist-lenet300", method="vd", sparsity=0.9),
+         "must be null for variational_dropout"),
+        (dict(task="fmnist-lenet300", steps=0), "run.steps = 0 is invalid"),
+        (dict(task="fmnist-lenet300", overrides=["optim.lr=-1"]), "optim.lr = -1.0 is invalid"),
+        (dict(task="fmnist-lenet300", overrides=["optim.name=rmsprop"]),
+         "optim.name = 'rmsprop' is invalid"),
+        (dict(task="fmnist-lenet300", overrides=["optim.lrr=0.1"]),
+         "Unknown config key 'optim.lrr'"),
+        (dict(task="fmnist-lenet300", overrides=["bogus.x=1"]), "Unknown config section"),
+        (dict(task="fmnist-lenet300", overrides=["optim.lr"]), "must look like section.key"),
+        (dict(task="fmnist-lenet300", overrides=["run.steps=many"]),
+         "run.steps = 'many' is invalid: it must be an integer"),
+        (dict(task="fmnist-lenet300", method="vd", overrides=["sparsity.kl_wieght=1"]),
+         r"Unknown hyperparameter\(s\) \['kl_wieght'\]"),
+        (dict(task="fmnist-lenet300", overrides=["model.name=resnet1000"]),
+         "model.name = 'resnet1000' is invalid"),
+        (dict(task="fmnist-lenet300", overrides=["model.options.depth=3"]),
+         "model.options = \\['depth'\\] is invalid"),
+        (dict(task="imagenet-resnet50"), "data.root = None is invalid"),
+        (dict(task="fmnist-lenet300", overrides=["sparsity.begin=1.5"]),
+         "sparsity.begin = 1.5 is invalid"),
+        (dict(task="fmnist-lenet300", overrides=["optim.schedule=inverse_sqrt",
+                                                 "optim.warmup_steps=0"]),
+         "positive for the inverse_sqrt schedule"),
+    ],
+)
+def test_bad_config_gets_one_clear_sentence(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_config(**kwargs)
+
+
+def test_learning_rate_schedules_by_hand():
+    cosine = OptimConfig(schedule="cosine", warmup_steps=10)
+    assert learning_rate_factor(cosine, 4, 110) == pytest.approx(0.5)
+    assert learning_rate_factor(cosine, 60, 110) == pytest.approx(0.5)  # halfway after warmup
+    assert learning_rate_factor(cosine, 110, 110) == pytest.approx(0.0)
+    step = OptimConfig(schedule="step", decay_at=(0.5, 0.75), decay_factor=0.1)
+    assert learning_rate_factor(step, 49, 100) == 1.0
+    assert learning_rate_factor(step, 50, 100) == pytest.approx(0.1)
+    assert learning_rate_factor(step, 80, 100) == pytest.approx(0.01)
+    inv = OptimConfig(schedule="inverse_sqrt", warmup_steps=100)
+    assert learning_rate_factor(inv, 49, 1000) == pytest.approx(0.5)
+    assert learning_rate_factor(inv, 99, 1000) == pytest.approx(1.0)
+    assert learning_rate_factor(inv, 399, 1000) == pytest.approx(0.5)
+
+
+def _config(method="magnitude", sparsity=0.8, steps=40, extra=()):
+    return build_config("fmnist-lenet300", method=method, sparsity=sparsity, steps=steps,
+                        overrides=[*QUICK, *extra])
+
+
+@needs_fmnist
+def test_result_json_schema_and_files(tmp_path):
+    result = train(_config(), tmp_path / "run", progress=False)
+    stored = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert stored == json.loads(json.dumps(result))
+    for key in ("status", "task", "method", "target_sparsity", "sparsity", "layers", "metric",
+                "metrics", "steps", "train_seconds", "seconds_per_step", "flops", "config",
+                "seed", "versions"):
+        assert key in stored, key
+    assert stored["status"] == "finished" and stored["steps"] == 40
+    assert 0.0 <= stored["metric"]["test"] <= 1.0 and stored["metric"]["name"] == "top1"
+    # Achieved sparsity counted independently from the saved weights.
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    zeros = sum(int((weights[f"fc{i}.weight"] == 0).sum()) for i in (1, 2, 3))
+    size = sum(weights[f"fc{i}.weight"].numel() for i in (1, 2, 3))
+    assert stored["sparsity"] == pytest.approx(zeros / size) == pytest.approx(0.8, abs=1e-4)
+    masks = load_file(tmp_path / "run" / "mask.safetensors")
+    assert torch.equal(masks["fc1.weight"], weights["fc1.weight"] != 0)
+    assert set(load_file(tmp_path / "run" / "init.safetensors")) == set(weights)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    assert stored["flops"]["dense"] == 2 * (784 * 300 + 300 * 100 + 100 * 10)
+    # A finished directory is not trained again.
+    started = time.perf_counter()
+    assert train(_config(), tmp_path / "run", progress=False)["train_seconds"] == \
+        stored["train_seconds"]
+    assert time.perf_counter() - started < 5
+
+
+def _cli(out, *extra):
+    return [sys.executable, "-m", "sparsebench", "train", "--task", "fmnist-lenet300",
+            "--method", "magnitude", "--sparsity", "0.8", "--steps", "60", "--no-progress",
+            "--out", str(out), *(f"--set={item}" for item in QUICK),
+            "--set", "run.checkpoint_every=10", "--set", "data.augment=true", *extra]
+
+
+@needs_fmnist
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(tmp_path / "whole"), check=True, env=env, capture_output=True)
+    process = subprocess.Popen(_cli(tmp_path / "killed"), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoint" / "state.safetensors"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "result.json").exists(), "killed too late to test resume"
+    subprocess.run(_cli(tmp_path / "killed"), check=True, env=env, capture_output=True)
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model.safetensors")
+    for name, tensor in whole.items():
+        assert torch.equal(tensor, resumed[name]), name
+    a = json.loads((tmp_path / "whole" / "result.json").read_text())
+    b = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert a["metrics"] == b["metrics"]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@needs_fmnist
+@pytest.mark.parametrize("method, sparsity, extra", [
+    ("vd", None, ["sparsity.kl_weight=1e-5", "sparsity.warmup_end=0.5"]),
+    ("l0", None, ["sparsity.l0_weight=1e-5"]),
+])
+def test_noisy_methods_resume_bit_identically(tmp_path, monkeypatch, method, sparsity, extra):
+    extra = [*extra, "run.checkpoint_every=10"]
+    train(_config(method, sparsity, 30, extra), tmp_path / "whole", progress=False)
+    from sparsebench.train import loop
+
+    original = loop._write_checkpoint
+    calls = {"n": 0}
+
+    def crash_after_second(*args, **kwargs):
+        original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Interrupt
+
+    monkeypatch.setattr(loop, "_write_checkpoint", crash_after_second)
+    with pytest.raises(_Interrupt):
+        train(_config(method, sparsity, 30, extra), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(loop, "_write_checkpoint", original)
+    train(_config(method, sparsity, 30, extra), tmp_path / "cut", progress=False)
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    cut = load_file(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+@needs_fmnist
+def test_a_diverging_loss_stops_with_a_clear_status(tmp_path):
+    config = _config(extra=["optim.lr=1e12", "optim.warmup_steps=0", "optim.schedule=constant"])
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["status"] == "diverged"
+    assert "the loss became" in result["error"]
+    stored = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert stored["status"] == "diverged"
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@needs_fmnist
+def test_retraining_with_a_fixed_mask_and_the_lottery_init(tmp_path):
+    train(_config(sparsity=0.9), tmp_path / "pruned", progress=False)
+    source = tmp_path / "pruned"
+    for name, extra in [("lottery", [f"sparsity.init_from={source / 'init.safetensors'}"]),
+                        ("augmented", ["sparsity.augmented_init=true"])]:
+        train(_config(sparsity=0.9, extra=[f"sparsity.mask_from={source / 'mask.safetensors'}",
+                                           *extra]), tmp_path / name, progress=False)
+        masks = load_file(source / "mask.safetensors")
+        weights = load_file(tmp_path / name / "model.safetensors")
+        for layer, mask in masks.items():
+            assert torch.all(weights[layer][~mask] == 0), (name, layer)
+        assert load_file(tmp_path / name / "mask.safetensors").keys() == masks.keys()
+    lottery_init = load_file(tmp_path / "lottery" / "init.safetensors")
+    assert torch.equal(lottery_init["fc1.weight"],
+                       load_file(source / "init.safetensors")["fc1.weight"])
+
+
+@needs_fmnist
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["--task", "fmnist-lenet300", "--method", "magnitude", "--sparsity", "0.7",
+              "--steps", "30", "--no-progress", *(f"--set={item}" for item in QUICK)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "sparsebench", "train", *common, "--out",
+                    str(tmp_path / "one")], check=True, env=env, capture_output=True)
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m",
+                           "sparsebench", "train", *common, "--out", str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    for name in one:
+        # Same data, same global batch; only the order of floating-point sums differs.
+        assert torch.allclose(one[name], two[name], atol=1e-4, rtol=1e-3), name
+    masks_one = load_file(tmp_path / "one" / "mask.safetensors")
+    masks_two = load_file(tmp_path / "two" / "mask.safetensors")
+    agree = [float((masks_one[k] == masks_two[k]).float().mean()) for k in masks_one]
+    assert min(agree) > 0.999
+    result = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert result["world_size"] == 2
+    assert math.isclose(result["sparsity"], 0.7, abs_tol=1e-4)
