@@ -1,0 +1,162 @@
+"""Figures, the HTML report and the commands; the published report rendered in Chromium."""
+
+from __future__ import annotations
+
+import csv
+import html
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sparsebench.cli import main
+from sparsebench.study import figures
+from sparsebench.study import pareto as P
+from sparsebench.study.published import DATA_ROOT
+from sparsebench.study.report import write_report
+from sparsebench.study.store import Run, RunStore
+
+
+def _ours(store: RunStore) -> None:
+    """A hand-made study of ours on lenet5 (top-1 fractions) and a published lenet5 table."""
+    runs = [Run(id=f"dense{i}", technique="dense", model_family="lenet5", metric_name="top1",
+                metric_value=v, achieved_sparsity=0.0, status="finished")
+            for i, v in enumerate((0.90, 0.92))]
+    table = {  # technique -> [(sparsity, top-1)]
+        "magnitude": [(0.5, 0.90), (0.9, 0.86), (0.95, 0.80)],
+        "variational_dropout": [(0.503, 0.89), (0.897, 0.87), (0.93, 0.85)],
+        "random": [(0.5, 0.88), (0.9, 0.70), (0.95, 0.60)],
+    }
+    for technique, cells in table.items():
+        for k, (s, v) in enumerate(cells):
+            runs.append(Run(id=f"{technique}{k}", technique=technique, model_family="lenet5",
+                            metric_name="top1", metric_value=v, achieved_sparsity=s,
+                            target_sparsity=None if technique == "variational_dropout" else s,
+                            status="finished"))
+    for k, v in enumerate((0.80, 0.82, 0.84)):
+        runs.append(Run(id=f"lottery{k}", technique="lottery", model_family="lenet5",
+                        metric_name="top1", metric_value=v, achieved_sparsity=0.9,
+                        target_sparsity=0.9, status="finished", replica=k))
+    runs.append(Run(id="failed", technique="l0", model_family="lenet5", status="failed",
+                    error="boom"))
+    # The "published" lenet5 frontier: MP 45 and 40 (dense 50), so relative 0.9 and 0.8.
+    runs += [Run(id="p-dense", technique="dense", model_family="lenet5", metric_name="top1",
+                 metric_value=0.5, achieved_sparsity=0.0, status="finished", source="published"),
+             Run(id="p-mp90", technique="magnitude", model_family="lenet5", metric_name="top1",
+                 metric_value=0.45, achieved_sparsity=0.9, status="finished",
+                 source="published"),
+             Run(id="p-vd90", technique="variational_dropout", model_family="lenet5",
+                 metric_name="top1", metric_value=0.40, achieved_sparsity=0.9, status="finished",
+                 source="published")]
+    store.upsert(runs)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_figures_write_pngs(tmp_path):
+    pts = [P.Point("magnitude", 0.5, 20.0, "a"), P.Point("magnitude", 0.9, 15.0, "b"),
+           P.Point("l0", 0.5, 21.0, "c"), P.Point("l0", 0.9, 0.0, "d")]
+    table = P.frontiers(pts)
+    base = P.summarise([25.0, 26.0])
+    out = figures.frontier_figure(table, pts, tmp_path / "f.png", metric_name="bleu",
+                                  baseline=base)
+    assert _png_size(out)[0] > 400
+    reps = {"scratch-e": {0.5: P.summarise([18.0, 19.0, 0.0])}}
+    out = figures.retraining_figure(reps, table["magnitude"], tmp_path / "r.png",
+                                    metric_name="bleu", baseline=base)
+    assert _png_size(out)[0] > 400
+    out = figures.relative_frontiers_figure(table, base, table, P.summarise([30.0]),
+                                            tmp_path / "c.png")
+    assert _png_size(out)[0] > 400
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_report_on_a_hand_made_study(tmp_path):
+    with RunStore(tmp_path / "s.db") as store:
+        _ours(store)
+        index = write_report(store, tmp_path / "report", source="ours")
+        text = html.unescape(index.read_text())
+        # Dense 0.90 and 0.92: mean 91.00%. At 90 %: VD 87% (0.897 is in the bin) beats MP 86%.
+        assert "The dense baseline reaches 91.00% (mean of 2 runs, 90.00% to 92.00%)." in text
+        assert ("At 90% sparsity, variational dropout has the best frontier point: 87.00%, "
+                "vs magnitude pruning 86.00%, random pruning 70.00%.") in text
+        # VD's 0.93 point is more than 1 pp from every level.
+        assert "variational dropout 1." in text
+        # Lottery best 84% vs MP 86% at 90 %.
+        assert ("At 90%, the best retrained run is lottery (84.00%, best of 3), 2.00 points "
+                "below the magnitude pruning frontier (86.00%).") in text
+        # Relative to dense: ours MP 0.86/0.91 = 0.945, published MP 0.45/0.5 = 0.900.
+        rows = list(csv.reader((index.parent / "ours_lenet5_relative.csv").open()))
+        assert ["magnitude pruning", "90", "0.945", "0.900"] in rows
+        assert "At 90%, variational dropout leads in our runs and magnitude pruning in the " \
+               "study's: the findings differ." in text
+        for name in ("ours_lenet5_frontiers.png", "ours_lenet5_retraining.png",
+                     "ours_lenet5_relative.png"):
+            assert f'src="{name}"' in text and _png_size(index.parent / name)[0] > 400
+        frontier = list(csv.reader((index.parent / "ours_lenet5_frontiers.csv").open()))
+        assert frontier[0] == ["sparsity %", "magnitude pruning", "variational dropout",
+                               "random pruning", "best"]
+        assert frontier[5] == ["90", "86.00 (1)", "87.00 (1)", "70.00 (1)",
+                               "variational dropout"]
+        assert "matplotlib" in (index.parent / "versions.csv").read_text()
+        with pytest.raises(ValueError, match="no runs"):
+            write_report(store, tmp_path / "none", model_family="gpt")
+
+
+def test_commands(tmp_path, capsys):
+    root = tmp_path / "data"
+    relative = "sparse_transformer/technique_comparison/transformer_baselines.csv"
+    (root / relative).parent.mkdir(parents=True)
+    shutil.copy(DATA_ROOT / relative, root / relative)
+    store = tmp_path / "s.db"
+    assert main(["import-published", "--store", str(store), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "transformer_baselines.csv" in out and "5 csv rows ->     5 runs" in out
+    with RunStore(store) as s:
+        _ours(s)
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "r"),
+                 "--model-family", "lenet5"]) == 0
+    assert f"report written to {tmp_path / 'r' / 'index.html'}" in capsys.readouterr().out
+    assert main(["report", "--store", str(tmp_path / "missing.db"), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "no run store" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                    "(apt-get install -y chromium)")
+def test_published_report_renders_in_chromium(published_store, tmp_path):
+    index = write_report(published_store, tmp_path / "report", source="published")
+    text = index.read_text()
+    assert ("At 90% sparsity, magnitude pruning has the best frontier point: 23.26 BLEU, "
+            "vs L0 regularization 22.97 BLEU, variational dropout 22.02 BLEU, "
+            "random pruning 20.67 BLEU.") in text
+    assert "At 95% sparsity, variational dropout has the best frontier point: 72.48%" in text
+    assert "The dense baseline reaches 27.29 BLEU (mean of 5 runs" in text
+    shot = tmp_path / "screenshot.png"
+    completed = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+         "--window-size=1280,2000", index.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2000)
+        # A page that rendered text and figures has many colours; a blank or error page few.
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 500
+        # The first figure (drawn from the data) is on the first screen: its lines are coloured.
+        pixels = np.asarray(image.convert("RGB").resize((320, 500)), dtype=np.int16)
+        saturated = (pixels.max(axis=2) - pixels.min(axis=2)) > 80
+        assert int(saturated.sum()) > 200
