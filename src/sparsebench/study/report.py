@@ -146,7 +146,7 @@ def dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
         id=f"{scope.key}-dense", title=f"{scope.title}: dense baseline",
         sentences=[P.dense_sentence(baseline, metric)],
         tables=[Table(f"{scope.key}_dense_baseline", ["metric", "mean", "min", "max", "runs"],
-                      [row], "Dense replicas (top-1 in %).")],
+                      [row], f"Dense replicas, {P.metric_label(metric)}.")],
     )
 
 
