@@ -21,7 +21,12 @@ from matplotlib.figure import Figure
 from ..rundir import atomic_write_bytes
 from .pareto import Frontier, Point, Summary, display_name, metric_label
 
-__all__ = ["frontier_figure", "relative_frontiers_figure", "retraining_figure"]
+__all__ = [
+    "frontier_figure",
+    "relative_frontiers_figure",
+    "retraining_figure",
+    "series_order",
+]
 
 _COLOURS = {
     "magnitude": "#1f77b4",
@@ -93,7 +98,7 @@ def frontier_figure(
     """Draws the study's two-panel figure: frontiers per series (top) and all runs (bottom),
     with the dense baseline's mean as a horizontal line. Returns the PNG path."""
     k = _scale(metric_name)
-    names = sorted(frontiers, key=_order)
+    names = sorted(frontiers, key=series_order)
     colours = _colours(names)
     fig = Figure(figsize=(8.0, 8.2))
     top, bottom = fig.subplots(2, 1, sharex=True)
@@ -126,7 +131,7 @@ def frontier_figure(
     for point in points:
         by_series.setdefault(point.series, []).append(point)
     values = [p.value * k for p in points]
-    for name in sorted(by_series, key=_order):
+    for name in sorted(by_series, key=series_order):
         pts = by_series[name]
         bottom.scatter([100 * p.sparsity for p in pts], [p.value * k for p in pts], s=9,
                        alpha=0.45, color=colours.get(name, "#7f7f7f"), label=display_name(name),
@@ -163,7 +168,7 @@ def retraining_figure(
     """Draws retraining series as mean markers with min/max bars over replicas, beside the
     ``reference`` frontier (magnitude pruning) and the dense baseline. Returns the PNG path."""
     k = _scale(metric_name)
-    names = sorted(summaries, key=_order)
+    names = sorted(summaries, key=series_order)
     colours = _colours([reference_name, *names])
     fig = Figure(figsize=(10.0, 4.8))
     ax = fig.subplots()
@@ -218,7 +223,7 @@ def relative_frontiers_figure(
 ) -> Path:
     """Draws two frontier tables as fractions of their own dense baselines: the published one
     dashed, ours solid, one colour per technique. Returns the PNG path."""
-    names = sorted(set(published) | set(ours), key=_order)
+    names = sorted(set(published) | set(ours), key=series_order)
     colours = _colours(names)
     fig = Figure(figsize=(8.0, 4.8))
     ax = fig.subplots()
@@ -243,7 +248,7 @@ def relative_frontiers_figure(
     return _save(fig, path)
 
 
-def _order(series: str) -> tuple[int, str]:
+def series_order(series: str) -> tuple[int, str]:
     """Sorts series in the study's order (MP, VD, L0, random, then retraining kinds)."""
     order = ("magnitude", "mp-v2", "variational_dropout", "l0", "random", "scratch-e",
              "scratch-b", "lottery", "augmented")
