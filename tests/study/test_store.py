@@ -106,6 +106,14 @@ def test_record_result_from_runner(tmp_path):
         assert diverged.status == "diverged" and diverged.metric_value == 0.0
         assert diverged.technique == "l0" and diverged.replica == 2
 
+        # The runner's diverged result has no metric and no achieved sparsity.
+        crashed = store.record_result("r5", {"schema": 1, "status": "diverged", "error": "nan loss",
+                                             "task": "wmt", "method": "variational_dropout",
+                                             "target_sparsity": 0.5, "seed": 1, "config": {}})
+        assert crashed.status == "diverged" and crashed.error == "nan loss"
+        assert crashed.metric_value is None and crashed.achieved_sparsity is None
+        assert crashed.target_sparsity is None  # VD has no target: 0.5 is a config default
+
         retrained = store.record_result("r3", _result(), technique="scratch-e")
         assert retrained.technique == "scratch-e"
         with pytest.raises(ValueError, match="no 'status'"):

@@ -186,6 +186,19 @@ def model_family_of(model_name: str) -> str:
     return model_name.split("-", 1)[0]
 
 
+def _uses_target(method: str | None) -> bool:
+    """Returns whether the runner's method hits a sparsity target (pruning) rather than
+    reaching whatever its regularization gives (VD, L0), as the method registry says."""
+    if not method or method == "dense":
+        return True
+    from .. import methods  # here, not at the top: reading a store should not need torch
+
+    try:
+        return bool(methods.get(method).uses_sparsity_target)
+    except ValueError:
+        return True
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -448,6 +461,11 @@ class RunStore:
             value = metric.get("valid")
         method = technique or result.get("technique") or result.get("method") or "dense"
         base = existing or Run(id=run_id, technique=method)
+        target = result.get("target_sparsity", base.target_sparsity)
+        if not _uses_target(result.get("method")):
+            # VD and L0 have no sparsity target: a config default there is not a target, and
+            # keeping it would flag every such run as missing its target.
+            target = None
         run = Run(
             id=run_id,
             train_id=base.train_id,
@@ -456,7 +474,7 @@ class RunStore:
             model_family=model_family or base.model_family or model_family_of(model_name),
             technique=method,
             variant=variant if variant is not None else base.variant,
-            target_sparsity=result.get("target_sparsity", base.target_sparsity),
+            target_sparsity=target,
             achieved_sparsity=result.get("sparsity", base.achieved_sparsity),
             metric_name=str(metric.get("name") or base.metric_name),
             metric_value=None if value is None else float(value),
