@@ -4,7 +4,8 @@ Typical use on a finalized model (pruned weights are exact zeros)::
 
     from sparsebench import inference as sbi
 
-    fast = sbi.compile_sparse(model, batch_hint=[1, 16])   # per-layer sparse/dense choice
+    fast = sbi.compile_sparse(model, batch_hint=[1, 16],    # per-layer dense/CSR/BSR choice
+                              example_input=x[:1])          # sizes the convolutions
     report = sbi.save_sparse(fast, "model.sparse.safetensors")
     again = sbi.load_sparse("model.sparse.safetensors")
 
@@ -21,10 +22,21 @@ from sparsebench.inference.export import (
     save_sparse,
 )
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
-from sparsebench.inference.sparse_linear import SparseLinear, dense_to_csr
+from sparsebench.inference.sparse_conv import SparseConv2d
+from sparsebench.inference.sparse_linear import (
+    BLOCK_SIZES,
+    SparseLinear,
+    dense_to_bsr,
+    dense_to_csr,
+    set_kernel_options,
+)
 from sparsebench.inference.timing import interleaved_medians, machine_context
 
 __all__ = [
+    "BLOCK_SIZES",
+    "SparseConv2d",
+    "dense_to_bsr",
+    "set_kernel_options",
     "Calibration",
     "ExportReport",
     "LayerDecision",

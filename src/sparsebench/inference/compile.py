@@ -3,8 +3,13 @@
 ``plan_sparse`` decides per layer, from the performance model, whether the sparse kernel is
 faster than dense at every batch size the caller expects; ``compile_sparse`` applies a plan to a
 deep copy of the model. Layers whose kernel would not win by ``min_speedup`` stay dense, so the
-compiled model is never slower than dense at any sparsity for the hinted batches. New layer
-kinds (Conv2d, block-sparse Linear) plug in as another entry of ``_CONVERTERS``.
+compiled model is never slower than dense at any sparsity for the hinted batches. Layer kinds
+plug in as entries of ``_CONVERTERS`` (Linear and Conv2d today).
+
+Formats: every layer is a CSR candidate. When a layer's zeros form whole blocks (the stored
+blocks of a supported size are at least ``BLOCK_FILL`` full, e.g. from ``sparsify(...,
+block=(16, 16))``), BSR with that block size is a candidate too, and the one the performance
+model predicts fastest wins. Convolutions need their input size: pass ``example_input``.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsebench.inference.perf_model import PerformanceModel
-from sparsebench.inference.sparse_linear import SparseLinear
+from sparsebench.inference.perf_model import Calibration, PerformanceModel
+from sparsebench.inference.sparse_conv import SparseConv2d, conv_unsupported_reason
+from sparsebench.inference.sparse_linear import BLOCK_SIZES, SparseLinear, block_density
+
+#: Least fraction of nonzeros in the stored blocks for a block size to be a candidate.
+BLOCK_FILL = 0.9
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +49,13 @@ class LayerDecision:
     break_even_density: float
     use_sparse: bool
     reason: str
+    block: tuple[int, int] = (1, 1)
 
     def row(self) -> str:
         """Return a one-line, human-readable summary of the decision."""
         speed = " ".join(f"b{b}:{s:.2f}x" for b, s in sorted(self.predicted_speedup.items()))
-        choice = "sparse" if self.use_sparse else "dense"
+        fmt = "csr" if self.block == (1, 1) else f"bsr{self.block[0]}x{self.block[1]}"
+        choice = fmt if self.use_sparse else "dense"
         return (
             f"{self.name:<32} {self.kind:<7} {'x'.join(map(str, self.shape)):<11} "
             f"density={self.density:.3f} break-even={self.break_even_density:.3f} "
@@ -59,34 +70,123 @@ def _batches(batch_hint: int | Sequence[int]) -> tuple[int, ...]:
     return batches
 
 
-def _decide_linear(
+@dataclass
+class _Context:
+    batches: tuple[int, ...]
+    min_speedup: float
+    model: PerformanceModel
+    input_shapes: dict[str, tuple[int, ...]]  # module name -> input shape of one sample
+
+
+def _block_candidates(matrix: torch.Tensor) -> list[tuple[tuple[int, int], float]]:
+    """Return ``[(block, density of nonzero blocks)]``: CSR first, then full-enough blocks."""
+    density = float((matrix != 0).sum()) / max(matrix.numel(), 1)
+    found = [((1, 1), density)]
+    for block in BLOCK_SIZES[1:]:
+        if block[0] > matrix.shape[0] or block[1] > matrix.shape[1]:
+            continue
+        blocks, fill = block_density(matrix, block)
+        if fill >= BLOCK_FILL:
+            found.append((block, blocks))
+    return found
+
+
+def _choose(
     name: str,
-    layer: nn.Linear,
-    batches: tuple[int, ...],
-    min_speedup: float,
-    model: PerformanceModel,
+    kind: str,
+    shape: tuple[int, ...],
+    matrix: torch.Tensor,
+    ctx: _Context,
+    calibrate: Callable[[int, tuple[int, int]], Calibration],
 ) -> LayerDecision:
+    """Pick the fastest of dense, CSR and fitting BSR formats by the performance model."""
+    density = float((matrix != 0).sum()) / max(matrix.numel(), 1)
+    best: LayerDecision | None = None
+    for block, d in _block_candidates(matrix):
+        cals = [calibrate(b, block) for b in ctx.batches]
+        speedups = {b: c.speedup(d) for b, c in zip(ctx.batches, cals, strict=True)}
+        worst = min(speedups.values())
+        if best is None or worst > min(best.predicted_speedup.values()):
+            break_even = min(c.break_even_density(ctx.min_speedup) for c in cals)
+            use = worst >= ctx.min_speedup
+            fmt = "csr" if block == (1, 1) else f"bsr {block[0]}x{block[1]}"
+            reason = f"{fmt}: worst predicted {worst:.2f}x {'>=' if use else '<'} min_speedup"
+            reason += f" {ctx.min_speedup:g}"
+            best = LayerDecision(
+                name, kind, shape, density, speedups, break_even, use, reason, block
+            )
+    assert best is not None  # CSR is always a candidate
+    return best
+
+
+def _decide_linear(name: str, layer: nn.Linear, ctx: _Context) -> LayerDecision:
     w = layer.weight.detach()
     out_f, in_f = w.shape
-    density = float((w != 0).sum()) / max(w.numel(), 1)
-    shape = (out_f, in_f)
     if w.dtype != torch.float32 or w.device.type != "cpu":
-        return LayerDecision(name, "Linear", shape, density, {}, 0.0, False, "not float32 on CPU")
-    cals = [model.calibrate(out_f, in_f, b) for b in batches]
-    speedups = {b: c.speedup(density) for b, c in zip(batches, cals, strict=True)}
-    break_even = min(c.break_even_density(min_speedup) for c in cals)
-    worst = min(speedups.values())
-    use = worst >= min_speedup
-    reason = f"worst predicted {worst:.2f}x {'>=' if use else '<'} min_speedup {min_speedup:g}"
-    return LayerDecision(name, "Linear", shape, density, speedups, break_even, use, reason)
+        density = float((w != 0).sum()) / max(w.numel(), 1)
+        return LayerDecision(
+            name, "Linear", (out_f, in_f), density, {}, 0.0, False, "not float32 on CPU"
+        )
+    return _choose(
+        name,
+        "Linear",
+        (out_f, in_f),
+        w,
+        ctx,
+        lambda b, block: ctx.model.calibrate(out_f, in_f, b, block),
+    )
 
 
-Decider = Callable[[str, nn.Module, tuple[int, ...], float, PerformanceModel], LayerDecision]
-Converter = Callable[[nn.Module], nn.Module]
-# Layer type → (decide, convert). Conv2d and block formats register here when they land.
+def _decide_conv(name: str, conv: nn.Conv2d, ctx: _Context) -> LayerDecision:
+    w = conv.weight.detach()
+    shape = tuple(w.shape)
+    density = float((w != 0).sum()) / max(w.numel(), 1)
+    if (why := conv_unsupported_reason(conv)) is not None:
+        return LayerDecision(name, "Conv2d", shape, density, {}, 0.0, False, why)
+    if name not in ctx.input_shapes:
+        why = "input size unknown: pass example_input to size the convolution"
+        return LayerDecision(name, "Conv2d", shape, density, {}, 0.0, False, why)
+    hw = ctx.input_shapes[name][-2:]
+    return _choose(
+        name,
+        "Conv2d",
+        shape,
+        w.reshape(w.shape[0], -1),
+        ctx,
+        lambda b, block: ctx.model.calibrate_conv(conv, (hw[0], hw[1]), b, block),
+    )
+
+
+Decider = Callable[[str, nn.Module, _Context], LayerDecision]
+Converter = Callable[[nn.Module, tuple[int, int]], nn.Module]
+# Layer type → (decide, convert with a block size).
 _CONVERTERS: dict[type[nn.Module], tuple[Decider, Converter]] = {
     nn.Linear: (_decide_linear, SparseLinear.from_linear),  # type: ignore[dict-item]
+    nn.Conv2d: (_decide_conv, SparseConv2d.from_conv),  # type: ignore[dict-item]
 }
+
+
+def _input_shapes(model: nn.Module, example_input: object) -> dict[str, tuple[int, ...]]:
+    """Return the per-sample input shape of each Conv2d seen in one forward of the example."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+
+            def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
+                shapes.setdefault(name, tuple(args[0].shape[1:]))
+
+            hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            if isinstance(example_input, tuple):
+                model(*example_input)
+            else:
+                model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
 
 
 def plan_sparse(
@@ -95,6 +195,7 @@ def plan_sparse(
     batch_hint: int | Sequence[int] = 1,
     min_speedup: float = 1.1,
     perf_model: PerformanceModel | None = None,
+    example_input: object = None,
 ) -> list[LayerDecision]:
     """Decide, per supported layer, whether its sparse kernel beats dense on this machine.
 
@@ -106,19 +207,22 @@ def plan_sparse(
         min_speedup: predicted dense/sparse time a layer must reach to go sparse; the margin
             above 1 absorbs calibration noise so no layer ends up slower than dense.
         perf_model: the calibration cache to use (default: this machine's cache file).
+        example_input: one input (or tuple of inputs) to run through the model once, to learn
+            each convolution's input size; without it convolutions stay dense.
 
     Returns:
         One ``LayerDecision`` per supported layer, in ``named_modules`` order.
     """
     if min_speedup <= 0:
         raise ValueError(f"min_speedup must be > 0, got {min_speedup}")
-    batches = _batches(batch_hint)
     pm = perf_model if perf_model is not None else PerformanceModel()
+    shapes = {} if example_input is None else _input_shapes(model, example_input)
+    ctx = _Context(_batches(batch_hint), min_speedup, pm, shapes)
     decisions = []
     for name, module in model.named_modules():
         entry = _CONVERTERS.get(type(module))
         if entry is not None:
-            decisions.append(entry[0](name, module, batches, min_speedup, pm))
+            decisions.append(entry[0](name, module, ctx))
     return decisions
 
 
@@ -129,16 +233,18 @@ def compile_sparse(
     min_speedup: float = 1.1,
     perf_model: PerformanceModel | None = None,
     plan: Sequence[LayerDecision] | None = None,
+    example_input: object = None,
 ) -> nn.Module:
     """Return a copy of ``model`` whose layers run sparse kernels where that is faster.
 
-    Each supported layer (``nn.Linear`` today) chosen by ``plan_sparse`` becomes a
-    ``SparseLinear`` with the same outputs (within float rounding); the rest stays as it was.
+    Each supported layer chosen by ``plan_sparse`` becomes a ``SparseLinear`` or
+    ``SparseConv2d`` (CSR or BSR, as chosen) with the same outputs (within float rounding);
+    the rest stays as it was.
     The input model is not modified. The copy is put in eval mode: sparse layers are
     inference-only.
 
     Args:
-        model, batch_hint, min_speedup, perf_model: as for ``plan_sparse``.
+        model, batch_hint, min_speedup, perf_model, example_input: as for ``plan_sparse``.
         plan: a plan from ``plan_sparse`` to apply instead of planning again.
 
     Returns:
@@ -148,7 +254,11 @@ def compile_sparse(
         list(plan)
         if plan is not None
         else plan_sparse(
-            model, batch_hint=batch_hint, min_speedup=min_speedup, perf_model=perf_model
+            model,
+            batch_hint=batch_hint,
+            min_speedup=min_speedup,
+            perf_model=perf_model,
+            example_input=example_input,
         )
     )
     compiled = copy.deepcopy(model).eval()
@@ -161,6 +271,6 @@ def compile_sparse(
         layer = parent.get_submodule(child) if child else compiled
         convert = _CONVERTERS[type(layer)][1]
         if not child:  # the model itself is a single supported layer
-            return convert(layer)
-        setattr(parent, child, convert(layer))
+            return convert(layer, d.block)
+        setattr(parent, child, convert(layer, d.block))
     return compiled

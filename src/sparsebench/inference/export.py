@@ -2,17 +2,21 @@
 
 Layout of a file written by ``save_sparse``:
 
-* tensors: for each ``SparseLinear`` at ``P``: ``P.crow_indices`` (int32), ``P.col_indices``
-  (int16 when in_features <= 32767, else int32), ``P.values`` (float32) and ``P.bias``; every
-  other parameter and buffer as a dense tensor under its ``state_dict`` name.
+* tensors: for each ``SparseLinear`` / ``SparseConv2d`` at ``P``: ``P.crow_indices`` (int32),
+  ``P.col_indices`` (int16 when the (block) columns fit, else int32), ``P.values`` (float32;
+  ``(nblocks, bh, bw)`` for BSR) and ``P.bias``; every other parameter and buffer as a dense
+  tensor under its ``state_dict`` name.
 * metadata ``sparsebench``: JSON with the format version, the module tree as plain data
-  (``{"type", "args", "children"}`` per module), the dense size for the size report, and a
-  SHA-256 over all tensor bytes, so corruption inside the data is caught, not only in the header.
+  (``{"type", "args", "children"}`` per module), the dense size for the size report, a
+  SHA-256 over all tensor bytes, so corruption inside the data is caught, not only in the
+  header, and optionally the model's registry spec (``{"name", "options"}``).
 
 ``load_sparse(path)`` rebuilds models made of the module types in ``MODULE_CODECS``
 (Sequential, Linear, SparseLinear, activations, LayerNorm, ...). A model with its own classes
 (e.g. a Transformer whose ``forward`` is code) is loaded into a skeleton the caller builds:
-``load_sparse(path, model=skeleton)`` swaps in the ``SparseLinear`` layers and loads the rest.
+``load_sparse(path, model=skeleton)`` swaps in the sparse layers and loads the rest; when the
+file names a registry model (``save_sparse(..., model_spec=...)``, as ``sparsebench export``
+does), ``load_sparse`` builds that skeleton itself with ``sparsebench.models.create``.
 Nothing in the file is ever executed.
 """
 
@@ -32,12 +36,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from sparsebench.inference.sparse_conv import SparseConv2d
 from sparsebench.inference.sparse_linear import SparseLinear
 
 FORMAT = "sparsebench-sparse"
 VERSION = 1
 _META_KEY = "sparsebench"
 _CSR_FIELDS = ("crow_indices", "col_indices", "values")
+#: Module types stored as sparse arrays rather than through their state_dict.
+SPARSE_TYPES: tuple[type[nn.Module], ...] = (SparseLinear, SparseConv2d)
 
 
 class SparseFileError(ValueError):
@@ -73,15 +80,24 @@ def _no_args(cls: type[nn.Module]) -> Codec:
     return (lambda m: {}, lambda a: cls())
 
 
-def _sparse_linear_stub(a: dict[str, Any]) -> nn.Module:
-    # Placeholder CSR of the right shape; _load_tensors swaps in the real arrays.
-    return SparseLinear(
-        a["in_features"],
-        a["out_features"],
-        torch.zeros(a["out_features"] + 1, dtype=torch.int32),
-        torch.zeros(0, dtype=torch.int16),
-        torch.zeros(0),
-        torch.zeros(a["out_features"]) if a["bias"] else None,
+def _sparse_stub(a: dict[str, Any]) -> nn.Module:
+    # The tree lists sparse layers, but load_sparse builds them from the tensors directly.
+    return nn.Identity()
+
+
+def _sparse_layer(kind: str, a: dict[str, Any], parts: list[Tensor], bias: Tensor | None):  # noqa: ANN202
+    """Return the sparse layer described by a tree node's args and its arrays."""
+    if kind == "SparseLinear":
+        return SparseLinear(a["in_features"], a["out_features"], *parts, bias)
+    return SparseConv2d(
+        a["in_channels"],
+        a["out_channels"],
+        tuple(a["kernel_size"]),
+        tuple(a["stride"]),
+        tuple(a["padding"]),
+        tuple(a["dilation"]),
+        *parts,
+        bias,
     )
 
 
@@ -116,13 +132,51 @@ MODULE_CODECS: dict[str, Codec] = {
         },
         lambda a: nn.Linear(a["in_features"], a["out_features"], a["bias"]),
     ),
+    "Conv2d": (
+        lambda m: {
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride),
+            "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+            "dilation": list(m.dilation),
+            "groups": m.groups,
+            "bias": m.bias is not None,
+            "padding_mode": m.padding_mode,
+        },
+        lambda a: nn.Conv2d(
+            a["in_channels"],
+            a["out_channels"],
+            tuple(a["kernel_size"]),
+            tuple(a["stride"]),
+            a["padding"] if isinstance(a["padding"], str) else tuple(a["padding"]),
+            tuple(a["dilation"]),
+            a["groups"],
+            a["bias"],
+            a["padding_mode"],
+        ),
+    ),
     "SparseLinear": (
         lambda m: {
             "in_features": m.in_features,
             "out_features": m.out_features,
             "bias": m.bias is not None,
+            "block": list(m.block),
         },
-        _sparse_linear_stub,
+        _sparse_stub,
+    ),
+    "SparseConv2d": (
+        lambda m: {
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride),
+            "padding": list(m.padding),
+            "dilation": list(m.dilation),
+            "bias": m.bias is not None,
+            "block": list(m.block),
+        },
+        _sparse_stub,
     ),
 }
 
@@ -135,7 +189,7 @@ def _tree(module: nn.Module) -> dict[str, Any]:
         "type": name if known else f"custom:{type(module).__module__}.{type(module).__qualname__}",
         "args": codec[0](module) if known and codec else {},
     }
-    if not isinstance(module, SparseLinear):
+    if not isinstance(module, SPARSE_TYPES):
         children = {n: _tree(c) for n, c in module.named_children()}
         if children:
             node["children"] = children
@@ -151,10 +205,28 @@ def _digest(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_sparse(model: nn.Module, path: str | os.PathLike[str]) -> ExportReport:
+def _dense_bytes(m: nn.Module) -> int:
+    """Return the float32 bytes of a sparse layer's dense weight and bias."""
+    if isinstance(m, SparseLinear):
+        weights = m.out_features * m.in_features
+        rows = m.out_features
+    else:
+        weights = m.out_channels * m.cols
+        rows = m.out_channels
+    return (weights + (rows if m.bias is not None else 0)) * 4
+
+
+def save_sparse(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    model_spec: dict[str, Any] | None = None,
+) -> ExportReport:
     """Write ``model`` (typically from ``compile_sparse``) to a compact safetensors file.
 
-    The write is atomic: a temporary file in the same folder, then a rename.
+    The write is atomic: a temporary file in the same folder, then a rename. ``model_spec``
+    (``{"name", "options"}`` for ``sparsebench.models.create``) lets ``load_sparse`` rebuild a
+    registry model without a skeleton.
 
     Returns:
         An ``ExportReport`` with the size on disk and the dense size it replaces.
@@ -162,7 +234,7 @@ def save_sparse(model: nn.Module, path: str | os.PathLike[str]) -> ExportReport:
     path = Path(path)
     tensors: dict[str, Tensor] = {}
     dense_bytes = 0
-    sparse_prefixes = {n for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+    sparse_prefixes = {n for n, m in model.named_modules() if isinstance(m, SPARSE_TYPES)}
     for name, t in model.state_dict().items():
         prefix = name.rpartition(".")[0]
         tensors[name] = t.detach().to("cpu").contiguous().clone()
@@ -170,9 +242,7 @@ def save_sparse(model: nn.Module, path: str | os.PathLike[str]) -> ExportReport:
             continue
         dense_bytes += t.numel() * t.element_size()
     for prefix in sparse_prefixes:
-        m = model.get_submodule(prefix)
-        bias_bytes = m.out_features * 4 if m.bias is not None else 0
-        dense_bytes += m.out_features * m.in_features * 4 + bias_bytes
+        dense_bytes += _dense_bytes(model.get_submodule(prefix))
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -180,6 +250,8 @@ def save_sparse(model: nn.Module, path: str | os.PathLike[str]) -> ExportReport:
         "dense_bytes": dense_bytes,
         "sha256": _digest(tensors),
     }
+    if model_spec is not None:
+        meta["model"] = {"name": model_spec["name"], "options": model_spec.get("options", {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -232,7 +304,7 @@ def _build(node: dict[str, Any], where: str) -> nn.Module:
 
 
 def _sparse_nodes(node: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
-    found = {prefix: node} if node["type"] == "SparseLinear" else {}
+    found = {prefix: node} if node["type"] in ("SparseLinear", "SparseConv2d") else {}
     for name, child in node.get("children", {}).items():
         found |= _sparse_nodes(child, f"{prefix}.{name}" if prefix else name)
     return found
@@ -243,12 +315,13 @@ def load_sparse(path: str | os.PathLike[str], model: nn.Module | None = None) ->
 
     Args:
         path: the ``.safetensors`` file.
-        model: optional skeleton of the same architecture (dense ``nn.Linear`` where the file
-            has ``SparseLinear``); needed when the tree holds classes not in ``MODULE_CODECS``.
-            It is modified in place and returned.
+        model: optional skeleton of the same architecture (dense ``nn.Linear``/``nn.Conv2d``
+            where the file has sparse layers); needed when the tree holds classes not in
+            ``MODULE_CODECS`` and the file names no registry model. It is modified in place
+            and returned.
 
     Returns:
-        The model with ``SparseLinear`` layers holding exactly the saved arrays.
+        The model with sparse layers holding exactly the saved arrays.
 
     Raises:
         SparseFileError: the file is truncated, corrupt, not an export, or does not fit ``model``.
@@ -256,16 +329,18 @@ def load_sparse(path: str | os.PathLike[str], model: nn.Module | None = None) ->
     path = Path(path)
     meta, tensors = _read(path)
     tree = meta["tree"]
+    if model is None and tree["type"].startswith("custom:") and "model" in meta:
+        from sparsebench import models
+
+        model = models.create(meta["model"]["name"], **meta["model"].get("options", {}))
     root = _build(tree, "") if model is None else model
     for prefix, node in _sparse_nodes(tree).items():
         a = node["args"]
         try:
-            parts = {f: tensors.pop(f"{prefix}.{f}" if prefix else f) for f in _CSR_FIELDS}
+            parts = [tensors.pop(f"{prefix}.{f}" if prefix else f) for f in _CSR_FIELDS]
             bias = tensors.pop(f"{prefix}.bias" if prefix else "bias", None)
-            layer = SparseLinear(
-                a["in_features"], a["out_features"], *(parts[f] for f in _CSR_FIELDS), bias
-            )
-        except (KeyError, ValueError) as exc:
+            layer = _sparse_layer(node["type"], a, parts, bias)
+        except (KeyError, ValueError, TypeError) as exc:
             msg = f"{path}: sparse layer {prefix!r} is inconsistent: {exc}"
             raise SparseFileError(msg) from exc
         if not prefix:
@@ -290,6 +365,6 @@ def load_sparse(path: str | os.PathLike[str], model: nn.Module | None = None) ->
 def _is_sparse_key(root: nn.Module, key: str) -> bool:
     prefix = key.rpartition(".")[0]
     try:
-        return isinstance(root.get_submodule(prefix), SparseLinear)
+        return isinstance(root.get_submodule(prefix), SPARSE_TYPES)
     except AttributeError:
         return False

@@ -7,6 +7,10 @@ than model the hardware: a short calibration times dense ``F.linear`` and the sp
 the layer's shape on random weights at a few densities (interleaved, medians), interpolates the
 sparse time piecewise-linearly in density, and caches the result as JSON in a file keyed by
 CPU model, thread count, torch version and kernel path, so it is paid once per machine.
+
+The block size is an input (issue 10): a BSR calibration times the kernel for ``bh x bw``
+blocks, and its density axis is the fraction of nonzero *blocks*. Convolutions are calibrated
+per (shape, stride, padding, dilation, input size) against dense ``F.conv2d``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ DEFAULT_DENSITIES: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1
 class Calibration:
     """Measured dense and sparse times for one ``(out, in, batch)`` on this machine.
 
-    ``sparse_s[k]`` is the median time of the sparse kernel at density ``densities[k]``.
+    ``sparse_s[k]`` is the median time of the sparse kernel at density ``densities[k]``
+    (for a block size other than 1x1, the density of nonzero blocks). For a convolution
+    ``in_features`` is in·kh·kw and ``batch`` the number of images.
     """
 
     out_features: int
@@ -45,6 +51,8 @@ class Calibration:
     dense_s: float
     densities: tuple[float, ...]
     sparse_s: tuple[float, ...]
+    kind: str = "linear"
+    block: tuple[int, int] = (1, 1)
 
     def sparse_time(self, density: float) -> float:
         """Return the predicted sparse time (s) at ``density``, interpolated piecewise-linearly.
@@ -79,10 +87,16 @@ class Calibration:
         return lo
 
 
-def _random_sparse_weight(out_f: int, in_f: int, density: float, seed: int) -> torch.Tensor:
+def _random_sparse_weight(
+    out_f: int, in_f: int, density: float, seed: int, block: tuple[int, int] = (1, 1)
+) -> torch.Tensor:
+    """Return a random ``(out_f, in_f)`` weight whose nonzero ``block``s have this density."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out_f, in_f, generator=g)
-    return w * (torch.rand(out_f, in_f, generator=g) < density)
+    bh, bw = block
+    keep = torch.rand(-(-out_f // bh), -(-in_f // bw), generator=g) < density
+    keep = keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:out_f, :in_f]
+    return w * keep
 
 
 class PerformanceModel:
@@ -136,7 +150,12 @@ class PerformanceModel:
             data = json.loads(self.cache_path.read_text())
             return {
                 k: Calibration(
-                    **{**v, "densities": tuple(v["densities"]), "sparse_s": tuple(v["sparse_s"])}
+                    **{
+                        **v,
+                        "densities": tuple(v["densities"]),
+                        "sparse_s": tuple(v["sparse_s"]),
+                        "block": tuple(v.get("block", (1, 1))),
+                    }
                 )
                 for k, v in data.get("calibrations", {}).items()
             }
@@ -157,23 +176,87 @@ class PerformanceModel:
         os.replace(tmp, self.cache_path)  # atomic: a concurrent reader sees old or new
 
     @staticmethod
-    def _key(out_f: int, in_f: int, batch: int, densities: tuple[float, ...]) -> str:
-        return f"linear:{out_f}x{in_f}:b{batch}:d{','.join(f'{d:g}' for d in densities)}"
+    def _key(
+        out_f: int,
+        in_f: int,
+        batch: int,
+        densities: tuple[float, ...],
+        block: tuple[int, int] = (1, 1),
+        kind: str = "linear",
+        extra: str = "",
+    ) -> str:
+        blk = "" if block == (1, 1) else f":blk{block[0]}x{block[1]}"
+        dens = ",".join(f"{d:g}" for d in densities)
+        return f"{kind}:{out_f}x{in_f}{extra}:b{batch}{blk}:d{dens}"
 
-    def calibrate(self, out_features: int, in_features: int, batch: int) -> Calibration:
-        """Return the calibration for a Linear shape and batch, measuring it if not cached."""
-        key = self._key(out_features, in_features, batch, self.densities)
+    def calibrate(
+        self, out_features: int, in_features: int, batch: int, block: tuple[int, int] = (1, 1)
+    ) -> Calibration:
+        """Return the calibration for a Linear shape, batch and block size (measured if new)."""
+        key = self._key(out_features, in_features, batch, self.densities, block)
         if key in self._entries:
             return self._entries[key]
         x = torch.randn(batch, in_features)
         dense_w = _random_sparse_weight(out_features, in_features, 1.0, 0)
         layers = {
-            d: SparseLinear.from_dense(_random_sparse_weight(out_features, in_features, d, i))
+            d: SparseLinear.from_dense(
+                _random_sparse_weight(out_features, in_features, d, i, block), block=block
+            )
             for i, d in enumerate(self.densities)
         }
-        candidates = {"dense": lambda: F.linear(x, dense_w)}
-        for d, layer in layers.items():
-            candidates[f"{d}"] = lambda layer=layer: layer(x)
+        sparse = {d: (lambda layer=layer: layer(x)) for d, layer in layers.items()}
+        return self._measure(
+            key,
+            lambda: F.linear(x, dense_w),
+            sparse,
+            (out_features, in_features, batch, "linear", block),
+        )
+
+    def calibrate_conv(
+        self,
+        conv: torch.nn.Conv2d,
+        input_hw: tuple[int, int],
+        batch: int,
+        block: tuple[int, int] = (1, 1),
+    ) -> Calibration:
+        """Return the calibration for a Conv2d's geometry on ``batch`` images of ``input_hw``."""
+        from sparsebench.inference.sparse_conv import SparseConv2d
+
+        kh, kw = conv.kernel_size
+        cols = conv.in_channels * kh * kw
+        extra = (
+            f"x{kh}x{kw}:s{conv.stride}:p{conv.padding}:d{conv.dilation}:"
+            f"{input_hw[0]}x{input_hw[1]}"
+        ).replace(" ", "")
+        key = self._key(
+            conv.out_channels, cols, batch, self.densities, block, kind="conv", extra=extra
+        )
+        if key in self._entries:
+            return self._entries[key]
+        x = torch.randn(batch, conv.in_channels, *input_hw)
+        geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
+        dense_w = torch.randn(conv.out_channels, conv.in_channels, kh, kw)
+        sparse = {}
+        for i, d in enumerate(self.densities):
+            probe = torch.nn.Conv2d(
+                conv.in_channels, conv.out_channels, (kh, kw), bias=False, **geometry
+            )
+            with torch.no_grad():
+                w = _random_sparse_weight(conv.out_channels, cols, d, i, block)
+                probe.weight.copy_(w.reshape_as(probe.weight))
+            layer = SparseConv2d.from_conv(probe, block)
+            sparse[d] = lambda layer=layer: layer(x)
+        return self._measure(
+            key,
+            lambda: F.conv2d(x, dense_w, None, **geometry),
+            sparse,
+            (conv.out_channels, cols, batch, "conv", block),
+        )
+
+    def _measure(self, key, dense_fn, sparse_fns, meta) -> Calibration:  # noqa: ANN001
+        """Time ``dense_fn`` and each density's sparse callable; cache and return the result."""
+        out_f, in_f, batch, kind, block = meta
+        candidates = {"dense": dense_fn, **{f"{d}": fn for d, fn in sparse_fns.items()}}
         # One probe round sizes the repeats so a calibration costs about budget_s.
         probe = interleaved_medians(candidates, repeats=1, warmup=1)
         rounds = int(self.budget_s / max(sum(probe.values()), 1e-6))
@@ -184,18 +267,22 @@ class PerformanceModel:
             candidates, repeats=min(max(rounds, 5), 51), warmup=0, quantile=0.2
         )
         cal = Calibration(
-            out_features,
-            in_features,
+            out_f,
+            in_f,
             batch,
             times["dense"],
             self.densities,
             tuple(times[f"{d}"] for d in self.densities),
+            kind,
+            block,
         )
         log.info(
-            "calibrated Linear %dx%d batch %d: break-even density %.3f",
-            out_features,
-            in_features,
+            "calibrated %s %dx%d batch %d block %dx%d: break-even density %.3f",
+            kind,
+            out_f,
+            in_f,
             batch,
+            *block,
             cal.break_even_density(),
         )
         self._entries[key] = cal
@@ -205,7 +292,9 @@ class PerformanceModel:
 
     def record(self, cal: Calibration) -> None:
         """Store a calibration (measured elsewhere, or made up in a test) in the cache."""
-        key = self._key(cal.out_features, cal.in_features, cal.batch, self.densities)
+        if cal.kind != "linear":
+            raise ValueError("record() takes Linear calibrations; convs are keyed by geometry")
+        key = self._key(cal.out_features, cal.in_features, cal.batch, self.densities, cal.block)
         self._entries[key] = cal
         if self.persist:
             self._write()

@@ -3,8 +3,13 @@
 The weight is stored as CSR over the ``(out_features, in_features)`` matrix: ``crow_indices``
 (int32, length ``out + 1``), ``col_indices`` (int16 when ``in_features <= 32767``, halving the
 index bytes, else int32) and ``values`` (float32). They are buffers, so ``state_dict`` and
-``.to()`` carry them. Block formats (BSR, issue 10) will sit beside this class with the same
-``from_dense``/``to_dense`` surface and their own kernel entry point.
+``.to()`` carry them.
+
+With ``block=(bh, bw)`` other than ``(1, 1)`` the same three buffers hold BSR (issue 10): the
+matrix is cut into ``bh x bw`` blocks (the last block row/column padded with zeros when the
+shape is not a multiple of the block), ``crow_indices`` points into block rows,
+``col_indices`` holds block columns (int16/int32) and ``values`` is ``(nblocks, bh, bw)``.
+Only blocks with a nonzero are stored, and the kernel's cost is proportional to their number.
 """
 
 from __future__ import annotations
@@ -78,12 +83,80 @@ def dense_to_csr(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return crow, cols.to(index_dtype_for(in_f)), w[mask].contiguous()
 
 
+#: Block sizes the BSR kernels are compiled for ((1, 1) is plain CSR).
+BLOCK_SIZES: tuple[tuple[int, int], ...] = ((1, 1), (4, 4), (8, 8), (16, 16), (32, 32), (16, 1))
+
+
+def check_block(block: object) -> tuple[int, int]:
+    """Return ``block`` as a ``(bh, bw)`` tuple of ints if it is a supported block size.
+
+    Raises:
+        ValueError: for anything else, naming the supported sizes.
+    """
+    ok = (
+        isinstance(block, tuple | list)
+        and len(block) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in block)
+    )
+    if not ok or tuple(block) not in BLOCK_SIZES:  # type: ignore[arg-type]
+        sizes = ", ".join(f"{h}x{w}" for h, w in BLOCK_SIZES)
+        raise ValueError(f"block must be one of {sizes} as a (rows, cols) pair; got {block!r}")
+    return (int(block[0]), int(block[1]))  # type: ignore[index]
+
+
+def block_grid(weight: Tensor, block: tuple[int, int]) -> Tensor:
+    """Return the ``(out/bh, in/bw, bh, bw)`` blocks of a 2-D weight, zero-padded at the edges."""
+    bh, bw = block
+    out_f, in_f = weight.shape
+    op, ip = -(-out_f // bh) * bh, -(-in_f // bw) * bw
+    w = weight.detach().to(device="cpu", dtype=torch.float32)
+    if (op, ip) != (out_f, in_f):
+        w = F.pad(w, (0, ip - in_f, 0, op - out_f))
+    return w.reshape(op // bh, bh, ip // bw, bw).permute(0, 2, 1, 3)
+
+
+def dense_to_bsr(weight: Tensor, block: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Convert a 2-D dense weight to BSR keeping every block that holds a nonzero.
+
+    Returns:
+        ``(block row pointers int32 (out/bh + 1,), block columns int16/int32 (nblocks,),
+        values float32 (nblocks, bh, bw))``; edge blocks are zero-padded.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    bh, bw = check_block(block)
+    blocks = block_grid(weight, (bh, bw))
+    nonzero = (blocks != 0).flatten(2).any(dim=2)
+    crow = torch.zeros(nonzero.shape[0] + 1, dtype=torch.int32)
+    crow[1:] = nonzero.sum(dim=1).cumsum(0).to(torch.int32)
+    rows, cols = nonzero.nonzero(as_tuple=True)
+    return crow, cols.to(index_dtype_for(nonzero.shape[1])), blocks[rows, cols].contiguous()
+
+
+def block_density(weight: Tensor, block: tuple[int, int]) -> tuple[float, float]:
+    """Return ``(nonzero blocks / all blocks, nonzeros / stored block entries)`` of a weight.
+
+    The second number is the fill of the stored blocks: 1.0 when the zeros form whole blocks.
+    """
+    nonzero = (block_grid(weight, block) != 0).flatten(2)
+    kept = nonzero.any(dim=2)
+    n_kept = int(kept.sum())
+    fill = float(nonzero.sum()) / (n_kept * block[0] * block[1]) if n_kept else 1.0
+    return n_kept / max(kept.numel(), 1), fill
+
+
 def validate_csr(crow: Tensor, col: Tensor, values: Tensor, out_f: int, in_f: int) -> None:
     """Check the CSR invariants the kernels rely on; raise ``ValueError`` naming the broken one.
 
     The C++ kernels do no bounds checks (that is what makes them fast), so data from a file
     must pass this before it reaches them.
     """
+    if values.dim() == 3:  # BSR: check it in units of blocks
+        bh, bw = check_block(tuple(values.shape[1:]))
+        if values.dtype != torch.float32 or values.shape[0] != col.numel():
+            raise ValueError("values must be float32 (nblocks, bh, bw), one block per index")
+        validate_csr(crow, col, values.new_empty(col.shape), -(-out_f // bh), -(-in_f // bw))
+        return
     if crow.dtype != torch.int32 or crow.dim() != 1 or crow.numel() != out_f + 1:
         raise ValueError(f"crow_indices must be int32 of length {out_f + 1}")
     if col.dtype not in (torch.int16, torch.int32) or col.dim() != 1:
@@ -105,6 +178,7 @@ class SparseLinear(nn.Module):
     ``(..., out_features)``, equal to the dense layer within float rounding. float32 CPU inputs
     use the compiled kernels (or torch's CSR when they are unavailable); other dtypes or devices
     take a correct but slow dense path. There is no backward: build it from a finalized model.
+    ``block`` says whether the three index/value buffers are CSR (``(1, 1)``) or BSR.
     """
 
     crow_indices: Tensor
@@ -125,6 +199,7 @@ class SparseLinear(nn.Module):
         validate_csr(crow_indices, col_indices, values, out_features, in_features)
         self.in_features = in_features
         self.out_features = out_features
+        self.block = (1, 1) if values.dim() == 1 else (values.shape[1], values.shape[2])
         self.register_buffer("crow_indices", crow_indices.contiguous())
         self.register_buffer("col_indices", col_indices.contiguous())
         self.register_buffer("values", values.contiguous())
@@ -136,20 +211,26 @@ class SparseLinear(nn.Module):
         self._torch_csr: Tensor | None = None  # built lazily for the fallback path
 
     @classmethod
-    def from_dense(cls, weight: Tensor, bias: Tensor | None = None) -> SparseLinear:
-        """Return a ``SparseLinear`` holding the exact nonzeros of ``weight`` (out, in)."""
-        crow, col, values = dense_to_csr(weight)
+    def from_dense(
+        cls, weight: Tensor, bias: Tensor | None = None, block: tuple[int, int] = (1, 1)
+    ) -> SparseLinear:
+        """Return a ``SparseLinear`` holding the exact nonzeros of ``weight`` (out, in).
+
+        ``block=(bh, bw)`` other than ``(1, 1)`` stores BSR with blocks of that size.
+        """
+        block = check_block(block)
+        parts = dense_to_csr(weight) if block == (1, 1) else dense_to_bsr(weight, block)
         b = None if bias is None else bias.detach().to("cpu", torch.float32)
-        return cls(weight.shape[1], weight.shape[0], crow, col, values, b)
+        return cls(weight.shape[1], weight.shape[0], *parts, b)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> SparseLinear:
-        """Return a ``SparseLinear`` equal to ``linear`` (its zeros are dropped)."""
-        return cls.from_dense(linear.weight, linear.bias)
+    def from_linear(cls, linear: nn.Linear, block: tuple[int, int] = (1, 1)) -> SparseLinear:
+        """Return a ``SparseLinear`` equal to ``linear`` (its zeros, or zero blocks, dropped)."""
+        return cls.from_dense(linear.weight, linear.bias, block)
 
     @property
     def nnz(self) -> int:
-        """Return the number of stored nonzero weights."""
+        """Return the number of stored weights (for BSR: including zeros inside kept blocks)."""
         return self.values.numel()
 
     @property
@@ -160,6 +241,14 @@ class SparseLinear(nn.Module):
 
     def dense_weight(self) -> Tensor:
         """Return the weight as a dense float32 ``(out, in)`` tensor."""
+        if self.block != (1, 1):
+            return bsr_to_dense(
+                self.crow_indices,
+                self.col_indices,
+                self.values,
+                self.out_features,
+                self.in_features,
+            )
         w = torch.zeros(self.out_features, self.in_features, device=self.values.device)
         counts = (self.crow_indices[1:] - self.crow_indices[:-1]).long()
         rows = torch.repeat_interleave(torch.arange(self.out_features, device=w.device), counts)
@@ -188,6 +277,8 @@ class SparseLinear(nn.Module):
         return self._torch_csr
 
     def _make_torch_csr(self) -> Tensor:
+        if self.block != (1, 1):
+            return self.dense_weight().to_sparse_csr()
         return torch.sparse_csr_tensor(
             self.crow_indices,
             self.col_indices.to(torch.int32),
@@ -213,7 +304,18 @@ class SparseLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         ext = _extension.load_extension()
-        if ext is not None:
+        if ext is not None and self.block != (1, 1):
+            y = ext.bsr_linear(
+                x2,
+                self.crow_indices,
+                self.col_indices,
+                self.values,
+                self.bias,
+                self.out_features,
+                self.in_features,
+                _options["threading"],
+            )
+        elif ext is not None:
             y = ext.csr_linear(
                 x2,
                 self.crow_indices,
@@ -233,8 +335,20 @@ class SparseLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, density={self.density:.4f}, "
+            f"block={self.block[0]}x{self.block[1]}, "
             f"index_dtype={str(self.col_indices.dtype).removeprefix('torch.')}"
         )
+
+
+def bsr_to_dense(crow: Tensor, col: Tensor, values: Tensor, out_f: int, in_f: int) -> Tensor:
+    """Return the dense float32 ``(out_f, in_f)`` matrix of BSR arrays (padding cut off)."""
+    nb_r, (bh, bw) = crow.numel() - 1, values.shape[1:]
+    nb_c = -(-in_f // bw)
+    grid = torch.zeros(nb_r, nb_c, bh, bw, device=values.device)
+    counts = (crow[1:] - crow[:-1]).long()
+    rows = torch.repeat_interleave(torch.arange(nb_r, device=values.device), counts)
+    grid[rows, col.long()] = values
+    return grid.permute(0, 2, 1, 3).reshape(nb_r * bh, nb_c * bw)[:out_f, :in_f].contiguous()
 
 
 def sparse_mm_torch(w_csr: Tensor, x2: Tensor, bias: Tensor | None) -> Tensor:

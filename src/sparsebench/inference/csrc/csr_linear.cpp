@@ -460,6 +460,226 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
   });
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Block-sparse (BSR) kernels, also used with 1x1 blocks for the sparse convolution.
+//
+// W (out, in) is stored as block rows of BH x BW blocks: brp (int32, block rows + 1), bci
+// (block column, int16/int32) and values (nblocks, BH, BW) row-major inside a block. The cost
+// is proportional to the number of nonzero blocks: no index is read per weight, and one
+// load of an x vector serves RG rows of the block.
+//
+// Two layouts of the dense operand:
+//  * xT (in_p, B): batch along the contiguous axis. Linear layers transpose x into it (with
+//    in padded to a multiple of BW by zeros); a convolution's im2col (K, L) already is it.
+//  * the output goes to y (B, out) (transposed, for Linear) or Y (out, L) (rows, for conv).
+
+constexpr int64_t kMaxTB = 64;
+
+// Rows [R*BH + rg0, + RG) of block row R, batch columns [b0, b0 + 8*NV).
+template <int BH, int BW, int RG, int NV, typename I>
+inline void bsr_tile(int64_t R, int rg0, int64_t b0, const int32_t* brp, const I* bci,
+                     const float* v, const float* xT, int64_t B, v8 (&acc)[RG][NV]) {
+  for (int r = 0; r < RG; ++r)
+    for (int k = 0; k < NV; ++k) acc[r][k] = v8{};
+  for (int64_t j = brp[R], e = brp[R + 1]; j < e; ++j) {
+    const float* blk = v + j * (BH * BW) + rg0 * BW;
+    const float* xr = xT + static_cast<int64_t>(bci[j]) * BW * B + b0;
+    for (int c = 0; c < BW; ++c) {
+      v8 xv[NV];
+      for (int k = 0; k < NV; ++k) xv[k] = *reinterpret_cast<const v8u*>(xr + c * B + 8 * k);
+      for (int r = 0; r < RG; ++r) {
+        const float w = blk[r * BW + c];
+        for (int k = 0; k < NV; ++k) acc[r][k] += w * xv[k];
+      }
+    }
+  }
+}
+
+// The same for the last nb < 8 batch columns, in scalar code.
+template <int BH, int BW, int RG, typename I>
+inline void bsr_tile_tail(int64_t R, int rg0, int64_t b0, int64_t nb, const int32_t* brp,
+                          const I* bci, const float* v, const float* xT, int64_t B,
+                          float (&acc)[RG][8]) {
+  for (int r = 0; r < RG; ++r)
+    for (int t = 0; t < 8; ++t) acc[r][t] = 0.f;
+  for (int64_t j = brp[R], e = brp[R + 1]; j < e; ++j) {
+    const float* blk = v + j * (BH * BW) + rg0 * BW;
+    const float* xr = xT + static_cast<int64_t>(bci[j]) * BW * B + b0;
+    for (int c = 0; c < BW; ++c)
+      for (int r = 0; r < RG; ++r) {
+        const float w = blk[r * BW + c];
+        for (int64_t t = 0; t < nb; ++t) acc[r][t] += w * xr[c * B + t];
+      }
+  }
+}
+
+struct BsrOut {
+  float* y;
+  int64_t out;
+  bool rows;  // true: Y (out, B) as for conv; false: y (B, out) as for Linear
+  const float* bias;
+  void put(int64_t o, int64_t b, float val) const {
+    const float add = bias ? bias[o] : 0.f;
+    if (rows) y[o * ld + b] = val + add; else y[b * out + o] = val + add;
+  }
+  int64_t ld;  // B of the rows layout
+};
+
+template <int BH, int BW, int RG, int NV, typename I>
+void bsr_rows_spmm(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, const float* v,
+                   const float* xT, int64_t B, const BsrOut& o) {
+  constexpr int TB = 8 * NV;
+  for (int64_t R = R0; R < R1; ++R) {
+    for (int rg0 = 0; rg0 < BH; rg0 += RG) {
+      const int64_t row0 = R * BH + rg0;
+      const int nr = static_cast<int>(std::min<int64_t>(RG, o.out - row0));
+      if (nr <= 0) break;
+      int64_t b0 = 0;
+      for (; b0 + TB <= B; b0 += TB) {
+        v8 acc[RG][NV];
+        bsr_tile<BH, BW, RG, NV, I>(R, rg0, b0, brp, bci, v, xT, B, acc);
+        if (o.rows) {
+          for (int r = 0; r < nr; ++r) {
+            const v8 add = v8{} + (o.bias ? o.bias[row0 + r] : 0.f);
+            for (int k = 0; k < NV; ++k)
+              *reinterpret_cast<v8u*>(o.y + (row0 + r) * o.ld + b0 + 8 * k) = acc[r][k] + add;
+          }
+        } else {
+          alignas(64) float buf[RG][TB];
+          for (int r = 0; r < RG; ++r)
+            for (int k = 0; k < NV; ++k) *reinterpret_cast<v8*>(&buf[r][8 * k]) = acc[r][k];
+          for (int t = 0; t < TB; ++t)
+            for (int r = 0; r < nr; ++r) o.put(row0 + r, b0 + t, buf[r][t]);
+        }
+      }
+      for (; b0 < B; b0 += 8) {
+        const int64_t nb = std::min<int64_t>(8, B - b0);
+        float acc[RG][8];
+        bsr_tile_tail<BH, BW, RG, I>(R, rg0, b0, nb, brp, bci, v, xT, B, acc);
+        for (int64_t t = 0; t < nb; ++t)
+          for (int r = 0; r < nr; ++r) o.put(row0 + r, b0 + t, acc[r][t]);
+      }
+    }
+  }
+}
+
+// Batch 1: per block row, partial sums of RG rows x VW lanes stay in registers across the
+// row's blocks (VW = min(BW, 16) lanes, one AVX-512 register per row), reduced once.
+template <int BH, int BW, typename I>
+void bsr_rows_spmv(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, const float* v,
+                   const float* x, const float* bias, float* y, int64_t out) {
+  constexpr int VW = BW >= 16 ? 16 : BW;
+  constexpr int RG = BW == 1 ? BH : (BH < 8 ? BH : 8);
+  for (int64_t R = R0; R < R1; ++R) {
+    for (int rg0 = 0; rg0 < BH; rg0 += RG) {
+      const int64_t row0 = R * BH + rg0;
+      if (row0 >= out) break;
+      float acc[RG][VW] = {};
+      for (int64_t j = brp[R], e = brp[R + 1]; j < e; ++j) {
+        const float* blk = v + j * (BH * BW) + rg0 * BW;
+        const float* xb = x + static_cast<int64_t>(bci[j]) * BW;
+        for (int c0 = 0; c0 < BW; c0 += VW)
+          for (int r = 0; r < RG; ++r)
+            for (int c = 0; c < VW; ++c) acc[r][c] += blk[r * BW + c0 + c] * xb[c0 + c];
+      }
+      for (int r = 0; r < RG && row0 + r < out; ++r) {
+        float sum = 0.f;
+        for (int c = 0; c < VW; ++c) sum += acc[r][c];
+        y[row0 + r] = sum + (bias ? bias[row0 + r] : 0.f);
+      }
+    }
+  }
+}
+
+template <int BH, int BW, typename I>
+void bsr_run(const float* xT, int64_t B, int64_t images, int64_t x_stride, const int32_t* brp,
+             const I* bci, const float* v, int64_t block_rows, const float* bias, float* y,
+             int64_t out, bool rows_layout, int64_t y_stride, int64_t threading) {
+  constexpr int RG = BH < 8 ? BH : 8;
+  constexpr int NV = (16 / RG) > 8 ? 8 : (16 / RG);
+  const int64_t threads = at::get_num_threads();
+  const int64_t work = (static_cast<int64_t>(brp[block_rows]) * BH * BW + out) * B * images;
+  const int64_t per_image =
+      work < kSerialWork || threads <= 1 || threading == kSerial
+          ? 1
+          : std::max<int64_t>(1, std::min<int64_t>(block_rows,
+                                                   threads * kChunksPerThread / images + 1));
+  const auto splits = balanced_splits(brp, block_rows, per_image);
+  parallel_chunks(per_image * images, threading, [&](int64_t c) {
+    const int64_t n = c / per_image, k = c % per_image;
+    const float* xn = xT + n * x_stride;
+    float* yn = y + n * y_stride;
+    if (B == 1 && !rows_layout) {
+      bsr_rows_spmv<BH, BW, I>(splits[k], splits[k + 1], brp, bci, v, xn, bias, yn, out);
+    } else {
+      const BsrOut o{yn, out, rows_layout, bias, B};
+      bsr_rows_spmm<BH, BW, RG, NV, I>(splits[k], splits[k + 1], brp, bci, v, xn, B, o);
+    }
+  });
+}
+
+template <typename I>
+void bsr_dispatch(int64_t bh, int64_t bw, const float* xT, int64_t B, int64_t images,
+                  int64_t x_stride, const int32_t* brp, const I* bci, const float* v,
+                  int64_t block_rows, const float* bias, float* y, int64_t out, bool rows_layout,
+                  int64_t y_stride, int64_t threading) {
+#define SB_BSR_CASE(H, W)                                                                \
+  if (bh == H && bw == W)                                                                \
+    return bsr_run<H, W, I>(xT, B, images, x_stride, brp, bci, v, block_rows, bias, y, out, \
+                            rows_layout, y_stride, threading);
+  SB_BSR_CASE(1, 1)
+  SB_BSR_CASE(4, 4)
+  SB_BSR_CASE(8, 8)
+  SB_BSR_CASE(16, 16)
+  SB_BSR_CASE(32, 32)
+  SB_BSR_CASE(16, 1)
+#undef SB_BSR_CASE
+  TORCH_CHECK(false, "bsr: unsupported block size ", bh, "x", bw,
+              " (supported: 1x1, 4x4, 8x8, 16x16, 32x32, 16x1)");
+}
+
+struct BsrArgs {
+  int64_t bh, bw, block_rows;
+  const float* bias;
+  at::Tensor bias_keep;
+};
+
+BsrArgs check_bsr(const at::Tensor& brp, const at::Tensor& bci, const at::Tensor& values,
+                  const c10::optional<at::Tensor>& bias, int64_t out) {
+  TORCH_CHECK(brp.scalar_type() == at::kInt && brp.is_contiguous() && brp.dim() == 1,
+              "bsr: block row pointers must be contiguous int32");
+  TORCH_CHECK(bci.is_contiguous() && (bci.scalar_type() == at::kShort ||
+                                      bci.scalar_type() == at::kInt),
+              "bsr: block column indices must be contiguous int16 or int32");
+  TORCH_CHECK(values.dim() == 3 && values.scalar_type() == at::kFloat && values.is_contiguous(),
+              "bsr: values must be contiguous float32 (nblocks, bh, bw)");
+  BsrArgs a{values.size(1), values.size(2), brp.size(0) - 1, nullptr, {}};
+  TORCH_CHECK(a.block_rows * a.bh >= out && (a.block_rows - 1) * a.bh < out + (out == 0),
+              "bsr: ", a.block_rows, " block rows of ", a.bh, " do not cover ", out, " outputs");
+  if (bias.has_value() && bias->defined()) {
+    a.bias_keep = bias->contiguous();
+    TORCH_CHECK(a.bias_keep.scalar_type() == at::kFloat && a.bias_keep.numel() == out,
+                "bsr: bias must be float32 (out,)");
+    a.bias = a.bias_keep.data_ptr<float>();
+  }
+  return a;
+}
+
+void bsr_call(const BsrArgs& a, const float* xT, int64_t B, int64_t images, int64_t x_stride,
+              const at::Tensor& brp, const at::Tensor& bci, const at::Tensor& values, float* y,
+              int64_t out, bool rows_layout, int64_t y_stride, int64_t threading) {
+  if (threading < 0) threading = kPool;
+  if (bci.scalar_type() == at::kShort)
+    bsr_dispatch<int16_t>(a.bh, a.bw, xT, B, images, x_stride, brp.data_ptr<int32_t>(),
+                          bci.data_ptr<int16_t>(), values.data_ptr<float>(), a.block_rows,
+                          a.bias, y, out, rows_layout, y_stride, threading);
+  else
+    bsr_dispatch<int32_t>(a.bh, a.bw, xT, B, images, x_stride, brp.data_ptr<int32_t>(),
+                          bci.data_ptr<int32_t>(), values.data_ptr<float>(), a.block_rows,
+                          a.bias, y, out, rows_layout, y_stride, threading);
+}
+
 }  // namespace
 
 // x: (batch, in) float32; crow: (out + 1,) int32; col: (nnz,) int16/int32; values: (nnz,)
@@ -496,12 +716,62 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   return y;
 }
 
+
+// y = x @ W.T + b with W in BSR. x: (batch, in) float32; W covers (out, in) with its last
+// block row/column padded; values (nblocks, bh, bw). Returns y: (batch, out), contiguous.
+at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& brp, const at::Tensor& bci,
+                      const at::Tensor& values, const c10::optional<at::Tensor>& bias,
+                      int64_t out, int64_t in_features, int64_t threading) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "bsr_linear: x must be 2-D float32");
+  TORCH_CHECK(x.size(1) == in_features, "bsr_linear: x has ", x.size(1),
+              " features, layer expects ", in_features);
+  const BsrArgs a = check_bsr(brp, bci, values, bias, out);
+  const int64_t B = x.size(0);
+  at::Tensor y = at::empty({B, out}, x.options());
+  if (B == 0 || out == 0) return y;
+  const int64_t in_p = (in_features + a.bw - 1) / a.bw * a.bw;
+  at::Tensor xT;
+  if (B == 1) {
+    xT = in_p == in_features ? x.contiguous() : at::constant_pad_nd(x, {0, in_p - in_features});
+  } else {
+    // (in_p, B): the padded input columns are zero, so padded blocks add nothing.
+    xT = at::zeros({in_p, B}, x.options());
+    xT.narrow(0, 0, in_features).copy_(x.t());
+  }
+  bsr_call(a, xT.data_ptr<float>(), B, 1, 0, brp, bci, values, y.data_ptr<float>(), out, false,
+           0, threading);
+  return y;
+}
+
+// Y[n] = W @ X[n] + b[:, None] for a batch of column matrices: X (N, in_p, L) float32 with
+// in_p a multiple of bw (im2col of a convolution). Returns Y: (N, out, L), contiguous.
+at::Tensor bsr_matmul_cols(const at::Tensor& X, const at::Tensor& brp, const at::Tensor& bci,
+                           const at::Tensor& values, const c10::optional<at::Tensor>& bias,
+                           int64_t out, int64_t threading) {
+  TORCH_CHECK(X.dim() == 3 && X.scalar_type() == at::kFloat, "bsr_matmul_cols: X must be 3-D float32");
+  const BsrArgs a = check_bsr(brp, bci, values, bias, out);
+  TORCH_CHECK(X.size(1) % a.bw == 0, "bsr_matmul_cols: X rows must be a multiple of bw");
+  const at::Tensor Xc = X.contiguous();
+  const int64_t N = X.size(0), L = X.size(2);
+  at::Tensor Y = at::empty({N, out, L}, X.options());
+  if (N == 0 || L == 0 || out == 0) return Y;
+  bsr_call(a, Xc.data_ptr<float>(), L, N, X.size(1) * L, brp, bci, values, Y.data_ptr<float>(),
+           out, true, out * L, threading);
+  return Y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_linear", &csr_linear, "y = x @ W.T + b with W in CSR (fp32)", py::arg("x"),
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("bias"),
         py::arg("in_features"), py::arg("variant") = -1, py::arg("threading") = -1);
   m.def("set_pool_spin_us", [](int64_t us) { WorkPool::spin_us.store(us); },
         "How long an idle pool helper spins before it sleeps (microseconds).");
+  m.def("bsr_linear", &bsr_linear, "y = x @ W.T + b with W in BSR (fp32)", py::arg("x"),
+        py::arg("brp"), py::arg("bci"), py::arg("values"), py::arg("bias"), py::arg("out"),
+        py::arg("in_features"), py::arg("threading") = -1);
+  m.def("bsr_matmul_cols", &bsr_matmul_cols, "Y[n] = W @ X[n] + b with W in BSR (fp32)",
+        py::arg("X"), py::arg("brp"), py::arg("bci"), py::arg("values"), py::arg("bias"),
+        py::arg("out"), py::arg("threading") = -1);
   m.attr("SPMV_VARIANTS") = py::make_tuple("scalar", "gather16", "gather8");
   m.attr("THREADING") = py::make_tuple("serial", "openmp", "pool");
   m.attr("HAVE_AVX512") = static_cast<bool>(SB_HAVE_AVX512);

@@ -1,0 +1,229 @@
+"""``SparseConv2d``: a Conv2d whose weight is a sparse (out, in·kh·kw) matrix.
+
+The convolution is lowered to a matrix product, as in im2col: ``F.unfold`` turns the input
+``(N, C, H, W)`` into columns ``(N, C·kh·kw, L)`` (``L = Ho·Wo`` output positions), and the
+kernel computes ``Y[n] = W @ cols[n] + b``, which is already the NCHW output, so nothing is
+transposed. A 1x1 convolution with stride 1 and no padding needs no unfold at all: its columns
+are the input itself. The weight is CSR (``block=(1, 1)``) or BSR over that matrix, with the
+same buffers as ``SparseLinear``; the flattening order is PyTorch's (channel, kh, kw), so block
+columns of a BSR conv group ``bw`` consecutive (channel, tap) entries.
+
+Only ``groups=1`` with zero padding is supported; ``from_conv`` refuses the rest with a reason,
+and the compile step leaves those layers dense. Without the compiled kernels the product runs on
+torch's CSR (correct, slower).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparsebench.inference import _extension
+from sparsebench.inference.sparse_linear import (
+    _options,
+    bsr_to_dense,
+    check_block,
+    dense_to_bsr,
+    dense_to_csr,
+    validate_csr,
+)
+
+
+def conv_unsupported_reason(conv: nn.Conv2d) -> str | None:
+    """Return why ``conv`` cannot become a ``SparseConv2d``, or ``None`` when it can."""
+    if conv.groups != 1:
+        return f"groups={conv.groups} (only groups=1 is lowered to a sparse matrix product)"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (only 'zeros')"
+    if isinstance(conv.padding, str):
+        return f"padding={conv.padding!r} (give explicit padding)"
+    if conv.weight.dtype != torch.float32 or conv.weight.device.type != "cpu":
+        return "not float32 on CPU"
+    return None
+
+
+class SparseConv2d(nn.Module):
+    """Inference-only ``nn.Conv2d`` (groups=1) running a sparse weight matrix.
+
+    Inputs ``(N, C, H, W)`` or ``(C, H, W)`` give the same outputs as the dense convolution
+    within float rounding.
+    """
+
+    crow_indices: Tensor
+    col_indices: Tensor
+    values: Tensor
+    bias: Tensor | None
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        crow_indices: Tensor,
+        col_indices: Tensor,
+        values: Tensor,
+        bias: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = tuple(kernel_size)
+        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self.cols = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        validate_csr(crow_indices, col_indices, values, out_channels, self.cols)
+        self.block = (1, 1) if values.dim() == 1 else (values.shape[1], values.shape[2])
+        self.register_buffer("crow_indices", crow_indices.contiguous())
+        self.register_buffer("col_indices", col_indices.contiguous())
+        # The kernel takes values as (nblocks, bh, bw); CSR is the 1x1 case of it.
+        self.register_buffer("values", values.contiguous())
+        if bias is not None:
+            if bias.shape != (out_channels,):
+                raise ValueError(f"bias must have shape ({out_channels},), got {tuple(bias.shape)}")
+            bias = bias.detach().to(torch.float32).contiguous()
+        self.register_buffer("bias", bias)
+        self._torch_csr: Tensor | None = None  # built lazily for the fallback path
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._torch_csr = None  # device/dtype moves invalidate the cached torch CSR tensor
+        return super()._apply(fn, recurse)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, block: tuple[int, int] = (1, 1)) -> SparseConv2d:
+        """Return a ``SparseConv2d`` equal to ``conv``.
+
+        Raises:
+            ValueError: when the convolution is not supported (see ``conv_unsupported_reason``).
+        """
+        if (reason := conv_unsupported_reason(conv)) is not None:
+            raise ValueError(f"cannot make a sparse convolution: {reason}")
+        block = check_block(block)
+        matrix = conv.weight.detach().reshape(conv.out_channels, -1)
+        parts = dense_to_csr(matrix) if block == (1, 1) else dense_to_bsr(matrix, block)
+        bias = None if conv.bias is None else conv.bias.detach().to("cpu", torch.float32)
+        return cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            conv.stride,  # type: ignore[arg-type]
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,  # type: ignore[arg-type]
+            *parts,
+            bias,
+        )
+
+    @property
+    def density(self) -> float:
+        """Return stored weights / (out · in · kh · kw)."""
+        total = self.out_channels * self.cols
+        return self.values.numel() / total if total else 0.0
+
+    def dense_weight(self) -> Tensor:
+        """Return the dense float32 weight ``(out, in, kh, kw)``."""
+        if self.block != (1, 1):
+            m = bsr_to_dense(
+                self.crow_indices, self.col_indices, self.values, self.out_channels, self.cols
+            )
+        else:
+            m = torch.zeros(self.out_channels, self.cols)
+            counts = (self.crow_indices[1:] - self.crow_indices[:-1]).long()
+            rows = torch.repeat_interleave(torch.arange(self.out_channels), counts)
+            m[rows, self.col_indices.long()] = self.values
+        return m.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def to_conv(self) -> nn.Conv2d:
+        """Return an equivalent dense ``nn.Conv2d``."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,  # type: ignore[arg-type]
+            self.stride,  # type: ignore[arg-type]
+            self.padding,  # type: ignore[arg-type]
+            self.dilation,  # type: ignore[arg-type]
+            bias=self.bias is not None,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def _columns(self, x: Tensor) -> Tensor:
+        """Return the im2col matrix ``(N, in·kh·kw, L)`` of ``x`` (a view for plain 1x1)."""
+        if self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0):
+            return x.reshape(x.shape[0], self.in_channels, -1)
+        return F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """Return the output ``(Ho, Wo)`` for an input of ``h x w``."""
+        size = []
+        for n, k, s, p, d in zip(
+            (h, w), self.kernel_size, self.stride, self.padding, self.dilation, strict=True
+        ):
+            size.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
+        return size[0], size[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the convolution of ``x`` ``(N, C, H, W)`` (or ``(C, H, W)``)."""
+        if x.dim() == 3:
+            return self.forward(x[None])[0]
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SparseConv2d expects (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                "SparseConv2d is inference-only (no backward); run it under torch.no_grad()"
+            )
+        ho, wo = self.output_size(x.shape[2], x.shape[3])
+        ext = _extension.load_extension()
+        if x.dtype != torch.float32 or x.device.type != "cpu" or ext is None:
+            return self._forward_torch(x)
+        cols = self._columns(x.contiguous())
+        pad = (-self.cols) % self.block[1]
+        if pad:  # BSR reads whole block columns: give it zero rows to read
+            cols = F.pad(cols, (0, 0, 0, pad))
+        values = self.values if self.values.dim() == 3 else self.values.view(-1, 1, 1)
+        y = ext.bsr_matmul_cols(
+            cols,
+            self.crow_indices,
+            self.col_indices,
+            values,
+            self.bias,
+            self.out_channels,
+            _options["threading"],
+        )
+        return y.view(x.shape[0], self.out_channels, ho, wo)
+
+    def _forward_torch(self, x: Tensor) -> Tensor:
+        """Return the convolution computed with torch's CSR kernels (no extension)."""
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            w = self.dense_weight().to(x.device, x.dtype)
+            b = None if self.bias is None else self.bias.to(x.device, x.dtype)
+            return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+        ho, wo = self.output_size(x.shape[2], x.shape[3])
+        cols = self._columns(x)  # (N, K, L)
+        n, k, length = cols.shape
+        if self._torch_csr is None:
+            with warnings.catch_warnings():  # "CSR support is in beta": known, and not news
+                warnings.simplefilter("ignore", UserWarning)
+                self._torch_csr = self.dense_weight().reshape(self.out_channels, k).to_sparse_csr()
+        w = self._torch_csr
+        y = torch.sparse.mm(w, cols.transpose(0, 1).reshape(k, n * length))  # (out, N·L)
+        y = y.view(self.out_channels, n, length).transpose(0, 1)
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y.reshape(n, self.out_channels, ho, wo)
+
+    def extra_repr(self) -> str:
+        """Return the summary shown by ``print(module)``."""
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"bias={self.bias is not None}, density={self.density:.4f}, "
+            f"block={self.block[0]}x{self.block[1]}"
+        )

@@ -1,0 +1,177 @@
+"""SparseConv2d and BSR SparseLinear equal the dense layers within 1e-5, on both kernel paths;
+the compile step sizes convolutions and recognises block structure; export keeps them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsebench.inference import (
+    BLOCK_SIZES,
+    PerformanceModel,
+    SparseConv2d,
+    SparseLinear,
+    compile_sparse,
+    load_sparse,
+    plan_sparse,
+    save_sparse,
+)
+from sparsebench.inference.sparse_linear import block_density, check_block
+
+
+def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def _block_weight(out_f: int, in_f: int, block: tuple[int, int], density: float) -> torch.Tensor:
+    """A weight whose zeros form whole blocks (edge blocks cut by the shape)."""
+    bh, bw = block
+    keep = torch.rand(-(-out_f // bh), -(-in_f // bw)) < density
+    keep = keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:out_f, :in_f]
+    return torch.randn(out_f, in_f) * keep
+
+
+GEOMETRIES = [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, bias=False),
+    dict(kernel_size=1),
+    dict(kernel_size=1, stride=2),
+    dict(kernel_size=(3, 5), stride=(1, 2), padding=(2, 1), dilation=2),
+    dict(kernel_size=5),
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("block", [(1, 1), (4, 4), (16, 1)])
+def test_conv_matches_dense(kernel, geometry, block):
+    conv = nn.Conv2d(7, 19, **geometry)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) < 0.3)
+    sparse = SparseConv2d.from_conv(conv, block)
+    for n in (1, 2, 5):
+        x = torch.randn(n, 7, 13, 11)
+        with torch.no_grad():
+            assert _rel(sparse(x), conv(x)) <= 1e-5
+    with torch.no_grad():
+        assert _rel(sparse(x[0]), conv(x[0])) <= 1e-5  # unbatched (C, H, W)
+    back = sparse.to_conv()
+    assert torch.equal(back.weight, conv.weight)
+
+
+@pytest.mark.parametrize("density", [0.0, 1.0])
+def test_conv_empty_and_full(kernel, density):
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(density)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(SparseConv2d.from_conv(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_refuses_groups_and_autograd():
+    with pytest.raises(ValueError, match="groups=2"):
+        SparseConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match="padding='same'"):
+        SparseConv2d.from_conv(nn.Conv2d(4, 4, 3, padding="same"))
+    sparse = SparseConv2d.from_conv(nn.Conv2d(2, 3, 3))
+    with pytest.raises(RuntimeError, match="inference-only"):
+        sparse(torch.randn(1, 2, 5, 5, requires_grad=True))
+    with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
+        sparse(torch.randn(1, 3, 5, 5))
+
+
+@pytest.mark.parametrize("block", BLOCK_SIZES)
+@pytest.mark.parametrize("shape", [(37, 53), (64, 128), (100, 33), (5, 3)])
+def test_bsr_linear_matches_dense(kernel, block, shape):
+    w = _block_weight(*shape, block, 0.4)
+    b = torch.randn(shape[0])
+    layer = SparseLinear.from_dense(w, b, block)
+    assert layer.block == block and torch.equal(layer.dense_weight(), w)
+    for batch in (1, 2, 9, 16, 33, 130):
+        x = torch.randn(batch, shape[1])
+        with torch.no_grad():
+            assert _rel(layer(x), F.linear(x, w, b)) <= 1e-5, batch
+
+
+def test_bsr_stores_only_nonzero_blocks():
+    w = _block_weight(64, 64, (16, 16), 0.25)
+    layer = SparseLinear.from_dense(w, block=(16, 16))
+    blocks, fill = block_density(w, (16, 16))
+    assert layer.values.shape == (round(blocks * 16), 16, 16) and fill == pytest.approx(1.0, 1e-3)
+    assert layer.col_indices.dtype == torch.int16
+
+
+@pytest.mark.parametrize("bad", [(0, 4), (-4, 4), (3, 3), (4.0, 4), (4,), "4x4", (64, 64)])
+def test_bad_block_sizes_are_refused(bad):
+    with pytest.raises(ValueError, match="block must be one of"):
+        check_block(bad)
+
+
+def _convnet() -> nn.Sequential:
+    m = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=2),
+        nn.Flatten(),
+        nn.Linear(16 * 8 * 8, 64),
+    )
+    with torch.no_grad():
+        m[0].weight.mul_(torch.rand_like(m[0].weight) < 0.05)
+        m[4].weight.copy_(_block_weight(64, 1024, (16, 16), 0.05))
+    return m.eval()
+
+
+def test_compile_sizes_convs_and_finds_blocks(tmp_path):
+    model = _convnet()
+    pm = PerformanceModel(tmp_path / "c.json", densities=(0.05, 1.0), budget_s=0.01)
+    x = torch.randn(2, 3, 8, 8)
+    plan = plan_sparse(model, batch_hint=2, perf_model=pm)
+    assert "example_input" in plan[0].reason and not plan[0].use_sparse
+    plan = plan_sparse(model, batch_hint=2, perf_model=pm, example_input=x[:1])
+    assert [d.kind for d in plan] == ["Conv2d", "Conv2d", "Linear"]
+    assert "groups=2" in plan[1].reason and not plan[1].use_sparse
+    # Whatever the timings say, every fitting block size was a candidate and outputs agree.
+    forced = [
+        d.__class__(**{**d.__dict__, "use_sparse": d.kind == "Linear" or d.name == "0"})
+        for d in plan
+    ]
+    compiled = compile_sparse(model, plan=forced)
+    assert isinstance(compiled[0], SparseConv2d) and isinstance(compiled[4], SparseLinear)
+    with torch.no_grad():
+        assert _rel(compiled(x), model(x)) <= 1e-5
+    loaded = load_sparse(save_sparse(compiled, tmp_path / "m.safetensors").path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compiled(x))
+
+
+def test_block_structure_is_recognised(tmp_path):
+    from sparsebench.inference.compile import _block_candidates
+
+    w = _block_weight(64, 96, (16, 16), 0.3)
+    blocks = dict(_block_candidates(w))
+    assert {(1, 1), (4, 4), (8, 8), (16, 16)} <= set(blocks) and (32, 32) not in blocks
+    assert blocks[(16, 16)] == pytest.approx(block_density(w, (16, 16))[0])
+    unstructured = torch.randn(64, 96) * (torch.rand(64, 96) < 0.1)
+    assert [b for b, _ in _block_candidates(unstructured)] == [(1, 1)]
+
+
+def test_export_round_trip_conv_and_bsr(tmp_path):
+    conv = nn.Conv2d(5, 8, 3, stride=2, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) < 0.2)
+    model = nn.Sequential(
+        SparseConv2d.from_conv(conv, (4, 4)),
+        nn.Flatten(),
+        SparseLinear.from_dense(_block_weight(20, 8 * 4 * 4, (16, 1), 0.3), block=(16, 1)),
+    ).eval()
+    report = save_sparse(model, tmp_path / "m.safetensors")
+    assert report.sparse_layers == 2
+    loaded = load_sparse(tmp_path / "m.safetensors")
+    assert loaded[0].block == (4, 4) and loaded[2].block == (16, 1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    x = torch.randn(3, 5, 7, 7)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
