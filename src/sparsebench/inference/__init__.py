@@ -14,7 +14,12 @@ Typical use on a finalized model (pruned weights are exact zeros)::
 """
 
 from sparsebench.inference._extension import kernel_path, load_extension
-from sparsebench.inference.compile import LayerDecision, compile_sparse, plan_sparse
+from sparsebench.inference.compile import (
+    LayerDecision,
+    compact_sparse,
+    compile_sparse,
+    plan_sparse,
+)
 from sparsebench.inference.export import (
     ExportReport,
     SparseFileError,
@@ -43,6 +48,7 @@ __all__ = [
     "PerformanceModel",
     "SparseFileError",
     "SparseLinear",
+    "compact_sparse",
     "compile_sparse",
     "dense_to_csr",
     "interleaved_medians",

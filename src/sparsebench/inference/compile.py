@@ -274,3 +274,50 @@ def compile_sparse(
             return convert(layer, d.block)
         setattr(parent, child, convert(layer, d.block))
     return compiled
+
+
+def _stored_bytes(matrix: torch.Tensor, block: tuple[int, int], block_frac: float) -> int:
+    """Return the bytes of a matrix stored as CSR (``block=(1, 1)``) or BSR."""
+    bh, bw = block
+    block_rows, block_cols = -(-matrix.shape[0] // bh), -(-matrix.shape[1] // bw)
+    n_blocks = round(block_frac * block_rows * block_cols)
+    index = 2 if block_cols <= 32767 else 4
+    return (block_rows + 1) * 4 + n_blocks * (index + 4 * bh * bw)
+
+
+def compact_sparse(model: nn.Module) -> tuple[nn.Module, list[LayerDecision]]:
+    """Return a copy of ``model`` whose layers are stored in whichever format is smallest.
+
+    For export, where size rather than speed is the goal: each supported layer becomes CSR or
+    BSR (when its zeros form whole blocks) if that takes fewer bytes than the dense weight,
+    about density < 2/3 for CSR with int16 indices. No timing is involved.
+
+    Returns:
+        ``(compiled copy in eval mode, one decision per supported layer)``; a decision's
+        ``predicted_speedup`` is empty and its reason gives the byte counts.
+    """
+    decisions = []
+    for name, module in model.named_modules():
+        if type(module) not in _CONVERTERS:
+            continue
+        w = module.weight.detach()
+        kind = type(module).__name__
+        density = float((w != 0).sum()) / max(w.numel(), 1)
+        why = conv_unsupported_reason(module) if isinstance(module, nn.Conv2d) else None
+        if why is None and (w.dtype != torch.float32 or w.device.type != "cpu"):
+            why = "not float32 on CPU"
+        if why is not None:
+            decisions.append(
+                LayerDecision(name, kind, tuple(w.shape), density, {}, 0.0, False, why)
+            )
+            continue
+        matrix = w.reshape(w.shape[0], -1)
+        dense = matrix.numel() * 4
+        size, block = min((_stored_bytes(matrix, b, f), b) for b, f in _block_candidates(matrix))
+        use = size < dense
+        fmt = "csr" if block == (1, 1) else f"bsr {block[0]}x{block[1]}"
+        reason = f"{fmt} {size} B {'<' if use else '>='} dense {dense} B"
+        decisions.append(
+            LayerDecision(name, kind, tuple(w.shape), density, {}, 0.0, use, reason, block)
+        )
+    return compile_sparse(model, plan=decisions), decisions
