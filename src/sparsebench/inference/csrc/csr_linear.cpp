@@ -480,16 +480,22 @@ constexpr int64_t kMaxTB = 64;
 template <int BH, int BW, int RG, int NV, typename I>
 inline void bsr_tile(int64_t R, int rg0, int64_t b0, const int32_t* brp, const I* bci,
                      const float* v, const float* xT, int64_t B, v8 (&acc)[RG][NV]) {
+#pragma GCC unroll 16
   for (int r = 0; r < RG; ++r)
+#pragma GCC unroll 8
     for (int k = 0; k < NV; ++k) acc[r][k] = v8{};
   for (int64_t j = brp[R], e = brp[R + 1]; j < e; ++j) {
     const float* blk = v + j * (BH * BW) + rg0 * BW;
     const float* xr = xT + static_cast<int64_t>(bci[j]) * BW * B + b0;
     for (int c = 0; c < BW; ++c) {
       v8 xv[NV];
+#pragma GCC unroll 8
       for (int k = 0; k < NV; ++k) xv[k] = *reinterpret_cast<const v8u*>(xr + c * B + 8 * k);
+      // Unrolled so that the RG x NV accumulators live in registers, not on the stack.
+#pragma GCC unroll 16
       for (int r = 0; r < RG; ++r) {
         const float w = blk[r * BW + c];
+#pragma GCC unroll 8
         for (int k = 0; k < NV; ++k) acc[r][k] += w * xv[k];
       }
     }
@@ -547,7 +553,9 @@ void bsr_rows_spmm(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, con
           }
         } else {
           alignas(64) float buf[RG][TB];
+#pragma GCC unroll 16
           for (int r = 0; r < RG; ++r)
+#pragma GCC unroll 8
             for (int k = 0; k < NV; ++k) *reinterpret_cast<v8*>(&buf[r][8 * k]) = acc[r][k];
           for (int t = 0; t < TB; ++t)
             for (int r = 0; r < nr; ++r) o.put(row0 + r, b0 + t, buf[r][t]);
@@ -564,30 +572,56 @@ void bsr_rows_spmm(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, con
   }
 }
 
-// Batch 1: per block row, partial sums of RG rows x VW lanes stay in registers across the
-// row's blocks (VW = min(BW, 16) lanes, one AVX-512 register per row), reduced once.
+// Batch 1: per block row, partial sums of RG rows stay in registers across the row's blocks,
+// reduced once at the end. For BW >= 4 each row's sum is a vector of VW = min(BW, 16) lanes
+// (one 512-bit register for 16) fed by whole-row loads of the block; for BW < 4 (16x1) the
+// vector runs down the block's rows instead.
 template <int BH, int BW, typename I>
-void bsr_rows_spmv(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, const float* v,
+void bsr_rows_spmv(int64_t R0, int64_t R1, const int32_t* rp, const I* bci, const float* v,
                    const float* x, const float* bias, float* y, int64_t out) {
-  constexpr int VW = BW >= 16 ? 16 : BW;
-  constexpr int RG = BW == 1 ? BH : (BH < 8 ? BH : 8);
-  for (int64_t R = R0; R < R1; ++R) {
-    for (int rg0 = 0; rg0 < BH; rg0 += RG) {
-      const int64_t row0 = R * BH + rg0;
-      if (row0 >= out) break;
-      float acc[RG][VW] = {};
-      for (int64_t j = brp[R], e = brp[R + 1]; j < e; ++j) {
-        const float* blk = v + j * (BH * BW) + rg0 * BW;
+  if constexpr (BW >= 4) {
+    constexpr int VW = BW >= 16 ? 16 : BW;
+    constexpr int RG = BH < 8 ? BH : 8;
+    typedef float vw __attribute__((vector_size(sizeof(float) * VW)));
+    typedef float vwu __attribute__((vector_size(sizeof(float) * VW), aligned(4)));
+    for (int64_t R = R0; R < R1; ++R) {
+      for (int rg0 = 0; rg0 < BH; rg0 += RG) {
+        const int64_t row0 = R * BH + rg0;
+        if (row0 >= out) break;
+        vw acc[RG];
+#pragma GCC unroll 16
+        for (int r = 0; r < RG; ++r) acc[r] = vw{};
+        for (int64_t j = rp[R], e = rp[R + 1]; j < e; ++j) {
+          const float* blk = v + j * (BH * BW) + rg0 * BW;
+          const float* xb = x + static_cast<int64_t>(bci[j]) * BW;
+#pragma GCC unroll 2
+          for (int c0 = 0; c0 < BW; c0 += VW) {
+            const vw xv = *reinterpret_cast<const vwu*>(xb + c0);
+#pragma GCC unroll 16
+            for (int r = 0; r < RG; ++r)
+              acc[r] += *reinterpret_cast<const vwu*>(blk + r * BW + c0) * xv;
+          }
+        }
+        for (int r = 0; r < RG && row0 + r < out; ++r) {
+          float sum = 0.f;
+          for (int c = 0; c < VW; ++c) sum += acc[r][c];
+          y[row0 + r] = sum + (bias ? bias[row0 + r] : 0.f);
+        }
+      }
+    }
+  } else {
+    for (int64_t R = R0; R < R1; ++R) {
+      const int64_t row0 = R * BH;
+      float acc[BH] = {};
+      for (int64_t j = rp[R], e = rp[R + 1]; j < e; ++j) {
+        const float* blk = v + j * (BH * BW);
         const float* xb = x + static_cast<int64_t>(bci[j]) * BW;
-        for (int c0 = 0; c0 < BW; c0 += VW)
-          for (int r = 0; r < RG; ++r)
-            for (int c = 0; c < VW; ++c) acc[r][c] += blk[r * BW + c0 + c] * xb[c0 + c];
+        for (int c = 0; c < BW; ++c)
+#pragma GCC unroll 32
+          for (int r = 0; r < BH; ++r) acc[r] += blk[r * BW + c] * xb[c];
       }
-      for (int r = 0; r < RG && row0 + r < out; ++r) {
-        float sum = 0.f;
-        for (int c = 0; c < VW; ++c) sum += acc[r][c];
-        y[row0 + r] = sum + (bias ? bias[row0 + r] : 0.f);
-      }
+      for (int r = 0; r < BH && row0 + r < out; ++r)
+        y[row0 + r] = acc[r] + (bias ? bias[row0 + r] : 0.f);
     }
   }
 }
