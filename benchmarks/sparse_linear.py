@@ -30,7 +30,13 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from sparsebench.inference import SparseLinear, interleaved_medians, kernel_path, machine_context
+from sparsebench.inference import (
+    SparseLinear,
+    interleaved_medians,
+    kernel_path,
+    load_extension,
+    machine_context,
+)
 from sparsebench.inference.sparse_linear import set_kernel_options, sparse_mm_torch
 
 
@@ -102,6 +108,12 @@ def main() -> None:
                 flush=True,
             )
     print(f"after:  {machine_context()}  ({time.time() - start:.0f} s)")
+    ext = load_extension()
+    if ext is not None and hasattr(ext, "pool_stats"):
+        jobs, stalls, serial = ext.pool_stats()
+        print(
+            f"pool: {jobs} pooled jobs, {stalls} stalls seen, {serial} jobs run serially after one"
+        )
     print()
     print(f"Linear {args.out}x{args.in_f} fp32, medians of up to {args.repeats} interleaved rounds")
     head = "".join(f" | b{b:<4} dense/ours  csr/ours" for b in args.batches)

@@ -15,12 +15,14 @@
 // Threads: a small pool of our own (WorkPool below) rather than OpenMP, because on a shared
 // 2-core machine an OpenMP region waits at its barrier for a worker the OS has descheduled,
 // a whole scheduler slice (~12 ms) for a 50 us product. In the pool the calling thread works
-// too and waits only for chunks a helper has actually started.
+// too and waits only for chunks a helper has actually started; and when a wait shows that
+// the other core is taken (a helper preempted mid-chunk), it runs serially for a while.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -29,6 +31,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -68,10 +71,17 @@ class WorkPool {
   void run(int64_t n, int helpers, Fn fn, void* ctx) {
     if (n <= 0) return;
     std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
-    if (helpers <= 0 || n == 1 || !busy.owns_lock()) {
+    if (helpers <= 0 || n == 1 || !busy.owns_lock() || serial_left_ > 0) {
       for (int64_t c = 0; c < n; ++c) fn(ctx, c);
+      if (busy.owns_lock() && helpers > 0 && n > 1) {
+        --serial_left_;
+        serial_jobs_.fetch_add(1);
+      }
       return;
     }
+    const auto t0 = Clock::now();
+    const int64_t cpu0 = thread_cpu_ns();
+    jobs_.fetch_add(1);
     grow(helpers);
     // Close the previous generation before touching the descriptor (see class comment).
     const uint64_t gen = (state_.load() >> 32) + 1;
@@ -95,9 +105,37 @@ class WorkPool {
       }
     }
     // Every chunk is claimed; wait only for those a helper took (it is running them).
+    const auto t_mine = Clock::now();
+    const int64_t cpu_mine = thread_cpu_ns() - cpu0;
     for (int spins = 0; done_.load() < n - mine; ++spins) {
       if (spins < 4096) cpu_relax(); else sched_yield();
     }
+    // Signs that the other core is busy with someone else's job: this thread was preempted
+    // while working (wall time well above its CPU time), a helper preempted inside
+    // its chunk made us wait long against our own share of the work, or the helpers did less
+    // than a quarter of the chunks (they woke late or shared our core), so waking them cost
+    // more than it gave. Then run the next jobs serially (1, 2, 4 ... up to 64 jobs while
+    // this repeats; counted in jobs, not time, because the gap between calls varies) and
+    // then try the helpers again.
+    const auto waited = Clock::now() - t_mine;
+    const bool late_helpers = 4 * (n - mine) < n;
+    // Our own chunks took much longer in wall time than in CPU time: this thread was
+    // preempted while it worked, i.e. the cores are oversubscribed (possibly by our helper).
+    const int64_t wall_mine = std::chrono::duration_cast<std::chrono::nanoseconds>(t_mine - t0).count();
+    const bool preempted = wall_mine > 50000 && 4 * wall_mine > 5 * cpu_mine;
+    if (late_helpers || preempted ||
+        waited > std::max<Clock::duration>(t_mine - t0, std::chrono::microseconds(100))) {
+      stalls_.fetch_add(1);
+      serial_left_ = backoff_;
+      backoff_ = std::min<int64_t>(backoff_ * 2, kMaxBackoff);
+    } else {
+      backoff_ = 1;
+    }
+  }
+
+  // Counters for benchmarks: pooled jobs, stalls seen, jobs run serially while backing off.
+  std::tuple<int64_t, int64_t, int64_t> stats() const {
+    return {jobs_.load(), stalls_.load(), serial_jobs_.load()};
   }
 
   static WorkPool& instance() {
@@ -111,6 +149,14 @@ class WorkPool {
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+
+  static int64_t thread_cpu_ns() {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  }
+  static constexpr int64_t kMaxBackoff = 64;  // jobs
   static constexpr uint64_t kIndexMask = 0xffffffffull;
   static constexpr uint64_t kClosed = kIndexMask;  // index value: no chunk may be claimed
   // How long an idle helper spins before sleeping: long enough to catch the next layer of a
@@ -182,6 +228,10 @@ class WorkPool {
   std::atomic<int> active_{0};
   std::atomic<int64_t> done_{0};
   std::atomic<int> sleepers_{0};
+  std::atomic<int64_t> jobs_{0}, stalls_{0}, serial_jobs_{0};
+  // Guarded by run_mutex_ (only the thread that holds it reads or writes them).
+  int64_t serial_left_ = 0;  // jobs still to run serially after a stall
+  int64_t backoff_ = 1;
   std::mutex run_mutex_, sleep_mutex_;
   std::condition_variable sleep_cv_;
   std::vector<std::thread> threads_;
@@ -867,6 +917,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_linear", &csr_linear, "y = x @ W.T + b with W in CSR (fp32)", py::arg("x"),
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("bias"),
         py::arg("in_features"), py::arg("variant") = -1, py::arg("threading") = -1);
+  m.def("pool_stats", [] { return WorkPool::instance().stats(); },
+        "(pooled jobs, stalls detected, jobs run serially while backing off from a stall)");
   m.def("set_pool_spin_us", [](int64_t us) { WorkPool::spin_us.store(us); },
         "How long an idle pool helper spins before it sleeps (microseconds).");
   m.def("bsr_linear", &bsr_linear, "y = x @ W.T + b with W in BSR (fp32)", py::arg("x"),
