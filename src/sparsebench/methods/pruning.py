@@ -112,8 +112,8 @@ class PruningMethod(Method):
     @torch.no_grad()
     def fix_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """Installs given masks and stops updating them (retraining a found sparse
-        architecture: scratch, lottery). With ``pruned_weights="drop"`` the pruned weights are
-        zeroed and get no gradient.
+        architecture: scratch, lottery). The pruned weights are set to zero; unless
+        ``pruned_weights="update"``, they also get no gradient and stay zero.
 
         Raises:
             ValueError: when the names or shapes do not match the sparsified weights.
@@ -128,8 +128,7 @@ class PruningMethod(Method):
                 raise ValueError(f"Mask {layer.name} has shape {tuple(mask.shape)}, "
                                  f"the weight {layer.shape}.")
             layer.parametrization.mask.copy_(mask.to(torch.bool))
-            if self.config.pruned_weights == "drop":
-                layer.original.mul_(layer.parametrization.mask)
+            layer.original.mul_(layer.parametrization.mask)
         self.fixed = True
 
     @torch.no_grad()

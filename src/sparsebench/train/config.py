@@ -118,6 +118,9 @@ class OptimConfig:
     decay_factor: float = 0.1
     grad_clip: float | None = None
     label_smoothing: float = 0.0
+    #: Learning-rate multiplier for the technique's own parameters (VD's log σ², L0's log α):
+    #: with plain SGD their gradients are small, and L0's gates barely move without it.
+    method_lr_scale: float = 1.0
 
     def validate(self) -> None:
         _check(self.name in OPTIMIZERS, "optim.name", self.name, f"one of {OPTIMIZERS}")
@@ -135,6 +138,8 @@ class OptimConfig:
                "a positive number or null")
         _check(0 <= self.label_smoothing < 1, "optim.label_smoothing", self.label_smoothing,
                "in [0, 1)")
+        _check(self.method_lr_scale > 0, "optim.method_lr_scale", self.method_lr_scale,
+               "a positive number")
         if self.schedule == "inverse_sqrt":
             _check(self.warmup_steps > 0, "optim.warmup_steps", self.warmup_steps,
                    "positive for the inverse_sqrt schedule")
@@ -142,8 +147,9 @@ class OptimConfig:
 
 @dataclass
 class SparsityConfig:
-    """The technique. ``begin``/``end`` (and a method's ``warmup_begin``/``warmup_end``) are
-    steps when integers, fractions of the run when floats in [0, 1]. Keys other than these
+    """The technique. ``begin``/``end``/``frequency`` (and a method's ``warmup_begin``/
+    ``warmup_end``) are steps when integers, fractions of the run when floats in [0, 1], so a
+    preset's schedule scales with ``run.steps``. Keys other than these
     fields (``kl_weight``, ``threshold``, ``l0_weight``, ``pruned_weights``, ``seed`` …) are the
     method's own hyperparameters and are checked against its Config.
     """
@@ -152,7 +158,7 @@ class SparsityConfig:
     sparsity: float | None = None
     begin: int | float = 0.1
     end: int | float = 0.6
-    frequency: int = 100
+    frequency: int | float = 0.01
     layer_sparsity: str | dict[str, float] | None = None
     distribution: str = "uniform"
     include: list[str] | None = None
@@ -182,8 +188,9 @@ class SparsityConfig:
                        f"null for {self.method} (its regularization weight sets the sparsity)")
         elif self.sparsity not in (None, 0, 0.0):
             _fail("sparsity.sparsity", self.sparsity, "null for a dense run")
-        _check(self.frequency > 0, "sparsity.frequency", self.frequency, "a positive integer")
-        for key in ("begin", "end"):
+        _check(self.frequency > 0, "sparsity.frequency", self.frequency,
+               "a positive step count (integer) or fraction of the run (float)")
+        for key in ("begin", "end", "frequency"):
             value = getattr(self, key)
             _check(isinstance(value, (int, float)) and value >= 0, f"sparsity.{key}", value,
                    "a step (integer) or a fraction of the run (float in [0, 1])")

@@ -109,9 +109,9 @@ def _build_optimizer(optim: OptimConfig, model: torch.nn.Module) -> torch.optim.
     for name, param in model.named_parameters():
         method_param = ".parametrizations." in f".{name}" and not name.endswith(".original")
         (own if method_param else rest).append(param)
-    groups = [{"params": rest, "weight_decay": optim.weight_decay}]
+    groups = [{"params": rest, "weight_decay": optim.weight_decay, "lr_scale": 1.0}]
     if own:
-        groups.append({"params": own, "weight_decay": 0.0})
+        groups.append({"params": own, "weight_decay": 0.0, "lr_scale": optim.method_lr_scale})
     if optim.name == "sgd":
         return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum,
                                nesterov=optim.nesterov and optim.momentum > 0)
@@ -143,9 +143,12 @@ def _attach(config: RunConfig, model: torch.nn.Module) -> Sparsifier | None:
         kwargs["layer_sparsity"] = LayerSparsity(overrides=overrides, distribution=distribution)
         if s.mask_from is None:
             begin, end = config.step_of(s.begin), config.step_of(s.end)
-            kwargs["schedule"] = GradualSchedule(begin, max(begin, end), s.frequency)
+            frequency = max(1, config.step_of(s.frequency))
+            kwargs["schedule"] = GradualSchedule(begin, max(begin, end), frequency)
         else:
-            hparams["pruned_weights"] = "drop"
+            # "keep": no gradient through the mask, and nothing zeroed before the given mask
+            # is installed (fix_masks zeroes exactly its own pruned weights).
+            hparams["pruned_weights"] = "keep"
     masks = None
     if s.mask_from is not None:
         masks = load_masks(s.mask_from)
@@ -273,7 +276,7 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
         for step in range(start, steps):
             lr_factor = learning_rate_factor(config.optim, step, steps)
             for group in optimizer.param_groups:
-                group["lr"] = config.optim.lr * lr_factor
+                group["lr"] = config.optim.lr * lr_factor * group["lr_scale"]
             batch = task.next_batch(device)
             loss = task.loss(wrapped, batch)
             total = loss + sp.penalty() if sp is not None else loss
