@@ -11,9 +11,10 @@ line (load average, threads, kernel path) is part of the result.
     .venv/bin/python benchmarks/sparse_linear.py --threads 1     # when neighbours load the CPU
     .venv/bin/python benchmarks/sparse_linear.py --variants      # + OpenMP/serial/gather columns
 
-``--variants`` adds our kernel with torch's OpenMP pool and with the calling thread only (ours
-uses its own pool, in which the calling thread works and waits only for chunks a helper has
-started), and at batch 1 the AVX-512 gather SpMV, all in the same interleaved rounds.
+``--variants`` adds our kernel with plain OpenMP, with our own pool (the calling thread works
+and waits only for chunks a helper has started) and with the calling thread only ("ours" is
+the default, adaptive OpenMP that backs off to serial runs after a stall), and at batch 1 the
+AVX-512 gather SpMV, all in the same interleaved rounds.
 
 On a shared 2-core machine a neighbour's job can stall any 2-thread parallel region (ours and
 MKL's alike) for a scheduler time slice (~12 ms), which swamps a 50 us product; when the load
@@ -91,6 +92,7 @@ def main() -> None:
             }
             if args.variants and kernel_path() == "cpp":
                 cands["openmp"] = _with(ours, x, threading="openmp")
+                cands["pool"] = _with(ours, x, threading="pool")
                 cands["serial"] = _with(ours, x, threading="serial")
                 if batch == 1:
                     cands["gather16"] = _with(ours, x, spmv="gather16")
@@ -109,11 +111,12 @@ def main() -> None:
             )
     print(f"after:  {machine_context()}  ({time.time() - start:.0f} s)")
     ext = load_extension()
-    if ext is not None and hasattr(ext, "pool_stats"):
-        jobs, stalls, serial = ext.pool_stats()
-        print(
-            f"pool: {jobs} pooled jobs, {stalls} stalls seen, {serial} jobs run serially after one"
-        )
+    if ext is not None and hasattr(ext, "adaptive_stats"):
+        for name in ("adaptive", "pool"):
+            jobs, stalls, serial = getattr(ext, f"{name}_stats")()
+            print(
+                f"{name}: {jobs} parallel jobs, {stalls} stalls seen, {serial} run serially after"
+            )
     print()
     print(f"Linear {args.out}x{args.in_f} fp32, medians of up to {args.repeats} interleaved rounds")
     head = "".join(f" | b{b:<4} dense/ours  csr/ours" for b in args.batches)
@@ -126,7 +129,7 @@ def main() -> None:
         print(f"{s:8.2f}{''.join(cells)}")
     if args.variants:
         print()
-        print("variants: dense / variant (same rounds); ours = our pool + scalar SpMV")
+        print("variants: dense / variant (same rounds); ours = adaptive OpenMP + scalar SpMV")
         for r in rows:
             t = r[6]
             cells = "  ".join(f"{k} {t['dense'] / v:6.2f}x" for k, v in t.items() if k != "dense")

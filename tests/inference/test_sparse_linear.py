@@ -121,7 +121,7 @@ def test_fallback_is_announced(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("spmv", ["scalar", "gather16", "gather8"])
-@pytest.mark.parametrize("threading", ["serial", "openmp", "pool"])
+@pytest.mark.parametrize("threading", ["serial", "openmp", "pool", "adaptive"])
 def test_kernel_variants_match_dense(kernel, spmv, threading):
     """Every batch-1 kernel and every threading mode gives the dense result (big enough to
     be split into chunks, with int16 and int32 indices)."""

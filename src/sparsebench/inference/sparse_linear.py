@@ -27,9 +27,10 @@ INT16_MAX_COLS = 32767
 
 #: Batch-1 kernels of the extension, by name (``-1`` in the extension means its default).
 SPMV_VARIANTS = ("default", "scalar", "gather16", "gather8")
-#: How the extension spreads work over threads: its own load-tolerant pool (default), torch's
-#: OpenMP pool, or the calling thread only.
-THREADING = ("default", "serial", "openmp", "pool")
+#: How the extension spreads work over threads: the calling thread only, torch's OpenMP pool,
+#: its own pool (the caller works and waits only for chunks a helper started), or "adaptive"
+#: (the default): OpenMP that runs serially for a while after a region stalled on a busy core.
+THREADING = ("default", "serial", "openmp", "pool", "adaptive")
 _options = {"spmv": -1, "threading": -1}
 
 
@@ -37,7 +38,7 @@ def set_kernel_options(*, spmv: str | None = None, threading: str | None = None)
     """Choose the extension's batch-1 kernel and threading for every sparse layer.
 
     Benchmarks use it to time the variants side by side; users rarely need it. ``"default"``
-    restores the built-in choice (scalar SpMV, the pool).
+    restores the built-in choice (scalar SpMV, adaptive threading).
 
     Returns:
         The previous settings, as accepted by this function (``set_kernel_options(**old)``).

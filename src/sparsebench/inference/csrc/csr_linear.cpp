@@ -12,11 +12,14 @@
 //    A block of RB output rows is accumulated into a small L1 buffer and written out
 //    transposed, so y comes back (batch, out) contiguous without a separate transpose pass.
 //
-// Threads: a small pool of our own (WorkPool below) rather than OpenMP, because on a shared
+// Threads (measured side by side by benchmarks/sparse_linear.py --variants): on a shared
 // 2-core machine an OpenMP region waits at its barrier for a worker the OS has descheduled,
-// a whole scheduler slice (~12 ms) for a 50 us product. In the pool the calling thread works
-// too and waits only for chunks a helper has actually started; and when a wait shows that
-// the other core is taken (a helper preempted mid-chunk), it runs serially for a while.
+// a whole scheduler slice (~7-12 ms) for a 0.2 ms product. Two answers are here: WorkPool, our
+// own pool in which the calling thread works and waits only for chunks a helper has started;
+// and the default, "adaptive": OpenMP with dynamically claimed chunks that falls back to
+// serial runs for a while when a region shows the cores are oversubscribed. On an idle
+// machine OpenMP's spinning workers help at once while the pool's sleeping helpers wake too
+// late for a 100 us product, so the adaptive mode won.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -237,18 +240,80 @@ class WorkPool {
   std::vector<std::thread> threads_;
 };
 
-// How a kernel spreads its chunks: the calling thread alone, torch's OpenMP pool, or ours.
-enum Threading : int64_t { kSerial = 0, kOpenMP = 1, kPool = 2 };
+// How a kernel spreads its chunks: the calling thread alone, torch's OpenMP pool, our pool,
+// or (the default) OpenMP that backs off to serial runs when a region shows the cores are
+// oversubscribed.
+enum Threading : int64_t { kSerial = 0, kOpenMP = 1, kPool = 2, kAdaptive = 3 };
+
+// Back-off state of the adaptive mode, shared by all kernels of the process. On an idle
+// machine OpenMP's spinning workers start at once (measured: 2x a serial run, where our
+// sleeping pool helpers woke too late to help); on a loaded one a region waits a whole
+// scheduler slice for a preempted worker (measured: 7 ms for a 0.2 ms product). So: run the
+// region with chunks claimed dynamically, and if the caller did nearly all of them or waited
+// long for the others, run the next 1, 2, 4 ... 1024 jobs serially before trying again.
+struct Adaptive {
+  std::atomic<int64_t> serial_left{0}, backoff{1}, jobs{0}, stalls{0}, serial_jobs{0};
+};
+inline Adaptive& adaptive() {
+  static Adaptive a;
+  return a;
+}
+constexpr int64_t kMaxAdaptiveBackoff = 1024;
+
+template <typename Body>
+void adaptive_chunks(int64_t chunks, int threads, Body& body) {
+  Adaptive& a = adaptive();
+  if (a.serial_left.load(std::memory_order_relaxed) > 0) {
+    a.serial_left.fetch_sub(1, std::memory_order_relaxed);
+    a.serial_jobs.fetch_add(1, std::memory_order_relaxed);
+    for (int64_t c = 0; c < chunks; ++c) body(c);
+    return;
+  }
+  using Clock = std::chrono::steady_clock;
+  a.jobs.fetch_add(1, std::memory_order_relaxed);
+  std::atomic<int64_t> next{0};
+  int64_t mine = 0;
+  Clock::duration mine_time{};
+  const auto caller = std::this_thread::get_id();
+  const auto t0 = Clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    const bool is_caller = std::this_thread::get_id() == caller;
+    for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
+      if (is_caller) {
+        const auto t = Clock::now();
+        body(c);
+        mine_time += Clock::now() - t;
+        ++mine;
+      } else {
+        body(c);
+      }
+    }
+  });
+  const auto wall = Clock::now() - t0;
+  const bool late_helpers = 4 * (chunks - mine) < chunks;
+  const bool waited =
+      wall - mine_time > std::max<Clock::duration>(mine_time, std::chrono::microseconds(100));
+  if (late_helpers || waited) {
+    a.stalls.fetch_add(1, std::memory_order_relaxed);
+    const int64_t b = a.backoff.load(std::memory_order_relaxed);
+    a.serial_left.store(b, std::memory_order_relaxed);
+    a.backoff.store(std::min(2 * b, kMaxAdaptiveBackoff), std::memory_order_relaxed);
+  } else {
+    a.backoff.store(1, std::memory_order_relaxed);
+  }
+}
 
 template <typename Body>
 void parallel_chunks(int64_t chunks, int64_t threading, Body&& body) {
   const int threads = at::get_num_threads();
-  if (chunks == 1 || threads <= 1 || threading == kSerial) {
+  if (chunks == 1 || threads <= 1 || threading == kSerial || at::in_parallel_region()) {
     for (int64_t c = 0; c < chunks; ++c) body(c);
   } else if (threading == kOpenMP) {
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) body(c);
     });
+  } else if (threading == kAdaptive) {
+    adaptive_chunks(chunks, threads, body);
   } else {
     auto trampoline = [](void* ctx, int64_t c) { (*static_cast<Body*>(ctx))(c); };
     WorkPool::instance().run(chunks, threads - 1, trampoline, &body);
@@ -476,7 +541,7 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
   // Small products run on the calling thread alone: waking a helper costs microseconds.
   const int64_t threads = at::get_num_threads();
   const int64_t work = static_cast<int64_t>(rp[out]) * B + out;
-  const int64_t per_thread = threading == kPool ? kChunksPerThread : 4;
+  const int64_t per_thread = threading == kOpenMP ? 4 : kChunksPerThread;
   const int64_t chunks =
       work < kSerialWork || threads <= 1 || threading == kSerial
           ? 1
@@ -775,7 +840,7 @@ void bsr_call(const BsrArgs& a, const float* xT, const int64_t* coff, int64_t B,
               int64_t x_stride,
               const at::Tensor& brp, const at::Tensor& bci, const at::Tensor& values, float* y,
               int64_t out, bool rows_layout, int64_t y_stride, int64_t threading) {
-  if (threading < 0) threading = kPool;
+  if (threading < 0) threading = kAdaptive;
   if (bci.scalar_type() == at::kShort)
     bsr_dispatch<int16_t>(a.bh, a.bw, xT, coff, B, images, x_stride, brp.data_ptr<int32_t>(),
                           bci.data_ptr<int16_t>(), values.data_ptr<float>(), a.block_rows,
@@ -790,7 +855,7 @@ void bsr_call(const BsrArgs& a, const float* xT, const int64_t* coff, int64_t B,
 
 // x: (batch, in) float32; crow: (out + 1,) int32; col: (nnz,) int16/int32; values: (nnz,)
 // float32; bias: (out,) float32 or None; variant: batch-1 kernel (SpmvVariant, -1 = best
-// available); threading: Threading (-1 = the pool). Returns y: (batch, out) float32, contiguous.
+// available); threading: Threading (-1 = adaptive). Returns y: (batch, out) float32, contiguous.
 at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                       const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                       int64_t in_features, int64_t variant, int64_t threading) {
@@ -812,7 +877,7 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   at::Tensor y = at::empty({x.size(0), out}, x.options());
   if (x.size(0) == 0 || out == 0) return y;
   if (variant < 0) variant = default_spmv_variant();
-  if (threading < 0) threading = kPool;
+  if (threading < 0) threading = kAdaptive;
   if (col.scalar_type() == at::kShort) {
     run<int16_t>(x, crow, col, values, bp, y, variant, threading);
   } else {
@@ -919,6 +984,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("in_features"), py::arg("variant") = -1, py::arg("threading") = -1);
   m.def("pool_stats", [] { return WorkPool::instance().stats(); },
         "(pooled jobs, stalls detected, jobs run serially while backing off from a stall)");
+  m.def("adaptive_stats", [] {
+          Adaptive& a = adaptive();
+          return std::make_tuple(a.jobs.load(), a.stalls.load(), a.serial_jobs.load());
+        },
+        "(parallel jobs, stalls detected, jobs run serially while backing off), adaptive mode");
   m.def("set_pool_spin_us", [](int64_t us) { WorkPool::spin_us.store(us); },
         "How long an idle pool helper spins before it sleeps (microseconds).");
   m.def("bsr_linear", &bsr_linear, "y = x @ W.T + b with W in BSR (fp32)", py::arg("x"),
@@ -932,6 +1002,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out"), py::arg("kh"), py::arg("kw"), py::arg("ph"), py::arg("pw"),
         py::arg("dh"), py::arg("dw"), py::arg("threading") = -1);
   m.attr("SPMV_VARIANTS") = py::make_tuple("scalar", "gather16", "gather8");
-  m.attr("THREADING") = py::make_tuple("serial", "openmp", "pool");
+  m.attr("THREADING") = py::make_tuple("serial", "openmp", "pool", "adaptive");
   m.attr("HAVE_AVX512") = static_cast<bool>(SB_HAVE_AVX512);
 }
