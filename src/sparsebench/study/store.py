@@ -45,7 +45,8 @@ SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "finished", "failed", "diverged")
 SOURCES = ("ours", "published")
 #: The techniques a row may name: the library's four, the dense baseline, the retraining kinds
-#: of the study's second question, and MP v2 (non-uniform layer distribution, 1.5x steps).
+#: of the study's second question, MP v2 (non-uniform layer distribution, 1.5x steps) and a
+#: dense model narrowed to a sparse model's nonzero count (never part of the dense baseline).
 TECHNIQUES = (
     "dense",
     "magnitude",
@@ -57,6 +58,7 @@ TECHNIQUES = (
     "lottery",
     "augmented",
     "mp-v2",
+    "small-dense",
 )
 #: Our method registry's aliases, so a result.json naming one still lands on one technique.
 _TECHNIQUE_ALIASES = {"vd": "variational_dropout", "l0_regularization": "l0", "none": "dense"}

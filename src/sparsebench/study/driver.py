@@ -1,0 +1,287 @@
+"""The sweep driver: adds a sweep's points to the run store as pending, claims them one at a
+time and hands them to an executor, records each result (or failure) and shows progress.
+
+Safe to stop and restart at any moment, and to run twice at once on one store:
+
+* a point is trained only by the process that claimed it (:meth:`RunStore.claim` is one
+  ``BEGIN IMMEDIATE`` transaction); finished, failed and diverged points are never claimed again
+  (``--retry-failed`` puts failed ones back);
+* a process killed outright (SIGKILL) leaves its claims "running"; a later process on the same
+  host sees that the claiming pid is gone and takes them over at once, and claims whose
+  heartbeat stopped (another host) are taken after ``stale_after`` seconds. The run itself
+  resumes from its last checkpoint in its run directory;
+* a clean stop (Ctrl-C, SIGTERM) puts its claims back to pending.
+
+Retraining and small-dense points depend on the finished magnitude runs, so the sweep runs in
+two phases: the second is planned from the store once every first-phase point is done.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .executors import Executor
+from .store import RunStore
+from .sweep import (
+    Point,
+    SweepSpec,
+    model_family,
+    pending_row,
+    plan_phase1,
+    plan_phase2,
+    save_sweep_definition,
+)
+
+__all__ = ["SweepResult", "run_sweep", "worker_id"]
+
+TERMINAL = ("finished", "failed", "diverged")
+
+
+def worker_id() -> str:
+    """Returns ``host:pid:random``, the claim owner written to the store by this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _dead_local_worker(worker: str | None) -> bool:
+    """Returns True when ``worker`` names a process of this host that no longer exists."""
+    if not worker:
+        return False
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class SweepResult:
+    """What a sweep process saw: points in the sweep, and how many it ran itself."""
+
+    total: int = 0
+    finished: int = 0
+    failed: int = 0
+    ran: int = 0
+    skipped: int = 0
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes this process's claims every ``every`` seconds, on its own connection."""
+
+    def __init__(self, path: Path, worker: str, every: float) -> None:
+        super().__init__(daemon=True)
+        self.path, self.worker, self.every = path, worker, every
+        self.held: set[str] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        store = RunStore(self.path)
+        try:
+            while not self.stopped.wait(self.every):
+                with self.lock:
+                    held = list(self.held)
+                for run_id in held:
+                    store.heartbeat(run_id, self.worker)
+        finally:
+            store.close()
+
+
+class _Driver:
+    def __init__(self, spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: Path,
+                 *, poll: float, stale_after: float, retry_failed: bool,
+                 say: Callable[[str], None]) -> None:
+        self.spec, self.store, self.executor = spec, store, executor
+        self.runs_dir, self.poll, self.stale_after = runs_dir, poll, stale_after
+        self.retry_failed, self.say = retry_failed, say
+        self.worker = worker_id()
+        self.family = model_family(spec)
+        self.result = SweepResult()
+        self.durations: list[float] = []
+        self.heartbeat = _Heartbeat(store.path, self.worker, every=max(1.0, stale_after / 10))
+
+    # -- one phase ----------------------------------------------------------------------------
+
+    def run_phase(self, points: Sequence[Point], label: str) -> None:
+        ids = {p.run_id(self.spec.task): p for p in points}
+        added = sum(self.store.add_pending(pending_row(p, self.spec, self.runs_dir / i,
+                                                       self.family))
+                    for i, p in ids.items())
+        if self.retry_failed and ids:
+            with self.store.transaction() as db:
+                marks = ", ".join("?" * len(ids))
+                db.execute(f"UPDATE runs SET status='pending', error=NULL WHERE status='failed' "
+                           f"AND id IN ({marks})", list(ids))
+        done_before = self.store.count(id=list(ids), status=list(TERMINAL))
+        self.result.total += len(ids)
+        self.result.skipped += done_before
+        self.say(f"{label}: {len(ids)} points ({added} new, {done_before} already done)")
+        inflight: dict[Future, tuple[str, float]] = {}
+        while True:
+            while len(inflight) < self.executor.slots:
+                run_id = self._claim_next(ids)
+                if run_id is None:
+                    break
+                inflight[self._submit(run_id, ids[run_id])] = (run_id, time.monotonic())
+            if not inflight:
+                if self.store.count(id=list(ids), status=list(TERMINAL)) == len(ids):
+                    return
+                time.sleep(self.poll)  # the rest is being run by another process
+                continue
+            done, _ = wait(list(inflight), timeout=self.poll, return_when=FIRST_COMPLETED)
+            for future in done:
+                run_id, started = inflight.pop(future)
+                self._record(run_id, ids[run_id], future.result(), time.monotonic() - started,
+                             ids, len(inflight))
+
+    def _claim_next(self, ids: dict[str, Point]) -> str | None:
+        """Returns the id of a point this process just claimed, or None."""
+        for run in self.store.runs(id=list(ids), status=["pending", "running"]):
+            if run.status == "pending":
+                claimed = self.store.claim(run.id, self.worker, stale_after=self.stale_after)
+            elif _dead_local_worker(run.worker):
+                claimed = self._take_over(run.id, run.worker)
+            else:  # a live claim, or one whose heartbeat stopped long ago (another host)
+                claimed = self.store.claim(run.id, self.worker, stale_after=self.stale_after)
+            if claimed:
+                with self.heartbeat.lock:
+                    self.heartbeat.held.add(run.id)
+                return run.id
+        return None
+
+    def _take_over(self, run_id: str, dead: str | None) -> bool:
+        # Conditional on the dead owner, so of two processes taking over only one wins.
+        with self.store.transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET worker=?, heartbeat=? WHERE id=? AND status='running' "
+                "AND worker=?", (self.worker, time.time(), run_id, dead))
+        if cursor.rowcount == 1:
+            self.say(f"  taking over {run_id} from {dead} (process gone); it resumes from its "
+                     "last checkpoint")
+        return cursor.rowcount == 1
+
+    def _submit(self, run_id: str, point: Point) -> Future:
+        source_dir = None
+        if point.source is not None:
+            source = self.store.get(point.source)
+            source_dir = source.run_dir if source else None
+        try:
+            config = point.config(self.spec.task, source_dir=source_dir)
+        except ValueError as error:
+            future: Future = Future()
+            future.set_result({"ok": False, "error": str(error)})
+            return future
+        self.say(f"  start {run_id}")
+        return self.executor.submit({"config": config.to_dict(),
+                                     "run_dir": str(self.runs_dir / run_id)})
+
+    def _record(self, run_id: str, point: Point, answer: dict[str, Any], seconds: float,
+                ids: dict[str, Point], running: int) -> None:
+        with self.heartbeat.lock:
+            self.heartbeat.held.discard(run_id)
+        self.result.ran += 1
+        if answer.get("ok"):
+            result = answer["result"]
+            self.store.record_result(run_id, result, self.runs_dir / run_id,
+                                     sweep=self.spec.name, technique=point.technique,
+                                     variant=point.variant,
+                                     hyperparameters=point.hyperparameters,
+                                     replica=point.replica)
+            metric = result.get("metric") or {}
+            value = metric.get("test") if metric.get("test") is not None else metric.get("valid")
+            what = (f"{result.get('status')}: {metric.get('name', 'metric')} "
+                    + (f"{value:.4f}" if isinstance(value, float) else str(value))
+                    + (f" at sparsity {result['sparsity']:.3f}"
+                       if isinstance(result.get("sparsity"), float) else ""))
+            self.durations.append(seconds)
+        else:
+            self.store.mark_failed(run_id, str(answer.get("error")))
+            what = "FAILED: " + str(answer.get("error")).splitlines()[0]
+        done = self.store.count(id=list(ids), status=list(TERMINAL))
+        failed = self.store.count(id=list(ids), status=["failed", "diverged"])
+        eta = ""
+        if self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            remaining = len(ids) - done
+            eta = f", ETA {_duration(mean * remaining / max(1, self.executor.slots))}"
+        self.say(f"[{done}/{len(ids)}] {run_id} {what} ({seconds:.1f}s) | failures {failed}"
+                 f"{eta}")
+
+    def release_all(self) -> None:
+        with self.heartbeat.lock:
+            held = list(self.heartbeat.held)
+            self.heartbeat.held.clear()
+        for run_id in held:
+            self.store.release(run_id, self.worker)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def run_sweep(spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: str | Path, *,
+              poll: float = 2.0, stale_after: float = 600.0, retry_failed: bool = False,
+              say: Callable[[str], None] | None = None) -> SweepResult:
+    """Runs every point of ``spec`` not yet done, both phases, recording each in ``store`` and
+    training into ``runs_dir/<run id>``. Returns the counts this process saw.
+
+    A SIGTERM is turned into KeyboardInterrupt, so both put this process's claims back to
+    pending before the exception propagates.
+    """
+    def default_say(text: str) -> None:
+        print(text, flush=True)
+
+    driver = _Driver(spec, store, executor, Path(runs_dir), poll=poll, stale_after=stale_after,
+                     retry_failed=retry_failed, say=say or default_say)
+    save_sweep_definition(store, spec)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_term(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+    driver.heartbeat.start()
+    try:
+        phase1 = plan_phase1(spec)
+        driver.run_phase(phase1, f"sweep {spec.name}, phase 1")
+        phase2 = plan_phase2(spec, store, phase1)
+        if phase2:
+            driver.run_phase(phase2, f"sweep {spec.name}, phase 2 (retraining, small dense)")
+        elif spec.retraining is not None or spec.small_dense is not None:
+            driver.say("phase 2: no finished magnitude run at the chosen sparsities; "
+                       "nothing to retrain")
+    except KeyboardInterrupt:
+        driver.release_all()
+        print("sweep stopped; its unfinished runs are pending again", file=sys.stderr)
+        raise
+    finally:
+        driver.heartbeat.stopped.set()
+        executor.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    result = driver.result
+    all_ids = [p.run_id(spec.task) for p in (*phase1, *phase2)]
+    result.finished = store.count(id=all_ids, status="finished")
+    result.failed = store.count(id=all_ids, status=["failed", "diverged"])
+    driver.say(f"sweep {spec.name}: {result.finished}/{result.total} finished, "
+               f"{result.failed} failed or diverged; this process ran {result.ran}")
+    return result
