@@ -447,3 +447,8 @@ def write_report(
     index = out / "index.html"
     atomic_write_bytes(index, "\n".join(body).encode())
     return index
+
+# The sections for our own runs (per-layer sparsity, training cost, MP v2, small dense,
+# off-target runs, sweep files) register themselves in SECTION_BUILDERS when imported; they
+# import this module's types, hence the import at the end.
+from . import sections as _sections  # noqa: E402, F401
