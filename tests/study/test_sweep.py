@@ -1,0 +1,205 @@
+"""Sweep files: validation (one sentence per error), stable ids, random search, MP v2 layer
+targets by hand, augmented-init statistics by Monte Carlo, and the example sweep files."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sparsebench.init import rescale_for_sparse_fan_in
+from sparsebench.study.sweep import (
+    SweepError,
+    load_sweep,
+    mp_v2_layer_targets,
+    parse_sweep,
+    plan_phase1,
+    width_for_parameters,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+BASE = {
+    "task": "fmnist-lenet300",
+    "steps": 20,
+    "sparsities": [0.5, 0.9],
+    "techniques": {"magnitude": {}, "variational_dropout": {"grid": {"kl_weight": [1e-5]}}},
+}
+
+
+def _with(**changes):
+    values = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
+    return values
+
+
+@pytest.mark.parametrize("values, message", [
+    (_with(task="cifar"), "task: 'cifar' is not a task"),
+    (_with(steps=0), "steps: must be an integer >= 1, got 0"),
+    (_with(steps=None), "steps: is required"),
+    (_with(sparsities=[50, 90]), "write 0.5 for 50%"),
+    (_with(sparsities=[]), "sparsities: must be a non-empty list"),
+    (_with(sparsities=[0.5, 0.5]), "lists a sparsity twice"),
+    (_with(colour="red"), "unknown field(s) ['colour']"),
+    (_with(techniques={"pruning": {}}), "'pruning' is not a technique"),
+    (_with(techniques={"magnitude": {"grid": {"kl_weight": [1]}}}),
+     "'kl_weight' is not a hyperparameter of magnitude"),
+    (_with(techniques={"magnitude": {"grid": {"end": 0.5}}}),
+     "techniques.magnitude.grid.end: must be a non-empty list"),
+    (_with(techniques={"l0": {"grid": {"l0_weight": [1]}, "random": {}}}),
+     "has both grid and random"),
+    (_with(techniques={"l0": {"random": {"samples": 2, "space": {
+        "l0_weight": {"log_uniform": [0, 1]}}}}}), "log_uniform needs positive bounds"),
+    (_with(techniques={"l0": {"random": {"samples": 2, "space": {
+        "l0_weight": {"normal": [0, 1]}}}}}), "must be one of {uniform, log_uniform"),
+    (_with(techniques={"variational_dropout": {"grid": {"kl_weight": [-1.0]}}}),
+     "techniques.variational_dropout: VariationalDropoutConfig.kl_weight = -1.0 is invalid"),
+    (_with(overrides={"optim.lr": -1}), "overrides: optim.lr = -1.0 is invalid"),
+    (_with(overrides={"lr": 0.1}), "must be a dotted config key"),
+    (_with(overrides={"optimizer.lr": 0.1}), "names no config section"),
+    (_with(retraining={"kinds": ["scratch-c"], "sparsities": [0.9]}),
+     "retraining.kinds: must list some of"),
+    (_with(retraining={"sparsities": [0.8]}), "[0.8] are not among the sweep's sparsities"),
+    (_with(techniques={"random": {}}, retraining={"sparsities": [0.9]}),
+     "techniques must include magnitude"),
+    (_with(mp_v2={"sparsities": [0.9]}), "mp_v2.sparsities: 0.9 is unreachable on lenet300"),
+    (_with(mp_v2={"sparsities": [0.9], "first": "conv9"}),
+     "mp_v2.first: 'conv9' is not a sparsified weight"),
+    (_with(small_dense={"sparsities": [0.9]}),
+     "small_dense.option: model lenet300 has no option 'width'"),
+    (_with(resources={"cpus": 0}), "resources: cpus must be > 0"),
+])
+def test_validation_is_one_sentence(values, message):
+    with pytest.raises(SweepError) as info:
+        parse_sweep(values)
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text and "Traceback" not in text
+
+
+def test_load_sweep_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("task: fmnist-lenet300\nsteps: [1\n")
+    with pytest.raises(SweepError, match=r"bad.yaml: not valid YAML"):
+        load_sweep(path)
+    with pytest.raises(SweepError, match="no such sweep file"):
+        load_sweep(tmp_path / "missing.yaml")
+
+
+def test_points_and_stable_ids():
+    spec = parse_sweep(_with(replicas=2, techniques={
+        "magnitude": {"grid": {"begin": [0.1, 0.2], "end": [0.6]}},
+        "variational_dropout": {"grid": {"kl_weight": [1e-5, 3e-5]}},
+    }), name="a")
+    points = plan_phase1(spec)
+    # dense 2 replicas + magnitude 2 settings x 2 targets x 2 seeds + VD 2 settings x 2 seeds.
+    assert len(points) == 2 + 8 + 4
+    ids = [p.run_id(spec.task) for p in points]
+    assert len(set(ids)) == len(ids)
+    assert all(p.target is None for p in points if p.technique == "variational_dropout")
+    # The sweep's name is not part of a point: another file with the same point shares it.
+    again = plan_phase1(parse_sweep(_with(replicas=2, techniques={
+        "magnitude": {"grid": {"begin": [0.1, 0.2], "end": [0.6]}},
+        "variational_dropout": {"grid": {"kl_weight": [1e-5, 3e-5]}},
+    }), name="b"))
+    assert [p.run_id(spec.task) for p in again] == ids
+    changed = plan_phase1(parse_sweep(_with(steps=21, replicas=2, techniques={
+        "magnitude": {"grid": {"begin": [0.1, 0.2], "end": [0.6]}},
+        "variational_dropout": {"grid": {"kl_weight": [1e-5, 3e-5]}},
+    })))
+    assert not set(p.run_id(spec.task) for p in changed) & set(ids)
+    mp = next(p for p in points if p.technique == "magnitude" and p.target == 0.9)
+    config = mp.config(spec.task)
+    assert (config.sparsity.method, config.sparsity.sparsity, config.run.steps) == \
+        ("magnitude", 0.9, 20)
+
+
+def test_random_search_is_seeded_and_in_bounds():
+    values = _with(techniques={"l0": {"random": {"samples": 20, "seed": 3, "space": {
+        "l0_weight": {"log_uniform": [1e-5, 1e-3]},
+        "init_log_alpha": {"choice": [0.0, 1.0]},
+    }}, "fixed": {"warmup_end": 0.5}}})
+    first = [p.hyperparameters for p in plan_phase1(parse_sweep(values)) if p.technique == "l0"]
+    second = [p.hyperparameters for p in plan_phase1(parse_sweep(values)) if p.technique == "l0"]
+    assert first == second and len(first) == 20
+    weights = [h["l0_weight"] for h in first]
+    assert all(1e-5 <= w <= 1e-3 for w in weights)
+    # Log-uniform: about half the draws below the geometric mean 1e-4, not 1/20 of them.
+    assert 4 <= sum(w < 1e-4 for w in weights) <= 16
+    assert {h["init_log_alpha"] for h in first} <= {0.0, 1.0}
+    assert all(h["warmup_end"] == 0.5 for h in first)
+
+
+def test_mp_v2_layer_targets_by_hand():
+    spec = parse_sweep({"task": "fmnist-lenet5", "steps": 20, "sparsities": [0.9],
+                        "techniques": {"magnitude": {}},
+                        "mp_v2": {"sparsities": [0.9, 0.95]}})
+    assert mp_v2_layer_targets(spec, 0.9) == {"conv1.weight": 0.0, "fc2.weight": 0.8}
+    points = [p for p in plan_phase1(spec) if p.technique == "mp-v2"]
+    assert {p.target for p in points} == {0.9, 0.95}
+    assert all(p.steps == 30 for p in points)  # 1.5 x 20
+    config = points[0].config(spec.task)
+    assert config.sparsity.distribution == "fill"
+    assert config.sparsity.layer_sparsity == {"conv1.weight": 0.0, "fc2.weight": 0.8}
+
+
+def test_width_for_parameters_is_the_nearest(tmp_path):
+    options = {"num_classes": 10, "in_channels": 1, "width": 16, "stem": "cifar",
+               "layers": (1, 1, 1), "zero_init_residual": False}
+
+    def count(width):
+        from sparsebench import models
+        return sum(p.numel() for p in models.create("resnet20", **{**options, "width": width})
+                   .parameters())
+
+    target = (count(5) + count(6)) // 2 + 1  # nearer 6 than 5
+    width, params = width_for_parameters("resnet20", options, "width", target)
+    assert width == 6 and params == count(6)
+    assert width_for_parameters("resnet20", options, "width", 10)[0] == 1
+    assert width_for_parameters("resnet20", options, "width", 10**9)[0] == 16
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(1000, 400), nn.Conv2d(40, 300, 5)])
+def test_augmented_init_restores_the_dense_pre_activation_variance(layer):
+    torch.manual_seed(0)
+    weight = layer.weight.detach().clone()
+    fan_in = weight[0].numel()
+    # Each output unit keeps its own fraction of inputs, from 5% to 50%.
+    density = torch.linspace(0.05, 0.5, weight.shape[0]).view(-1, *[1] * (weight.dim() - 1))
+    mask = torch.rand_like(weight) < density
+    model = nn.Sequential(copy.deepcopy(layer))
+    rescale_for_sparse_fan_in(model, {"0.weight": mask})
+    rescaled = model[0].weight.detach() * mask
+    # Pre-activations of unit-variance inputs: w . x over the unit's inputs.
+    x = torch.randn(4000, fan_in)
+    dense_var = (x @ weight.reshape(len(weight), -1).T).var(dim=0)
+    sparse_var = (x @ rescaled.reshape(len(weight), -1).T).var(dim=0)
+    masked_var = (x @ (weight * mask).reshape(len(weight), -1).T).var(dim=0)
+    # The default init (kaiming_uniform, a=sqrt(5)) draws U(-b, b), b = 1/sqrt(fan_in):
+    # each dense pre-activation has variance fan_in * b^2 / 3 = 1/3.
+    assert dense_var.mean().item() == pytest.approx(1 / 3, rel=0.05)
+    assert sparse_var.mean().item() == pytest.approx(1 / 3, rel=0.05)
+    # Per unit, whatever its density (the sparsest and the densest quarters alike).
+    quarter = len(weight) // 4
+    assert sparse_var[:quarter].mean().item() == pytest.approx(1 / 3, rel=0.08)
+    assert sparse_var[-quarter:].mean().item() == pytest.approx(1 / 3, rel=0.08)
+    # Without the rescaling the variance shrinks with the kept fraction.
+    expected = (density.flatten() / 3).mean().item()
+    assert masked_var.mean().item() == pytest.approx(expected, rel=0.08)
+    assert not math.isclose(masked_var.mean().item(), 1 / 3, rel_tol=0.3)
+
+
+def test_example_sweep_files_are_valid():
+    files = sorted((REPO / "sweeps").glob("*.yaml"))
+    assert files, "sweeps/ holds the example sweep files"
+    for path in files:
+        spec = load_sweep(path)
+        assert plan_phase1(spec)
