@@ -1,0 +1,224 @@
+"""Real sweeps on Fashion-MNIST (tiny: a few hundred images, a few dozen steps): the in-process
+sweep with a failing technique and retraining, MP v2's achieved layer sparsities, restart after
+SIGKILL, two sweep processes on one store, and the Ray executor on a local instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from sparsebench.study.driver import run_sweep
+from sparsebench.study.executors import InProcessExecutor, make_executor
+from sparsebench.study.report import write_report
+from sparsebench.study.store import RunStore
+from sparsebench.study.sweep import load_sweep, parse_sweep
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(
+    not FMNIST.is_dir(), reason=f"Fashion-MNIST is not installed at {FMNIST} "
+                                "(Debian package dataset-fashion-mnist; `make data`)")
+
+TINY = {"data.limit_train": 300, "data.valid_size": 500, "eval.batch_size": 2000,
+        "run.threads": 1, "run.log_every": 1000, "optim.method_lr_scale": 10}
+
+
+def _write(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _result(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "result.json").read_text())
+
+
+def test_sweep_in_process_with_failure_retraining_and_report(tmp_path):
+    spec = parse_sweep({
+        "name": "tiny", "task": "fmnist-lenet300", "steps": 15, "sparsities": [0.9],
+        "overrides": TINY,
+        "techniques": {
+            "magnitude": {"grid": {"end": [0.4, 0.6]}},
+            # Points at data that do not exist: each of its runs fails, the sweep goes on.
+            "random": {"overrides": {"data.root": str(tmp_path / "missing")}},
+            "variational_dropout": {"grid": {"kl_weight": [1e-5]}},
+            "l0": {"grid": {"l0_weight": [1e-4]}, "fixed": {"init_log_alpha": 0.0}},
+        },
+        "retraining": {"kinds": ["lottery", "scratch-b"], "sparsities": [0.9]},
+    })
+    store = RunStore(tmp_path / "r.db")
+    first = run_sweep(spec, store, InProcessExecutor(), tmp_path / "runs", say=_quiet)
+    assert (first.total, first.ran, first.failed) == (8, 8, 1)
+    runs = {r.technique + (f":{r.id}" if r.technique == "magnitude" else ""): r
+            for r in store.runs(sweep="tiny")}
+    failed = runs["random"]
+    assert failed.status == "failed" and "missing" in failed.error
+    assert all(r.status == "finished" for k, r in runs.items() if k != "random")
+
+    # The retraining source is the better of the two magnitude runs, by their own results.
+    magnitude = [r for r in store.runs(sweep="tiny", technique="magnitude")]
+    best = max(magnitude, key=lambda r: _result(r.run_dir)["metric"]["test"])
+    lottery, scratch_b = runs["lottery"], runs["scratch-b"]
+    assert lottery.hyperparameters == {"source": best.id}
+    # Lottery: the pruning run's initial weights and final mask; scratch-b: twice the steps.
+    source_init = load_file(str(Path(best.run_dir) / "init.safetensors"))
+    lottery_init = load_file(str(Path(lottery.run_dir) / "init.safetensors"))
+    assert all((source_init[k] == lottery_init[k]).all() for k in source_init)
+    source_mask = load_file(str(Path(best.run_dir) / "mask.safetensors"))
+    for run in (lottery, scratch_b):
+        mask = load_file(str(Path(run.run_dir) / "mask.safetensors"))
+        assert all((mask[k] == source_mask[k]).all() for k in source_mask)
+    assert _result(scratch_b.run_dir)["steps"] == 30
+    assert _result(lottery.run_dir)["steps"] == 15
+
+    # Again: nothing is trained twice (the failed run stays failed unless asked).
+    again = run_sweep(load_sweep(_write(tmp_path / "tiny.yaml", {**_spec_values(spec)})),
+                      store, InProcessExecutor(), tmp_path / "runs", say=_quiet)
+    assert again.ran == 0 and again.skipped == 8
+
+    index = write_report(store, tmp_path / "report")
+    page = index.read_text()
+    for section in ("ours_lenet300-layers", "ours_lenet300-cost", "ours_lenet300-off-target",
+                    "ours_lenet300-retraining", "ours_lenet300-sweeps"):
+        assert f'id="{section}"' in page
+    assert (tmp_path / "report" / "ours_lenet300_layers_90.png").stat().st_size > 1000
+    store.close()
+
+
+def _spec_values(spec) -> dict:
+    """The values that made ``spec`` (its name and fields), for writing it back as a file."""
+    return {
+        "name": spec.name, "task": spec.task, "steps": spec.steps,
+        "sparsities": list(spec.sparsities), "overrides": TINY,
+        "techniques": {
+            "magnitude": {"grid": {"end": [0.4, 0.6]}},
+            "random": {"overrides": {"data.root": spec.techniques["random"].overrides["data"]
+                                     ["root"]}},
+            "variational_dropout": {"grid": {"kl_weight": [1e-5]}},
+            "l0": {"grid": {"l0_weight": [1e-4]}, "fixed": {"init_log_alpha": 0.0}},
+        },
+        "retraining": {"kinds": ["lottery", "scratch-b"], "sparsities": [0.9]},
+    }
+
+
+def test_mp_v2_reaches_exact_layer_targets(tmp_path):
+    spec = parse_sweep({"task": "fmnist-lenet5", "steps": 10, "sparsities": [0.9],
+                        "dense": False, "overrides": TINY, "techniques": {"magnitude": {}},
+                        "mp_v2": {"sparsities": [0.9]}})
+    spec = type(spec)(**{**spec.__dict__, "techniques": {}})  # only the MP v2 point
+    store = RunStore(tmp_path / "r.db")
+    run_sweep(spec, store, InProcessExecutor(), tmp_path / "runs", say=_quiet)
+    (run,) = store.runs(technique="mp-v2")
+    assert run.status == "finished"
+    layers = {la["name"]: la for la in _result(run.run_dir)["layers"]}
+    # LeNet-5 weights: conv1 20x1x5x5, conv2 50x20x5x5, fc1 500x800, fc2 10x500.
+    sizes = {"conv1.weight": 500, "conv2.weight": 25_000, "fc1.weight": 400_000,
+             "fc2.weight": 5_000}
+    assert {n: layers[n]["size"] for n in sizes} == sizes
+    total = sum(sizes.values())
+    zeros_needed = 0.9 * total                       # 387,450
+    rest = (zeros_needed - 0.8 * 5_000) / (25_000 + 400_000)  # the filled layers' sparsity
+    assert layers["conv1.weight"]["nonzeros"] == 500             # dense
+    assert layers["fc2.weight"]["nonzeros"] == 1_000             # 80% sparse
+    for name in ("conv2.weight", "fc1.weight"):
+        assert layers[name]["size"] - layers[name]["nonzeros"] == round(rest * sizes[name])
+    zeros = sum(layers[n]["size"] - layers[n]["nonzeros"] for n in sizes)
+    assert abs(zeros - zeros_needed) <= 2  # two layers rounded to whole weights
+    assert run.achieved_sparsity == pytest.approx(0.9, abs=1e-5)
+    assert _result(run.run_dir)["steps"] == 15  # 1.5 x 10
+    store.close()
+
+
+def _cli_sweep(sweep: Path, store: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sparsebench", "sweep", str(sweep), "--store", str(store),
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _small_sweep(tmp_path: Path, name: str, sparsities: list[float]) -> Path:
+    return _write(tmp_path / f"{name}.yaml", {
+        "name": name, "task": "fmnist-lenet300", "steps": 15, "sparsities": sparsities,
+        "overrides": TINY, "techniques": {"magnitude": {}}})
+
+
+def test_restart_after_sigkill(tmp_path):
+    sweep = _small_sweep(tmp_path, "killed", [0.5, 0.6, 0.7, 0.8, 0.9])
+    db = tmp_path / "r.db"
+    process = _cli_sweep(sweep, db)
+    deadline = time.monotonic() + 120
+    finished: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        if db.exists():
+            with RunStore(db) as store:
+                done = store.runs(status="finished")
+                if len(done) >= 2:
+                    break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with RunStore(db) as store:
+        done = store.runs(status="finished")
+        total = store.count(sweep="killed")
+        assert 2 <= len(done) < total == 6, "killed mid-sweep"
+        finished = {r.id: (Path(r.run_dir) / "result.json").stat().st_mtime_ns for r in done}
+    second = _cli_sweep(sweep, db)
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    started = set(re.findall(r"start (\S+)", output))
+    assert not started & set(finished), "a finished run was trained again"
+    with RunStore(db) as store:
+        assert store.count(sweep="killed", status="finished") == 6
+        for run_id, mtime in finished.items():
+            assert (Path(store.get(run_id).run_dir) / "result.json").stat().st_mtime_ns == mtime
+
+
+def test_two_sweep_processes_share_one_store(tmp_path):
+    sweep = _small_sweep(tmp_path, "shared", [0.5, 0.6, 0.7, 0.8, 0.9])
+    db = tmp_path / "r.db"
+    RunStore(db).close()  # created once, before both open it
+    first, second = _cli_sweep(sweep, db), _cli_sweep(sweep, db)
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert first.returncode == second.returncode == 0, outputs
+    started = [re.findall(r"start (\S+)", out) for out in outputs]
+    everything = started[0] + started[1]
+    assert len(everything) == len(set(everything)) == 6, started  # each point once, in all
+    with RunStore(db) as store:
+        assert store.count(sweep="shared", status="finished") == 6
+
+
+def test_ray_executor_on_a_local_instance(tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray>=2.60')")
+    spec = parse_sweep({
+        "name": "ray", "task": "fmnist-lenet300", "steps": 10, "sparsities": [0.5, 0.9],
+        "overrides": TINY,
+        "techniques": {"magnitude": {},
+                       "random": {"overrides": {"data.root": str(tmp_path / "missing")}}},
+        "dense": False})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        executor = make_executor("ray", workers=2)
+        assert executor.slots == 2
+        store = RunStore(tmp_path / "r.db")
+        result = run_sweep(spec, store, executor, tmp_path / "runs", poll=0.2, say=_quiet)
+        assert (result.total, result.finished, result.failed) == (4, 2, 2)
+        for run in store.runs(technique="magnitude"):
+            assert run.status == "finished"
+            assert run.achieved_sparsity == pytest.approx(run.target_sparsity, abs=1e-4)
+            assert _result(run.run_dir)["status"] == "finished"
+        assert all("missing" in r.error for r in store.runs(technique="random"))
+        store.close()
+    finally:
+        ray.shutdown()
