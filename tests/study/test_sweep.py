@@ -203,3 +203,16 @@ def test_example_sweep_files_are_valid():
     for path in files:
         spec = load_sweep(path)
         assert plan_phase1(spec)
+
+
+def test_demo_sweep_matches_the_sweeps_file():
+    import yaml
+
+    from sparsebench.demo import DEMO_SWEEP
+
+    shipped = yaml.safe_load((REPO / "sweeps" / "fmnist-lenet300-demo.yaml").read_text())
+    assert yaml.safe_load(DEMO_SWEEP) == shipped
+    spec = parse_sweep(shipped)
+    techniques = {p.technique for p in plan_phase1(spec)}
+    assert techniques == {"dense", "magnitude", "random", "variational_dropout", "l0"}
+    assert len(spec.sparsities) >= 3 and spec.retraining is not None
