@@ -6,6 +6,7 @@ random order each round, and the median per-step time of each is kept, so a burs
 this shared machine hits all methods alike. Prints ratios, never raw times alone.
 
     .venv/bin/python benchmarks/training_step_cost.py [--rounds 7] [--steps 5] [--markdown]
+        [--tasks]   # also the runner's fmnist-resnet and ding-transformer presets, real batches
 """
 
 from __future__ import annotations
@@ -53,6 +54,36 @@ def small_resnet():
     return "ResNet-20 (28x28x1, batch 32)", model, lambda m: F.cross_entropy(m(x), y)
 
 
+TASK_SETTINGS = {  # the runner's --set values for each method (one budget, 90% target)
+    "dense": ("dense", None, []),
+    "magnitude": ("magnitude", 0.9, []),
+    "random": ("random", 0.9, []),
+    "vd": ("variational_dropout", None, ["sparsity.kl_weight=1e-6"]),
+    "l0": ("l0", None, ["sparsity.l0_weight=1e-6"]),
+}
+
+
+def task_workload(task: str):
+    """Returns a builder timing the runner's own preset: its model, optimizer, technique
+    attachment and loss, on one fixed batch of the task's real data."""
+    from sparsebench.train import build_config
+    from sparsebench.train.loop import prepare
+
+    def build():
+        runs = {}
+        batch = None
+        for key, (method, sparsity, extra) in TASK_SETTINGS.items():
+            config = build_config(task, method=method, sparsity=sparsity, overrides=extra)
+            prepared = prepare(config)
+            if batch is None:
+                batch = prepared.task.next_batch(torch.device("cpu"))
+            runs[key] = prepared
+        name = f"{task} preset ({runs['dense'].model.__class__.__name__})"
+        return name, runs, lambda p: p.task.loss(p.model, batch)
+
+    return build
+
+
 def _prepare(base: nn.Module, method: str):
     model = copy.deepcopy(base)
     sp = None if METHODS[method] is None else sb.sparsify(model, method, **METHODS[method])
@@ -61,7 +92,7 @@ def _prepare(base: nn.Module, method: str):
 
 
 def _step(model, sp, opt, loss_fn):
-    loss = loss_fn(model)
+    loss = loss_fn(model)  # ``model`` is a Prepared run for task workloads
     if sp is not None:
         loss = loss + sp.penalty()
     opt.zero_grad(set_to_none=True)
@@ -74,7 +105,10 @@ def _step(model, sp, opt, loss_fn):
 def measure(builder, rounds: int, steps: int) -> tuple[str, dict[str, float]]:
     """Returns the workload's name and the median seconds per step of each method."""
     name, base, loss_fn = builder()
-    runs = {method: _prepare(base, method) for method in METHODS}
+    if isinstance(base, dict):  # a runner preset: prepared runs, loss takes the Prepared
+        runs = {m: (p, p.sparsifier, p.optimizer) for m, p in base.items()}
+    else:
+        runs = {method: _prepare(base, method) for method in METHODS}
     for model, sp, opt in runs.values():  # warm-up: allocator, lazy init, first Adam state
         for _ in range(2):
             _step(model, sp, opt, loss_fn)
@@ -96,6 +130,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--tasks", action="store_true",
+                        help="also time the fmnist-resnet and ding-transformer presets")
     args = parser.parse_args()
     torch.manual_seed(0)
     random.seed(0)
@@ -103,7 +139,10 @@ def main() -> None:
           f"median of {args.rounds} interleaved rounds x {args.steps} steps")
     header = ["workload", "dense ms/step", "magnitude", "random", "VD", "L0", "VD/MP", "L0/MP"]
     rows = []
-    for builder in (linear_stack, transformer_block, small_resnet):
+    builders = [linear_stack, transformer_block, small_resnet]
+    if args.tasks:
+        builders += [task_workload("fmnist-resnet"), task_workload("ding-transformer")]
+    for builder in builders:
         name, t = measure(builder, args.rounds, args.steps)
         rows.append([name, f"{t['dense'] * 1e3:.1f}",
                      *(f"{t[m] / t['dense']:.2f}x" for m in ("magnitude", "random", "vd", "l0")),

@@ -46,7 +46,7 @@ from .checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat,
 from .config import DENSE, OptimConfig, RunConfig
 from .tasks import make_task, seed_everything
 
-__all__ = ["Diverged", "learning_rate_factor", "train"]
+__all__ = ["Diverged", "Prepared", "learning_rate_factor", "prepare", "train"]
 
 log = logging.getLogger("sparsebench.train")
 CHECKPOINT_FILE = "state.safetensors"
@@ -204,6 +204,33 @@ def _save_state_dict(path: Path, state: dict[str, torch.Tensor]) -> None:
                                    for k, v in state.items()}))
 
 
+@dataclass
+class Prepared:
+    """Everything a run trains, before its first step."""
+
+    task: Any
+    model: torch.nn.Module
+    sparsifier: Sparsifier | None
+    optimizer: torch.optim.Optimizer
+    #: The model's weights before sparsification (plain keys): the run's init.safetensors.
+    init_state: dict[str, torch.Tensor]
+
+
+def prepare(config: RunConfig, device: torch.device | str = "cpu", rank: int = 0,
+            world: int = 1) -> Prepared:
+    """Returns the task (data loaded), the model (seeded init, or ``sparsity.init_from``) with
+    its technique attached, and the optimizer, as ``train`` starts from them."""
+    seed_everything(config.run.seed)
+    task = make_task(config, rank, world)
+    _resolve_model_options(config, task)
+    model = models.create(config.model.name, **config.model.options).to(device)
+    if config.sparsity.init_from:
+        model.load_state_dict(load_file(config.sparsity.init_from))
+    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sp = _attach(config, model)
+    return Prepared(task, model, sp, _build_optimizer(config.optim, model), init_state)
+
+
 def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Trains one run into ``out_dir`` and returns its result (also in ``result.json``).
 
@@ -225,18 +252,13 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
     if device.type == "cuda" and dist.world > 1:
         device = torch.device("cuda", dist.rank % torch.cuda.device_count())
 
-    seed_everything(config.run.seed)
-    task = make_task(config, dist.rank, dist.world)
-    _resolve_model_options(config, task)
-    model = models.create(config.model.name, **config.model.options).to(device)
-    if config.sparsity.init_from:
-        model.load_state_dict(load_file(config.sparsity.init_from))
+    prepared = prepare(config, device, dist.rank, dist.world)
+    task, model, sp, optimizer = (prepared.task, prepared.model, prepared.sparsifier,
+                                  prepared.optimizer)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / INIT_FILE).exists():
-            _save_state_dict(out / INIT_FILE, model.state_dict())
-    sp = _attach(config, model)
-    optimizer = _build_optimizer(config.optim, model)
+            _save_state_dict(out / INIT_FILE, prepared.init_state)
     wrapped = model
     if dist.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
