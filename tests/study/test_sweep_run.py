@@ -222,3 +222,15 @@ def test_ray_executor_on_a_local_instance(tmp_path):
         store.close()
     finally:
         ray.shutdown()
+
+
+def test_local_process_pool(tmp_path):
+    spec = parse_sweep({"name": "pool", "task": "fmnist-lenet300", "steps": 10,
+                        "sparsities": [0.5, 0.9], "overrides": TINY, "dense": False,
+                        "techniques": {"magnitude": {}}})
+    executor = make_executor("local", workers=2)
+    assert executor.slots == 2
+    with RunStore(tmp_path / "r.db") as store:
+        result = run_sweep(spec, store, executor, tmp_path / "runs", poll=0.2, say=_quiet)
+        assert (result.total, result.ran, result.finished) == (2, 2, 2)
+        assert sorted(r.achieved_sparsity for r in store.runs()) == pytest.approx([0.5, 0.9])
