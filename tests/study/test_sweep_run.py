@@ -234,3 +234,26 @@ def test_local_process_pool(tmp_path):
         result = run_sweep(spec, store, executor, tmp_path / "runs", poll=0.2, say=_quiet)
         assert (result.total, result.ran, result.finished) == (2, 2, 2)
         assert sorted(r.achieved_sparsity for r in store.runs()) == pytest.approx([0.5, 0.9])
+
+
+@pytest.mark.slow
+def test_small_dense_matches_the_sparse_models_nonzeros(tmp_path):
+    spec = parse_sweep({
+        "name": "small", "task": "fmnist-resnet", "steps": 4, "sparsities": [0.9],
+        "dense": False, "techniques": {"magnitude": {}},
+        "overrides": {**TINY, "data.limit_train": 256, "model.options.width": 4,
+                      "model.options.layers": [1, 1, 1], "data.augment": False},
+        "small_dense": {"option": "width", "sparsities": [0.9]}})
+    with RunStore(tmp_path / "r.db") as store:
+        run_sweep(spec, store, InProcessExecutor(), tmp_path / "runs", say=_quiet)
+        (sparse,) = store.runs(technique="magnitude")
+        (small,) = store.runs(technique="small-dense")
+        assert small.status == "finished"
+        nonzero = _result(sparse.run_dir)["parameters"]["nonzero"]
+        params = _result(small.run_dir)["parameters"]["total"]
+        width = small.hyperparameters["width"]
+        assert width < 4 and small.variant == f"width={width}"
+        assert small.hyperparameters["matched_nonzero"] == nonzero
+        assert params == small.hyperparameters["parameters"]
+        index = write_report(store, tmp_path / "report")
+        assert 'id="ours_resnet50-small-dense"' in index.read_text()
