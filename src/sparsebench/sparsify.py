@@ -145,6 +145,9 @@ def sparsify(
             outside [0, 1), a pattern matching nothing, or options the method does not take.
     """
     method_class = methods.get(method)
+    if "block" in hparams and not method_class.uses_sparsity_target:
+        raise ValueError(f"block= is available for magnitude and random pruning only; "
+                         f"{method_class.name} has no group (one gate per block) variant here.")
     config = method_class.config_class.from_dict(hparams)
     if method_class.uses_sparsity_target:
         if sparsity is None:
@@ -254,6 +257,18 @@ class Sparsifier:
         masks = self.masks()
         zeros = sum(int((~m).sum()) for m in masks.values())
         return zeros / sum(m.numel() for m in masks.values())
+
+    def block_sparsity(self) -> dict[str, float]:
+        """Returns each layer's fraction of zero blocks under the ``block=`` structure (equal to
+        ``layer_sparsity()`` for unstructured pruning).
+
+        Raises:
+            ValueError: for VD and L0, which have no block structure.
+        """
+        self._check_live()
+        if not hasattr(self.technique, "block_sparsity"):
+            raise ValueError(f"{self.method} has no block structure.")
+        return self.technique.block_sparsity()
 
     def targets(self) -> dict[str, float]:
         """Returns each layer's final target (empty for VD and L0, which have none)."""

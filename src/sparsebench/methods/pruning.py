@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import torch
 
+from ..blocks import BLOCK_SCORES, block_keep, block_scores, expand_blocks
 from ..schedules import GradualSchedule, exact_zero_count
 from .base import Layer, Method, MethodConfig, WeightParametrization
 
@@ -61,15 +62,30 @@ class PruningConfig(MethodConfig):
         pruned_weights: ``"update"`` (default, straight-through gradient, masked weights may
             regrow), ``"keep"`` (zero gradient, values kept, may return) or ``"drop"`` (zeroed,
             never return). See ``PRUNED_WEIGHT_MODES``.
+        block: ``(bh, bw)``: prune whole blocks of the weight's matrix view (see
+            ``sparsebench.blocks``); the target then counts blocks, ``round(s · blocks)`` of
+            them zero. ``(1, 1)`` is unstructured pruning.
+        block_score: how a block is ranked: ``"l2"`` (norm of its scores, default) or
+            ``"mean_abs"`` (their mean).
     """
 
     pruned_weights: str = "update"
+    block: tuple[int, int] = (1, 1)
+    block_score: str = "l2"
 
     def __post_init__(self) -> None:
         self._require(
             self.pruned_weights in PRUNED_WEIGHT_MODES, "pruned_weights",
             f"one of {list(PRUNED_WEIGHT_MODES)}",
         )
+        block = self.block
+        valid = (isinstance(block, (tuple, list)) and len(block) == 2
+                 and all(isinstance(b, int) and not isinstance(b, bool) and b > 0
+                         for b in block))
+        self._require(valid, "block", "two positive integers (rows, columns)")
+        object.__setattr__(self, "block", tuple(block))  # YAML and JSON give lists
+        self._require(self.block_score in BLOCK_SCORES, "block_score",
+                      f"one of {list(BLOCK_SCORES)}")
 
 
 class PruningMethod(Method):
@@ -135,16 +151,34 @@ class PruningMethod(Method):
     def update_masks(self, step: int) -> None:
         """Recomputes every layer's mask for the sparsity scheduled at ``step``."""
         drop = self.config.pruned_weights == "drop"
+        block = self.config.block
         for index, layer in enumerate(self.layers):
             parametrization = layer.parametrization
-            zeros = exact_zero_count(self.sparsity_at(step, layer), layer.numel)
             scores = self.score(index, layer).float()
+            kept_before = parametrization.mask
+            if block != (1, 1):
+                scores = block_scores(scores, block, "l2" if self.config.block_score == "l2"
+                                      else "mean")
+                kept_before = block_keep(parametrization.mask, block)
             if drop:
-                # Already-pruned weights rank lowest, so they stay pruned.
-                scores = scores.masked_fill(~parametrization.mask, float("-inf"))
+                # Already-pruned weights (or blocks) rank lowest, so they stay pruned.
+                scores = scores.masked_fill(~kept_before, float("-inf"))
+            zeros = exact_zero_count(self.sparsity_at(step, layer), scores.numel())
             order = torch.sort(scores.flatten(), stable=True).indices
-            mask = torch.ones(layer.numel, dtype=torch.bool, device=scores.device)
+            mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
             mask[order[:zeros]] = False
+            mask = mask.view(scores.shape)
+            if block != (1, 1):
+                mask = expand_blocks(mask, layer.shape, block)
             parametrization.mask.copy_(mask.view(layer.shape))
             if drop:
                 layer.original.mul_(parametrization.mask)
+
+    def block_sparsity(self) -> dict[str, float]:
+        """Returns each layer's fraction of zero blocks (of weights when unstructured)."""
+        block = self.config.block
+        result = {}
+        for layer in self.layers:
+            kept = block_keep(layer.parametrization.mask, block)
+            result[layer.name] = 1.0 - int(kept.sum()) / kept.numel()
+        return result
