@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from sparsebench.rundir import atomic_write_bytes
 
 __all__ = ["atomic_write_text", "data_home"]
 
@@ -19,24 +20,12 @@ def data_home() -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` via a temporary file in the same directory + rename.
-
-    A killed process leaves either the old file or the new one, never half a file, because
-    ``os.replace`` within one filesystem is atomic.
+    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file + rename, see
+    ``sparsebench.rundir.atomic_write_bytes``): a killed process leaves the old file or the
+    new one, never half a file.
 
     Returns:
         ``path`` as a Path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return Path(path)
