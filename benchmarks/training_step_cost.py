@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import random
 import statistics
 import time
@@ -130,13 +131,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own choice)")
     parser.add_argument("--tasks", action="store_true",
                         help="also time the fmnist-resnet and ding-transformer presets")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     random.seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"median of {args.rounds} interleaved rounds x {args.steps} steps")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.1f}; median of {args.rounds} interleaved rounds x {args.steps} "
+          f"steps")
     header = ["workload", "dense ms/step", "magnitude", "random", "VD", "L0", "VD/MP", "L0/MP"]
     rows = []
     builders = [linear_stack, transformer_block, small_resnet]
