@@ -73,8 +73,8 @@ def _with(**changes):
     (_with(mp_v2={"sparsities": [0.9]}), "mp_v2.sparsities: 0.9 is unreachable on lenet300"),
     (_with(mp_v2={"sparsities": [0.9], "first": "conv9"}),
      "mp_v2.first: 'conv9' is not a sparsified weight"),
-    (_with(small_dense={"sparsities": [0.9]}),
-     "small_dense.option: model lenet300 has no option 'width'"),
+    (_with(small_dense={"sparsities": [0.9], "option": "depth"}),
+     "small_dense.option: model lenet300 has no option 'depth'"),
     (_with(resources={"cpus": 0}), "resources: cpus must be > 0"),
 ])
 def test_validation_is_one_sentence(values, message):

@@ -84,7 +84,7 @@ _REGISTRY: dict[str, _Entry] = {
     "lenet300": _Entry(
         "LeNet-300-100: 784-300-100-10 perceptron for 28x28x1 images (266,610 parameters).",
         LeNet300100,
-        _lenet_defaults(),
+        {**_lenet_defaults(), "width": 300},
     ),
     "lenet5": _Entry(
         "LeNet-5-Caffe: conv 20, conv 50, fc 500, fc 10 for 28x28x1 images (431,080 parameters).",

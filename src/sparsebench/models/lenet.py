@@ -18,16 +18,23 @@ from sparsebench.models import _checks
 
 
 class LeNet300100(nn.Module):
-    """LeNet-300-100: a three-layer perceptron with hidden widths 300 and 100."""
+    """LeNet-300-100: a three-layer perceptron with hidden widths 300 and 100.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
+    ``width`` narrows it for "small dense" comparisons: hidden widths ``width`` and
+    ``max(1, width // 3)`` (300 gives the original 300 and 100).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                 width: int = 300) -> None:
         super().__init__()
         _checks.positive_int("num_classes", num_classes)
         _checks.positive_int("in_channels", in_channels)
         _checks.positive_int("image_size", image_size)
-        self.fc1 = nn.Linear(in_channels * image_size * image_size, 300)
-        self.fc2 = nn.Linear(300, 100)
-        self.fc3 = nn.Linear(100, num_classes)
+        _checks.positive_int("width", width)
+        second = max(1, width // 3)
+        self.fc1 = nn.Linear(in_channels * image_size * image_size, width)
+        self.fc2 = nn.Linear(width, second)
+        self.fc3 = nn.Linear(second, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Returns logits of shape ``(N, num_classes)`` for images ``x`` of shape (N, C, H, W)."""
