@@ -122,7 +122,7 @@ class VariationalDropoutWeight(WeightParametrization):
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return theta * self.keep_mask(theta)
+            return theta * self.keep_mask(theta).view(torch.uint8)  # see MaskParametrization
         if self.local:
             return theta
         return sample(theta, self.noise_variance(theta))
