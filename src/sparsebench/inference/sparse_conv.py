@@ -32,7 +32,7 @@ from sparsebench.inference.sparse_linear import (
     check_block,
     dense_to_bsr,
     dense_to_csr,
-    validate_csr,
+    register_sparse_weight,
 )
 
 
@@ -79,18 +79,8 @@ class SparseConv2d(nn.Module):
         self.kernel_size = tuple(kernel_size)
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
         self.cols = in_channels * self.kernel_size[0] * self.kernel_size[1]
-        validate_csr(crow_indices, col_indices, values, out_channels, self.cols)
-        self.block = (1, 1) if values.dim() == 1 else (values.shape[1], values.shape[2])
-        self.register_buffer("crow_indices", crow_indices.contiguous())
-        self.register_buffer("col_indices", col_indices.contiguous())
-        # The kernel takes values as (nblocks, bh, bw); CSR is the 1x1 case of it.
-        self.register_buffer("values", values.contiguous())
-        if bias is not None:
-            if bias.shape != (out_channels,):
-                raise ValueError(f"bias must have shape ({out_channels},), got {tuple(bias.shape)}")
-            bias = bias.detach().to(torch.float32).contiguous()
-        self.register_buffer("bias", bias)
-        self._torch_csr: Tensor | None = None  # built lazily for the fallback path
+        register_sparse_weight(self, crow_indices, col_indices, values, bias, out_channels,
+                               self.cols)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self._torch_csr = None  # device/dtype moves invalidate the cached torch CSR tensor

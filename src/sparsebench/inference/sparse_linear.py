@@ -172,6 +172,28 @@ def validate_csr(crow: Tensor, col: Tensor, values: Tensor, out_f: int, in_f: in
         raise ValueError(f"col_indices must lie in [0, {in_f})")
 
 
+def register_sparse_weight(module: nn.Module, crow_indices: Tensor, col_indices: Tensor,
+                           values: Tensor, bias: Tensor | None, rows: int, cols: int) -> None:
+    """Checks a (rows, cols) CSR/BSR weight and registers it on ``module`` as the buffers
+    ``crow_indices``, ``col_indices``, ``values`` (CSR is the 1x1-block case: values of shape
+    (nnz,); BSR values are (nblocks, bh, bw)) and ``bias``; sets ``module.block``.
+
+    Raises:
+        ValueError: for inconsistent indices or a bias of the wrong shape.
+    """
+    validate_csr(crow_indices, col_indices, values, rows, cols)
+    module.block = (1, 1) if values.dim() == 1 else (values.shape[1], values.shape[2])
+    module.register_buffer("crow_indices", crow_indices.contiguous())
+    module.register_buffer("col_indices", col_indices.contiguous())
+    module.register_buffer("values", values.contiguous())
+    if bias is not None:
+        if bias.shape != (rows,):
+            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+        bias = bias.detach().to(torch.float32).contiguous()
+    module.register_buffer("bias", bias)
+    module._torch_csr = None  # built lazily for the fallback path
+
+
 class SparseLinear(nn.Module):
     """Inference-only ``nn.Linear`` whose weight is held in CSR and run by sparse kernels.
 
@@ -197,19 +219,10 @@ class SparseLinear(nn.Module):
         bias: Tensor | None = None,
     ) -> None:
         super().__init__()
-        validate_csr(crow_indices, col_indices, values, out_features, in_features)
         self.in_features = in_features
         self.out_features = out_features
-        self.block = (1, 1) if values.dim() == 1 else (values.shape[1], values.shape[2])
-        self.register_buffer("crow_indices", crow_indices.contiguous())
-        self.register_buffer("col_indices", col_indices.contiguous())
-        self.register_buffer("values", values.contiguous())
-        if bias is not None:
-            if bias.shape != (out_features,):
-                raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
-            bias = bias.detach().to(torch.float32).contiguous()
-        self.register_buffer("bias", bias)
-        self._torch_csr: Tensor | None = None  # built lazily for the fallback path
+        register_sparse_weight(self, crow_indices, col_indices, values, bias, out_features,
+                               in_features)
 
     @classmethod
     def from_dense(
