@@ -45,7 +45,7 @@ def _result(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "result.json").read_text())
 
 
-def test_sweep_in_process_with_failure_retraining_and_report(tmp_path):
+def test_sweep_in_process_with_failure_retraining_and_report(tmp_path, render_in_chromium):
     spec = parse_sweep({
         "name": "tiny", "task": "fmnist-lenet300", "steps": 15, "sparsities": [0.9],
         "overrides": TINY,
@@ -94,6 +94,7 @@ def test_sweep_in_process_with_failure_retraining_and_report(tmp_path):
                     "ours_lenet300-retraining", "ours_lenet300-sweeps"):
         assert f'id="{section}"' in page
     assert (tmp_path / "report" / "ours_lenet300_layers_90.png").stat().st_size > 1000
+    render_in_chromium(index)  # our own study's report renders with its figures
     store.close()
 
 
