@@ -15,7 +15,8 @@ from sparsebench.study import figures
 from sparsebench.study import pareto as P
 from sparsebench.study.published import DATA_ROOT
 from sparsebench.study.report import write_report
-from sparsebench.study.store import Run, RunStore
+from sparsebench.study.store import InferenceResult, Run, RunStore
+from sparsebench.study.sweep import save_sweep_text
 
 
 def _ours(store: RunStore) -> None:
@@ -125,6 +126,32 @@ def test_commands(tmp_path, capsys):
     assert main(["report", "--store", str(tmp_path / "missing.db"), "--out",
                  str(tmp_path / "x")]) == 2
     assert "no run store" in capsys.readouterr().err
+
+
+def test_report_reads_several_stores_and_the_published_runs(tmp_path, capsys):
+    first, second = tmp_path / "a.db", tmp_path / "b.db"
+    with RunStore(first) as a, RunStore(second) as b:
+        _ours(a)
+        b.upsert([Run(id="t-dense", technique="dense", model_family="transformer",
+                      metric_name="bleu", metric_value=7.5, achieved_sparsity=0.0,
+                      status="finished", sweep="ding")])
+        b.record_inference(InferenceResult("t-dense", 1, 1, 0.2, 0.2, 0, 4))
+        save_sweep_text(b, "ding", "name: ding\n")
+    out = tmp_path / "r"
+    assert main(["report", "--store", str(first), str(second), "--published",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    with open(out / "runs.csv", newline="") as handle:
+        runs = list(csv.DictReader(handle))
+    sources = {(r["model_family"], r["source"]) for r in runs}
+    # Our lenet5 runs, our Transformer run and the study's own runs, in one report.
+    assert {("lenet5", "ours"), ("transformer", "ours"), ("transformer", "published"),
+            ("resnet50", "published")} <= sources
+    assert "t-dense" in {r["id"] for r in runs}
+    assert "name: ding" in (out / "index.html").read_text()  # the sweep file came along
+    for path in (first, second):  # the stores themselves are only read
+        with RunStore(path) as store:
+            assert not store.runs(source="published", model_family=["transformer", "resnet50"])
 
 
 def test_published_report_renders_in_chromium(published_store, tmp_path, render_in_chromium):

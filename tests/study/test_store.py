@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import sqlite3
 
 import pytest
 
-from sparsebench.study.store import SCHEMA_VERSION, Run, RunStore, StoreError
+from sparsebench.study.store import (
+    SCHEMA_VERSION,
+    InferenceResult,
+    Run,
+    RunStore,
+    StoreError,
+)
 
 
 def _result(**overrides):
@@ -67,7 +74,8 @@ def test_schema_version_checks(tmp_path):
     path = tmp_path / "s.db"
     RunStore(path).close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == \
+        str(SCHEMA_VERSION)
     db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
     db.commit()
     db.close()
@@ -178,3 +186,43 @@ def test_two_processes_never_claim_the_same_run(tmp_path):
         assert store.count(status="running") == 200
         owners = {run.worker for run in store.runs()}
     assert owners <= {"w0", "w1"}
+
+
+def test_schema_1_store_is_migrated_with_layers_from_result_json(tmp_path):
+    path, run_dir = tmp_path / "old.db", tmp_path / "run"
+    run_dir.mkdir()
+    layers = [{"name": "fc.weight", "size": 10, "nonzeros": 1, "sparsity": 0.9}]
+    (run_dir / "result.json").write_text(json.dumps({"layers": layers}))
+    with RunStore(path) as store:
+        store.upsert([Run(id="a", technique="magnitude", status="finished", run_dir=str(run_dir)),
+                      Run(id="b", technique="magnitude", status="finished",
+                          run_dir=str(tmp_path / "gone"))])
+    # Turn it back into what a schema-1 sparsebench wrote.
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE runs DROP COLUMN layers")
+    db.execute("DROP TABLE inference")
+    db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    with RunStore(path) as store:
+        assert store.schema_version == 2
+        assert store.get("a").layers == layers
+        assert store.get("b").layers == []  # its run directory is gone: nothing to fill in
+        assert store.inference() == []
+
+
+def test_inference_results_round_trip_and_replace(tmp_path):
+    with RunStore(tmp_path / "s.db") as store:
+        first = InferenceResult("a", batch=1, threads=1, dense_seconds=0.004,
+                                sparse_seconds=0.001, sparse_layers=3, layers=4,
+                                workload="w", machine="m")
+        store.record_inference(first)
+        store.record_inference(InferenceResult("a", 128, 1, 0.3, 0.1, 4, 4))
+        store.record_inference(InferenceResult("b", 1, 1, 0.002, 0.002, 0, 4))
+        (got,) = [r for r in store.inference(["a"]) if r.batch == 1]
+        assert got.speedup == pytest.approx(4.0)
+        assert got.measured  # stamped when recorded
+        store.record_inference(InferenceResult("a", 1, 1, 0.004, 0.002, 3, 4))  # measured again
+        assert [(r.run_id, r.batch, r.speedup) for r in store.inference()] == [
+            ("a", 1, pytest.approx(2.0)), ("a", 128, pytest.approx(3.0)),
+            ("b", 1, pytest.approx(1.0))]

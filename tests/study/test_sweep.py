@@ -14,6 +14,7 @@ from torch import nn
 from sparsebench.init import rescale_for_sparse_fan_in
 from sparsebench.study.sweep import (
     SweepError,
+    coarse_to_fine,
     load_sweep,
     mp_v2_layer_targets,
     parse_sweep,
@@ -76,6 +77,11 @@ def _with(**changes):
     (_with(small_dense={"sparsities": [0.9], "option": "depth"}),
      "small_dense.option: model lenet300 has no option 'depth'"),
     (_with(resources={"cpus": 0}), "resources: cpus must be > 0"),
+    (_with(dense={"seeds": 3}), "dense: unknown key(s) ['seeds']; it has replicas"),
+    (_with(dense={"replicas": 0}), "dense.replicas: must be an integer >= 1"),
+    (_with(dense="yes"), "dense: must be true, false or {replicas: N}"),
+    (_with(mp_v2={"sparsities": [0.9], "grid": {"kl_weight": [1e-5]}}),
+     "mp_v2.grid: 'kl_weight' is not a hyperparameter of magnitude"),
 ])
 def test_validation_is_one_sentence(values, message):
     with pytest.raises(SweepError) as info:
@@ -120,6 +126,57 @@ def test_points_and_stable_ids():
     config = mp.config(spec.task)
     assert (config.sparsity.method, config.sparsity.sparsity, config.run.steps) == \
         ("magnitude", 0.9, 20)
+
+
+def test_dense_replicas_apart_from_the_techniques():
+    spec = parse_sweep(_with(replicas=1, dense={"replicas": 3}))
+    points = plan_phase1(spec)
+    assert [p.seed for p in points if p.technique == "dense"] == [0, 1, 2]
+    assert {p.seed for p in points if p.technique != "dense"} == {0}
+    # The same dense seed-0 point as a plain ``dense: true`` sweep: adding seeds keeps it.
+    plain = plan_phase1(parse_sweep(_with(replicas=1)))
+    assert points[0].run_id(spec.task) == plain[0].run_id(spec.task)
+    assert not [p for p in plan_phase1(parse_sweep(_with(dense=False))) if p.technique == "dense"]
+
+
+def test_coarse_to_fine_order_by_hand():
+    assert coarse_to_fine([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]) == \
+        [0.8, 0.5, 0.98, 0.6, 0.9, 0.7, 0.95]
+    assert coarse_to_fine([0.95, 0.7, 0.9]) == [0.9, 0.7, 0.95]
+    assert coarse_to_fine([0.9]) == [0.9]
+    values = [i / 20 for i in range(1, 20)]
+    assert sorted(coarse_to_fine(values)) == values  # a permutation, nothing lost
+
+
+def test_plan_interleaves_techniques_coarse_to_fine():
+    spec = parse_sweep(_with(sparsities=[0.5, 0.7, 0.9], techniques={
+        "magnitude": {"grid": {"end": [0.5, 0.6]}},
+        "random": {},
+        "variational_dropout": {"grid": {"kl_weight": [1e-5, 3e-5]}},
+    }))
+    order = [(p.technique, p.target, p.hyperparameters.get("end") or
+              p.hyperparameters.get("kl_weight")) for p in plan_phase1(spec)]
+    assert order == [
+        ("dense", None, None),
+        ("magnitude", 0.7, 0.5), ("random", 0.7, None), ("variational_dropout", None, 1e-5),
+        ("magnitude", 0.7, 0.6), ("random", 0.5, None), ("variational_dropout", None, 3e-5),
+        ("magnitude", 0.5, 0.5), ("random", 0.9, None),
+        ("magnitude", 0.5, 0.6),
+        ("magnitude", 0.9, 0.5),
+        ("magnitude", 0.9, 0.6),
+    ]
+
+
+def test_mp_v2_grid_narrows_the_magnitude_settings():
+    values = _with(sparsities=[0.5, 0.9], techniques={
+        "magnitude": {"grid": {"end": [0.5, 0.6, 0.7]}, "fixed": {"begin": 0.2}}})
+    values["mp_v2"] = {"sparsities": [0.5], "first": "fc2.weight", "grid": {"end": [0.6]},
+                       "steps_factor": 2}
+    mp_v2 = [p for p in plan_phase1(parse_sweep(values)) if p.technique == "mp-v2"]
+    assert [p.hyperparameters for p in mp_v2] == [{"begin": 0.2, "end": 0.6}]
+    assert mp_v2[0].steps == 40
+    del values["mp_v2"]["grid"]
+    assert len([p for p in plan_phase1(parse_sweep(values)) if p.technique == "mp-v2"]) == 3
 
 
 def test_random_search_is_seeded_and_in_bounds():

@@ -1,19 +1,22 @@
-"""The study's subcommands: ``sweep``, ``import-published`` and ``report``."""
+"""The study's subcommands: ``sweep``, ``import-published``, ``report`` and ``bench-runs``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 from pathlib import Path
 
 from .published import FILES, import_published
 from .report import write_report
 from .store import SOURCES, RunStore
+from .sweep import save_sweep_text, sweep_definitions
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``sweep``, ``import-published`` and ``report`` to the ``sparsebench`` command."""
+    """Adds ``sweep``, ``import-published``, ``report`` and ``bench-runs`` to ``sparsebench``."""
     swp = subparsers.add_parser(
         "sweep",
         help="run a sweep file's points into a run store (resumable, several processes safe)",
@@ -31,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swp.add_argument("--workers", type=int, default=None,
                      help="runs at once (local default 1; ray default: cluster CPUs / "
                           "resources.cpus)")
+    swp.add_argument("--threads", type=int, default=None,
+                     help="CPU threads per run (local default: torch's own for one worker, the "
+                          "cores shared out for more); not part of a run's identity, so a "
+                          "study may resume with another value")
     swp.add_argument("--address", default=None,
                      help="Ray cluster to join (e.g. auto or ray://host:10001); default: "
                           "start a local instance")
@@ -65,7 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Writes DIR/index.html with the study's figures and data-computed "
                     "sentences, PNGs and one CSV per table beside it.",
     )
-    rep.add_argument("--store", type=Path, required=True, help="SQLite run store")
+    rep.add_argument("--store", type=Path, nargs="+", required=True,
+                     help="SQLite run store(s); several are read as one (e.g. one per task)")
+    rep.add_argument("--published", action="store_true",
+                     help="also draw the study's published runs (shipped with sparsebench) "
+                          "without importing them into a store first")
     rep.add_argument("--out", type=Path, required=True, help="folder for the report")
     rep.add_argument("--source", choices=SOURCES, default=None,
                      help="only published runs or only ours (default: both)")
@@ -76,6 +87,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "(default 1, as the study's tables)")
     rep.set_defaults(func=_report)
 
+    bench = subparsers.add_parser(
+        "bench-runs",
+        help="time a store's best sparse models dense vs compiled-sparse, into the store",
+        description="For each model family in the store, times the best finished model of "
+                    "each technique at the given sparsity levels, every block-sparse "
+                    "magnitude run and the dense baseline: the finalized model run dense "
+                    "against its compiled sparse copy, interleaved in this process, at each "
+                    "batch size. Results go to the store's inference table (the report's "
+                    "inference and block-sparsity sections read them); runs already timed "
+                    "are skipped unless --force. Stop other work on the machine first: the "
+                    "ratios are only as quiet as the machine.",
+    )
+    bench.add_argument("--store", type=Path, required=True, help="SQLite run store")
+    bench.add_argument("--batch", type=int, nargs="+", default=[1, 16, 128],
+                       help="batch sizes (default 1 16 128)")
+    bench.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    bench.add_argument("--levels", type=float, nargs="+", default=[0.9, 0.95],
+                       help="sparsity levels whose best models are timed (default 0.9 0.95)")
+    bench.add_argument("--tolerance", type=float, default=1.0,
+                       help="percentage points from a level that still count as it")
+    bench.add_argument("--family", default=None, help="only this model family")
+    bench.add_argument("--repeats", type=int, default=15, help="interleaved rounds per batch")
+    bench.add_argument("--force", action="store_true", help="time again runs already timed")
+    bench.set_defaults(func=_bench_runs)
+
 
 def _sweep(args: argparse.Namespace) -> int:
     from .driver import run_sweep
@@ -84,8 +120,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.file)
     runs_dir = args.runs_dir or args.store.resolve().parent / "runs"
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads must be at least 1, got {args.threads}.", file=sys.stderr)
+        return 2
     executor = make_executor(args.executor, workers=args.workers, address=args.address,
-                             cpus=spec.cpus, gpus=spec.gpus)
+                             cpus=spec.cpus, gpus=spec.gpus, threads=args.threads)
     with RunStore(args.store) as store:
         try:
             result = run_sweep(spec, store, executor, runs_dir, stale_after=args.stale_after,
@@ -112,14 +151,56 @@ def _import_published(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    if not args.store.exists():
-        raise FileNotFoundError(f"no run store at {args.store}; create it with "
-                                "'sparsebench import-published --store FILE' or a sweep.")
+    for path in args.store:
+        if not path.exists():
+            raise FileNotFoundError(f"no run store at {path}; create it with "
+                                    "'sparsebench import-published --store FILE' or a sweep.")
     if args.tolerance <= 0:
         raise ValueError(f"--tolerance must be a positive number of percentage points, "
                          f"got {args.tolerance}.")
-    with RunStore(args.store) as store:
-        index = write_report(store, args.out, source=args.source,
-                             model_family=args.model_family, tolerance_pp=args.tolerance)
+    with tempfile.TemporaryDirectory() as scratch:
+        if len(args.store) == 1 and not args.published:
+            store = RunStore(args.store[0])
+        else:
+            store = merged_store(args.store, Path(scratch) / "merged.db")
+            if args.published:
+                import_published(store)
+        with store:
+            index = write_report(store, args.out, source=args.source,
+                                 model_family=args.model_family, tolerance_pp=args.tolerance)
     print(f"report written to {index}")
+    return 0
+
+
+def merged_store(paths: list[Path], into: Path) -> RunStore:
+    """Returns a new store at ``into`` holding the runs and inference timings of every store in
+    ``paths`` (a run id found twice keeps the last file's row)."""
+    merged = RunStore(into)
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"no run store at {path}.")
+        with RunStore(path) as store:
+            merged.upsert(store.runs())
+            for timing in store.inference():
+                merged.record_inference(timing)
+            for name, text in sweep_definitions(store).items():
+                save_sweep_text(merged, name, text)
+    return merged
+
+
+def _bench_runs(args: argparse.Namespace) -> int:
+    from .speed import runs_to_time, time_runs
+
+    if not args.store.exists():
+        raise FileNotFoundError(f"no run store at {args.store}.")
+    if args.threads < 1 or any(b < 1 for b in args.batch):
+        raise ValueError(f"--threads and --batch must be positive, got {args.threads} and "
+                         f"{args.batch}.")
+    with RunStore(args.store) as store:
+        runs = runs_to_time(store, levels=args.levels, tolerance_pp=args.tolerance)
+        if args.family:
+            runs = [r for r in runs if r.model_family == args.family]
+        print(f"{len(runs)} runs to time at batch {args.batch} with {args.threads} thread(s)")
+        time_runs(store, runs, args.batch, threads=args.threads, repeats=args.repeats,
+                  force=args.force)
     return 0

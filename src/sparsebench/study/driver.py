@@ -151,8 +151,11 @@ class _Driver:
                              ids, len(inflight))
 
     def _claim_next(self, ids: dict[str, Point]) -> str | None:
-        """Returns the id of a point this process just claimed, or None."""
-        for run in self.store.runs(id=list(ids), status=["pending", "running"]):
+        """Returns the id of a point this process just claimed, or None. Points are claimed
+        in the order they were planned (see :func:`plan_phase1`)."""
+        open_runs = {run.id: run for run in self.store.runs(id=list(ids),
+                                                             status=["pending", "running"])}
+        for run in (open_runs[i] for i in ids if i in open_runs):
             if run.status == "pending":
                 claimed = self.store.claim(run.id, self.worker, stale_after=self.stale_after)
             elif _dead_local_worker(run.worker):

@@ -101,7 +101,7 @@ class RayExecutor:
     the run directory on a shared filesystem."""
 
     def __init__(self, *, address: str | None = None, workers: int | None = None,
-                 cpus: float = 1.0, gpus: float = 0.0) -> None:
+                 cpus: float = 1.0, gpus: float = 0.0, threads: int | None = None) -> None:
         try:
             import ray
         except ImportError:
@@ -117,7 +117,7 @@ class RayExecutor:
                 num_cpus = int(workers * cpus) if workers else None
                 ray.init(num_cpus=num_cpus, **options)
             self._started = True
-        threads = max(1, int(cpus))
+        threads = threads or max(1, int(cpus))
         self._remote = ray.remote(execute).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
         self._threads = threads
         available = ray.cluster_resources().get("CPU", 1.0)
@@ -135,10 +135,11 @@ class RayExecutor:
 
 
 def make_executor(kind: str, *, workers: int | None = None, address: str | None = None,
-                  cpus: float = 1.0, gpus: float = 0.0) -> Executor:
+                  cpus: float = 1.0, gpus: float = 0.0, threads: int | None = None) -> Executor:
     """Returns the executor named ``kind``: ``local`` runs in this process for one worker
     (torch's own thread count) and in a spawn pool for more (the machine's cores shared out);
-    ``ray`` runs Ray tasks of ``cpus`` CPUs and ``gpus`` GPUs each.
+    ``ray`` runs Ray tasks of ``cpus`` CPUs and ``gpus`` GPUs each. ``threads`` (torch threads
+    per run) overrides the default of each.
 
     Raises:
         ValueError: for an unknown kind, a worker count below 1, or Ray missing.
@@ -148,9 +149,10 @@ def make_executor(kind: str, *, workers: int | None = None, address: str | None 
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}.")
     if kind == "ray":
-        return RayExecutor(address=address, workers=workers, cpus=cpus, gpus=gpus)
+        return RayExecutor(address=address, workers=workers, cpus=cpus, gpus=gpus,
+                           threads=threads)
     if address:
         raise ValueError("--address only applies to --executor ray.")
     if (workers or 1) == 1:
-        return InProcessExecutor()
-    return LocalPoolExecutor(workers)
+        return InProcessExecutor(threads)
+    return LocalPoolExecutor(workers, threads)

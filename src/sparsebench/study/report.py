@@ -85,10 +85,14 @@ class ReportContext:
         """Returns the runs the report covers (read once)."""
         return self.store.runs(source=self.source, model_family=self.model_family)
 
-    def scope_runs(self, scope: Scope) -> list[Run]:
-        """Returns the covered runs of one (model family, source)."""
+    def scope_runs(self, scope: Scope, *, structured: bool = False) -> list[Run]:
+        """Returns the covered runs of one (model family, source): the study's own runs, or
+        with ``structured`` the block-sparsity experiments (runs with a ``block``
+        hyperparameter, wider models among them), which answer another question and would
+        otherwise pass for unstructured magnitude runs in the frontiers and retraining."""
         return [r for r in self.runs
-                if r.model_family == scope.family and r.source == scope.source]
+                if r.model_family == scope.family and r.source == scope.source
+                and ("block" in r.hyperparameters) == structured]
 
     def scopes(self) -> list[Scope]:
         """Returns the (model family, source) pairs present: published first, then ours.
@@ -452,3 +456,4 @@ def write_report(
 # off-target runs, sweep files) register themselves in SECTION_BUILDERS when imported; they
 # import this module's types, hence the import at the end.
 from . import sections as _sections  # noqa: E402, F401
+from . import speed_sections as _speed_sections  # noqa: E402, F401

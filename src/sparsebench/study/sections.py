@@ -35,12 +35,16 @@ def _finished(runs: Sequence[Run]) -> list[Run]:
     return [r for r in runs if r.status == "finished"]
 
 
-def _result(run: Run) -> dict[str, Any] | None:
-    path = Path(run.run_dir or "") / "result.json"
+def _layers(run: Run) -> list[dict[str, Any]]:
+    """Returns the run's per-layer report: kept in the store, else read from its result.json
+    (stores written before schema 2)."""
+    if run.layers:
+        return run.layers
     try:
-        return json.loads(path.read_text())
+        result = json.loads((Path(run.run_dir or "") / "result.json").read_text())
     except (OSError, ValueError):
-        return None
+        return []
+    return list(result.get("layers") or []) if isinstance(result, dict) else []
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -73,10 +77,10 @@ def per_layer_section(ctx: ReportContext, scope: Scope) -> Section | None:
         for technique in _TRAINED:
             best = _best_per_level([r for r in runs if r.technique == technique], level,
                                    ctx.tolerance_pp, higher)
-            result = _result(best) if best else None
-            if best and result and result.get("layers"):
+            all_layers = _layers(best) if best else []
+            if best and all_layers:
                 # Only the weights a technique sparsifies: biases and norms stay dense.
-                layers = [la for la in result["layers"] if la.get("sparsity", 0) > 0
+                layers = [la for la in all_layers if la.get("sparsity", 0) > 0
                           or la["name"].endswith("weight")]
                 chosen[technique] = (best, layers)
         if not chosen:
@@ -319,11 +323,12 @@ def sweep_definition_section(ctx: ReportContext, scope: Scope) -> Section | None
         return None
     from .sweep import sweep_definitions
 
-    names = {r.sweep for r in ctx.scope_runs(scope) if r.sweep}
+    runs = ctx.scope_runs(scope) + ctx.scope_runs(scope, structured=True)
+    names = {r.sweep for r in runs if r.sweep}
     definitions = {n: t for n, t in sweep_definitions(ctx.store).items() if n in names}
     if not definitions:
         return None
-    rows = [[name, len([r for r in ctx.scope_runs(scope) if r.sweep == name]), text]
+    rows = [[name, len([r for r in runs if r.sweep == name]), text]
             for name, text in sorted(definitions.items())]
     return Section(id=f"{scope.key}-sweeps", title=f"{scope.title}: sweep definitions",
                    tables=[Table(f"{scope.key}_sweeps", ["sweep", "runs", "file"], rows,

@@ -33,6 +33,7 @@ __all__ = [
     "SOURCES",
     "STATUSES",
     "TECHNIQUES",
+    "InferenceResult",
     "Run",
     "RunStore",
     "StoreError",
@@ -40,7 +41,9 @@ __all__ = [
 ]
 
 #: Version of the table layout below; bump it (and migrate) whenever a column changes.
-SCHEMA_VERSION = 1
+#: 2 added ``runs.layers`` (the per-layer report of result.json, so the report needs no run
+#: directory) and the ``inference`` table (dense vs compiled-sparse timings of a run's model).
+SCHEMA_VERSION = 2
 
 STATUSES = ("pending", "running", "finished", "failed", "diverged")
 SOURCES = ("ours", "published")
@@ -66,7 +69,23 @@ _TECHNIQUE_ALIASES = {"vd": "variational_dropout", "l0_regularization": "l0", "n
 #: Seconds after which a running claim whose heartbeat stopped may be taken by another worker.
 DEFAULT_STALE_SECONDS = 600.0
 
-_JSON_COLUMNS = ("hyperparameters", "config", "flags")
+_JSON_COLUMNS = ("hyperparameters", "config", "flags", "layers")
+
+_INFERENCE_TABLE = """
+CREATE TABLE IF NOT EXISTS inference (
+    run_id         TEXT NOT NULL,
+    batch          INTEGER NOT NULL,
+    threads        INTEGER NOT NULL,
+    dense_seconds  REAL NOT NULL,
+    sparse_seconds REAL NOT NULL,
+    sparse_layers  INTEGER NOT NULL,
+    layers         INTEGER NOT NULL,
+    workload       TEXT NOT NULL DEFAULT '',
+    machine        TEXT NOT NULL DEFAULT '',
+    measured       TEXT NOT NULL,
+    PRIMARY KEY (run_id, batch, threads)
+);
+"""
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -97,6 +116,7 @@ CREATE TABLE IF NOT EXISTS runs (
     source            TEXT NOT NULL DEFAULT 'ours'
                       CHECK (source IN ({", ".join(repr(s) for s in SOURCES)})),
     flags             TEXT NOT NULL DEFAULT '{{}}',
+    layers            TEXT NOT NULL DEFAULT '[]',
     replica           INTEGER,
     seed              INTEGER,
     worker            TEXT,
@@ -106,7 +126,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_family ON runs (source, model_family, technique);
 CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep, status);
-"""
+{_INFERENCE_TABLE}"""
 
 
 class StoreError(ValueError):
@@ -119,6 +139,8 @@ class Run:
 
     ``metric_value`` is BLEU in points or top-1 as a fraction; sparsities are fractions.
     ``train_id`` names the trained model (several evaluations of one model share it).
+    ``layers`` is the per-layer list of the run's result.json (name, kind, shape, size,
+    nonzeros, FLOPs, sparsity), kept here so reports need no run directory.
     """
 
     id: str
@@ -142,6 +164,7 @@ class Run:
     run_dir: str | None = None
     source: str = "ours"
     flags: dict[str, Any] = field(default_factory=dict)
+    layers: list[dict[str, Any]] = field(default_factory=list)
     replica: int | None = None
     seed: int | None = None
     worker: str | None = None
@@ -201,6 +224,16 @@ def _uses_target(method: str | None) -> bool:
         return True
 
 
+def _result_layers(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Returns the ``layers`` list of ``run_dir/result.json``, or [] when it cannot be read."""
+    try:
+        result = json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return []
+    layers = result.get("layers") if isinstance(result, dict) else None
+    return list(layers) if isinstance(layers, list) else []
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -216,7 +249,7 @@ def _to_row(run: Run) -> dict[str, Any]:
 def _from_row(row: sqlite3.Row) -> Run:
     values = dict(row)
     for name in _JSON_COLUMNS:
-        values[name] = json.loads(values[name] or "{}")
+        values[name] = json.loads(values[name] or ("[]" if name == "layers" else "{}"))
     values["higher_is_better"] = bool(values["higher_is_better"])
     return Run(**values)
 
@@ -315,6 +348,25 @@ class RunStore:
             )
         if version < 1:
             raise StoreError(f"{self.path}: unknown run-store schema version {version}.")
+        if version == 1:
+            self._migrate_from_1()
+
+    def _migrate_from_1(self) -> None:
+        """Adds ``runs.layers`` (filled from each finished run's result.json where its run
+        directory still exists) and the ``inference`` table, in one transaction."""
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row[0] != "1":  # another process migrated it meanwhile
+                return
+            db.execute("ALTER TABLE runs ADD COLUMN layers TEXT NOT NULL DEFAULT '[]'")
+            db.execute(_INFERENCE_TABLE)
+            for run_id, run_dir in db.execute(
+                    "SELECT id, run_dir FROM runs WHERE status='finished' AND run_dir IS NOT NULL"
+            ).fetchall():
+                layers = _result_layers(run_dir)
+                if layers:
+                    db.execute("UPDATE runs SET layers=? WHERE id=?", (json.dumps(layers), run_id))
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @property
     def schema_version(self) -> int:
@@ -490,6 +542,7 @@ class RunStore:
             run_dir=str(run_dir) if run_dir is not None else base.run_dir,
             source="ours",
             flags=dict(base.flags),
+            layers=list(result.get("layers") or base.layers),
             replica=replica if replica is not None else base.replica,
             seed=result.get("seed", base.seed),
             created=base.created,
@@ -541,12 +594,60 @@ class RunStore:
         return [row[0] for row in rows]
 
     def to_csv(self, path: str | Path, **filters: Any) -> Path:
-        """Writes the matching runs as CSV (JSON columns as JSON text), atomically.
+        """Writes the matching runs as CSV (JSON columns as JSON text; the per-layer lists
+        are left out, the report writes them as their own tables), atomically.
         Returns the path written."""
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(_COLUMNS), lineterminator="\n")
+        columns = [c for c in _COLUMNS if c != "layers"]
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n",
+                                extrasaction="ignore")
         writer.writeheader()
         for run in self.runs(**filters):
             writer.writerow(_to_row(run))
         atomic_write_bytes(path, buffer.getvalue().encode())
         return Path(path)
+
+    # -- inference timings ---------------------------------------------------------------------
+
+    def record_inference(self, result: InferenceResult) -> None:
+        """Stores one timing of a run's model (replacing an earlier one at the same batch and
+        thread count)."""
+        row = asdict(result)
+        row["measured"] = row["measured"] or _now()
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO inference ({', '.join(row)}) VALUES "
+                f"({', '.join(':' + c for c in row)})", row)
+
+    def inference(self, run_ids: Iterable[str] | None = None) -> list[InferenceResult]:
+        """Returns the stored timings (of ``run_ids`` only, when given), by run, threads, batch."""
+        rows = self._db.execute(
+            "SELECT * FROM inference ORDER BY run_id, threads, batch").fetchall()
+        wanted = None if run_ids is None else set(run_ids)
+        return [InferenceResult(**dict(row)) for row in rows
+                if wanted is None or row["run_id"] in wanted]
+
+
+@dataclass
+class InferenceResult:
+    """The medians of one ``bench_model`` measurement of a run's finalized model: dense
+    execution against the compiled sparse module (``sparse_layers`` of ``layers`` prunable
+    layers chose a sparse kernel), at ``batch`` with ``threads`` torch threads, measured side
+    by side in one process; ``workload`` says what one timed call does and ``machine`` the
+    CPU, load and kernel path at the time."""
+
+    run_id: str
+    batch: int
+    threads: int
+    dense_seconds: float
+    sparse_seconds: float
+    sparse_layers: int
+    layers: int
+    workload: str = ""
+    machine: str = ""
+    measured: str = ""
+
+    @property
+    def speedup(self) -> float:
+        """Returns dense time / sparse time (above 1: the sparse model is faster)."""
+        return self.dense_seconds / self.sparse_seconds

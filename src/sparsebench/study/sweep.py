@@ -36,6 +36,7 @@ from the store (:func:`plan_phase2`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -61,12 +62,14 @@ __all__ = [
     "SmallDenseSpec",
     "SweepSpec",
     "best_magnitude_runs",
+    "coarse_to_fine",
     "load_sweep",
     "mp_v2_layer_targets",
     "parse_sweep",
     "plan_phase1",
     "plan_phase2",
     "save_sweep_definition",
+    "save_sweep_text",
     "sweep_definitions",
     "width_for_parameters",
 ]
@@ -149,6 +152,7 @@ class MPv2Spec:
     first_sparsity: float = 0.0
     last_sparsity: float = 0.8
     steps_factor: float = 1.5
+    search: SearchSpec | None = None  # magnitude settings for MP v2; None: magnitude's own
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,7 @@ class SweepSpec:
     replicas: int = 1
     sparsities: tuple[float, ...] = ()
     dense: bool = True
+    dense_replicas: int | None = None  # None: ``replicas``
     overrides: dict[str, Any] = field(default_factory=dict)
     techniques: dict[str, SearchSpec] = field(default_factory=dict)
     retraining: RetrainingSpec | None = None
@@ -184,6 +189,11 @@ class SweepSpec:
     def seeds(self) -> list[int]:
         """Returns the replica seeds ``0 .. replicas-1``."""
         return list(range(self.replicas))
+
+    @property
+    def dense_seeds(self) -> list[int]:
+        """Returns the dense baseline's seeds (``dense: {replicas: N}`` may ask for more)."""
+        return list(range(self.dense_replicas or self.replicas)) if self.dense else []
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -262,8 +272,8 @@ def _technique_keys(method: str) -> set[str]:
     return keys
 
 
-def _search(name: str, value: Any) -> SearchSpec:
-    where = f"techniques.{name}"
+def _search(name: str, value: Any, where: str | None = None) -> SearchSpec:
+    where = where or f"techniques.{name}"
     raw = _mapping(value, where)
     unknown = sorted(set(raw) - {"grid", "random", "fixed", "overrides"})
     if unknown:
@@ -366,9 +376,15 @@ def parse_sweep(values: Mapping[str, Any], *, name: str = "sweep", text: str = "
     gpus = _number(resources.get("gpus", 0), "resources.gpus")
     if cpus <= 0 or gpus < 0:
         _fail("resources", f"cpus must be > 0 and gpus >= 0, got {resources!r}.")
-    dense = values.get("dense", True)
+    dense, dense_replicas = values.get("dense", True), None
+    if isinstance(dense, Mapping):
+        bad = sorted(set(dense) - {"replicas"})
+        if bad:
+            _fail("dense", f"unknown key(s) {bad}; it has replicas.")
+        dense_replicas = _int(dense.get("replicas", replicas), "dense.replicas")
+        dense = True
     if not isinstance(dense, bool):
-        _fail("dense", f"must be true or false, got {dense!r}.")
+        _fail("dense", f"must be true, false or {{replicas: N}}, got {dense!r}.")
 
     retraining = None
     if values.get("retraining") is not None:
@@ -391,10 +407,19 @@ def parse_sweep(values: Mapping[str, Any], *, name: str = "sweep", text: str = "
     if values.get("mp_v2") is not None:
         raw = _mapping(values["mp_v2"], "mp_v2")
         bad = sorted(set(raw) - {"sparsities", "first", "last", "first_sparsity",
-                                 "last_sparsity", "steps_factor"})
+                                 "last_sparsity", "steps_factor", "grid"})
         if bad:
             _fail("mp_v2", f"unknown key(s) {bad}; it has sparsities, first, last, "
-                           "first_sparsity, last_sparsity and steps_factor.")
+                           "first_sparsity, last_sparsity, steps_factor and grid.")
+        if "magnitude" not in techniques:
+            _fail("mp_v2", "is a variant of magnitude pruning, so techniques must include "
+                           "magnitude.")
+        # MP v2's own settings (e.g. the best begin/end only), else magnitude's whole search.
+        mp_v2_search = None
+        if raw.get("grid") is not None:
+            grid = _search("magnitude", {"grid": raw["grid"]}, where="mp_v2").grid
+            mp_v2_search = dataclasses.replace(techniques["magnitude"], grid=grid, space={},
+                                               samples=0)
         factor = _number(raw.get("steps_factor", 1.5), "mp_v2.steps_factor")
         if factor <= 0:
             _fail("mp_v2.steps_factor", f"must be positive, got {factor}.")
@@ -405,7 +430,8 @@ def parse_sweep(values: Mapping[str, Any], *, name: str = "sweep", text: str = "
             if not 0.0 <= layer_values[key] < 1.0:
                 _fail(f"mp_v2.{key}", f"must be in [0, 1), got {layer_values[key]}.")
         mp_v2 = MPv2Spec(_sparsities(raw.get("sparsities"), "mp_v2.sparsities"),
-                         raw.get("first"), raw.get("last"), **layer_values, steps_factor=factor)
+                         raw.get("first"), raw.get("last"), **layer_values, steps_factor=factor,
+                         search=mp_v2_search)
     small_dense = None
     if values.get("small_dense") is not None:
         raw = _mapping(values["small_dense"], "small_dense")
@@ -422,8 +448,8 @@ def parse_sweep(values: Mapping[str, Any], *, name: str = "sweep", text: str = "
 
     spec = SweepSpec(
         name=str(values.get("name") or name), task=task, steps=steps, replicas=replicas,
-        sparsities=sparsities, dense=dense, overrides=_overrides(values.get("overrides"),
-                                                                 "overrides"),
+        sparsities=sparsities, dense=dense, dense_replicas=dense_replicas,
+        overrides=_overrides(values.get("overrides"), "overrides"),
         techniques=techniques, retraining=retraining, mp_v2=mp_v2, small_dense=small_dense,
         cpus=cpus, gpus=gpus, text=text)
     _validate_points(spec)
@@ -514,34 +540,73 @@ def _sparsity_values(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return {"sparsity": dict(hparams)} if hparams else {}
 
 
+def coarse_to_fine(values: Sequence[float]) -> list[float]:
+    """Returns ``values`` (sorted) in bisection order: the middle one, both ends, then the
+    midpoints of the gaps left, widest first, so a study stopped early has already covered its
+    whole range coarsely. ``[.5, .6, .7, .8, .9, .95, .98]`` gives
+    ``[.8, .5, .98, .6, .9, .7, .95]``."""
+    ordered = sorted(values)
+    if len(ordered) <= 2:
+        return ordered
+    middle = len(ordered) // 2
+    picks, gaps = [middle, 0, len(ordered) - 1], [(0, middle), (middle, len(ordered) - 1)]
+    while gaps:
+        gaps.sort(key=lambda gap: gap[0] - gap[1])  # widest first, then leftmost (stable)
+        low, high = gaps.pop(0)
+        if high - low < 2:
+            continue
+        mid = (low + high) // 2
+        picks.append(mid)
+        gaps += [(low, mid), (mid, high)]
+    return [ordered[i] for i in picks]
+
+
+def _interleave(groups: Sequence[Sequence[Point]]) -> list[Point]:
+    """Returns the points of ``groups`` taken one from each group in turn."""
+    merged: list[Point] = []
+    for round_ in range(max((len(g) for g in groups), default=0)):
+        merged += [group[round_] for group in groups if round_ < len(group)]
+    return merged
+
+
 def plan_phase1(spec: SweepSpec) -> list[Point]:
     """Returns the points that need no other run: dense replicas, every technique's settings
-    at every target (pruning) or on their own (VD, L0), and MP v2."""
-    points: list[Point] = []
+    at every target (pruning) or on their own (VD, L0), and MP v2.
+
+    The order is the order they are trained in: the dense baseline first, then the techniques
+    taken in turn, each walking its targets coarse to fine (:func:`coarse_to_fine`) with all its
+    settings at a target before the next, so a study stopped part way compares every technique
+    over the whole sparsity range rather than finishing one technique first.
+    """
     common = spec.overrides
-    for seed in spec.seeds:
-        if spec.dense:
-            points.append(Point("dense", "dense", None, seed, seed, spec.steps, {}, common))
+    points = [Point("dense", "dense", None, seed, seed, spec.steps, {}, common)
+              for seed in spec.dense_seeds]
+    groups: list[list[Point]] = []
     for name, search in spec.techniques.items():
         targeted = methods.get(name).uses_sparsity_target
-        for hparams in search.settings():
-            values = _merge(common, search.overrides, _sparsity_values(hparams))
-            for target in (spec.sparsities if targeted else (None,)):
-                for seed in spec.seeds:
-                    points.append(Point(name, name, target, seed, seed, spec.steps,
-                                        dict(hparams), values))
+        group = []
+        for target in (coarse_to_fine(spec.sparsities) if targeted else (None,)):
+            for seed in spec.seeds:
+                for hparams in search.settings():
+                    values = _merge(common, search.overrides, _sparsity_values(hparams))
+                    group.append(Point(name, name, target, seed, seed, spec.steps,
+                                       dict(hparams), values))
+        groups.append(group)
     if spec.mp_v2 is not None:
-        search = spec.techniques.get("magnitude", SearchSpec())
+        search = spec.mp_v2.search or spec.techniques.get("magnitude", SearchSpec())
         steps = int(round(spec.mp_v2.steps_factor * spec.steps))
-        for target in spec.mp_v2.sparsities:
+        group = []
+        for target in coarse_to_fine(spec.mp_v2.sparsities):
             layers = mp_v2_layer_targets(spec, target)
-            for hparams in search.settings():
-                values = _merge(common, search.overrides, _sparsity_values(hparams),
-                                {"sparsity": {"layer_sparsity": layers, "distribution": "fill"}})
-                for seed in spec.seeds:
-                    points.append(Point("mp-v2", "magnitude", target, seed, seed, steps,
-                                        dict(hparams), values))
-    return points
+            for seed in spec.seeds:
+                for hparams in search.settings():
+                    values = _merge(common, search.overrides, _sparsity_values(hparams),
+                                    {"sparsity": {"layer_sparsity": layers,
+                                                  "distribution": "fill"}})
+                    group.append(Point("mp-v2", "magnitude", target, seed, seed, steps,
+                                       dict(hparams), values))
+        groups.append(group)
+    return points + _interleave(groups)
 
 
 def _model_of(spec: SweepSpec, values: Mapping[str, Any] | None = None):
@@ -715,9 +780,13 @@ def model_family(spec: SweepSpec) -> str:
 
 def save_sweep_definition(store: RunStore, spec: SweepSpec) -> None:
     """Keeps the sweep file's text in the store's meta table (the report shows it)."""
+    save_sweep_text(store, spec.name, spec.text or yaml.safe_dump({"name": spec.name}))
+
+
+def save_sweep_text(store: RunStore, name: str, text: str) -> None:
+    """Records the text of the sweep file ``name`` in the store (replacing an older one)."""
     with store.transaction() as db:
-        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                   (f"sweep:{spec.name}", spec.text or yaml.safe_dump({"name": spec.name})))
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"sweep:{name}", text))
 
 
 def sweep_definitions(store: RunStore) -> dict[str, str]:

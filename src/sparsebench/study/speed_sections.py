@@ -1,0 +1,273 @@
+"""Report sections on what sparsity buys at inference: the block-size trade-off (quality lost
+to block structure beside the speed it gains, and a wider block-sparse model at the dense
+model's nonzero count) and the inference speed of the best sparse models. Timings come from
+the store's ``inference`` table (``sparsebench bench-runs``); a run not timed yet shows "–".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+from . import pareto as P
+from .report import HEADLINE_LEVELS, ReportContext, Scope, Section, Table, _cell, _metric_of
+from .sections import _finished, _save
+from .speed import block_of
+from .store import InferenceResult, Run
+
+__all__ = ["SPEED_SECTION_BUILDERS", "block_section", "inference_section"]
+
+#: Most quality a block size may cost, in the metric's own points (top-1 percentage points
+#: or BLEU), to count as "worth it" in the block section's sentence.
+WORTH_IT_LOSS = 1.0
+
+
+def _width(run: Run) -> int | None:
+    return ((run.config.get("model") or {}).get("options") or {}).get("width")
+
+
+def _timings(ctx: ReportContext, runs: Sequence[Run]) -> dict[str, dict[int, InferenceResult]]:
+    """Returns run id -> batch -> timing, at the thread count most runs were timed with."""
+    rows = ctx.store.inference([r.id for r in runs])
+    if not rows:
+        return {}
+    threads = max({r.threads for r in rows}, key=lambda t: sum(r.threads == t for r in rows))
+    out: dict[str, dict[int, InferenceResult]] = {}
+    for row in rows:
+        if row.threads == threads:
+            out.setdefault(row.run_id, {})[row.batch] = row
+    return out
+
+
+def _block_label(block: tuple[int, int]) -> str:
+    return "unstructured" if block == (1, 1) else f"{block[0]}x{block[1]}"
+
+
+def _points(metric: str, value: float) -> float:
+    """Returns a metric in the points a reader compares: top-1 in percent, BLEU as is."""
+    return 100.0 * value if metric == "top1" else value
+
+
+def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """Quality against block size at a fixed sparsity (the price of structure) beside the speed
+    of each model's own compiled layers (the reward), and wider-at-the-same-budget models."""
+    if scope.source != "ours":
+        return None
+    runs = [r for r in _finished(ctx.scope_runs(scope, structured=True))
+            if r.metric_value is not None]
+    if not runs:
+        return None
+    plain = _finished(ctx.scope_runs(scope))
+    dense = [r for r in plain if r.technique == "dense" and r.metric_value is not None]
+    baseline = P.dense_baseline(plain)
+    dense_width = _width(dense[0]) if dense else None
+    metric, higher = _metric_of(runs)
+    timings = _timings(ctx, runs + dense)
+    batches = sorted({b for t in timings.values() for b in t})
+    same_width = [r for r in runs if _width(r) == dense_width]
+    wider = [r for r in runs if _width(r) != dense_width]
+
+    block_rows, sentences, figs = [], [], []
+    for target in sorted({r.target_sparsity for r in same_width if r.target_sparsity}):
+        at = sorted((r for r in same_width if r.target_sparsity == target),
+                    key=lambda r: (block_of(r)[0] * block_of(r)[1], block_of(r)))
+        if not at:
+            continue
+        unstructured = next((r for r in at if block_of(r) == (1, 1)), None)
+        labels = [_block_label(block_of(r)) for r in at]
+        fig = Figure(figsize=(11.0, 4.0))
+        left, right = fig.subplots(1, 2)
+        left.bar(range(len(at)), [_points(metric, r.metric_value) for r in at], color="#4c72b0")
+        if baseline is not None:
+            left.axhline(_points(metric, baseline.mean), color="black", ls="--", lw=1,
+                         label=f"dense ({P.format_metric(baseline.mean, metric)})")
+            left.legend(fontsize=8, loc="lower left")
+        values = [_points(metric, r.metric_value) for r in at]
+        spread = max(values) - min(values)
+        left.set_ylim(min(values) - max(spread, 1.0), max(values + [
+            _points(metric, baseline.mean) if baseline else max(values)]) + 0.5)
+        left.set_xticks(range(len(at)), labels)
+        left.set_xlabel("block (rows x columns)")
+        left.set_ylabel(P.metric_label(metric))
+        left.set_title(f"quality at {100 * target:g}% sparsity")
+        left.grid(True, axis="y", alpha=0.3)
+        for batch in batches:
+            ys = [timings.get(r.id, {}).get(batch) for r in at]
+            right.plot([i for i, y in enumerate(ys) if y], [y.speedup for y in ys if y], "o-",
+                       label=f"batch {batch}")
+        right.axhline(1.0, color="black", ls="--", lw=1)
+        right.set_xticks(range(len(at)), labels)
+        right.set_xlabel("block (rows x columns)")
+        right.set_ylabel("dense time / sparse time (this model)")
+        right.set_title("inference speed-up on this machine")
+        right.grid(True, alpha=0.3)
+        if batches:
+            right.legend(fontsize=8)
+        fig.suptitle(f"{scope.title}: the price and reward of block sparsity at "
+                     f"{100 * target:g}%")
+        fig.tight_layout()
+        name = f"{scope.key}_blocks_{100 * target:g}.png"
+        _save(fig, ctx.out_dir / name)
+        figs.append((name, f"quality and speed vs block size at {100 * target:g}%"))
+        worth = []
+        for run, label in zip(at, labels, strict=True):
+            t = timings.get(run.id, {})
+            loss = (_points(metric, unstructured.metric_value) - _points(metric, run.metric_value)
+                    ) * (1 if higher else -1) if unstructured else None
+            block_rows.append([f"{100 * target:g}", label, run.id,
+                                  f"{100 * (run.achieved_sparsity or 0):.2f}",
+                                  _cell(run.metric_value, metric),
+                                  "–" if loss is None else f"{-loss:+.2f}",
+                                  *[f"{t[b].speedup:.2f}" if b in t else "–" for b in batches]])
+            if loss is not None and run is not unstructured and t:
+                gain = max(t.values(), key=lambda x: x.batch)
+                sentences.append(
+                    f"At {100 * target:g}%, {label} blocks "
+                    + (f"cost {loss:.2f} points" if loss > 0 else f"gain {-loss:.2f} points")
+                    + f" of {P.metric_label(metric)} against unstructured pruning and run "
+                    f"{gain.speedup:.2f}x dense at batch {gain.batch}.")
+                if loss <= WORTH_IT_LOSS:
+                    worth.append((gain.speedup, label, gain.batch))
+        base_t = timings.get(unstructured.id, {}) if unstructured else {}
+        if worth and base_t:
+            speed, label, batch = max(worth)
+            ref = base_t.get(batch)
+            sentences.append(
+                f"Worth it on this machine at {100 * target:g}%: {label} blocks, the fastest "
+                f"block size losing at most {WORTH_IT_LOSS:g} point ({speed:.2f}x dense at batch "
+                f"{batch}" + (f" against {ref.speedup:.2f}x unstructured)." if ref else ")."))
+        elif unstructured is not None and len(at) > 1:
+            sentences.append(f"At {100 * target:g}%, every block size measured so far loses "
+                             f"more than {WORTH_IT_LOSS:g} point or is not timed yet.")
+
+    wide_rows = []
+    for run in wider:
+        t = timings.get(run.id, {})
+        nonzero = sum(la.get("nonzeros", 0) for la in run.layers) or None
+        dense_params = sum(la.get("size", 0) for la in dense[0].layers) if dense else None
+        narrow_t = timings.get(dense[0].id, {}) if dense else {}
+        cells = []
+        for b in batches:
+            if b in t and b in narrow_t:
+                cells.append(f"{narrow_t[b].dense_seconds / t[b].sparse_seconds:.2f}")
+            else:
+                cells.append("–")
+        wide_rows.append([_block_label(block_of(run)), f"width {_width(run)}", run.id,
+                          f"{100 * (run.achieved_sparsity or 0):.2f}", nonzero or "–",
+                          dense_params or "–", _cell(run.metric_value, metric),
+                          _cell(baseline.mean, metric) if baseline else "–", *cells])
+        if baseline is not None:
+            better = (run.metric_value > baseline.mean) == higher
+            sentences.append(
+                f"Twice as wide ({_block_label(block_of(run))}, "
+                f"{100 * (run.achieved_sparsity or 0):.2f}% sparse"
+                + (f", {nonzero:,} nonzero weights against the dense model's {dense_params:,}"
+                   if nonzero and dense_params else "")
+                + f"): {P.format_metric(run.metric_value, metric)} against the dense baseline's "
+                f"{P.format_metric(baseline.mean, metric)}: "
+                + ("the wider sparse model is better." if better
+                   else "the wider sparse model is not better here."))
+    tables = []
+    if block_rows:
+        tables.append(Table(
+            f"{scope.key}_blocks",
+            ["sparsity %", "block", "run", "achieved %", P.metric_label(metric),
+             "vs unstructured", *[f"speed-up b{b}" for b in batches]], block_rows,
+            "Magnitude pruning with block masks; speed-up is the model's dense time over its "
+            "compiled sparse time, side by side in one process (sparsebench bench-runs)."))
+    if wide_rows:
+        tables.append(Table(
+            f"{scope.key}_wider",
+            ["block", "model", "run", "sparsity %", "nonzero weights", "dense model weights",
+             P.metric_label(metric), "dense baseline", *[f"narrow dense / wide sparse b{b}"
+                                                         for b in batches]], wide_rows,
+            "A model twice as wide, pruned to the dense model's number of weights; time ratio "
+            "of the narrow dense model to the wide sparse one."))
+    if not tables:
+        return None
+    return Section(
+        id=f"{scope.key}-blocks", title=f"{scope.title}: block sparsity, price and reward",
+        question="What does block structure cost in quality and gain in speed, and is a wider "
+                 "block-sparse model better at the same number of weights?",
+        sentences=sentences, figures=figs, tables=tables)
+
+
+def inference_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """The timed unstructured models: the best of each technique at 90% and 95%."""
+    if scope.source != "ours":
+        return None
+    runs = [r for r in _finished(ctx.scope_runs(scope)) if r.technique != "dense"]
+    timings = _timings(ctx, runs)
+    timed = [r for r in runs if r.id in timings]
+    if not timed:
+        return None
+    metric, _ = _metric_of(timed)
+    batches = sorted({b for t in timings.values() for b in t})
+    timed.sort(key=lambda r: (r.achieved_sparsity or 0, r.technique))
+    rows, sentences = [], []
+    for run in timed:
+        for batch in batches:
+            t = timings[run.id].get(batch)
+            if t is None:
+                continue
+            rows.append([P.display_name(run.technique), run.id,
+                         f"{100 * (run.achieved_sparsity or 0):.2f}",
+                         _cell(run.metric_value, metric), batch, f"{1e3 * t.dense_seconds:.2f}",
+                         f"{1e3 * t.sparse_seconds:.2f}", f"{t.speedup:.2f}",
+                         f"{t.sparse_layers}/{t.layers}"])
+    any_t = next(iter(timings[timed[0].id].values()))
+    fig = Figure(figsize=(max(6.5, 0.9 * len(timed) + 3), 4.0))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(batches))
+    for i, batch in enumerate(batches):
+        xs = [j + (i - (len(batches) - 1) / 2) * width for j in range(len(timed))]
+        ax.bar(xs, [timings[r.id][batch].speedup if batch in timings[r.id] else 0 for r in timed],
+               width=width, label=f"batch {batch}")
+    ax.axhline(1.0, color="black", ls="--", lw=1)
+    ax.set_xticks(range(len(timed)), [f"{P.display_name(r.technique)}\n"
+                                      f"{100 * (r.achieved_sparsity or 0):.1f}%" for r in timed],
+                  fontsize=8)
+    ax.set_ylabel("dense time / sparse time")
+    ax.set_title(f"{scope.title}: inference speed-up of the best sparse models "
+                 f"({any_t.threads} thread{'s' if any_t.threads > 1 else ''})")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    name = f"{scope.key}_inference.png"
+    _save(fig, ctx.out_dir / name)
+    for level in HEADLINE_LEVELS:
+        at = [r for r in timed if P.nearest_level(r.achieved_sparsity or 0,
+                                                  tolerance_pp=ctx.tolerance_pp) == level]
+        for run in at:
+            cells = ", ".join(f"{timings[run.id][b].speedup:.2f}x at batch {b}"
+                              for b in batches if b in timings[run.id])
+            sentences.append(f"The best {P.display_name(run.technique)} model at "
+                             f"{100 * level:g}% ({P.format_metric(run.metric_value, metric)}) "
+                             f"runs {cells} against its own dense execution.")
+    sentences.append(f"Measured with: {any_t.workload}; {any_t.machine}.")
+    return Section(
+        id=f"{scope.key}-inference", title=f"{scope.title}: inference speed of the sparse models",
+        question="How much faster than dense does each technique's best sparse model run on a "
+                 "CPU?",
+        sentences=sentences, figures=[(name, "inference speed-up per model and batch")],
+        tables=[Table(f"{scope.key}_inference",
+                      ["technique", "run", "sparsity %", P.metric_label(metric), "batch",
+                       "dense ms", "sparse ms", "speed-up", "sparse layers"], rows,
+                      "Finalized model run dense against its compiled sparse copy "
+                      "(per-layer choice of dense/CSR/BSR), medians of interleaved rounds.")])
+
+
+#: Appended to the report's builders after the sections of :mod:`.sections`.
+SPEED_SECTION_BUILDERS = [inference_section, block_section]
+
+
+def _register() -> None:
+    from . import report
+
+    for builder in SPEED_SECTION_BUILDERS:
+        if builder not in report.SECTION_BUILDERS:
+            report.SECTION_BUILDERS.append(builder)
+
+
+_register()

@@ -1,0 +1,92 @@
+"""The report's block-sparsity and inference sections on a hand-made store: which runs they
+take, the numbers in their tables (worked by hand) and that block runs stay out of the study's
+frontiers; and the choice of runs ``bench-runs`` times."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from sparsebench.study.report import write_report
+from sparsebench.study.speed import block_of, runs_to_time
+from sparsebench.study.store import InferenceResult, Run, RunStore
+
+
+def _run(run_id: str, technique: str, value: float, sparsity: float, *, block=None,
+         width: int = 16, target: float | None = None, layers=None) -> Run:
+    hp = {"begin": 0.1, "end": 0.6} if technique != "dense" else {}
+    if block is not None:
+        hp["block"] = list(block)
+    return Run(id=run_id, technique=technique, model_family="resnet50", metric_name="top1",
+               metric_value=value, achieved_sparsity=sparsity,
+               target_sparsity=target if target is not None else (
+                   sparsity if technique == "magnitude" else None),
+               status="finished", hyperparameters=hp, run_dir=f"/nowhere/{run_id}",
+               config={"model": {"name": "resnet50-small", "options": {"width": width}}},
+               layers=layers or [])
+
+
+def _store(path: Path) -> RunStore:
+    store = RunStore(path)
+    store.upsert([
+        _run("dense", "dense", 0.90, 0.0, layers=[{"name": "w", "size": 1000, "nonzeros": 1000}]),
+        _run("mp90", "magnitude", 0.88, 0.9),
+        _run("vd90", "variational_dropout", 0.87, 0.902),
+        _run("b1", "magnitude", 0.885, 0.9, block=(1, 1)),
+        _run("b4", "magnitude", 0.880, 0.9, block=(4, 4)),
+        _run("b16", "magnitude", 0.860, 0.9, block=(16, 16)),
+        _run("wide", "magnitude", 0.905, 0.75, block=(16, 16), width=32,
+             layers=[{"name": "w", "size": 4000, "nonzeros": 1000}]),
+    ])
+    for run_id, b1, b128 in (("b1", (4.0, 1.0), (40.0, 20.0)), ("b4", (4.0, 0.5), (40.0, 8.0)),
+                             ("b16", (4.0, 0.4), (40.0, 5.0)), ("mp90", (4.0, 2.0), (40.0, 10.0)),
+                             ("dense", (3.0, 3.0), (30.0, 30.0)), ("wide", (9.0, 1.5),
+                                                                    (90.0, 12.0))):
+        store.record_inference(InferenceResult(run_id, 1, 1, *b1, 3, 4, "forward", "cpu"))
+        store.record_inference(InferenceResult(run_id, 128, 1, *b128, 3, 4, "forward", "cpu"))
+    return store
+
+
+def _table(folder: Path, name: str) -> list[dict[str, str]]:
+    with open(folder / f"{name}.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_block_and_inference_sections_by_hand(tmp_path):
+    with _store(tmp_path / "s.db") as store:
+        index = write_report(store, tmp_path / "report")
+    out = tmp_path / "report"
+    blocks = {row["block"]: row for row in _table(out, "ours_resnet50_blocks")}
+    assert list(blocks) == ["unstructured", "4x4", "16x16"]  # by block area
+    # Quality against unstructured (88.5%): 4x4 -0.50 pp, 16x16 -2.50 pp.
+    assert blocks["4x4"]["vs unstructured"] == "-0.50"
+    assert blocks["16x16"]["vs unstructured"] == "-2.50"
+    # Speed-up = dense / sparse of each model: 4x4 at batch 128 is 40 / 8 = 5.
+    assert blocks["4x4"]["speed-up b128"] == "5.00"
+    assert blocks["16x16"]["speed-up b1"] == "10.00"
+    (wide,) = _table(out, "ours_resnet50_wider")
+    # The narrow dense model (30 ms at batch 128) against the wide sparse one (12 ms): 2.5.
+    assert wide["narrow dense / wide sparse b128"] == "2.50"
+    assert (wide["nonzero weights"], wide["dense model weights"]) == ("1000", "1000")
+    text = index.read_text()
+    assert "Worth it on this machine at 90%: 4x4 blocks" in text  # loses 0.5 <= 1 point
+    assert "the wider sparse model is better" in text
+    # Block runs are their own experiment: not in the study's frontier table.
+    frontier = _table(out, "ours_resnet50_frontiers")
+    ninety = next(row for row in frontier if row["sparsity %"] == "90")
+    assert ninety["magnitude pruning"].startswith("88.00 (1)")
+    timed = {row["run"]: row for row in _table(out, "ours_resnet50_inference")
+             if row["batch"] == "128"}
+    assert set(timed) == {"mp90"}
+    assert timed["mp90"]["speed-up"] == "4.00"
+    assert (tmp_path / "report" / "ours_resnet50_blocks_90.png").stat().st_size > 10_000
+
+
+def test_runs_to_time_takes_best_per_technique_and_every_block_run(tmp_path):
+    with _store(tmp_path / "s.db") as store:
+        store.upsert([_run("mp90b", "magnitude", 0.87, 0.9), _run("mp95", "magnitude", 0.8, 0.95),
+                      _run("mp80", "magnitude", 0.89, 0.8)])
+        chosen = {r.id for r in runs_to_time(store)}
+    assert chosen == {"dense", "mp90", "mp95", "vd90", "b1", "b4", "b16", "wide"}
+    assert block_of(_run("x", "magnitude", 0.5, 0.5)) == (1, 1)
+    assert block_of(_run("y", "magnitude", 0.5, 0.5, block=(16, 1))) == (16, 1)
