@@ -71,6 +71,31 @@ def test_calibration_is_cached_as_json(tmp_path):
     assert again.calibrate(12, 10, 2) == cal  # read back, not re-measured
 
 
+def test_busy_calibration_is_measured_again_on_a_quiet_machine(tmp_path, monkeypatch):
+    from sparsebench.inference import perf_model
+
+    load = {"now": 2.0}  # per core: a neighbour keeps the machine busy
+    monkeypatch.setattr(perf_model, "load_per_core", lambda: load["now"])
+    busy = PerformanceModel(tmp_path / "c.json", densities=(0.1, 1.0), budget_s=0.01)
+    first = busy.calibrate(12, 10, 2)
+    assert first.load_per_core == 2.0
+    # Still busy: the cached calibration is used as it is.
+    assert PerformanceModel(tmp_path / "c.json", densities=(0.1, 1.0)).calibrate(12, 10, 2) \
+        == first
+    load["now"] = 0.1  # quiet now: measured again, and the new one replaces it in the cache
+    quiet = PerformanceModel(tmp_path / "c.json", densities=(0.1, 1.0), budget_s=0.01)
+    second = quiet.calibrate(12, 10, 2)
+    assert second.load_per_core == 0.1 and second != first
+    assert quiet.calibrate(12, 10, 2) is second
+    cached = json.loads((tmp_path / "c.json").read_text())["calibrations"]
+    assert [c["load_per_core"] for c in cached.values()] == [0.1]
+    # recalibrate=True measures again once per model even when the cache looks fine.
+    again = PerformanceModel(tmp_path / "c.json", densities=(0.1, 1.0), budget_s=0.01,
+                             recalibrate=True)
+    third = again.calibrate(12, 10, 2)
+    assert third is not second and again.calibrate(12, 10, 2) is third
+
+
 def test_real_calibration_end_to_end(tmp_path):
     model = _mlp()
     pm = PerformanceModel(tmp_path / "c.json", densities=(0.05, 0.5, 1.0), budget_s=0.01)

@@ -258,3 +258,31 @@ def test_small_dense_matches_the_sparse_models_nonzeros(tmp_path):
         assert params == small.hyperparameters["parameters"]
         index = write_report(store, tmp_path / "report")
         assert 'id="ours_resnet50-small-dense"' in index.read_text()
+
+
+def test_bench_runs_times_block_runs_into_the_store_and_report(tmp_path, capsys):
+    from sparsebench.cli import main
+
+    sweep = _write(tmp_path / "blocks.yaml", {
+        "name": "blocks", "task": "fmnist-lenet300", "steps": 6, "sparsities": [0.9],
+        "dense": True, "overrides": TINY,
+        "techniques": {"magnitude": {"grid": {"block": [[1, 1], [4, 4]]}}}})
+    store = tmp_path / "s.db"
+    assert main(["sweep", str(sweep), "--store", str(store), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["bench-runs", "--store", str(store), "--batch", "1", "4", "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs to time" in out  # the dense baseline and both block runs
+    with RunStore(store) as s:
+        timings = s.inference()
+        assert {(t.batch, t.threads) for t in timings} == {(1, 1), (4, 1)}
+        assert len(timings) == 6
+        assert all(t.dense_seconds > 0 and t.sparse_seconds > 0 and t.layers == 3
+                   and "forward of 1x28x28 images" in t.workload for t in timings)
+        # Timed already: a second call skips every run.
+        assert main(["bench-runs", "--store", str(store), "--batch", "1"]) == 0
+        assert "[1/3]" not in capsys.readouterr().out
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "r")]) == 0
+    with open(tmp_path / "r" / "ours_lenet300_blocks.csv") as handle:
+        text = handle.read()
+    assert "4x4" in text and "speed-up b4" in text

@@ -72,6 +72,13 @@ def register(subparsers: Any) -> None:
         default=1.0,
         help="seconds per new performance-model calibration (cached per machine)",
     )
+    b.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="measure the performance model again for every layer shape instead of using "
+        "the cached calibration (a calibration taken on a busy machine is measured again "
+        "anyway once the machine is quiet)",
+    )
     b.set_defaults(func=_bench)
 
 
@@ -134,7 +141,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"before: {machine_context()}")
     if args.calibration_s <= 0:
         raise ValueError(f"--calibration-s must be > 0, got {args.calibration_s}")
-    pm = PerformanceModel(budget_s=args.calibration_s)
+    pm = PerformanceModel(budget_s=args.calibration_s, recalibrate=args.recalibrate)
     results = bench_model(model, workload, args.batch, repeats=args.repeats, perf_model=pm)
     print(f"after:  {machine_context()}")
     print(f"medians of up to {args.repeats} interleaved rounds, dense and sparse in this process")

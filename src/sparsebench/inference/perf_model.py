@@ -34,6 +34,18 @@ log = logging.getLogger(__name__)
 
 #: Densities timed by a calibration. Dense-ish points matter too: they place the break-even.
 DEFAULT_DENSITIES: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+#: A calibration measured at or above this 1-minute load average per core was taken beside
+#: other work; it is measured again when looked up on a machine below QUIET_LOAD_PER_CORE, so a
+#: decision made on a busy machine does not outlive the neighbour that caused it.
+BUSY_LOAD_PER_CORE = 0.75
+QUIET_LOAD_PER_CORE = 0.25
+
+
+def load_per_core() -> float | None:
+    """Return the 1-minute load average divided by the cores (None where the OS has none)."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    return os.getloadavg()[0] / max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,8 @@ class Calibration:
     sparse_s: tuple[float, ...]
     kind: str = "linear"
     block: tuple[int, int] = (1, 1)
+    #: 1-minute load average per core when measured (None: unknown, e.g. an older cache).
+    load_per_core: float | None = None
 
     def sparse_time(self, density: float) -> float:
         """Return the predicted sparse time (s) at ``density``, interpolated piecewise-linearly.
@@ -108,6 +122,10 @@ class PerformanceModel:
         densities: densities timed per calibration.
         budget_s: rough wall-clock limit of the timing of one calibration.
         persist: write new calibrations to ``cache_path``.
+        recalibrate: measure every shape again once in this model's life instead of using
+            the cache (the new measurements replace the cached ones). Without it, a cached
+            calibration taken on a busy machine is measured again when the machine is quiet
+            (see :data:`BUSY_LOAD_PER_CORE`).
     """
 
     def __init__(
@@ -117,6 +135,7 @@ class PerformanceModel:
         densities: tuple[float, ...] = DEFAULT_DENSITIES,
         budget_s: float = 1.0,
         persist: bool = True,
+        recalibrate: bool = False,
     ) -> None:
         if not densities or any(not 0 < d <= 1 for d in densities):
             raise ValueError(f"densities must be non-empty values in (0, 1], got {densities}")
@@ -125,6 +144,22 @@ class PerformanceModel:
         self.persist = persist
         self.cache_path = Path(cache_path) if cache_path is not None else self.default_cache_path()
         self._entries: dict[str, Calibration] = self._read()
+        self._fresh: set[str] = set() if recalibrate else set(self._entries)
+
+    def _cached(self, key: str) -> Calibration | None:
+        """Return the cached calibration for ``key`` unless it must be measured again: with
+        ``recalibrate`` until measured in this model's life, or when it was taken on a busy
+        machine and this one is quiet now."""
+        cal = self._entries.get(key)
+        if cal is None or key not in self._fresh:
+            return None
+        now = load_per_core()
+        if (cal.load_per_core is not None and now is not None
+                and cal.load_per_core >= BUSY_LOAD_PER_CORE and now < QUIET_LOAD_PER_CORE):
+            log.info("calibration %s was measured at load %.2f per core, now %.2f: measuring "
+                     "again", key, cal.load_per_core, now)
+            return None
+        return cal
 
     @staticmethod
     def machine_key() -> dict[str, str]:
@@ -194,8 +229,9 @@ class PerformanceModel:
     ) -> Calibration:
         """Return the calibration for a Linear shape, batch and block size (measured if new)."""
         key = self._key(out_features, in_features, batch, self.densities, block)
-        if key in self._entries:
-            return self._entries[key]
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
         x = torch.randn(batch, in_features)
         dense_w = _random_sparse_weight(out_features, in_features, 1.0, 0)
         layers = {
@@ -231,8 +267,9 @@ class PerformanceModel:
         key = self._key(
             conv.out_channels, cols, batch, self.densities, block, kind="conv", extra=extra
         )
-        if key in self._entries:
-            return self._entries[key]
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
         x = torch.randn(batch, conv.in_channels, *input_hw)
         geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
         dense_w = torch.randn(conv.out_channels, conv.in_channels, kh, kw)
@@ -256,6 +293,7 @@ class PerformanceModel:
     def _measure(self, key, dense_fn, sparse_fns, meta) -> Calibration:  # noqa: ANN001
         """Time ``dense_fn`` and each density's sparse callable; cache and return the result."""
         out_f, in_f, batch, kind, block = meta
+        load_before = load_per_core()
         candidates = {"dense": dense_fn, **{f"{d}": fn for d, fn in sparse_fns.items()}}
         # One probe round sizes the repeats so a calibration costs about budget_s.
         probe = interleaved_medians(candidates, repeats=1, warmup=1)
@@ -275,6 +313,8 @@ class PerformanceModel:
             tuple(times[f"{d}"] for d in self.densities),
             kind,
             block,
+            # The busier of before and after: a neighbour that started meanwhile counts too.
+            None if load_before is None else max(load_before, load_per_core() or 0.0),
         )
         log.info(
             "calibrated %s %dx%d batch %d block %dx%d: break-even density %.3f",
@@ -286,6 +326,7 @@ class PerformanceModel:
             cal.break_even_density(),
         )
         self._entries[key] = cal
+        self._fresh.add(key)
         if self.persist:
             self._write()
         return cal
@@ -296,6 +337,7 @@ class PerformanceModel:
             raise ValueError("record() takes Linear calibrations; convs are keyed by geometry")
         key = self._key(cal.out_features, cal.in_features, cal.batch, self.densities, cal.block)
         self._entries[key] = cal
+        self._fresh.add(key)
         if self.persist:
             self._write()
 

@@ -110,6 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--family", default=None, help="only this model family")
     bench.add_argument("--repeats", type=int, default=15, help="interleaved rounds per batch")
     bench.add_argument("--force", action="store_true", help="time again runs already timed")
+    bench.add_argument("--recalibrate", action="store_true",
+                       help="measure the inference performance model again (see "
+                            "bench-inference --recalibrate)")
     bench.set_defaults(func=_bench_runs)
 
 
@@ -202,5 +205,5 @@ def _bench_runs(args: argparse.Namespace) -> int:
             runs = [r for r in runs if r.model_family == args.family]
         print(f"{len(runs)} runs to time at batch {args.batch} with {args.threads} thread(s)")
         time_runs(store, runs, args.batch, threads=args.threads, repeats=args.repeats,
-                  force=args.force)
+                  force=args.force, recalibrate=args.recalibrate)
     return 0

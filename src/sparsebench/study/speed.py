@@ -72,7 +72,8 @@ def runs_to_time(store: RunStore, *, levels: Sequence[float] = (0.9, 0.95),
 
 
 def time_run(run: Run, batches: Sequence[int], *, threads: int, repeats: int = 15,
-             budget_s: float = 20.0, calibration_s: float = 1.0) -> list[InferenceResult]:
+             budget_s: float = 20.0, calibration_s: float = 1.0,
+             recalibrate: bool = False) -> list[InferenceResult]:
     """Times ``run``'s finalized model dense against compiled sparse at each batch size with
     ``threads`` torch threads; returns one :class:`InferenceResult` per batch.
 
@@ -94,7 +95,8 @@ def time_run(run: Run, batches: Sequence[int], *, threads: int, repeats: int = 1
         workload = workload_for(model, options)
         machine = machine_context()
         results = bench_model(model, workload, batches, repeats=repeats, budget_s=budget_s,
-                              perf_model=PerformanceModel(budget_s=calibration_s))
+                              perf_model=PerformanceModel(budget_s=calibration_s,
+                                                          recalibrate=recalibrate))
     finally:
         torch.set_num_threads(previous)
     return [InferenceResult(run.id, r.batch, threads, r.dense_s, r.sparse_s,
@@ -104,7 +106,7 @@ def time_run(run: Run, batches: Sequence[int], *, threads: int, repeats: int = 1
 
 def time_runs(store: RunStore, runs: Sequence[Run], batches: Sequence[int], *, threads: int,
               repeats: int = 15, budget_s: float = 20.0, force: bool = False,
-              say: Callable[[str], None] = print) -> int:
+              recalibrate: bool = False, say: Callable[[str], None] = print) -> int:
     """Times each run not yet timed at every batch (all of them with ``force``) and records
     the results as it goes. Returns how many runs were timed; a run whose directory is gone
     is reported and skipped."""
@@ -116,7 +118,8 @@ def time_runs(store: RunStore, runs: Sequence[Run], batches: Sequence[int], *, t
             continue
         started = time.monotonic()
         try:
-            results = time_run(run, todo, threads=threads, repeats=repeats, budget_s=budget_s)
+            results = time_run(run, todo, threads=threads, repeats=repeats, budget_s=budget_s,
+                               recalibrate=recalibrate)
         except FileNotFoundError as error:
             say(f"[{index}/{len(runs)}] skipped: {error}")
             continue
