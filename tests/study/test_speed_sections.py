@@ -38,6 +38,10 @@ def _store(path: Path) -> RunStore:
         _run("wide", "magnitude", 0.905, 0.75, block=(16, 16), width=32,
              layers=[{"name": "w", "size": 4000, "nonzeros": 1000}]),
     ])
+    plan = [{"name": f"layer{i}.weight", "kind": "linear", "density": 0.1, "block": [1, 1],
+             "break_even": be, "sparse": 0.1 < be, "dense_s": 1e-3, "sparse_s": 5e-4}
+            for i, be in enumerate((0.3, 0.05, 0.2))]
+    store.record_inference(InferenceResult("mp90", 16, 1, 1.0, 0.5, 2, 3, plan=plan))
     for run_id, b1, b128 in (("b1", (4.0, 1.0), (40.0, 20.0)), ("b4", (4.0, 0.5), (40.0, 8.0)),
                              ("b16", (4.0, 0.4), (40.0, 5.0)), ("mp90", (4.0, 2.0), (40.0, 10.0)),
                              ("dense", (3.0, 3.0), (30.0, 30.0)), ("wide", (9.0, 1.5),
@@ -79,6 +83,9 @@ def test_block_and_inference_sections_by_hand(tmp_path):
              if row["batch"] == "128"}
     assert set(timed) == {"mp90"}
     assert timed["mp90"]["speed-up"] == "4.00"
+    # Two of the three layers sit under their break-even density at batch 16.
+    assert "the sparse kernel was chosen for 2 of 3 at batch 16" in text
+    assert (out / "ours_resnet50_break_even.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "ours_resnet50_blocks_90.png").stat().st_size > 10_000
 
 

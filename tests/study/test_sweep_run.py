@@ -279,6 +279,10 @@ def test_bench_runs_times_block_runs_into_the_store_and_report(tmp_path, capsys)
         assert len(timings) == 6
         assert all(t.dense_seconds > 0 and t.sparse_seconds > 0 and t.layers == 3
                    and "forward of 1x28x28 images" in t.workload for t in timings)
+        for t in timings:  # per layer: the plan's choice and the layer's own timings
+            assert [row["name"] for row in t.plan] == ["fc1", "fc2", "fc3"]  # module names
+            assert sum(row["sparse"] for row in t.plan) == t.sparse_layers
+            assert all(row["dense_s"] > 0 and 0 <= row["break_even"] <= 1 for row in t.plan)
         # Timed already: a second call skips every run.
         assert main(["bench-runs", "--store", str(store), "--batch", "1"]) == 0
         assert "[1/3]" not in capsys.readouterr().out

@@ -16,12 +16,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import rundir
 from . import pareto as P
 from .store import InferenceResult, Run, RunStore
+
+if TYPE_CHECKING:
+    from ..inference.bench import BatchResult
 
 __all__ = ["block_of", "runs_to_time", "time_run", "time_runs"]
 
@@ -101,7 +105,21 @@ def time_run(run: Run, batches: Sequence[int], *, threads: int, repeats: int = 1
         torch.set_num_threads(previous)
     return [InferenceResult(run.id, r.batch, threads, r.dense_s, r.sparse_s,
                             sum(d.use_sparse for d in r.plan), len(r.plan),
-                            workload.describe, machine) for r in results]
+                            workload.describe, machine, plan=_plan_rows(r))
+            for r in results]
+
+
+def _plan_rows(result: BatchResult) -> list[dict[str, Any]]:
+    """Returns the per-layer choice of one batch with the layer's own measured times."""
+    rows = []
+    for decision in result.plan:
+        dense_s, sparse_s = result.layers.get(decision.name, (None, None))
+        rows.append({"name": decision.name, "kind": decision.kind,
+                     "density": round(decision.density, 6), "block": list(decision.block),
+                     "break_even": round(decision.break_even_density, 6),
+                     "sparse": bool(decision.use_sparse), "dense_s": dense_s,
+                     "sparse_s": sparse_s})
+    return rows
 
 
 def time_runs(store: RunStore, runs: Sequence[Run], batches: Sequence[int], *, threads: int,

@@ -246,16 +246,63 @@ def inference_section(ctx: ReportContext, scope: Scope) -> Section | None:
                              f"{100 * level:g}% ({P.format_metric(run.metric_value, metric)}) "
                              f"runs {cells} against its own dense execution.")
     sentences.append(f"Measured with: {any_t.workload}; {any_t.machine}.")
+    figs = [(name, "inference speed-up per model and batch")]
+    focus = _focus_run(timed, timings, ctx.tolerance_pp)
+    if focus is not None:
+        sweet = f"{scope.key}_break_even.png"
+        sentences.append(_break_even_figure(focus, timings[focus.id], ctx.out_dir / sweet,
+                                            scope.title))
+        figs.append((sweet, "layer density against the performance model's break-even"))
     return Section(
         id=f"{scope.key}-inference", title=f"{scope.title}: inference speed of the sparse models",
         question="How much faster than dense does each technique's best sparse model run on a "
                  "CPU?",
-        sentences=sentences, figures=[(name, "inference speed-up per model and batch")],
+        sentences=sentences, figures=figs,
         tables=[Table(f"{scope.key}_inference",
                       ["technique", "run", "sparsity %", P.metric_label(metric), "batch",
                        "dense ms", "sparse ms", "speed-up", "sparse layers"], rows,
                       "Finalized model run dense against its compiled sparse copy "
                       "(per-layer choice of dense/CSR/BSR), medians of interleaved rounds.")])
+
+
+def _focus_run(timed: Sequence[Run], timings: dict[str, dict[int, InferenceResult]],
+               tolerance_pp: float) -> Run | None:
+    """Returns the model whose layers the break-even figure shows: the timed magnitude model
+    nearest 90%, else the first timed model with a per-layer plan."""
+    with_plan = [r for r in timed if any(t.plan for t in timings[r.id].values())]
+    mp = [r for r in with_plan if r.technique == "magnitude"
+          and P.nearest_level(r.achieved_sparsity or 0, tolerance_pp=tolerance_pp) == 0.9]
+    return (mp or with_plan or [None])[0]
+
+
+def _break_even_figure(run: Run, by_batch: dict[int, InferenceResult], path, title: str) -> str:
+    """Draws each layer's density against the performance model's break-even density (the
+    density under which its sparse kernel wins, Park et al.'s "sweet spot") at each batch;
+    returns a sentence on how many layers went sparse."""
+    batches = sorted(b for b, t in by_batch.items() if t.plan)
+    names = [row["name"] for row in by_batch[batches[0]].plan]
+    fig = Figure(figsize=(max(7.0, 0.28 * len(names) + 3), 4.2))
+    ax = fig.subplots()
+    xs = range(len(names))
+    first = by_batch[batches[0]].plan
+    ax.plot(xs, [row["density"] for row in first], "ko", ms=4, label="layer density")
+    for batch in batches:
+        ax.plot(xs, [row["break_even"] for row in by_batch[batch].plan], "-", marker=".",
+                label=f"break-even at batch {batch}")
+    ax.set_xticks(list(xs), [n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
+    ax.set_ylabel("density (fraction of nonzeros)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{title}: where the sparse kernel wins ({P.display_name(run.technique)}, "
+                 f"{100 * (run.achieved_sparsity or 0):.1f}%); below a line: sparse is faster")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    _save(fig, path)
+    counts = ", ".join(f"{sum(r['sparse'] for r in by_batch[b].plan)} of {len(names)} at batch "
+                       f"{b}" for b in batches)
+    return (f"Per layer, the performance model's break-even density decides the kernel; for the "
+            f"{P.display_name(run.technique)} model at {100 * (run.achieved_sparsity or 0):.1f}% "
+            f"the sparse kernel was chosen for {counts}.")
 
 
 #: Appended to the report's builders after the sections of :mod:`.sections`.

@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS inference (
     layers         INTEGER NOT NULL,
     workload       TEXT NOT NULL DEFAULT '',
     machine        TEXT NOT NULL DEFAULT '',
+    plan           TEXT NOT NULL DEFAULT '[]',
     measured       TEXT NOT NULL,
     PRIMARY KEY (run_id, batch, threads)
 );
@@ -614,6 +615,7 @@ class RunStore:
         thread count)."""
         row = asdict(result)
         row["measured"] = row["measured"] or _now()
+        row["plan"] = json.dumps(row["plan"])
         with self.transaction() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO inference ({', '.join(row)}) VALUES "
@@ -624,7 +626,7 @@ class RunStore:
         rows = self._db.execute(
             "SELECT * FROM inference ORDER BY run_id, threads, batch").fetchall()
         wanted = None if run_ids is None else set(run_ids)
-        return [InferenceResult(**dict(row)) for row in rows
+        return [InferenceResult(**{**dict(row), "plan": json.loads(row["plan"])}) for row in rows
                 if wanted is None or row["run_id"] in wanted]
 
 
@@ -634,7 +636,9 @@ class InferenceResult:
     execution against the compiled sparse module (``sparse_layers`` of ``layers`` prunable
     layers chose a sparse kernel), at ``batch`` with ``threads`` torch threads, measured side
     by side in one process; ``workload`` says what one timed call does and ``machine`` the
-    CPU, load and kernel path at the time."""
+    CPU, load and kernel path at the time. ``plan`` has one entry per prunable layer: name,
+    kind, density, block, the performance model's break-even density, whether it went sparse,
+    and the layer's own measured dense and sparse seconds per call."""
 
     run_id: str
     batch: int
@@ -646,6 +650,7 @@ class InferenceResult:
     workload: str = ""
     machine: str = ""
     measured: str = ""
+    plan: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
