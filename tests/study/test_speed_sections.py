@@ -39,7 +39,7 @@ def _store(path: Path) -> RunStore:
              layers=[{"name": "w", "size": 4000, "nonzeros": 1000}]),
     ])
     plan = [{"name": f"layer{i}.weight", "kind": "linear", "density": 0.1, "block": [1, 1],
-             "break_even": be, "sparse": 0.1 < be, "dense_s": 1e-3, "sparse_s": 5e-4}
+             "break_even": be, "sparse": be > 0.1, "dense_s": 1e-3, "sparse_s": 5e-4}
             for i, be in enumerate((0.3, 0.05, 0.2))]
     store.record_inference(InferenceResult("mp90", 16, 1, 1.0, 0.5, 2, 3, plan=plan))
     for run_id, b1, b128 in (("b1", (4.0, 1.0), (40.0, 20.0)), ("b4", (4.0, 0.5), (40.0, 8.0)),
