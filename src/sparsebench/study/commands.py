@@ -169,8 +169,11 @@ def _report(args: argparse.Namespace) -> int:
             if args.published:
                 import_published(store)
         with store:
+            label = ", ".join(p.name for p in args.store) + (
+                " and the published runs" if args.published else "")
             index = write_report(store, args.out, source=args.source,
-                                 model_family=args.model_family, tolerance_pp=args.tolerance)
+                                 model_family=args.model_family, tolerance_pp=args.tolerance,
+                                 list_published=not args.published, label=label)
     print(f"report written to {index}")
     return 0
 

@@ -162,6 +162,8 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
         return None
     metric, higher = _metric_of(runs)
     points = P.points_from_runs(runs)
+    if not points:  # only pending or failed runs so far
+        return None
     table = P.frontiers(points, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
     baseline = P.dense_baseline(family_runs)
     name = f"{scope.key}_frontiers.png"
@@ -277,6 +279,8 @@ def published_comparison_section(ctx: ReportContext, scope: Scope) -> Section | 
         return P.frontiers(pts, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
 
     ours_t, pub_t = table(ours), table(published)
+    if not any(ours_t.values()):  # nothing of ours finished yet beside the dense baseline
+        return None
     name = f"{scope.key}_relative.png"
     figures.relative_frontiers_figure(pub_t, base_pub, ours_t, base_ours, ctx.out_dir / name,
                                       title=f"{_family(scope.family)}: our frontiers beside "
@@ -378,10 +382,14 @@ def write_report(
     model_family: str | None = None,
     builders: Sequence[SectionBuilder] | None = None,
     tolerance_pp: float = 1.0,
+    list_published: bool = True,
+    label: str | None = None,
 ) -> Path:
     """Writes the report of the runs in ``store`` (optionally only one ``source`` or
     ``model_family``) to ``out_dir``: ``index.html``, its PNG figures, one CSV per table,
-    ``runs.csv`` (every run covered) and ``versions.csv``.
+    ``runs.csv`` (every run covered; only ours without ``list_published``, for a report whose
+    published runs are the package's own CSV files) and ``versions.csv``. ``label`` names the
+    runs' origin in the page (default: the store's file name).
 
     Returns:
         The path of ``index.html``.
@@ -409,7 +417,8 @@ def write_report(
     version_table = Table("versions", ["library", "version"], sorted(versions.items()))
     for table in [overview, version_table, *(t for s in sections for t in s.tables)]:
         atomic_write_bytes(out / f"{table.name}.csv", _csv_bytes(table))
-    store.to_csv(out / "runs.csv", source=source, model_family=model_family)
+    store.to_csv(out / "runs.csv", source=source if list_published else "ours",
+                 model_family=model_family)
 
     e = html.escape
     published = any(r.source == "published" for r in ctx.runs)
@@ -439,12 +448,15 @@ def write_report(
         "<title>sparsebench: the state of sparsity</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>The state of sparsity: report</h1>",
-        f'<p class="meta">{e(filters)} · {len(ctx.runs)} runs from {e(str(store.path.name))} · '
-        f"generated {e(generated)}</p>",
+        f'<p class="meta">{e(filters)} · {len(ctx.runs)} runs from '
+        f"{e(label or store.path.name)} · generated {e(generated)}</p>",
         intro, nav,
         *(_section_html(s) for s in sections),
         _section_html(Section(id="runs", title="Runs in this report", tables=[overview])),
-        '<p class="meta">Every run: <a href="runs.csv">runs.csv</a>.</p>',
+        '<p class="meta">Every run: <a href="runs.csv">runs.csv</a>'
+        + ("." if list_published or not published else
+           " (ours; the published runs are the CSV files shipped in "
+           "<code>src/sparsebench/study/published_data/</code>).") + "</p>",
         _section_html(Section(id="versions", title="Library versions", tables=[version_table])),
         "</body></html>",
     ]
