@@ -192,6 +192,7 @@ def register_sparse_weight(module: nn.Module, crow_indices: Tensor, col_indices:
         bias = bias.detach().to(torch.float32).contiguous()
     module.register_buffer("bias", bias)
     module._torch_csr = None  # built lazily for the fallback path
+    module._torch_bsr = None  # built lazily for the torch-sparse (GPU) path
 
 
 class SparseLinear(nn.Module):
@@ -199,8 +200,10 @@ class SparseLinear(nn.Module):
 
     Inputs of shape ``(..., in_features)`` (1-D, 2-D, or e.g. ``(batch, seq, features)``) give
     ``(..., out_features)``, equal to the dense layer within float rounding. float32 CPU inputs
-    use the compiled kernels (or torch's CSR when they are unavailable); other dtypes or devices
-    take a correct but slow dense path. There is no backward: build it from a finalized model.
+    use the compiled kernels (or torch's CSR when they are unavailable). Moved to a GPU (compile
+    on the CPU, then ``.to("cuda")``), it runs torch's own sparse kernels there: CSR, or BSR for
+    block layers (:meth:`forward_torch_sparse`). Other dtypes take a correct but slow dense
+    path. There is no backward: build it from a finalized model.
     ``block`` says whether the three index/value buffers are CSR (``(1, 1)``) or BSR.
     """
 
@@ -280,7 +283,44 @@ class SparseLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self._torch_csr = None  # device/dtype moves invalidate the cached torch CSR tensor
+        self._torch_bsr = None
         return super()._apply(fn, recurse)
+
+    def torch_bsr(self) -> Tensor:
+        """Return a block layer's weight as torch's BSR tensor on the buffers' device, padded
+        to whole blocks (``ceil(out/bh)·bh x ceil(in/bw)·bw``; the edge blocks are stored
+        zero-padded already), with int32 indices."""
+        if self.block == (1, 1):
+            raise ValueError("torch_bsr() is for block layers; this layer is CSR (block 1x1)")
+        if getattr(self, "_torch_bsr", None) is None:
+            bh, bw = self.block
+            rows, cols = self.crow_indices.numel() - 1, -(-self.in_features // bw)
+            with warnings.catch_warnings():  # "BSR support is in beta": known, and not news
+                warnings.simplefilter("ignore", UserWarning)
+                self._torch_bsr = torch.sparse_bsr_tensor(
+                    self.crow_indices.to(torch.int32), self.col_indices.to(torch.int32),
+                    self.values, (rows * bh, cols * bw), check_invariants=False)
+        return self._torch_bsr
+
+    def forward_torch_sparse(self, x: Tensor) -> Tensor:
+        """Return ``x @ W.T + b`` through torch's sparse matrix product (CSR, or BSR for square
+        blocks) on the device of ``x``: the path a GPU takes (cuSPARSE / torch's block-sparse
+        kernels), and a reference on the CPU."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(self.values.dtype)
+        if self.block[0] != self.block[1] or self.block == (1, 1):
+            # MKL and cuSPARSE take square blocks only: 16x1 and the like run as CSR (built
+            # once from the dense weight and cached).
+            y = torch.sparse.mm(self.torch_csr(), x2.t()).t()
+        else:
+            padded = self.torch_bsr().shape[1]
+            if padded != self.in_features:  # the weight's padding columns meet zeros
+                x2 = F.pad(x2, (0, padded - self.in_features))
+            y = torch.sparse.mm(self.torch_bsr(), x2.t()).t()[:, : self.out_features]
+        y = y.contiguous()
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def torch_csr(self) -> Tensor:
         """Return the weight as torch's CSR tensor with int32 indices (its fastest setting)."""
@@ -311,6 +351,9 @@ class SparseLinear(nn.Module):
             raise RuntimeError(
                 "SparseLinear is inference-only (no backward); run it under torch.no_grad()"
             )
+        if x.device.type != "cpu" and x.device == self.values.device \
+                and x.dtype == self.values.dtype:
+            return self.forward_torch_sparse(x)
         if x.dtype != torch.float32 or x.device.type != "cpu":
             w = self.dense_weight().to(x.dtype)
             b = None if self.bias is None else self.bias.to(x.dtype)
