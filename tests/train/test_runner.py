@@ -1,6 +1,7 @@
 """The runner: config validation, results, resume after SIGKILL, divergence, DDP, retraining."""
 
 import json
+import logging
 import math
 import os
 import signal
@@ -82,6 +83,15 @@ def test_learning_rate_schedules_by_hand():
 def _config(method="magnitude", sparsity=0.8, steps=40, extra=()):
     return build_config("fmnist-lenet300", method=method, sparsity=sparsity, steps=steps,
                         overrides=[*QUICK, *extra])
+
+
+@needs_fmnist
+def test_without_a_bar_progress_goes_to_the_log(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sparsebench.train")
+    train(_config(steps=10, extra=("run.log_every=5",)), tmp_path / "run", progress=False)
+    steps = [r.getMessage().split()[1] for r in caplog.records
+             if r.getMessage().startswith("step ")]
+    assert steps == ["5/10", "10/10"]
 
 
 @needs_fmnist

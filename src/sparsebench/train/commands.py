@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override one value, e.g. --set optim.lr=0.05 "
                    "--set sparsity.kl_weight=1e-4")
     p.add_argument("--out", required=True, help="the run directory")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: log lines every run.log_every steps instead")
     p.set_defaults(func=_train)
 
     t = subparsers.add_parser("tasks", help="list the task presets and their defaults")

@@ -161,13 +161,14 @@ def _attach(config: RunConfig, model: torch.nn.Module) -> Sparsifier | None:
 
 
 class _Progress:
-    """A tqdm bar on a terminal; plain periodic log lines otherwise."""
+    """A tqdm bar on a terminal when ``bar`` is set; plain log lines every ``every`` steps
+    otherwise (on the main process only: ``enabled``)."""
 
-    def __init__(self, total: int, start: int, every: int, enabled: bool):
+    def __init__(self, total: int, start: int, every: int, enabled: bool, bar: bool = True):
         self.total, self.every, self.enabled = total, every, enabled
         self.bar = None
         self.started, self.start_step = time.perf_counter(), start
-        if enabled and sys.stderr.isatty():
+        if enabled and bar and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
@@ -233,6 +234,8 @@ def prepare(config: RunConfig, device: torch.device | str = "cpu", rank: int = 0
 
 def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Trains one run into ``out_dir`` and returns its result (also in ``result.json``).
+    ``progress`` shows a bar on a terminal; without it (or off a terminal) the progress goes
+    to the log every ``run.log_every`` steps.
 
     Resumes from ``out_dir/checkpoint`` when present; returns the stored result at once when
     the directory already holds one. A loss that becomes NaN/inf ends the run with status
@@ -291,7 +294,7 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
         writer = SummaryWriter(str(out / "tensorboard"))
 
     steps = config.run.steps
-    bar = _Progress(steps, start, config.run.log_every, progress and dist.is_main)
+    bar = _Progress(steps, start, config.run.log_every, dist.is_main, bar=progress)
     model.train()
     tick = time.perf_counter()
     try:
