@@ -1,6 +1,6 @@
-"""The report's block-sparsity and inference sections on a hand-made store: which runs they
-take, the numbers in their tables (worked by hand) and that block runs stay out of the study's
-frontiers; and the choice of runs ``bench-runs`` times."""
+"""The report's block-sparsity, inference and pruned-weights sections on a hand-made store:
+which runs they take, the numbers in their tables (worked by hand) and that block runs stay out
+of the study's frontiers; and the choice of runs ``bench-runs`` times."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ def _store(path: Path) -> RunStore:
         _run("b1", "magnitude", 0.885, 0.9, block=(1, 1)),
         _run("b4", "magnitude", 0.880, 0.9, block=(4, 4)),
         _run("b16", "magnitude", 0.860, 0.9, block=(16, 16)),
+        Run(id="b32", technique="magnitude", model_family="resnet50", status="diverged",
+            target_sparsity=0.9, hyperparameters={"block": [32, 32]},
+            error="the loss became nan at step 157"),
         _run("wide", "magnitude", 0.905, 0.75, block=(16, 16), width=32,
              layers=[{"name": "w", "size": 4000, "nonzeros": 1000}]),
     ])
@@ -75,6 +78,7 @@ def test_block_and_inference_sections_by_hand(tmp_path):
     text = index.read_text()
     assert "Worth it on this machine at 90%: 4x4 blocks" in text  # loses 0.5 <= 1 point
     assert "the wider sparse model is better" in text
+    assert "32x32 blocks at 90% (b32) diverged: the loss became nan at step 157." in text
     # Block runs are their own experiment: not in the study's frontier table.
     frontier = _table(out, "ours_resnet50_frontiers")
     ninety = next(row for row in frontier if row["sparsity %"] == "90")
@@ -97,3 +101,21 @@ def test_runs_to_time_takes_best_per_technique_and_every_block_run(tmp_path):
     assert chosen == {"dense", "mp90", "mp95", "vd90", "b1", "b4", "b16", "wide"}
     assert block_of(_run("x", "magnitude", 0.5, 0.5)) == (1, 1)
     assert block_of(_run("y", "magnitude", 0.5, 0.5, block=(16, 1))) == (16, 1)
+
+
+def test_pruned_weights_section_compares_the_modes(tmp_path):
+    with RunStore(tmp_path / "s.db") as store:
+        runs = [_run("dense", "dense", 0.9, 0.0)]
+        for mode, values in (("update", (0.85, 0.46)), ("keep", (0.86, 0.83))):
+            for level, value in zip((0.5, 0.9), values, strict=True):
+                run = _run(f"{mode}{level}", "magnitude", value, level)
+                run.hyperparameters["pruned_weights"] = mode
+                runs.append(run)
+        runs.append(_run("default90", "magnitude", 0.40, 0.9))  # no key: the default, update
+        store.upsert(runs)
+        index = write_report(store, tmp_path / "r")
+    table = _table(tmp_path / "r", "ours_resnet50_pruned_weights")
+    rows = {row["sparsity %"]: row for row in table}
+    assert (rows["90"]["keep"], rows["90"]["update"]) == ("83.00", "46.00")
+    assert (rows["50"]["keep"], rows["50"]["update"]) == ("86.00", "85.00")
+    assert "At 90%: keep 83.00%, update 46.00%; best: keep." in index.read_text()

@@ -22,7 +22,7 @@ from . import pareto as P
 from .report import HEADLINE_LEVELS, ReportContext, Scope, Section, Table, _cell, _metric_of
 from .store import Run
 
-__all__ = ["OUR_SECTION_BUILDERS", "STUDY_COST_RATIOS"]
+__all__ = ["OUR_SECTION_BUILDERS", "STUDY_COST_RATIOS", "pruned_weights_section"]
 
 #: Training cost relative to magnitude pruning as the study reports it for the Transformer
 #: (Gale et al. 2019, section 4.1): quoted from the paper's text, not measured here.
@@ -230,6 +230,50 @@ def mp_v2_section(ctx: ReportContext, scope: Scope) -> Section | None:
                       f"Best {P.metric_label(metric)} within ±{ctx.tolerance_pp:g} pp.")])
 
 
+# ---- what masked weights do ---------------------------------------------------------------
+
+def pruned_weights_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """Magnitude pruning's frontier per ``pruned_weights`` mode, when the runs tried more than
+    one: "update" (masked weights get a straight-through gradient and may regrow) against
+    "keep" (TF model_pruning: no gradient, values kept) or "drop"."""
+    if scope.source != "ours":
+        return None
+    runs = [r for r in _finished(ctx.scope_runs(scope)) if r.technique == "magnitude"]
+    modes = {r.hyperparameters.get("pruned_weights", "update") for r in runs}
+    if len(modes) < 2:
+        return None
+    metric, higher = _metric_of(runs)
+    points = P.points_from_runs(
+        runs, series=lambda r: f"magnitude ({r.hyperparameters.get('pruned_weights', 'update')})")
+    table = P.frontiers(points, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
+    name = f"{scope.key}_pruned_weights.png"
+    figures.frontier_figure(table, points, ctx.out_dir / name, metric_name=metric,
+                            baseline=P.dense_baseline(ctx.scope_runs(scope)),
+                            title=f"{scope.title}: what masked weights do during pruning")
+    names = sorted(table)
+    rows, sentences = [], []
+    for level in P.LEVELS:
+        cells = {n: table[n][level].value for n in names if level in table[n]}
+        if not cells:
+            continue
+        rows.append([f"{100 * level:g}", *[_cell(cells[n], metric) if n in cells else "–"
+                                           for n in names]])
+        if len(cells) == len(names):
+            best = max(cells, key=lambda n: cells[n] if higher else -cells[n])
+            sentences.append(f"At {100 * level:g}%: " + ", ".join(
+                f"{n.split('(')[1].rstrip(')')} {P.format_metric(cells[n], metric)}"
+                for n in names) + f"; best: {best.split('(')[1].rstrip(')')}.")
+    return Section(
+        id=f"{scope.key}-pruned-weights", title=f"{scope.title}: what masked weights do",
+        question="Should masked weights keep getting gradient (and may regrow) or be frozen "
+                 "until the mask changes?",
+        sentences=sentences, figures=[(name, "magnitude pruning frontier per mode")],
+        tables=[Table(f"{scope.key}_pruned_weights",
+                      ["sparsity %", *[n.split("(")[1].rstrip(")") for n in names]], rows,
+                      f"Best {P.metric_label(metric)} of magnitude pruning within "
+                      f"±{ctx.tolerance_pp:g} pp, per pruned_weights mode.")])
+
+
 # ---- sparse vs small dense ----------------------------------------------------------------
 
 def small_dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
@@ -336,8 +380,9 @@ def sweep_definition_section(ctx: ReportContext, scope: Scope) -> Section | None
 
 
 #: Appended to the report's builders, in this order, after the colleague's sections.
-OUR_SECTION_BUILDERS = [per_layer_section, training_cost_section, mp_v2_section,
-                        small_dense_section, off_target_section, sweep_definition_section]
+OUR_SECTION_BUILDERS = [per_layer_section, pruned_weights_section, training_cost_section,
+                        mp_v2_section, small_dense_section, off_target_section,
+                        sweep_definition_section]
 
 
 def _register() -> None:

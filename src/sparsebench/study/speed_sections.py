@@ -54,10 +54,11 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
     of each model's own compiled layers (the reward), and wider-at-the-same-budget models."""
     if scope.source != "ours":
         return None
-    runs = [r for r in _finished(ctx.scope_runs(scope, structured=True))
-            if r.metric_value is not None]
+    structured = ctx.scope_runs(scope, structured=True)
+    runs = [r for r in _finished(structured) if r.metric_value is not None]
     if not runs:
         return None
+    lost = [r for r in structured if r.status in ("diverged", "failed")]
     plain = _finished(ctx.scope_runs(scope))
     dense = [r for r in plain if r.technique == "dense" and r.metric_value is not None]
     baseline = P.dense_baseline(plain)
@@ -141,6 +142,10 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
             sentences.append(f"At {100 * target:g}%, every block size measured so far loses "
                              f"more than {WORTH_IT_LOSS:g} point or is not timed yet.")
 
+    for run in lost:
+        sentences.append(f"{_block_label(block_of(run))} blocks at "
+                         f"{100 * (run.target_sparsity or 0):g}% ({run.id}) {run.status}"
+                         + (f": {run.error.splitlines()[0]}" if run.error else "") + ".")
     wide_rows = []
     for run in wider:
         t = timings.get(run.id, {})
