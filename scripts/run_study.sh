@@ -1,0 +1,35 @@
+#!/bin/bash
+# The CPU-scale study of issues 7 and 10, start to finish, resumable: each task's sweeps run in
+# order on its own store with one thread (the two tasks side by side on a 2-core machine), then
+# the models are timed on a quiet machine and the report is written to results/.
+#   bash scripts/run_study.sh            # run (or resume) everything
+#   bash scripts/run_study.sh report     # only time what is not timed yet and rewrite the report
+# Stop it at any time (Ctrl-C); run it again to go on where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SB=.venv/bin/sparsebench
+STUDY=results/study
+
+run_task() {  # run_task STORE SWEEP...
+  local store=$1; shift
+  for sweep in "$@"; do
+    echo "=== $(date -u +%FT%TZ) $sweep"
+    $SB sweep "$sweep" --store "$STUDY/$store" --threads 1
+  done
+}
+
+if [ "${1:-}" != "report" ]; then
+  run_task fmnist-resnet.db sweeps/fmnist-resnet-blocks.yaml sweeps/fmnist-resnet-wider.yaml \
+    sweeps/fmnist-resnet-study.yaml > "$STUDY/fmnist-resnet.log" 2>&1 &
+  image=$!
+  run_task ding-transformer.db sweeps/ding-transformer-blocks.yaml \
+    sweeps/ding-transformer-study.yaml > "$STUDY/ding-transformer.log" 2>&1 &
+  translation=$!
+  trap 'kill $image $translation 2>/dev/null; wait' INT TERM
+  echo "training: logs in $STUDY/fmnist-resnet.log and $STUDY/ding-transformer.log"
+  wait $image $translation
+fi
+for store in fmnist-resnet.db ding-transformer.db; do
+  $SB bench-runs --store "$STUDY/$store" --threads 1
+done
+$SB report --store "$STUDY/fmnist-resnet.db" "$STUDY/ding-transformer.db" --published --out results
