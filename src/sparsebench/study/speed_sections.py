@@ -150,8 +150,10 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
     for run in wider:
         t = timings.get(run.id, {})
         nonzero = sum(la.get("nonzeros", 0) for la in run.layers) or None
-        dense_params = sum(la.get("size", 0) for la in dense[0].layers) if dense else None
-        narrow_t = timings.get(dense[0].id, {}) if dense else {}
+        # The dense model of the same budget that was timed (bench-runs times the best one).
+        narrow = next((r for r in dense if r.id in timings), dense[0] if dense else None)
+        dense_params = sum(la.get("size", 0) for la in narrow.layers) if narrow else None
+        narrow_t = timings.get(narrow.id, {}) if narrow else {}
         cells = []
         for b in batches:
             if b in t and b in narrow_t:
