@@ -40,6 +40,11 @@ def _timings(ctx: ReportContext, runs: Sequence[Run]) -> dict[str, dict[int, Inf
     return out
 
 
+def _empty_layers(run: Run) -> int:
+    """Returns how many of the run's sparsified layers have no nonzero weight left."""
+    return sum(1 for layer in run.layers if layer.get("size") and layer.get("nonzeros") == 0)
+
+
 def _block_label(block: tuple[int, int]) -> str:
     return "unstructured" if block == (1, 1) else f"{block[0]}x{block[1]}"
 
@@ -116,11 +121,18 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
             t = timings.get(run.id, {})
             loss = (_points(metric, unstructured.metric_value) - _points(metric, run.metric_value)
                     ) * (1 if higher else -1) if unstructured else None
+            empty = _empty_layers(run)
             block_rows.append([f"{100 * target:g}", label, run.id,
-                                  f"{100 * (run.achieved_sparsity or 0):.2f}",
-                                  _cell(run.metric_value, metric),
-                                  "–" if loss is None else f"{-loss:+.2f}",
-                                  *[f"{t[b].speedup:.2f}" if b in t else "–" for b in batches]])
+                               f"{100 * (run.achieved_sparsity or 0):.2f}",
+                               _cell(run.metric_value, metric),
+                               "–" if loss is None else f"{-loss:+.2f}",
+                               f"{empty}/{len(run.layers)}" if run.layers else "–",
+                               *[f"{t[b].speedup:.2f}" if b in t else "–" for b in batches]])
+            if empty:
+                sentences.append(
+                    f"With {label} blocks at {100 * target:g}%, {empty} of {len(run.layers)} "
+                    "layers lost every weight: a layer only one or two blocks tall or wide "
+                    "cannot keep a tenth of them, so its whole block goes.")
             if loss is not None and run is not unstructured and t:
                 gain = max(t.values(), key=lambda x: x.batch)
                 sentences.append(
@@ -180,7 +192,8 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
         tables.append(Table(
             f"{scope.key}_blocks",
             ["sparsity %", "block", "run", "achieved %", P.metric_label(metric),
-             "vs unstructured", *[f"speed-up b{b}" for b in batches]], block_rows,
+             "vs unstructured", "empty layers", *[f"speed-up b{b}" for b in batches]],
+            block_rows,
             "Magnitude pruning with block masks; speed-up is the model's dense time over its "
             "compiled sparse time, side by side in one process (sparsebench bench-runs)."))
     if wide_rows:
