@@ -125,7 +125,7 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
             block_rows.append([f"{100 * target:g}", label, run.id,
                                f"{100 * (run.achieved_sparsity or 0):.2f}",
                                _cell(run.metric_value, metric),
-                               "–" if loss is None else f"{-loss:+.2f}",
+                               "–" if loss is None else f"{(-loss) + 0.0:+.2f}",
                                f"{empty}/{len(run.layers)}" if run.layers else "–",
                                *[f"{t[b].speedup:.2f}" if b in t else "–" for b in batches]])
             if empty:
