@@ -71,6 +71,17 @@ def test_calibration_is_cached_as_json(tmp_path):
     assert again.calibrate(12, 10, 2) == cal  # read back, not re-measured
 
 
+def test_a_kernel_change_gets_its_own_calibration_file(monkeypatch):
+    """Timings of one kernel build must not decide for another: the default calibration file
+    is keyed by the kernel source as well as the machine."""
+    from sparsebench.inference import _extension
+
+    before = PerformanceModel.default_cache_path()
+    assert PerformanceModel.machine_key()["kernel_source"] == _extension.kernel_version()
+    monkeypatch.setattr(_extension, "kernel_version", lambda: "another-build")
+    assert PerformanceModel.default_cache_path() != before
+
+
 def test_busy_calibration_is_measured_again_on_a_quiet_machine(tmp_path, monkeypatch):
     from sparsebench.inference import perf_model
 

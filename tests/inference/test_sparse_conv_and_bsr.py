@@ -44,14 +44,15 @@ GEOMETRIES = [
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-@pytest.mark.parametrize("block", [(1, 1), (4, 4), (16, 1)])
+@pytest.mark.parametrize("block", [(1, 1), (4, 4), (8, 8), (16, 1)])
 def test_conv_matches_dense(kernel, geometry, block):
     conv = nn.Conv2d(7, 19, **geometry)
     with torch.no_grad():
         conv.weight.mul_(torch.rand_like(conv.weight) < 0.3)
     sparse = SparseConv2d.from_conv(conv, block)
-    for n in (1, 2, 5):
-        x = torch.randn(n, 7, 13, 11)
+    # 13x11 and 8x7 outputs (stride 1): every register-tile width of the kernels and a tail.
+    for n, h, w in ((1, 13, 11), (2, 13, 11), (5, 13, 11), (2, 8, 7)):
+        x = torch.randn(n, 7, h, w)
         with torch.no_grad():
             assert _rel(sparse(x), conv(x)) <= 1e-5
     with torch.no_grad():
@@ -89,7 +90,8 @@ def test_bsr_linear_matches_dense(kernel, block, shape):
     b = torch.randn(shape[0])
     layer = SparseLinear.from_dense(w, b, block)
     assert layer.block == block and torch.equal(layer.dense_weight(), w)
-    for batch in (1, 2, 9, 16, 33, 130):
+    # Batches that take every register-tile width (32, 16, 8 columns) and a scalar tail.
+    for batch in (1, 2, 9, 16, 24, 33, 63, 130):
         x = torch.randn(batch, shape[1])
         with torch.no_grad():
             assert _rel(layer(x), F.linear(x, w, b)) <= 1e-5, batch

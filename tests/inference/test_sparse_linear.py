@@ -36,7 +36,7 @@ def test_matches_dense_for_odd_shapes_and_batches(kernel, shape, density, bias):
     b = torch.randn(out_f) if bias else None
     layer = SparseLinear.from_dense(w, b)
     assert kernel_path() == kernel
-    for batch in (1, 2, 7, 8, 9, 16, 33, 64, 100, 130):
+    for batch in (1, 2, 7, 8, 9, 16, 33, 56, 64, 100, 120, 130):
         _check(layer, w, b, torch.randn(batch, in_f))
 
 

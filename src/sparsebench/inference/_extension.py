@@ -165,6 +165,15 @@ def kernel_path() -> str:
     return "cpp" if load_extension() is not None else "torch-csr"
 
 
+def kernel_version() -> str:
+    """Return a short hash of the kernel source in use (``"torch-csr"`` on the fallback).
+
+    Calibrations are keyed by it: a change to the kernels makes earlier timings stale."""
+    if load_extension() is None:
+        return "torch-csr"
+    return hashlib.sha256((_source() or "").encode()).hexdigest()[:12]
+
+
 def _reset_for_tests() -> None:
     """Forget the cached decision so a test can change ``SPARSEBENCH_NO_EXTENSION``."""
     with _lock:

@@ -6,7 +6,8 @@ not, so for a shape, batch and thread count there is a break-even density. We me
 than model the hardware: a short calibration times dense ``F.linear`` and the sparse kernel for
 the layer's shape on random weights at a few densities (interleaved, medians), interpolates the
 sparse time piecewise-linearly in density, and caches the result as JSON in a file keyed by
-CPU model, thread count, torch version and kernel path, so it is paid once per machine.
+CPU model, thread count, torch version, kernel path and kernel source, so it is paid once per
+machine and kernel build.
 
 The block size is an input (issue 10): a BSR calibration times the kernel for ``bh x bw``
 blocks, and its density axis is the fraction of nonzero *blocks*. Convolutions are calibrated
@@ -118,7 +119,7 @@ class PerformanceModel:
 
     Args:
         cache_path: JSON file for the calibrations; ``None`` means the default file in the
-            sparsebench cache directory, keyed by CPU, threads, torch version and kernel path.
+            sparsebench cache directory, keyed by CPU, threads, torch version and kernels.
         densities: densities timed per calibration.
         budget_s: rough wall-clock limit of the timing of one calibration.
         persist: write new calibrations to ``cache_path``.
@@ -163,7 +164,8 @@ class PerformanceModel:
 
     @staticmethod
     def machine_key() -> dict[str, str]:
-        """Return what a calibration depends on: CPU, threads, torch version, kernel path."""
+        """Return what a calibration depends on: CPU, threads, torch version, kernel path
+        and the kernels' source (a faster kernel must not be judged by the old one's times)."""
         model, flags = _extension.cpu_description()
         return {
             "cpu": model,
@@ -171,6 +173,7 @@ class PerformanceModel:
             "threads": str(torch.get_num_threads()),
             "torch": torch.__version__,
             "kernels": _extension.kernel_path(),
+            "kernel_source": _extension.kernel_version(),
         }
 
     @classmethod
