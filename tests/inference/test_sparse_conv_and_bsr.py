@@ -18,7 +18,11 @@ from sparsebench.inference import (
     plan_sparse,
     save_sparse,
 )
-from sparsebench.inference.sparse_linear import block_density, check_block
+from sparsebench.inference.sparse_linear import (
+    block_density,
+    check_block,
+    set_kernel_options,
+)
 
 
 def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -59,6 +63,31 @@ def test_conv_matches_dense(kernel, geometry, block):
         assert _rel(sparse(x[0]), conv(x[0])) <= 1e-5  # unbatched (C, H, W)
     back = sparse.to_conv()
     assert torch.equal(back.weight, conv.weight)
+
+
+@pytest.mark.parametrize("threading", ["serial", "adaptive", "pool"])
+@pytest.mark.parametrize("block", [(1, 1), (8, 8)])
+def test_conv_whole_image_and_split_image_paths(kernel, threading, block):
+    """With two threads, a batch of one or two images splits each image's rows over the
+    threads; four or more give each thread whole images in its own padded buffers (and a
+    serial run always does). Both paths equal the dense convolution, padding included."""
+    if kernel != "cpp":
+        pytest.skip("threading options apply to the compiled kernels only")
+    conv = nn.Conv2d(16, 24, 3, padding=(2, 1), dilation=(2, 1))
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) < 0.2)
+    sparse = SparseConv2d.from_conv(conv, block)
+    threads = torch.get_num_threads()
+    old = set_kernel_options(threading=threading)
+    try:
+        torch.set_num_threads(2)
+        for n in (1, 2, 4, 9):
+            x = torch.randn(n, 16, 10, 9)
+            with torch.no_grad():
+                assert _rel(sparse(x), conv(x)) <= 1e-5, n
+    finally:
+        set_kernel_options(**old)
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("density", [0.0, 1.0])
