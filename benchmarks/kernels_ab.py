@@ -1,0 +1,113 @@
+"""A/B of the compiled kernels: this checkout's against those of an earlier git revision.
+
+Both builds are loaded into one process and timed side by side (interleaved rounds, medians),
+each on its own copy of the same weights so neither finds the other's data in cache. Use it to
+show what a kernel change buys before keeping it:
+
+    .venv/bin/python benchmarks/kernels_ab.py HEAD~1                 # Linear CSR, BSR and conv
+    .venv/bin/python benchmarks/kernels_ab.py 0cb1db0 --only conv --batches 16 128
+
+Prints, per case, dense/old, dense/new and old/new (above 1: the new kernels are faster), and
+the new build's largest relative error against the dense layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsebench.inference import _extension
+from sparsebench.inference.sparse_conv import SparseConv2d
+from sparsebench.inference.sparse_linear import SparseLinear
+from sparsebench.inference.timing import interleaved_medians, machine_context
+
+SOURCE = "src/sparsebench/inference/csrc/csr_linear.cpp"
+
+
+def _block_mask(rows: int, cols: int, block: tuple[int, int], sparsity: float) -> torch.Tensor:
+    keep = (torch.rand(-(-rows // block[0]), -(-cols // block[1])) >= sparsity).float()
+    return keep.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:rows, :cols]
+
+
+def _linear_case(ext, layer: SparseLinear, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    if layer.block == (1, 1):
+        return lambda: ext.csr_linear(x, layer.crow_indices, layer.col_indices, layer.values,
+                                      layer.bias, layer.in_features, -1, -1)
+    return lambda: ext.bsr_linear(x, layer.crow_indices, layer.col_indices, layer.values,
+                                  layer.bias, layer.out_features, layer.in_features, -1)
+
+
+def _conv_case(ext, conv: SparseConv2d, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    values = conv.values if conv.values.dim() == 3 else conv.values.view(-1, 1, 1)
+    return lambda: ext.bsr_conv2d_s1(x, conv.crow_indices, conv.col_indices, values, conv.bias,
+                                     conv.out_channels, *conv.kernel_size, *conv.padding,
+                                     *conv.dilation, -1)
+
+
+def main() -> None:
+    """Build both revisions' kernels, time every case and print the ratios."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("revision", help="git revision whose kernels are the 'old' side")
+    p.add_argument("--only", choices=["linear", "conv"], default=None)
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95])
+    p.add_argument("--blocks", nargs="+", default=["1x1", "4x4", "8x8", "16x16"])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
+    p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--budget", type=float, default=4.0, help="max seconds of timing per case")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+    root = Path(__file__).resolve().parents[1]
+    old_src = subprocess.run(["git", "show", f"{args.revision}:{SOURCE}"], cwd=root, check=True,
+                             capture_output=True, text=True).stdout
+    old, new = _extension._build(old_src), _extension.load_extension()
+    if new is None:
+        raise SystemExit("the compiled kernels are unavailable here; nothing to compare")
+    print(f"old: {args.revision}  new: working tree\n{machine_context()}")
+    torch.manual_seed(0)
+    blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks]
+    for kind in ("linear", "conv"):
+        if args.only not in (None, kind):
+            continue
+        for block in blocks:
+            for sparsity in args.sparsities:
+                if kind == "linear":
+                    w = torch.randn(4096, 1024) * _block_mask(4096, 1024, block, sparsity)
+                    b = torch.randn(4096)
+                    sides = [SparseLinear.from_dense(w.clone(), b.clone(), block=block)
+                             for _ in range(2)]
+                    dense = lambda x, w=w, b=b: F.linear(x, w, b)  # noqa: E731
+                    make_x = lambda n: torch.randn(n, 1024)  # noqa: E731
+                    case = _linear_case
+                else:
+                    conv = nn.Conv2d(64, 64, 3, padding=1)
+                    with torch.no_grad():
+                        conv.weight.mul_(_block_mask(64, 576, block, sparsity).view(64, 64, 3, 3))
+                    sides = [SparseConv2d.from_conv(conv, block) for _ in range(2)]
+                    dense = conv
+                    make_x = lambda n: torch.randn(n, 64, 32, 32)  # noqa: E731
+                    case = _conv_case
+                for batch in args.batches:
+                    x = make_x(batch)
+                    with torch.no_grad():
+                        ref = dense(x)
+                        got = case(new, sides[1], x)()
+                        err = ((got - ref).abs().max() / ref.abs().max()).item()
+                        t = interleaved_medians(
+                            {"dense": lambda x=x, f=dense: f(x), "old": case(old, sides[0], x),
+                             "new": case(new, sides[1], x)},
+                            repeats=args.repeats, budget_s=args.budget)
+                    print(f"{kind:6} {block[0]}x{block[1]:<3} s={sparsity:.2f} b={batch:<4} "
+                          f"dense/old {t['dense'] / t['old']:6.2f}x  "
+                          f"dense/new {t['dense'] / t['new']:6.2f}x  "
+                          f"old/new {t['old'] / t['new']:5.2f}x  err {err:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
