@@ -182,3 +182,57 @@ def test_masks_save_and_load_as_safetensors(tmp_path, mlp):
     assert loaded.keys() == sp.masks().keys()
     for name, mask in sp.masks().items():
         assert loaded[name].dtype == torch.bool and torch.equal(loaded[name], mask)
+
+
+class _TinyLM(nn.Module):
+    """Embedding -> Linear -> the embedding's transpose (tied), as the study's Transformer."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.mix = nn.Linear(8, 8)
+
+    def forward(self, tokens):
+        return nn.functional.linear(torch.tanh(self.mix(self.emb(tokens))), self.emb.weight)
+
+
+def test_embeddings_are_sparsified_only_when_named():
+    model = _TinyLM()
+    assert [la.name for la in sb.select_layers(model)] == ["mix.weight"]
+    assert [la.name for la in sb.select_layers(model, include="*")] == ["emb.weight", "mix.weight"]
+    assert [la.name for la in sb.select_layers(model, include="emb")] == ["emb.weight"]
+    with pytest.raises(ValueError, match="only sparsifiable weights are embeddings"):
+        sb.select_layers(nn.Sequential(nn.Embedding(5, 3)))
+
+
+@pytest.mark.parametrize("method, kwargs", METHODS)
+def test_a_tied_embedding_is_sparse_in_both_uses(method, kwargs):
+    torch.manual_seed(0)
+    model = _TinyLM()
+    extra = {} if "sparsity" in kwargs else {"warmup_end": 2}
+    sp = sb.sparsify(model, method, include="*", **kwargs, **extra)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    tokens = torch.randint(0, 50, (4, 6))
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(tokens).reshape(-1, 50), tokens.reshape(-1))
+        opt.zero_grad()
+        (loss + sp.penalty()).backward()
+        opt.step()
+        sp.step()
+    # The technique's own parameters of the embedding got gradients (VD's log sigma^2, L0's
+    # log alpha); pruning methods have none.
+    own = [p for n, p in model.named_parameters() if "emb.parametrizations" in n
+           and not n.endswith("original")]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in own)
+    model.eval()
+    mask = sp.masks()["emb.weight"]
+    expected = model(tokens)
+    plain = sp.finalize()
+    weight = plain.emb.weight
+    assert torch.equal(weight != 0, mask)  # zeros exactly where the mask drops weights
+    if method in ("magnitude", "random"):
+        assert int((~mask).sum()) == round(0.8 * weight.numel())
+    # Both uses read the one sparse matrix: the lookup returns its rows, the projection its
+    # transpose, and the finalized model computes what the sparsified one did.
+    assert torch.equal(plain.emb(tokens), weight[tokens])
+    assert torch.allclose(plain(tokens), expected, atol=1e-5)

@@ -29,6 +29,10 @@ from .schedules import GradualSchedule
 __all__ = ["Sparsifier", "load_masks", "select_layers", "sparsify"]
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: Sparsified only when an ``include`` pattern names them: a lookup table is not a layer most
+#: users mean by "the model's weights", but the study prunes the Transformer's shared
+#: embedding / softmax matrix (state_of_sparsity/sparse_transformer/layers/sparse_modalities.py).
+_OPT_IN = (nn.Embedding,)
 
 
 def _as_patterns(patterns: str | Iterable[str] | None, what: str) -> list[str] | None:
@@ -52,8 +56,12 @@ def select_layers(
     By default: the ``weight`` of every nn.Linear, nn.Conv1d and nn.Conv2d, and the input
     projection of every nn.MultiheadAttention (its output projection is an nn.Linear). Biases,
     norms and embeddings stay dense. ``include`` keeps only weights matching one of its glob
-    patterns; ``exclude`` drops the matching ones. A pattern matches a weight when it matches
-    either the parameter name (``"fc.weight"``) or its module name (``"fc"``).
+    patterns, and it is also how an nn.Embedding's weight is chosen (``include=["*"]``: every
+    weight above and the embeddings; ``include=["*", "embed"]`` reads the same); ``exclude``
+    drops the matching ones. A pattern matches a weight when it matches either the parameter
+    name (``"fc.weight"``) or its module name (``"fc"``). A sparsified embedding that a model
+    also uses as its output projection (``F.linear(x, embed.weight)``, tied weights) is sparse
+    in both uses, as in the study's Transformer.
 
     Raises:
         ValueError: when a pattern matches no weight, the selection is empty, or one weight is
@@ -65,6 +73,7 @@ def select_layers(
         id(child): module for module in model.modules() for child in module.children()
     }
     candidates: list[Layer] = []
+    opt_in: set[str] = set()
     for module_name, module in model.named_modules():
         attrs: list[str] = []
         if isinstance(module, nn.MultiheadAttention):
@@ -72,8 +81,10 @@ def select_layers(
                 ["in_proj_weight"] if module.in_proj_weight is not None
                 else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
             )
-        elif isinstance(module, _PRUNABLE):
+        elif isinstance(module, _PRUNABLE + _OPT_IN):
             attrs = ["weight"]
+            if isinstance(module, _OPT_IN):
+                opt_in.add(f"{module_name}.weight" if module_name else "weight")
         for attr in attrs:
             weight = getattr(module, attr)
             read_by_parent = isinstance(parents.get(id(module)), nn.MultiheadAttention)
@@ -87,8 +98,8 @@ def select_layers(
                 and isinstance(module, (nn.Linear, nn.Conv2d)),
             ))
     if not candidates:
-        raise ValueError("The model has no nn.Linear, nn.Conv1d, nn.Conv2d or "
-                         "nn.MultiheadAttention weight to sparsify.")
+        raise ValueError("The model has no nn.Linear, nn.Conv1d, nn.Conv2d, "
+                         "nn.MultiheadAttention or nn.Embedding weight to sparsify.")
     for pattern in (include_p or []) + (exclude_p or []):
         if not any(matches(pattern, layer.aliases) for layer in candidates):
             names = ", ".join(layer.name for layer in candidates[:12])
@@ -96,10 +107,14 @@ def select_layers(
                              f"the weights are: {names}{' …' if len(candidates) > 12 else ''}.")
     selected = [
         layer for layer in candidates
-        if (include_p is None or any(matches(p, layer.aliases) for p in include_p))
+        if (any(matches(p, layer.aliases) for p in include_p) if include_p is not None
+            else layer.name not in opt_in)
         and not any(matches(p, layer.aliases) for p in (exclude_p or []))
     ]
     if not selected:
+        if include_p is None and candidates and all(c.name in opt_in for c in candidates):
+            raise ValueError("The model's only sparsifiable weights are embeddings, which are "
+                             "sparsified only when named: pass include=['*'] (or their names).")
         raise ValueError("include/exclude left no weight to sparsify.")
     seen: dict[int, str] = {}
     for layer in selected:
@@ -131,7 +146,8 @@ def sparsify(
         sparsity: the overall target in [0, 1) for magnitude and random pruning. VD and L0 take
             no target: their ``kl_weight`` / ``l0_weight`` (and VD's threshold) set the sparsity.
         schedule: a ``GradualSchedule``; None prunes to the target at once (one-shot).
-        include, exclude: glob patterns over parameter or module names (see ``select_layers``).
+        include, exclude: glob patterns over parameter or module names (see ``select_layers``);
+            embeddings are sparsified only when ``include`` names them (``include=["*"]``).
         layer_sparsity: per-layer targets: a distribution name (``"uniform"``, ``"fill"``,
             ``"erk"``), a map of patterns to sparsities (others get ``sparsity``), or a
             ``LayerSparsity`` combining both.

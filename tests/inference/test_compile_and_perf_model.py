@@ -124,3 +124,26 @@ def test_bad_arguments(tmp_path):
         plan_sparse(_mlp(), min_speedup=0)
     with pytest.raises(ValueError, match="densities"):
         PerformanceModel(tmp_path / "x.json", densities=(0.0,))
+
+
+def test_compile_runs_a_tied_output_projection_sparse(tmp_path):
+    """A Transformer's output layer multiplies by its (pruned) shared embedding: the compile
+    step sees it as a Linear without bias and runs it sparse, with the same outputs."""
+    from sparsebench.models import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=40, d_model=16, n_heads=2, d_ff=32,
+                                          n_encoder_layers=1, n_decoder_layers=1)).eval()
+    with torch.no_grad():
+        model.embed.weight.mul_(torch.rand_like(model.embed.weight) < 0.1)
+    shapes = {(m.out_features, m.in_features) for m in model.modules()
+              if isinstance(m, nn.Linear)} | {(40, 16)}
+    fast = compile_sparse(model, perf_model=_fake_model(tmp_path, shapes))
+    assert isinstance(fast.output_projection, SparseLinear)
+    assert fast.output_projection.bias is None
+    assert not any(isinstance(m, SparseLinear) for name, m in fast.named_modules()
+                   if name != "output_projection")  # dense Linears stay dense
+    src, tgt = torch.randint(4, 40, (3, 6)), torch.randint(4, 40, (3, 5))
+    with torch.no_grad():
+        assert torch.allclose(fast(src, tgt), model(src, tgt), atol=1e-5)
+        assert torch.equal(fast.greedy_decode(src, max_len=6), model.greedy_decode(src, max_len=6))

@@ -94,3 +94,26 @@ def test_foreign_file_and_missing_file(tmp_path):
         load_sparse(other)
     with pytest.raises(FileNotFoundError):
         load_sparse(tmp_path / "nope.safetensors")
+
+
+def test_registry_transformer_with_a_sparse_tied_output_round_trips(tmp_path):
+    """The output projection over a pruned shared embedding is exported sparse and comes back
+    into the registry's skeleton: same decoding, no training code needed."""
+    from sparsebench.inference import compact_sparse
+    from sparsebench.models import create
+
+    options = {"vocab_size": 60}
+    model = create("transformer-tiny", **options).eval()
+    with torch.no_grad():
+        for m in [model.embed, *[m for m in model.modules() if isinstance(m, nn.Linear)]]:
+            m.weight.mul_(torch.rand_like(m.weight) < 0.1)
+    compact, _ = compact_sparse(model)
+    assert isinstance(compact.output_projection, SparseLinear)
+    save_sparse(compact, tmp_path / "t.safetensors",
+                model_spec={"name": "transformer-tiny", "options": options})
+    loaded = load_sparse(tmp_path / "t.safetensors")
+    assert isinstance(loaded.output_projection, SparseLinear)
+    src = torch.randint(4, 60, (2, 7))
+    with torch.no_grad():
+        expected = model.greedy_decode(src, max_len=5)
+        assert torch.equal(loaded.greedy_decode(src, max_len=5), expected)

@@ -274,3 +274,48 @@ def test_works_with_weight_parametrizations_like_sparsify():
     model.eval()
     out = model.beam_search(src, beam_size=2, max_len=5)
     assert out.shape[0] == 2 and out.shape[1] <= 5
+
+
+def test_the_tied_output_projection_adds_no_parameter_and_survives_copies():
+    import copy
+
+    model = Transformer(tiny_config())
+    assert not any(k.startswith("output_projection") for k in model.state_dict())
+    assert count(model) == expected_params(30, 32, 64, 2, 2, False)
+    twin = copy.deepcopy(model)
+    assert twin.output_projection.tied_weight_module is twin.embed
+    assert twin.output_projection.weight is twin.embed.weight
+
+
+def test_sparsity_report_counts_the_output_projection_on_the_embedding():
+    from sparsebench.metrics.sparsity import sparsity_report
+
+    model = Transformer(tiny_config()).eval()
+    with torch.no_grad():
+        model.embed.weight[:, ::2] = 0  # half the embedding
+    b, s, t, v, d = 2, 5, 4, 30, 32
+    report = sparsity_report(model, torch.randint(4, 30, (b, s)), torch.randint(4, 30, (b, t)))
+    embed = next(layer for layer in report.layers if layer.name == "embed.weight")
+    assert embed.shape == (v, d) and embed.nonzeros == v * d // 2
+    # The lookups do no multiply-adds; the projection of B*T decoder states does V*D each.
+    assert embed.dense_flops == 2 * b * t * v * d
+    assert embed.sparse_flops == 2 * b * t * v * d // 2
+
+
+def test_sparsify_with_the_embedding_prunes_the_shared_matrix():
+    import sparsebench as sb
+
+    torch.manual_seed(0)
+    model = Transformer(tiny_config())
+    sp = sb.sparsify(model, "magnitude", sparsity=0.9, include="*")
+    assert "embed.weight" in [layer.name for layer in sp.layers]
+    src, tgt = torch.randint(4, 30, (2, 5)), torch.randint(4, 30, (2, 4))
+    model.eval()
+    with torch.no_grad():
+        logits = model(src, tgt)
+        hidden = {}
+        model.decoder_norm.register_forward_hook(lambda m, i, o: hidden.__setitem__("h", o))
+        model(src, tgt)
+    sparse_embed = model.embed.weight.detach()
+    assert (sparse_embed == 0).float().mean().item() == pytest.approx(0.9, abs=1 / (30 * 32))
+    assert torch.allclose(logits, hidden["h"] @ sparse_embed.T, atol=1e-5)

@@ -166,6 +166,26 @@ _CONVERTERS: dict[type[nn.Module], tuple[Decider, Converter]] = {
 }
 
 
+def _decide_tied(name: str, layer: nn.Module, ctx: _Context) -> LayerDecision:
+    """A projection by another module's weight (``tied_weight_module``: a Transformer's output
+    layer over its shared embedding) is decided as a Linear without bias."""
+    return _decide_linear(name, layer, ctx)  # type: ignore[arg-type]
+
+
+def _tied_to_sparse(layer: nn.Module, block: tuple[int, int]) -> SparseLinear:
+    return SparseLinear.from_dense(layer.weight.detach(), None, block=block)
+
+
+def _converter(module: nn.Module) -> tuple[Decider, Converter] | None:
+    """Returns (decide, convert) for a supported layer, else None."""
+    entry = _CONVERTERS.get(type(module))
+    if entry is None and isinstance(getattr(module, "tied_weight_module", None), nn.Module):
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            return _decide_tied, _tied_to_sparse
+    return entry
+
+
 def _input_shapes(model: nn.Module, example_input: object) -> dict[str, tuple[int, ...]]:
     """Return the per-sample input shape of each Conv2d seen in one forward of the example."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -220,7 +240,7 @@ def plan_sparse(
     ctx = _Context(_batches(batch_hint), min_speedup, pm, shapes)
     decisions = []
     for name, module in model.named_modules():
-        entry = _CONVERTERS.get(type(module))
+        entry = _converter(module)
         if entry is not None:
             decisions.append(entry[0](name, module, ctx))
     return decisions
@@ -269,7 +289,7 @@ def compile_sparse(
         parent_name, _, child = d.name.rpartition(".")
         parent = compiled.get_submodule(parent_name)
         layer = parent.get_submodule(child) if child else compiled
-        convert = _CONVERTERS[type(layer)][1]
+        convert = _converter(layer)[1]  # type: ignore[index]
         if not child:  # the model itself is a single supported layer
             return convert(layer, d.block)
         setattr(parent, child, convert(layer, d.block))
@@ -298,10 +318,10 @@ def compact_sparse(model: nn.Module) -> tuple[nn.Module, list[LayerDecision]]:
     """
     decisions = []
     for name, module in model.named_modules():
-        if type(module) not in _CONVERTERS:
+        if _converter(module) is None:
             continue
         w = module.weight.detach()
-        kind = type(module).__name__
+        kind = "Linear" if type(module) not in _CONVERTERS else type(module).__name__
         density = float((w != 0).sum()) / max(w.numel(), 1)
         why = conv_unsupported_reason(module) if isinstance(module, nn.Conv2d) else None
         if why is None and (w.dtype != torch.float32 or w.device.type != "cpu"):

@@ -132,6 +132,13 @@ def _weights(model: nn.Module) -> list[tuple[str, str, nn.Module, str, nn.Module
             parent = parents.get(id(module))
             caller = parent if isinstance(parent, nn.MultiheadAttention) else module
             found.append((module_name, kind, module, "weight", caller))
+        elif isinstance(module, nn.Embedding):
+            # A lookup does no multiply-adds; a module that multiplies by the embedding's
+            # weight (a tied output projection, ``tied_weight_module``) uses it as a Linear.
+            users = [m for m in model.modules()
+                     if getattr(m, "tied_weight_module", None) is module]
+            found.append((module_name, "linear" if users else "embedding", module, "weight",
+                          users[0] if users else module))
     return found
 
 
@@ -154,6 +161,8 @@ def _uses(kind: str, module: nn.Module, attr: str, weight: torch.Tensor, args: S
     key or value token for its third of the weight.
     """
     out = output[0] if isinstance(output, tuple) else output
+    if kind == "embedding":
+        return 0, 0
     if kind == "linear":
         rows = out.numel() // out.shape[-1]
         return rows * weight.numel(), rows * int(weight.count_nonzero())
