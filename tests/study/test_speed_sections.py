@@ -36,7 +36,8 @@ def _store(path: Path) -> RunStore:
         _run("b4", "magnitude", 0.880, 0.9, block=(4, 4)),
         _run("b16", "magnitude", 0.860, 0.9, block=(16, 16),
              layers=[{"name": "a", "size": 256, "nonzeros": 0},
-                     {"name": "b", "size": 2304, "nonzeros": 256}]),
+                     {"name": "b", "size": 2304, "nonzeros": 256},
+                     {"name": "embed.weight", "size": 640, "nonzeros": 640}]),
         Run(id="b32", technique="magnitude", model_family="resnet50", status="diverged",
             target_sparsity=0.9, hyperparameters={"block": [32, 32]},
             error="the loss became nan at step 157"),
@@ -73,7 +74,7 @@ def test_block_and_inference_sections_by_hand(tmp_path):
     # Speed-up = dense / sparse of each model: 4x4 at batch 128 is 40 / 8 = 5.
     assert blocks["4x4"]["speed-up b128"] == "5.00"
     assert blocks["16x16"]["speed-up b1"] == "10.00"
-    assert blocks["16x16"]["empty layers"] == "1/2"
+    assert blocks["16x16"]["empty layers"] == "1/2"  # of the 2 pruned layers, not 3 reported
     assert blocks["4x4"]["empty layers"] == "–"  # no per-layer list stored
     (wide,) = _table(out, "ours_resnet50_wider")
     # The narrow dense model (30 ms at batch 128) against the wide sparse one (12 ms): 2.5.
@@ -84,6 +85,7 @@ def test_block_and_inference_sections_by_hand(tmp_path):
     assert "the wider sparse model is better" in text
     assert "32x32 blocks at 90% (b32) diverged: the loss became nan at step 157." in text
     assert "With 16x16 blocks at 90%, 1 of 2 layers lost every weight" in text
+    assert "Left dense in these block runs (not in their pruned selection): embed.weight" in text
     # Block runs are their own experiment: not in the study's frontier table.
     frontier = _table(out, "ours_resnet50_frontiers")
     ninety = next(row for row in frontier if row["sparsity %"] == "90")

@@ -45,6 +45,20 @@ def _empty_layers(run: Run) -> int:
     return sum(1 for layer in run.layers if layer.get("size") and layer.get("nonzeros") == 0)
 
 
+def _pruned_layers(run: Run) -> int:
+    """Returns how many reported layers have any zero: the ones the run sparsified (a layer
+    left out of the selection, such as an embedding by default, has none)."""
+    return sum(1 for layer in run.layers
+               if layer.get("size") and (layer.get("nonzeros") or 0) < layer["size"])
+
+
+def _untouched_layers(runs: list[Run]) -> list[str]:
+    """Returns the reported layers some run of ``runs`` left fully dense (outside its pruned
+    selection; older runs' lists did not report embeddings at all)."""
+    return sorted({la["name"] for run in runs for la in run.layers
+                   if la.get("size") and la.get("nonzeros") == la["size"]})
+
+
 def _block_label(block: tuple[int, int]) -> str:
     return "unstructured" if block == (1, 1) else f"{block[0]}x{block[1]}"
 
@@ -126,11 +140,11 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
                                f"{100 * (run.achieved_sparsity or 0):.2f}",
                                _cell(run.metric_value, metric),
                                "–" if loss is None else f"{(-loss) + 0.0:+.2f}",
-                               f"{empty}/{len(run.layers)}" if run.layers else "–",
+                               f"{empty}/{_pruned_layers(run)}" if run.layers else "–",
                                *[f"{t[b].speedup:.2f}" if b in t else "–" for b in batches]])
             if empty:
                 sentences.append(
-                    f"With {label} blocks at {100 * target:g}%, {empty} of {len(run.layers)} "
+                    f"With {label} blocks at {100 * target:g}%, {empty} of {_pruned_layers(run)} "
                     "layers lost every weight: a layer only one or two blocks tall or wide "
                     "cannot keep a tenth of them, so its whole block goes.")
             if loss is not None and run is not unstructured and t:
@@ -154,6 +168,9 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
             sentences.append(f"At {100 * target:g}%, every block size measured so far loses "
                              f"more than {WORTH_IT_LOSS:g} point or is not timed yet.")
 
+    if untouched := _untouched_layers(same_width):
+        sentences.append("Left dense in these block runs (not in their pruned selection): "
+                         + ", ".join(untouched) + "; their sparsity is over the other layers.")
     for run in lost:
         sentences.append(f"{_block_label(block_of(run))} blocks at "
                          f"{100 * (run.target_sparsity or 0):g}% ({run.id}) {run.status}"
