@@ -166,12 +166,6 @@ _CONVERTERS: dict[type[nn.Module], tuple[Decider, Converter]] = {
 }
 
 
-def _decide_tied(name: str, layer: nn.Module, ctx: _Context) -> LayerDecision:
-    """A projection by another module's weight (``tied_weight_module``: a Transformer's output
-    layer over its shared embedding) is decided as a Linear without bias."""
-    return _decide_linear(name, layer, ctx)  # type: ignore[arg-type]
-
-
 def _tied_to_sparse(layer: nn.Module, block: tuple[int, int]) -> SparseLinear:
     return SparseLinear.from_dense(layer.weight.detach(), None, block=block)
 
@@ -182,7 +176,9 @@ def _converter(module: nn.Module) -> tuple[Decider, Converter] | None:
     if entry is None and isinstance(getattr(module, "tied_weight_module", None), nn.Module):
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-            return _decide_tied, _tied_to_sparse
+            # A projection by another module's weight (a Transformer's output layer over its
+            # shared embedding) is decided as a Linear without bias.
+            return _decide_linear, _tied_to_sparse  # type: ignore[return-value]
     return entry
 
 
