@@ -347,7 +347,7 @@ class Sparsifier:
 
     def save_masks(self, path: str | Path) -> None:
         """Writes each layer's boolean evaluation mask to a safetensors file."""
-        save_file({k: v.contiguous() for k, v in self.masks().items()}, str(path),
+        save_file({k: v.contiguous().cpu() for k, v in self.masks().items()}, str(path),
                   {"sparsebench": json.dumps({"method": self.method})})
 
     # -- the end -------------------------------------------------------------------------

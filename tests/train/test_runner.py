@@ -21,6 +21,8 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(),
                                   reason="Fashion-MNIST missing: apt-get install "
                                          "dataset-fashion-mnist")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA GPU here; CI never has one")
 QUICK = ["data.limit_train=2000", "data.valid_size=1000", "eval.batch_size=1000",
          "run.log_every=1000"]
 
@@ -157,12 +159,16 @@ class _Interrupt(Exception):
 
 
 @needs_fmnist
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("method, sparsity, extra", [
     ("vd", None, ["sparsity.kl_weight=1e-5", "sparsity.warmup_end=0.5"]),
     ("l0", None, ["sparsity.l0_weight=1e-5"]),
+    ("magnitude", 0.8, []),
 ])
-def test_noisy_methods_resume_bit_identically(tmp_path, monkeypatch, method, sparsity, extra):
-    extra = [*extra, "run.checkpoint_every=10"]
+def test_a_cut_run_resumes_bit_identically(tmp_path, monkeypatch, method, sparsity, extra,
+                                          device):
+    # On a GPU the noise is drawn from the CUDA generator, which the checkpoint must carry too.
+    extra = [*extra, "run.checkpoint_every=10", f"run.device={device}"]
     train(_config(method, sparsity, 30, extra), tmp_path / "whole", progress=False)
     from sparsebench.train import loop
 

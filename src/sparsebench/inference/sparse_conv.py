@@ -123,9 +123,10 @@ class SparseConv2d(nn.Module):
                 self.crow_indices, self.col_indices, self.values, self.out_channels, self.cols
             )
         else:
-            m = torch.zeros(self.out_channels, self.cols)
+            m = torch.zeros(self.out_channels, self.cols, device=self.values.device)
             counts = (self.crow_indices[1:] - self.crow_indices[:-1]).long()
-            rows = torch.repeat_interleave(torch.arange(self.out_channels), counts)
+            rows = torch.repeat_interleave(torch.arange(self.out_channels, device=m.device),
+                                           counts)
             m[rows, self.col_indices.long()] = self.values
         return m.reshape(self.out_channels, self.in_channels, *self.kernel_size)
 

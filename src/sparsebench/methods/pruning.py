@@ -40,9 +40,11 @@ class _StraightThroughMask(torch.autograd.Function):
 class MaskParametrization(WeightParametrization):
     """Holds a boolean ``mask`` buffer (in the state_dict) and applies it in the forward pass."""
 
-    def __init__(self, shape: tuple[int, ...], pruned_weights: str):
+    def __init__(self, shape: tuple[int, ...], pruned_weights: str,
+                 device: torch.device | str | None = None):
         super().__init__()
-        self.register_buffer("mask", torch.ones(shape, dtype=torch.bool))
+        # On the weight's device: a model sparsified after .cuda() must not get CPU masks.
+        self.register_buffer("mask", torch.ones(shape, dtype=torch.bool, device=device))
         self.straight_through = pruned_weights == "update"
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
@@ -114,7 +116,8 @@ class PruningMethod(Method):
         raise NotImplementedError
 
     def make_parametrization(self, layer: Layer) -> MaskParametrization:
-        return MaskParametrization(layer.shape, self.config.pruned_weights)
+        weight = getattr(layer.module, layer.attr)
+        return MaskParametrization(layer.shape, self.config.pruned_weights, weight.device)
 
     def sparsity_at(self, step: int, layer: Layer) -> float:
         """Returns the layer's scheduled sparsity at ``step`` (its target when unscheduled)."""

@@ -275,6 +275,8 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
         if sp is not None:
             sp.load_state_dict(groups["sparsifier"])
         torch.set_rng_state(groups["rng"]["torch"])
+        if "cuda" in groups["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state(groups["rng"]["cuda"], device)
         if hasattr(task, "generator"):
             task.generator.set_state(groups["rng"]["task"])
         random.setstate((meta["python_random"][0], tuple(meta["python_random"][1]), None))
@@ -366,6 +368,9 @@ def _fmt(metrics: dict[str, float]) -> str:
 def _write_checkpoint(path: Path, model, optimizer, sp, task, step: int, elapsed: float) -> None:
     optim_tensors, optim_meta = optimizer_to_flat(optimizer.state_dict())
     rng = {"torch": torch.get_rng_state()}
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # VD and L0 draw their noise on the GPU: resume it too
+        rng["cuda"] = torch.cuda.get_rng_state(device)
     if hasattr(task, "generator"):
         rng["task"] = task.generator.get_state()
     groups = {"model": model.state_dict(), "optim": optim_tensors, "rng": rng}
