@@ -105,7 +105,8 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
             left.legend(fontsize=8, loc="lower left")
         values = [_points(metric, r.metric_value) for r in at]
         spread = max(values) - min(values)
-        left.set_ylim(min(values) - max(spread, 1.0), max(values + [
+        # Accuracy and BLEU are never negative: a collapsed run must not push the axis below 0.
+        left.set_ylim(max(0.0, min(values) - max(0.15 * spread, 1.0)), max(values + [
             _points(metric, baseline.mean) if baseline else max(values)]) + 0.5)
         left.set_xticks(range(len(at)), labels)
         left.set_xlabel("block (rows x columns)")
