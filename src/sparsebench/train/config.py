@@ -211,9 +211,17 @@ class EvalConfig:
     length_penalty: float = 0.6
     max_valid: int | None = 500
     max_test: int | None = None
+    #: Training batches over which the finished model's BatchNorm statistics are estimated
+    #: again before it is evaluated. None: 50 for the methods that train with noise on the
+    #: weights (variational dropout, L0), whose running statistics were gathered on a noisy
+    #: network and do not fit the deterministic one that is evaluated; 0 for the others.
+    #: Models without BatchNorm are unaffected.
+    bn_batches: int | None = None
 
     def validate(self) -> None:
         _check(self.every >= 0, "eval.every", self.every, "an integer >= 0 (0: only at the end)")
+        _check(self.bn_batches is None or self.bn_batches >= 0, "eval.bn_batches",
+               self.bn_batches, "an integer >= 0, or null for the method's default")
         _check(self.batch_size > 0, "eval.batch_size", self.batch_size, "a positive integer")
         _check(self.beam_size >= 1, "eval.beam_size", self.beam_size, "an integer >= 1")
 

@@ -356,6 +356,42 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
     return _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer)
 
 
+#: Methods whose training forward pass multiplies or perturbs weights with noise.
+NOISY_METHODS = ("variational_dropout", "l0")
+DEFAULT_BN_BATCHES = 50
+
+
+def bn_batches_for(config: RunConfig, method: str) -> int:
+    """Returns how many batches re-estimate BatchNorm statistics before evaluation."""
+    if config.eval.bn_batches is not None:
+        return config.eval.bn_batches
+    return DEFAULT_BN_BATCHES if method in NOISY_METHODS else 0
+
+
+def recalibrate_batch_norm(model: torch.nn.Module, task, device: torch.device,
+                           batches: int) -> int:
+    """Re-estimates every BatchNorm layer's running mean and variance of ``model`` as an
+    equal-weight average over ``batches`` training batches (no gradients, weights untouched).
+    Returns the number of batches used (0 when the model has no BatchNorm)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: every batch counts the same
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            task.loss(model, task.next_batch(device))  # the task's own forward pass
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    log.info("BatchNorm statistics re-estimated over %d training batches.", batches)
+    return batches
+
+
 def _identity(config: RunConfig) -> dict[str, Any]:
     return {"task": config.task, "method": config.sparsity.method,
             "target_sparsity": config.sparsity.sparsity, "seed": config.run.seed}
@@ -390,6 +426,8 @@ def _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer):
     plain = sp.finalize() if sp is not None else model
     result: dict[str, Any] = {}
     if dist.is_main:
+        bn_batches = recalibrate_batch_norm(plain, task, device,
+                                            bn_batches_for(config, config.sparsity.method))
         metrics = {split: task.evaluate(plain, split, device) for split in ("valid", "test")}
         with torch.no_grad():
             example = tuple(t.to(device) for t in task.example_input())
@@ -422,6 +460,7 @@ def _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer):
             "config": config.to_dict(),
             "versions": _versions(),
             "world_size": dist.world,
+            "bn_recalibration_batches": bn_batches,
         }
         _save_state_dict(out / MODEL_FILE, plain.state_dict())
         if masks is not None:
