@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sparsebench.data.ding import DING_DICT_PATH
 from sparsebench.train import build_config, learning_rate_factor, train
 from sparsebench.train.config import OptimConfig
 
@@ -245,3 +246,37 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     result = json.loads((tmp_path / "two" / "result.json").read_text())
     assert result["world_size"] == 2
     assert math.isclose(result["sparsity"], 0.7, abs_tol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DING_DICT_PATH.is_file(),
+                    reason="Ding dictionary not installed (apt-get install dict-freedict-eng-deu)")
+def test_a_cut_translation_run_resumes_bit_identically(tmp_path, monkeypatch):
+    # Token-count batches, dropout and label smoothing: the translation task's own state must
+    # come back from the checkpoint as exactly as the image task's.
+    extra = ["data.limit_train=3000", "run.checkpoint_every=10", "eval.max_valid=50",
+             "eval.max_test=50"]
+
+    def config():
+        return build_config("ding-transformer", steps=30, overrides=extra)
+
+    train(config(), tmp_path / "whole", progress=False)
+    from sparsebench.train import loop
+
+    original = loop._write_checkpoint
+    calls = {"n": 0}
+
+    def crash_after_second(*args, **kwargs):
+        original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Interrupt
+
+    monkeypatch.setattr(loop, "_write_checkpoint", crash_after_second)
+    with pytest.raises(_Interrupt):
+        train(config(), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(loop, "_write_checkpoint", original)
+    train(config(), tmp_path / "cut", progress=False)
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    cut = load_file(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
