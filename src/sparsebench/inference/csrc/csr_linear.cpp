@@ -483,18 +483,36 @@ inline void spmm_tile(int64_t o0, int64_t o1, int64_t b0, const int32_t* rp, con
   typedef typename Vec<VL>::t vt;
   typedef typename Vec<VL>::u vtu;
   constexpr int TB = VL * NV;
+  // U nonzeros in flight per row: with fewer than 4 registers per row (batch 16 or 32 with
+  // AVX-512) a single chain of dependent FMAs would wait on the FMA latency (4 cycles on
+  // Zen 4) at every nonzero; U independent partial sums keep 4 chains going. Summing them
+  // at the end reorders the additions, a float-rounding difference only.
+  constexpr int U = NV >= 4 ? 1 : 4 / NV;
   alignas(64) float buf[kRowBlock][TB];
   const float* xb = xT + b0;
   for (int64_t o = o0; o < o1; ++o) {
-    vt acc[NV];
+    vt acc[U][NV];
     const float b = bias ? bias[o] : 0.f;
-    for (int k = 0; k < NV; ++k) acc[k] = vt{} + b;
-    for (int64_t j = rp[o], e = rp[o + 1]; j < e; ++j) {
+    for (int u = 0; u < U; ++u)
+      for (int k = 0; k < NV; ++k) acc[u][k] = vt{} + (u == 0 ? b : 0.f);
+    int64_t j = rp[o];
+    const int64_t e = rp[o + 1];
+    for (; j + U <= e; j += U) {
+      for (int u = 0; u < U; ++u) {
+        const float w = v[j + u];
+        const vtu* xr =
+            reinterpret_cast<const vtu*>(xb + static_cast<int64_t>(ci[j + u]) * B);
+        for (int k = 0; k < NV; ++k) acc[u][k] += w * xr[k];
+      }
+    }
+    for (; j < e; ++j) {
       const float w = v[j];
       const vtu* xr = reinterpret_cast<const vtu*>(xb + static_cast<int64_t>(ci[j]) * B);
-      for (int k = 0; k < NV; ++k) acc[k] += w * xr[k];
+      for (int k = 0; k < NV; ++k) acc[0][k] += w * xr[k];
     }
-    for (int k = 0; k < NV; ++k) *reinterpret_cast<vt*>(&buf[o - o0][VL * k]) = acc[k];
+    for (int u = 1; u < U; ++u)
+      for (int k = 0; k < NV; ++k) acc[0][k] += acc[u][k];
+    for (int k = 0; k < NV; ++k) *reinterpret_cast<vt*>(&buf[o - o0][VL * k]) = acc[0][k];
   }
   const int64_t n = o1 - o0;
   for (int t = 0; t < TB; ++t) {
