@@ -487,7 +487,7 @@ inline void spmm_tile(int64_t o0, int64_t o1, int64_t b0, const int32_t* rp, con
   // AVX-512) a single chain of dependent FMAs would wait on the FMA latency (4 cycles on
   // Zen 4) at every nonzero; U independent partial sums keep 4 chains going. Summing them
   // at the end reorders the additions, a float-rounding difference only.
-  constexpr int U = NV >= 16 ? 1 : 16 / NV;
+  constexpr int U = NV >= 4 ? 1 : 8 / NV;
   alignas(64) float buf[kRowBlock][TB];
   const float* xb = xT + b0;
   for (int64_t o = o0; o < o1; ++o) {
