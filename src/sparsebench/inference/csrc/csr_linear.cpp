@@ -714,8 +714,15 @@ inline void bsr_full_tile(int64_t R, int rg0, int64_t b0, const int32_t* brp, co
     for (int r = 0; r < RG; ++r)
 #pragma GCC unroll 8
       for (int k = 0; k < NV; ++k) *reinterpret_cast<vt*>(&buf[r][VL * k]) = acc[r][k];
-    for (int t = 0; t < TB; ++t)
-      for (int r = 0; r < nr; ++r) o.put(row0 + r, b0 + t, buf[r][t]);
+    // y is (B, out): the tile's rows are contiguous within each batch row of y. Bias and
+    // layout are settled once here rather than per element (as put() would), which cost up
+    // to a third of a narrow (batch 16) tile's time.
+    float add[RG];
+    for (int r = 0; r < RG; ++r) add[r] = o.bias && r < nr ? o.bias[row0 + r] : 0.f;
+    for (int t = 0; t < TB; ++t) {
+      float* yr = o.y + (b0 + t) * o.out + row0;
+      for (int r = 0; r < nr; ++r) yr[r] = buf[r][t] + add[r];
+    }
   }
 }
 
