@@ -290,3 +290,31 @@ def test_bench_runs_times_block_runs_into_the_store_and_report(tmp_path, capsys)
     with open(tmp_path / "r" / "ours_lenet300_blocks.csv") as handle:
         text = handle.read()
     assert "4x4" in text and "speed-up b4" in text
+
+
+def test_retraining_finds_its_source_in_a_moved_checkout_or_says_what_is_missing(tmp_path):
+    spec = parse_sweep({
+        "name": "moved", "task": "fmnist-lenet300", "steps": 10, "sparsities": [0.9],
+        "overrides": TINY, "techniques": {"magnitude": {}},
+        "retraining": {"kinds": ["lottery"], "sparsities": [0.9], "replicas": 1},
+    })
+    store = RunStore(tmp_path / "r.db")
+    assert run_sweep(spec, store, InProcessExecutor(), tmp_path / "a" / "runs",
+                     say=_quiet).failed == 0
+    source = store.runs(technique="magnitude")[0]
+    # The checkout moves: the store still holds the old absolute paths.
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert not Path(source.run_dir).exists()
+    store.delete(technique="lottery")
+    again = run_sweep(spec, store, InProcessExecutor(), tmp_path / "b" / "runs", say=_quiet)
+    assert (again.ran, again.failed) == (1, 0)
+    assert store.runs(technique="lottery")[0].status == "finished"
+    # The source's directory is gone altogether: the retraining run fails with the reason.
+    store.delete(technique="lottery")
+    for path in (tmp_path / "b" / "runs").glob("lottery*"):
+        path.rename(tmp_path / path.name)
+    (tmp_path / "b" / "runs" / source.id / "mask.safetensors").unlink()
+    third = run_sweep(spec, store, InProcessExecutor(), tmp_path / "b" / "runs", say=_quiet)
+    assert third.failed == 1
+    assert "run directory is not here" in store.runs(technique="lottery")[0].error
+    store.close()

@@ -181,10 +181,9 @@ class _Driver:
 
     def _submit(self, run_id: str, point: Point) -> Future:
         source_dir = None
-        if point.source is not None:
-            source = self.store.get(point.source)
-            source_dir = source.run_dir if source else None
         try:
+            if point.source is not None:
+                source_dir = self._source_dir(point.source)
             config = point.config(self.spec.task, source_dir=source_dir)
         except ValueError as error:
             future: Future = Future()
@@ -193,6 +192,21 @@ class _Driver:
         self.say(f"  start {run_id}")
         return self.executor.submit({"config": config.to_dict(),
                                      "run_dir": str(self.runs_dir / run_id)})
+
+    def _source_dir(self, source_id: str) -> Path:
+        """Returns the directory of the run a retraining point derives from. The store keeps
+        absolute paths; a checkout moved elsewhere finds the run under its own runs folder."""
+        source = self.store.get(source_id)
+        candidates = [Path(source.run_dir)] if source and source.run_dir else []
+        candidates.append(self.runs_dir / source_id)
+        for folder in candidates:
+            if (folder / "mask.safetensors").is_file():
+                return folder
+        raise ValueError(
+            f"retraining needs the mask and initial weights of {source_id}, but its run "
+            f"directory is not here (looked in {', '.join(str(c) for c in candidates)}). Run "
+            "directories are not committed: copy it here, or delete that run from the store "
+            "so the sweep trains it again.")
 
     def _record(self, run_id: str, point: Point, answer: dict[str, Any], seconds: float,
                 ids: dict[str, Point], running: int) -> None:
