@@ -170,7 +170,14 @@ def test_a_cut_run_resumes_bit_identically(tmp_path, monkeypatch, method, sparsi
                                           device):
     # On a GPU the noise is drawn from the CUDA generator, which the checkpoint must carry too.
     extra = [*extra, "run.checkpoint_every=10", f"run.device={device}"]
-    train(_config(method, sparsity, 30, extra), tmp_path / "whole", progress=False)
+    _assert_cut_run_resumes_bit_identically(
+        lambda: _config(method, sparsity, 30, extra), tmp_path, monkeypatch)
+
+
+def _assert_cut_run_resumes_bit_identically(config, tmp_path, monkeypatch) -> None:
+    """Trains ``config()`` whole, then again cut right after its second checkpoint and
+    resumed; the two final models must be equal bit for bit."""
+    train(config(), tmp_path / "whole", progress=False)
     from sparsebench.train import loop
 
     original = loop._write_checkpoint
@@ -184,9 +191,9 @@ def test_a_cut_run_resumes_bit_identically(tmp_path, monkeypatch, method, sparsi
 
     monkeypatch.setattr(loop, "_write_checkpoint", crash_after_second)
     with pytest.raises(_Interrupt):
-        train(_config(method, sparsity, 30, extra), tmp_path / "cut", progress=False)
+        train(config(), tmp_path / "cut", progress=False)
     monkeypatch.setattr(loop, "_write_checkpoint", original)
-    train(_config(method, sparsity, 30, extra), tmp_path / "cut", progress=False)
+    train(config(), tmp_path / "cut", progress=False)
     whole = load_file(tmp_path / "whole" / "model.safetensors")
     cut = load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
@@ -256,27 +263,6 @@ def test_a_cut_translation_run_resumes_bit_identically(tmp_path, monkeypatch):
     # come back from the checkpoint as exactly as the image task's.
     extra = ["data.limit_train=3000", "run.checkpoint_every=10", "eval.max_valid=50",
              "eval.max_test=50"]
-
-    def config():
-        return build_config("ding-transformer", steps=30, overrides=extra)
-
-    train(config(), tmp_path / "whole", progress=False)
-    from sparsebench.train import loop
-
-    original = loop._write_checkpoint
-    calls = {"n": 0}
-
-    def crash_after_second(*args, **kwargs):
-        original(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Interrupt
-
-    monkeypatch.setattr(loop, "_write_checkpoint", crash_after_second)
-    with pytest.raises(_Interrupt):
-        train(config(), tmp_path / "cut", progress=False)
-    monkeypatch.setattr(loop, "_write_checkpoint", original)
-    train(config(), tmp_path / "cut", progress=False)
-    whole = load_file(tmp_path / "whole" / "model.safetensors")
-    cut = load_file(tmp_path / "cut" / "model.safetensors")
-    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    _assert_cut_run_resumes_bit_identically(
+        lambda: build_config("ding-transformer", steps=30, overrides=extra), tmp_path,
+        monkeypatch)
