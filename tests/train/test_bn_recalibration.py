@@ -53,16 +53,18 @@ def test_a_model_without_batch_norm_is_left_alone():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("method, expected", [
-    ("variational_dropout", 50), ("l0", 50), ("magnitude", 0), ("random", 0), ("dense", 0),
+@pytest.mark.parametrize("method, sparsity, expected", [
+    ("variational_dropout", None, 50), ("l0", None, 50), ("magnitude", 0.9, 0),
+    ("random", 0.9, 0), ("dense", None, 0),
 ])
-def test_default_batches_per_method(method, expected):
-    config = build_config("fmnist-lenet300")
-    assert bn_batches_for(config, method) == expected
+def test_default_batches_per_method(method, sparsity, expected):
+    config = build_config("fmnist-lenet300", method=method, sparsity=sparsity)
+    assert bn_batches_for(config) == expected
 
 
 def test_an_explicit_count_wins_and_a_negative_one_is_refused():
-    config = build_config("fmnist-lenet300", overrides=["eval.bn_batches=7"])
-    assert bn_batches_for(config, "magnitude") == 7
+    config = build_config("fmnist-lenet300", method="magnitude", sparsity=0.9,
+                          overrides=["eval.bn_batches=7"])
+    assert bn_batches_for(config) == 7
     with pytest.raises(ValueError, match="eval.bn_batches = -1 is invalid"):
         build_config("fmnist-lenet300", overrides=["eval.bn_batches=-1"])

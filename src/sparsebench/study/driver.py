@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..rundir import MASK_FILE
 from .executors import Executor
 from .store import RunStore
 from .sweep import (
@@ -200,7 +201,7 @@ class _Driver:
         candidates = [Path(source.run_dir)] if source and source.run_dir else []
         candidates.append(self.runs_dir / source_id)
         for folder in candidates:
-            if (folder / "mask.safetensors").is_file():
+            if (folder / MASK_FILE).is_file():
                 return folder
         raise ValueError(
             f"retraining needs the mask and initial weights of {source_id}, but its run "

@@ -361,11 +361,11 @@ NOISY_METHODS = ("variational_dropout", "l0")
 DEFAULT_BN_BATCHES = 50
 
 
-def bn_batches_for(config: RunConfig, method: str) -> int:
+def bn_batches_for(config: RunConfig) -> int:
     """Returns how many batches re-estimate BatchNorm statistics before evaluation."""
     if config.eval.bn_batches is not None:
         return config.eval.bn_batches
-    return DEFAULT_BN_BATCHES if method in NOISY_METHODS else 0
+    return DEFAULT_BN_BATCHES if config.sparsity.method in NOISY_METHODS else 0
 
 
 def recalibrate_batch_norm(model: torch.nn.Module, task, device: torch.device,
@@ -426,8 +426,7 @@ def _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer):
     plain = sp.finalize() if sp is not None else model
     result: dict[str, Any] = {}
     if dist.is_main:
-        bn_batches = recalibrate_batch_norm(plain, task, device,
-                                            bn_batches_for(config, config.sparsity.method))
+        bn_batches = recalibrate_batch_norm(plain, task, device, bn_batches_for(config))
         metrics = {split: task.evaluate(plain, split, device) for split in ("valid", "test")}
         with torch.no_grad():
             example = tuple(t.to(device) for t in task.example_input())
