@@ -174,6 +174,47 @@ def test_a_cut_run_resumes_bit_identically(tmp_path, monkeypatch, method, sparsi
         lambda: _config(method, sparsity, 30, extra), tmp_path, monkeypatch)
 
 
+@needs_fmnist
+@pytest.mark.parametrize("method, sparsity, extra", [
+    ("vd", None, ["sparsity.kl_weight=1e-5"]),
+    ("l0", None, ["sparsity.l0_weight=1e-5"]),
+])
+def test_a_cut_channels_last_conv_run_resumes_bit_identically(tmp_path, monkeypatch, method,
+                                                             sparsity, extra):
+    # LeNet-5 trains channels-last ("auto"); its checkpoint is written NCHW (safetensors) and
+    # read back into the channels-last model and optimizer state.
+    def config():
+        return build_config("fmnist-lenet5", method=method, sparsity=sparsity, steps=30,
+                            overrides=[*QUICK, *extra, "run.checkpoint_every=10"])
+
+    _assert_cut_run_resumes_bit_identically(config, tmp_path, monkeypatch)
+    result = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert result["memory_format"] == "channels_last"
+
+
+@needs_fmnist
+def test_the_layout_changes_the_speed_not_the_function(tmp_path):
+    # Dense LeNet-5, same seed and batches, NCHW against channels-last: after 5 SGD steps
+    # the two models differ by float rounding only, and evaluate alike.
+    results, weights = {}, {}
+    for layout in ("contiguous", "channels_last"):
+        config = build_config("fmnist-lenet5", steps=5, overrides=[
+            *QUICK, "optim.name=sgd", "optim.lr=0.05", f"run.memory_format={layout}"])
+        results[layout] = train(config, tmp_path / layout, progress=False)
+        weights[layout] = load_file(tmp_path / layout / "model.safetensors")
+    assert results["contiguous"]["memory_format"] == "contiguous_format"
+    assert results["channels_last"]["memory_format"] == "channels_last"
+    for name, tensor in weights["contiguous"].items():
+        assert torch.allclose(tensor, weights["channels_last"][name], atol=1e-5), name
+    assert results["contiguous"]["metrics"]["test"]["loss"] == pytest.approx(
+        results["channels_last"]["metrics"]["test"]["loss"], rel=1e-4)
+
+
+def test_an_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="run.memory_format = 'nhwc' is invalid"):
+        build_config("fmnist-lenet5", overrides=["run.memory_format=nhwc"])
+
+
 def _assert_cut_run_resumes_bit_identically(config, tmp_path, monkeypatch) -> None:
     """Trains ``config()`` whole, then again cut right after its second checkpoint and
     resumed; the two final models must be equal bit for bit."""

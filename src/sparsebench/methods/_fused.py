@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["compile_enabled", "fused"]
+__all__ = ["compile_enabled", "flat_in_memory_order", "fused"]
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +51,25 @@ def fused(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     wrapper.eager = fn  # type: ignore[attr-defined]
     return wrapper
+
+
+def flat_in_memory_order(*tensors: torch.Tensor
+                         ) -> tuple[list[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """Returns 1-D views of same-shaped ``tensors`` in their shared memory order, and a function
+    that gives a flat result back the shape (and layout) of the first.
+
+    The fused functions work on flattened weights. ``reshape(-1)`` of a channels-last (NHWC)
+    tensor copies it into NCHW order, and the result then comes back NCHW: two copies per
+    call and every later convolution converting back. When all are channels-last, the NHWC
+    permutation is itself contiguous, so it flattens without a copy; mixed layouts are made
+    contiguous first, so elements always pair up correctly.
+    """
+    first = tensors[0]
+    if all(t.is_contiguous() for t in tensors):
+        return [t.view(-1) for t in tensors], lambda flat: flat.view(first.shape)
+    if first.dim() == 4 and all(t.is_contiguous(memory_format=torch.channels_last)
+                                for t in tensors):
+        nhwc = first.permute(0, 2, 3, 1).shape
+        return ([t.permute(0, 2, 3, 1).reshape(-1) for t in tensors],
+                lambda flat: flat.view(nhwc).permute(0, 3, 1, 2))
+    return [t.contiguous().view(-1) for t in tensors], lambda flat: flat.view(first.shape)

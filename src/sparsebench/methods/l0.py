@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..schedules import linear_warmup
-from ._fused import fused
+from ._fused import flat_in_memory_order, fused
 from .base import Layer, Method, MethodConfig, WeightParametrization
 
 __all__ = [
@@ -124,14 +124,14 @@ class HardConcreteGate(WeightParametrization):
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return theta * deterministic_gate(self.log_alpha, self.gamma, self.zeta)
-        u = torch.rand_like(self.log_alpha)
-        flat = _gated_weight(theta.reshape(-1), self.log_alpha.reshape(-1), u.reshape(-1),
-                             self.beta, self.gamma, self.zeta)
-        return flat.view(theta.shape)
+        (theta_flat, log_alpha), shaped = flat_in_memory_order(theta, self.log_alpha)
+        u = torch.rand_like(log_alpha)  # drawn flat: see variational_dropout.sample
+        return shaped(_gated_weight(theta_flat, log_alpha, u, self.beta, self.gamma, self.zeta))
 
     def expected_l0(self) -> torch.Tensor:
         """Returns Σ P(z ≠ 0) over this weight."""
-        return _expected_l0_sum(self.log_alpha.reshape(-1), self.beta, self.gamma, self.zeta)
+        (log_alpha,), _ = flat_in_memory_order(self.log_alpha)
+        return _expected_l0_sum(log_alpha, self.beta, self.gamma, self.zeta)
 
     def final_weight(self, theta: torch.Tensor) -> torch.Tensor:
         return theta * deterministic_gate(self.log_alpha.detach(), self.gamma, self.zeta)

@@ -200,6 +200,16 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def memory_format(config: RunConfig, model: torch.nn.Module) -> torch.memory_format:
+    """Returns the layout ``run.memory_format`` asks for: with "auto", channels-last (NHWC)
+    for a model with 2-D convolutions and the default layout otherwise."""
+    choice = config.run.memory_format
+    if choice == "auto":
+        has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        choice = "channels_last" if has_conv else "contiguous"
+    return torch.channels_last if choice == "channels_last" else torch.contiguous_format
+
+
 def _save_state_dict(path: Path, state: dict[str, torch.Tensor]) -> None:
     atomic_write_bytes(path, save({k: v.detach().cpu().contiguous().clone()
                                    for k, v in state.items()}))
@@ -227,6 +237,9 @@ def prepare(config: RunConfig, device: torch.device | str = "cpu", rank: int = 0
     model = models.create(config.model.name, **config.model.options).to(device)
     if config.sparsity.init_from:
         model.load_state_dict(load_file(config.sparsity.init_from))
+    # Before the technique attaches, so its masks and parameters (made "like" the weights)
+    # share the layout; load_state_dict copies into it, so resumed runs keep it too.
+    model = model.to(memory_format=memory_format(config, model))
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sp = _attach(config, model)
     return Prepared(task, model, sp, _build_optimizer(config.optim, model), init_state)
@@ -460,6 +473,7 @@ def _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer):
             "versions": _versions(),
             "world_size": dist.world,
             "bn_recalibration_batches": bn_batches,
+            "memory_format": str(memory_format(config, plain)).removeprefix("torch."),
         }
         _save_state_dict(out / MODEL_FILE, plain.state_dict())
         if masks is not None:
