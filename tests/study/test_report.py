@@ -109,6 +109,32 @@ def test_report_on_a_hand_made_study(tmp_path):
             write_report(store, tmp_path / "none", model_family="gpt")
 
 
+def test_training_cost_compares_runs_of_one_layout_only(tmp_path):
+    # NCHW runs (no flag: from before run.memory_format) at 1.0 s/step for magnitude and 2.0
+    # for VD; channels-last runs at 0.5 for magnitude and 1.5 for VD. Pooled, the medians
+    # would mix speeds; by layout, VD is 2.00x (NCHW) and 3.00x (channels-last).
+    def run(i, technique, seconds, layout=None):
+        return Run(id=f"{technique}{i}", technique=technique, model_family="lenet5",
+                   metric_name="top1", metric_value=0.8, achieved_sparsity=0.9,
+                   status="finished", seconds_per_step=seconds, train_seconds=100 * seconds,
+                   flags={"memory_format": layout} if layout else {})
+    runs = [run(0, "magnitude", 1.0), run(1, "variational_dropout", 2.0),
+            run(2, "magnitude", 0.5, "channels_last"), run(3, "magnitude", 0.5, "channels_last"),
+            run(4, "variational_dropout", 1.5, "channels_last")]
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert(runs)
+        index = write_report(store, tmp_path / "report", source="ours")
+    rows = list(csv.reader((index.parent / "ours_lenet5_cost.csv").open()))
+    assert rows[0][:5] == ["technique", "layout", "runs", "ms per step", "per step / MP"]
+    by = {(row[0], row[1]): row for row in rows[1:]}
+    assert by["variational dropout", "channels-last"][2:5] == ["1", "1500.00", "3.00"]
+    assert by["magnitude pruning", "channels-last"][2:5] == ["2", "500.00", "1.00"]
+    assert by["variational dropout", "NCHW"][2:5] == ["1", "2000.00", "2.00"]
+    text = html.unescape(index.read_text())
+    assert ("Variational dropout costs 3.00x (channels-last runs, median of 1) and 2.00x "
+            "(NCHW runs, median of 1) magnitude pruning per step here") in text
+
+
 def test_commands(tmp_path, capsys):
     root = tmp_path / "data"
     relative = "sparse_transformer/technique_comparison/transformer_baselines.csv"

@@ -105,6 +105,9 @@ def test_record_result_from_runner(tmp_path):
         assert run.seconds_per_step == 0.1205 and run.train_seconds == 120.5
         assert run.config["optim"] == {"lr": 0.1} and run.hyperparameters == {"end": 800}
         assert run.run_dir.endswith("r1") and run.source == "ours"
+        assert "memory_format" not in run.flags  # a result from before the option
+        nhwc = store.record_result("r6", {**_result(), "memory_format": "channels_last"})
+        assert nhwc.flags == {"memory_format": "channels_last"}
 
         diverged = store.record_result(
             "r2", _result(status="diverged", metric={"name": "bleu", "test": None, "valid": 0.0},

@@ -131,41 +131,69 @@ def per_layer_section(ctx: ReportContext, scope: Scope) -> Section | None:
 
 # ---- training cost ------------------------------------------------------------------------
 
+#: How the store names a run's activation layout (runs before the option were NCHW).
+_LAYOUT_NAMES = {"contiguous_format": "NCHW", "channels_last": "channels-last"}
+
+
+def _layout(run: Run) -> str:
+    return _LAYOUT_NAMES.get(run.flags.get("memory_format", "contiguous_format"),
+                             str(run.flags.get("memory_format")))
+
+
 def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """Seconds per step and total training time per technique (medians over runs), as ratios
-    to magnitude pruning, beside the study's Transformer ratios."""
+    to magnitude pruning, beside the study's Transformer ratios. Runs trained in different
+    activation layouts (``run.memory_format``) run at different speeds, so each layout's runs
+    are compared among themselves."""
     if scope.source != "ours":
         return None
-    runs = [r for r in _finished(ctx.scope_runs(scope))
-            if r.seconds_per_step and r.train_seconds]
-    by: dict[str, list[Run]] = {}
-    for run in runs:
-        by.setdefault(run.technique, []).append(run)
-    if "magnitude" not in by or len(by) < 2:
+    groups: dict[str, dict[str, list[Run]]] = {}
+    for run in _finished(ctx.scope_runs(scope)):
+        if run.seconds_per_step and run.train_seconds:
+            groups.setdefault(_layout(run), {}).setdefault(run.technique, []).append(run)
+    groups = {layout: by for layout, by in groups.items() if "magnitude" in by and len(by) > 1}
+    if not groups:
         return None
-    step = {t: statistics.median(r.seconds_per_step for r in rs) for t, rs in by.items()}
-    total = {t: statistics.median(r.train_seconds for r in rs) for t, rs in by.items()}
-    order = sorted(by, key=lambda t: (t != "dense", figures.series_order(t)))
+    step = {layout: {t: statistics.median(r.seconds_per_step for r in rs)
+                     for t, rs in by.items()} for layout, by in groups.items()}
+    total = {layout: {t: statistics.median(r.train_seconds for r in rs)
+                      for t, rs in by.items()} for layout, by in groups.items()}
+    techniques = {t for by in groups.values() for t in by}
+    order = sorted(techniques, key=lambda t: (t != "dense", figures.series_order(t)))
+    layouts = sorted(groups, key=lambda layout: -sum(len(rs) for rs in groups[layout].values()))
     rows, sentences = [], []
-    for t in order:
-        study = STUDY_COST_RATIOS.get(t)
-        rows.append([P.display_name(t), len(by[t]), f"{1000 * step[t]:.2f}",
-                     f"{step[t] / step['magnitude']:.2f}", f"{total[t]:.1f}",
-                     f"{total[t] / total['magnitude']:.2f}", f"{study:.2f}" if study else "–"])
+    for layout in layouts:
+        by, st, tot = groups[layout], step[layout], total[layout]
+        for t in (t for t in order if t in by):
+            study = STUDY_COST_RATIOS.get(t)
+            rows.append([P.display_name(t), layout, len(by[t]), f"{1000 * st[t]:.2f}",
+                         f"{st[t] / st['magnitude']:.2f}", f"{tot[t]:.1f}",
+                         f"{tot[t] / tot['magnitude']:.2f}", f"{study:.2f}" if study else "–"])
     for t, study in STUDY_COST_RATIOS.items():
-        if t in step:
-            sentences.append(
-                f"{P.display_name(t).capitalize()} costs {step[t] / step['magnitude']:.2f}x "
-                f"magnitude pruning per step here (median of {len(by[t])} runs), against "
-                f"{study:.2f}x in the study's Transformer.")
+        here = [f"{step[layout][t] / step[layout]['magnitude']:.2f}x ({layout} runs, median "
+                f"of {len(groups[layout][t])})" for layout in layouts if t in groups[layout]]
+        if here:
+            sentences.append(f"{P.display_name(t).capitalize()} costs {' and '.join(here)} "
+                             f"magnitude pruning per step here, against {study:.2f}x in the "
+                             f"study's Transformer.")
+    if len(layouts) > 1:
+        sentences.append("Runs from before channels-last training (run.memory_format) were "
+                         "NCHW and slower per step; each layout's runs are compared only with "
+                         "its own magnitude runs.")
     sentences.append("Times are wall-clock on this machine, which other work shares: compare "
                      "ratios, not seconds.")
     fig = Figure(figsize=(7.0, 3.8))
     ax = fig.subplots()
     xs = range(len(order))
-    ax.bar([x - 0.2 for x in xs], [step[t] / step["magnitude"] for t in order], width=0.4,
-           label="ours: seconds per step", color="#1f77b4")
-    ax.bar([x + 0.2 for x in xs], [STUDY_COST_RATIOS.get(t, 0.0) for t in order], width=0.4,
+    width = 0.8 / (len(layouts) + 1)
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c"]
+    for i, layout in enumerate(layouts):
+        ax.bar([x + (i - len(layouts) / 2) * width for x in xs],
+               [step[layout][t] / step[layout]["magnitude"] if t in step[layout] else 0.0
+                for t in order], width=width, color=colors[i % len(colors)],
+               label=f"ours: seconds per step ({layout} runs)")
+    ax.bar([x + len(layouts) / 2 * width for x in xs],
+           [STUDY_COST_RATIOS.get(t, 0.0) for t in order], width=width,
            label="study (Transformer), quoted", color="#bbbbbb")
     ax.axhline(1.0, color="black", linewidth=1.0, linestyle=":")
     ax.set_xticks(list(xs), [P.display_name(t) for t in order], rotation=20, ha="right",
@@ -181,10 +209,11 @@ def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
         id=f"{scope.key}-cost", title=f"{scope.title}: training cost",
         question="What does each technique cost to train, relative to magnitude pruning?",
         sentences=sentences, figures=[(name, "training cost ratios")],
-        tables=[Table(f"{scope.key}_cost", ["technique", "runs", "ms per step",
+        tables=[Table(f"{scope.key}_cost", ["technique", "layout", "runs", "ms per step",
                                             "per step / MP", "train s", "total / MP",
                                             "study / MP"], rows,
-                      "Medians over finished runs; the study's column is quoted from its text "
+                      "Medians over finished runs, against the magnitude runs of the same "
+                      "activation layout; the study's column is quoted from its text "
                       "(Transformer).")])
 
 

@@ -542,7 +542,7 @@ class RunStore:
             train_seconds=result.get("train_seconds"),
             run_dir=str(run_dir) if run_dir is not None else base.run_dir,
             source="ours",
-            flags=dict(base.flags),
+            flags=_result_flags(base.flags, result),
             layers=list(result.get("layers") or base.layers),
             replica=replica if replica is not None else base.replica,
             seed=result.get("seed", base.seed),
@@ -656,3 +656,13 @@ class InferenceResult:
     def speedup(self) -> float:
         """Returns dense time / sparse time (above 1: the sparse model is faster)."""
         return self.dense_seconds / self.sparse_seconds
+
+
+def _result_flags(flags: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Returns ``flags`` with what the result says about how it was trained: the layout of
+    its activations (``memory_format``; absent for runs from before the option, which were
+    NCHW), so step times are only compared between runs that trained alike."""
+    flags = dict(flags)
+    if result.get("memory_format"):
+        flags["memory_format"] = result["memory_format"]
+    return flags
