@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import shutil
 import sqlite3
 
 import pytest
@@ -14,6 +16,7 @@ from sparsebench.study.store import (
     Run,
     RunStore,
     StoreError,
+    StoreReplaced,
 )
 
 
@@ -150,6 +153,24 @@ def test_claim_release_failure_and_stale(tmp_path):
         assert not store.claim("missing", "w1")
         with pytest.raises(KeyError):
             store.mark_failed("missing", "x")
+
+
+def test_a_store_replaced_under_an_open_connection_refuses_to_write(tmp_path):
+    # What `git stash`, `checkout` or `pull` does to a committed store under a running sweep:
+    # a new file at the path. SQLite would go on writing into the old, deleted one.
+    path = tmp_path / "s.db"
+    with RunStore(path) as store:
+        store.upsert([Run(id="a", technique="dense")])
+        shutil.copy(path, tmp_path / "copy.db")
+        os.replace(tmp_path / "copy.db", path)
+        with pytest.raises(StoreReplaced, match="was replaced or removed while this process"):
+            store.upsert([Run(id="b", technique="dense")])
+        path.unlink()
+        with pytest.raises(StoreReplaced):
+            store.claim("a", "w")
+    with RunStore(path) as fresh:  # a new connection opens the new file and writes
+        fresh.upsert([Run(id="c", technique="dense")])
+        assert [r.id for r in fresh.runs()] == ["c"]
 
 
 def test_to_csv(tmp_path):

@@ -18,6 +18,7 @@ two phases: the second is planned from the store once every first-phase point is
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ from typing import Any
 
 from ..rundir import MASK_FILE
 from .executors import Executor
-from .store import RunStore
+from .store import RunStore, StoreReplaced
 from .sweep import (
     Point,
     SweepSpec,
@@ -47,6 +48,8 @@ from .sweep import (
 __all__ = ["SweepResult", "run_sweep", "worker_id"]
 
 TERMINAL = ("finished", "failed", "diverged")
+
+log = logging.getLogger(__name__)
 
 
 def worker_id() -> str:
@@ -100,6 +103,10 @@ class _Heartbeat(threading.Thread):
                     held = list(self.held)
                 for run_id in held:
                     store.heartbeat(run_id, self.worker)
+        except StoreReplaced as error:
+            # The main thread stops at its next write; the run in progress finishes first
+            # (its result is kept in its run directory), so say it now and stop beating.
+            log.warning("%s", error)
         finally:
             store.close()
 

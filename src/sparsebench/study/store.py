@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,6 +38,7 @@ __all__ = [
     "Run",
     "RunStore",
     "StoreError",
+    "StoreReplaced",
     "model_family_of",
 ]
 
@@ -132,6 +134,18 @@ CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep, status);
 
 class StoreError(ValueError):
     """The file is not a run store this version can read (unknown or newer schema)."""
+
+
+class StoreReplaced(StoreError):
+    """The store's file was replaced or removed while this process had it open."""
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 @dataclass
@@ -292,6 +306,7 @@ class RunStore:
         self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._identity = _file_identity(self.path)
         self._open_schema()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -309,7 +324,19 @@ class RunStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Yields the connection inside one ``BEGIN IMMEDIATE`` transaction (committed on
-        success, rolled back on error)."""
+        success, rolled back on error).
+
+        Raises:
+            StoreReplaced: when the file at :attr:`path` is no longer the one this connection
+                opened (a ``git checkout``, ``stash`` or ``pull`` of a committed store writes a
+                new file): writes would go to the old, deleted one and be lost.
+        """
+        if self._identity is not None and _file_identity(self.path) != self._identity:
+            raise StoreReplaced(
+                f"{self.path} was replaced or removed while this process had it open (a git "
+                f"checkout, stash or pull?). Nothing more is written to the old file. Start "
+                f"the sweep again: runs that finished meanwhile are read back from their run "
+                f"directories.")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
