@@ -5,7 +5,9 @@ Each (technique, layout) pair is a run prepared by the runner itself (``prepare`
 optimizer and technique) on one fixed batch of the task's real data. The pairs are timed
 round-robin in a fresh random order each round and the median per-step time of each is kept,
 so a burst of load on this shared machine hits them alike. Before timing, the first loss of
-the two layouts is compared: they must train the same function, only faster or slower.
+the two layouts is printed: dense, magnitude and random pruning agree to float rounding; VD and
+L0 draw their noise in memory order, so the same seed gives each weight a different sample in
+the two layouts and their first losses differ by that sample.
 
     .venv/bin/python benchmarks/memory_format.py --threads 1 [--rounds 5] [--steps 3]
 """
