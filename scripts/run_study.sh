@@ -20,10 +20,10 @@ run_task() {  # run_task STORE SWEEP...
 
 if [ "${1:-}" != "report" ]; then
   run_task fmnist-resnet.db sweeps/fmnist-resnet-blocks.yaml sweeps/fmnist-resnet-wider.yaml \
-    sweeps/fmnist-resnet-study.yaml > "$STUDY/fmnist-resnet.log" 2>&1 &
+    sweeps/fmnist-resnet-study.yaml >> "$STUDY/fmnist-resnet.log" 2>&1 &
   image=$!
   run_task ding-transformer.db sweeps/ding-transformer-blocks.yaml \
-    sweeps/ding-transformer-study.yaml > "$STUDY/ding-transformer.log" 2>&1 &
+    sweeps/ding-transformer-study.yaml >> "$STUDY/ding-transformer.log" 2>&1 &
   translation=$!
   trap 'kill $image $translation 2>/dev/null; wait' INT TERM
   echo "training: logs in $STUDY/fmnist-resnet.log and $STUDY/ding-transformer.log"
