@@ -30,6 +30,7 @@ from torch import nn
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "CHECKPOINT_FILE",
     "CONFIG_FILE",
     "INIT_FILE",
     "MASK_FILE",
@@ -48,6 +49,7 @@ MODEL_FILE = "model.safetensors"
 MASK_FILE = "mask.safetensors"
 INIT_FILE = "init.safetensors"
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "state.safetensors"  # in CHECKPOINT_DIR
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

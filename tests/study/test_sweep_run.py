@@ -318,3 +318,64 @@ def test_retraining_finds_its_source_in_a_moved_checkout_or_says_what_is_missing
     assert third.failed == 1
     assert "run directory is not here" in store.runs(technique="lottery")[0].error
     store.close()
+
+
+def test_device_reaches_every_run_without_changing_its_id(tmp_path):
+    spec = parse_sweep({"name": "dev", "task": "fmnist-lenet300", "steps": 5,
+                        "sparsities": [0.9], "overrides": TINY, "dense": False,
+                        "techniques": {"magnitude": {}}})
+    with RunStore(tmp_path / "r.db") as store:
+        run_sweep(spec, store, InProcessExecutor(), tmp_path / "runs", say=_quiet,
+                  device="cpu")
+        (run,) = store.runs()
+        assert run.status == "finished" and run.config["run"]["device"] == "cpu"
+    # Without a GPU, "cuda" fails in the run itself: the device reached it, under the same id.
+    with RunStore(tmp_path / "g.db") as store:
+        if not __import__("torch").cuda.is_available():
+            run_sweep(spec, store, InProcessExecutor(), tmp_path / "gruns", say=_quiet,
+                      device="cuda")
+            (failed,) = store.runs()
+            assert failed.id == run.id and failed.status == "failed"
+            assert "no GPU is available" in failed.error
+
+
+def test_status_counts_runs_and_estimates_what_is_left(tmp_path, capsys):
+    from sparsebench.cli import main
+    from sparsebench.study.progress import study_progress
+
+    values = {"name": "st", "task": "fmnist-lenet300", "steps": 6, "sparsities": [0.5, 0.9],
+              "overrides": TINY, "dense": False, "techniques": {"magnitude": {}, "random": {}},
+              "retraining": {"kinds": ["scratch-e", "scratch-b"], "sparsities": [0.9],
+                             "replicas": 2}}
+    spec = parse_sweep(values, name="st", text=yaml.safe_dump(values))  # as from a file
+    with RunStore(tmp_path / "r.db") as store:
+        # Stop after the first phase-1 run: the driver raises out of its say() callback.
+        class Enough(Exception):
+            pass
+
+        def stop_after_first(text):
+            if "finished" in text and text.startswith("["):
+                raise Enough
+
+        with pytest.raises(Enough):
+            run_sweep(spec, store, InProcessExecutor(), tmp_path / "runs", say=stop_after_first)
+        (done,) = store.runs(status="finished")
+        assert done.technique == "magnitude"
+        progress = study_progress(store)
+        (sweep,) = progress.sweeps
+        assert sweep.counts == {"finished": 1, "pending": 3}
+        # 2 kinds x 1 sparsity x 2 replicas, not planned before phase 1 ends.
+        assert sweep.unplanned == 4
+        # Left: 3 phase-1 runs of 6 steps, 2 scratch-e of 6 and 2 scratch-b of 12, all timed
+        # by the one magnitude run (random and the retraining kinds borrow its speed only
+        # where they have none: random has none, and is not counted).
+        speed = done.seconds_per_step
+        assert progress.seconds_per_step == {"magnitude": pytest.approx(speed)}
+        assert progress.unmeasured == ["random"]
+        pending = [r.technique for r in store.runs(status="pending")]
+        magnitude_left = 6 * pending.count("magnitude")
+        assert progress.seconds_left == pytest.approx((magnitude_left + 2 * 6 + 2 * 12) * speed)
+    assert main(["status", "--store", str(tmp_path / "r.db")]) == 0
+    out = capsys.readouterr().out
+    assert "not in the estimate (no finished run to time them by): random" in out
+    assert re.search(r"st\s+1\s+0\s+3\s+0\s+0\s+4", out)

@@ -1,4 +1,5 @@
-"""The study's subcommands: ``sweep``, ``import-published``, ``report`` and ``bench-runs``."""
+"""The study's subcommands: ``sweep``, ``status``, ``import-published``, ``report`` and
+``bench-runs``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``sweep``, ``import-published``, ``report`` and ``bench-runs`` to ``sparsebench``."""
+    """Adds ``sweep``, ``status``, ``import-published``, ``report`` and ``bench-runs`` to
+    ``sparsebench``."""
     swp = subparsers.add_parser(
         "sweep",
         help="run a sweep file's points into a run store (resumable, several processes safe)",
@@ -38,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="CPU threads per run (local default: torch's own for one worker, the "
                           "cores shared out for more); not part of a run's identity, so a "
                           "study may resume with another value")
+    swp.add_argument("--device", default=None,
+                     help="cpu or cuda[:N] for every run (default: the task's, the CPU); not "
+                          "part of a run's identity, so a study may go on on a GPU machine")
     swp.add_argument("--address", default=None,
                      help="Ray cluster to join (e.g. auto or ray://host:10001); default: "
                           "start a local instance")
@@ -51,6 +56,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="seconds without heartbeat after which another host's claim is taken "
                           "over (default 600)")
     swp.set_defaults(func=_sweep)
+
+    stat = subparsers.add_parser(
+        "status",
+        help="where a study stands: runs by status, runs in progress, training time left",
+        description="Reads the run store(s), also while their sweeps run, and prints each "
+                    "sweep's runs by status, the retraining / small-dense points still to be "
+                    "planned, each running run's last checkpoint and heartbeat, and an "
+                    "estimate of the training time left for one worker.",
+    )
+    stat.add_argument("--store", type=Path, nargs="+", required=True, help="SQLite run store(s)")
+    stat.set_defaults(func=_status)
 
     imp = subparsers.add_parser(
         "import-published",
@@ -126,17 +142,35 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads must be at least 1, got {args.threads}.", file=sys.stderr)
         return 2
+    if args.device is not None:
+        import torch
+
+        if args.device != "cpu" and not args.device.startswith("cuda"):
+            raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}.")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA GPU is available here.")
     executor = make_executor(args.executor, workers=args.workers, address=args.address,
                              cpus=spec.cpus, gpus=spec.gpus, threads=args.threads)
     with RunStore(args.store) as store:
         try:
             result = run_sweep(spec, store, executor, runs_dir, stale_after=args.stale_after,
-                               retry_failed=args.retry_failed)
+                               retry_failed=args.retry_failed, device=args.device)
         except KeyboardInterrupt:
             return 130
         if args.report is not None:
             print(f"report written to {write_report(store, args.report)}")
     return 1 if result.failed else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .progress import format_progress, study_progress
+
+    for index, path in enumerate(args.store):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such run store.")
+        with RunStore(path) as store:
+            print(("\n" if index else "") + format_progress(study_progress(store)))
+    return 0
 
 
 def _import_published(args: argparse.Namespace) -> int:

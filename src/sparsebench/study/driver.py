@@ -114,8 +114,9 @@ class _Heartbeat(threading.Thread):
 class _Driver:
     def __init__(self, spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: Path,
                  *, poll: float, stale_after: float, retry_failed: bool,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], device: str | None = None) -> None:
         self.spec, self.store, self.executor = spec, store, executor
+        self.device = device
         self.runs_dir, self.poll, self.stale_after = runs_dir, poll, stale_after
         self.retry_failed, self.say = retry_failed, say
         self.worker = worker_id()
@@ -197,6 +198,8 @@ class _Driver:
             future: Future = Future()
             future.set_result({"ok": False, "error": str(error)})
             return future
+        if self.device is not None:  # where it trains, not what: the run's id stays
+            config.run.device = self.device
         self.say(f"  start {run_id}")
         return self.executor.submit({"config": config.to_dict(),
                                      "run_dir": str(self.runs_dir / run_id)})
@@ -265,9 +268,12 @@ def _duration(seconds: float) -> str:
 
 def run_sweep(spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: str | Path, *,
               poll: float = 2.0, stale_after: float = 600.0, retry_failed: bool = False,
-              say: Callable[[str], None] | None = None) -> SweepResult:
+              say: Callable[[str], None] | None = None,
+              device: str | None = None) -> SweepResult:
     """Runs every point of ``spec`` not yet done, both phases, recording each in ``store`` and
-    training into ``runs_dir/<run id>``. Returns the counts this process saw.
+    training into ``runs_dir/<run id>``. Returns the counts this process saw. ``device``
+    (``cpu``, ``cuda[:N]``) sets every run's ``run.device`` without changing its identity, so
+    a study may go on on another machine.
 
     A SIGTERM is turned into KeyboardInterrupt, so both put this process's claims back to
     pending before the exception propagates.
@@ -276,7 +282,7 @@ def run_sweep(spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: st
         print(text, flush=True)
 
     driver = _Driver(spec, store, executor, Path(runs_dir), poll=poll, stale_after=stale_after,
-                     retry_failed=retry_failed, say=say or default_say)
+                     retry_failed=retry_failed, say=say or default_say, device=device)
     save_sweep_definition(store, spec)
     previous = None
     if threading.current_thread() is threading.main_thread():

@@ -30,6 +30,7 @@ from ..init import rescale_for_sparse_fan_in
 from ..metrics import sparsity_report
 from ..rundir import (
     CHECKPOINT_DIR,
+    CHECKPOINT_FILE,
     CONFIG_FILE,
     INIT_FILE,
     MASK_FILE,
@@ -49,7 +50,6 @@ from .tasks import make_task, seed_everything
 __all__ = ["Diverged", "Prepared", "learning_rate_factor", "prepare", "train"]
 
 log = logging.getLogger("sparsebench.train")
-CHECKPOINT_FILE = "state.safetensors"
 
 
 class Diverged(RuntimeError):
