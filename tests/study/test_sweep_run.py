@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -306,9 +307,15 @@ def test_retraining_finds_its_source_in_a_moved_checkout_or_says_what_is_missing
     (tmp_path / "a").rename(tmp_path / "b")
     assert not Path(source.run_dir).exists()
     store.delete(technique="lottery")
+    # ... and came without the source's initial weights (a run brought from a GPU machine):
+    # the lottery ticket gets them back from the source's config, bit for bit.
+    init = tmp_path / "b" / "runs" / source.id / "init.safetensors"
+    original = load_file(init)
+    init.unlink()
     again = run_sweep(spec, store, InProcessExecutor(), tmp_path / "b" / "runs", say=_quiet)
     assert (again.ran, again.failed) == (1, 0)
     assert store.runs(technique="lottery")[0].status == "finished"
+    assert all(torch.equal(original[k], v) for k, v in load_file(init).items())
     # The source's directory is gone altogether: the retraining run fails with the reason.
     store.delete(technique="lottery")
     for path in (tmp_path / "b" / "runs").glob("lottery*"):
@@ -331,7 +338,7 @@ def test_device_reaches_every_run_without_changing_its_id(tmp_path):
         assert run.status == "finished" and run.config["run"]["device"] == "cpu"
     # Without a GPU, "cuda" fails in the run itself: the device reached it, under the same id.
     with RunStore(tmp_path / "g.db") as store:
-        if not __import__("torch").cuda.is_available():
+        if not torch.cuda.is_available():
             run_sweep(spec, store, InProcessExecutor(), tmp_path / "gruns", say=_quiet,
                       device="cuda")
             (failed,) = store.runs()

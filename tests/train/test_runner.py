@@ -271,6 +271,20 @@ def test_retraining_with_a_fixed_mask_and_the_lottery_init(tmp_path):
 
 
 @needs_fmnist
+def test_initial_weights_come_back_from_the_config_alone(tmp_path):
+    from sparsebench.train.loop import write_initial_weights
+
+    train(_config(sparsity=0.9, steps=5), tmp_path / "run", progress=False)
+    init = tmp_path / "run" / "init.safetensors"
+    original = load_file(init)
+    init.unlink()  # as a run directory brought back from another machine without it
+    assert write_initial_weights(tmp_path / "run") == init
+    again = load_file(init)
+    assert again.keys() == original.keys()
+    assert all(torch.equal(original[k], again[k]) for k in original)
+
+
+@needs_fmnist
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     common = ["--task", "fmnist-lenet300", "--method", "magnitude", "--sparsity", "0.7",

@@ -68,6 +68,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stat.add_argument("--store", type=Path, nargs="+", required=True, help="SQLite run store(s)")
     stat.set_defaults(func=_status)
 
+    merge = subparsers.add_parser(
+        "import-runs",
+        help="copy the runs another store of ours finished (a study continued elsewhere)",
+        description="Copies the runs that ended in another run store (finished, failed or "
+                    "diverged: e.g. a copy of this store that went on on a GPU machine) into "
+                    "this one, where this one has no row for them or has them still pending or "
+                    "running. Runs this store already holds as ended are kept. Safe while "
+                    "sweeps run on this store.",
+    )
+    merge.add_argument("--from", dest="source", type=Path, required=True,
+                       help="the store whose ended runs are copied")
+    merge.add_argument("--into", type=Path, required=True, help="the store they go into")
+    merge.add_argument("--runs-dir", type=Path, default=None,
+                       help="where their run directories are here (default: 'runs' beside "
+                            "--into)")
+    merge.set_defaults(func=_import_runs)
+
     imp = subparsers.add_parser(
         "import-published",
         help="read the study's published runs (shipped with sparsebench) into a run store",
@@ -170,6 +187,18 @@ def _status(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{path}: no such run store.")
         with RunStore(path) as store:
             print(("\n" if index else "") + format_progress(study_progress(store)))
+    return 0
+
+
+def _import_runs(args: argparse.Namespace) -> int:
+    for path in (args.source, args.into):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such run store.")
+    runs_dir = args.runs_dir or args.into.resolve().parent / "runs"
+    with RunStore(args.source) as source, RunStore(args.into) as into:
+        counts = into.import_runs(source, runs_dir)
+    print(f"{args.into}: {counts['imported']} runs imported from {args.source}, "
+          f"{counts['kept']} already ended here kept")
     return 0
 
 

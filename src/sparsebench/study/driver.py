@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..rundir import MASK_FILE
+from ..rundir import INIT_FILE, MASK_FILE
 from .executors import Executor
 from .store import RunStore, StoreReplaced
 from .sweep import (
@@ -193,6 +193,11 @@ class _Driver:
         try:
             if point.source is not None:
                 source_dir = self._source_dir(point.source)
+                if point.technique == "lottery" and not (source_dir / INIT_FILE).is_file():
+                    from ..train.loop import write_initial_weights
+
+                    self.say(f"  writing {source_dir / INIT_FILE} again from its config")
+                    write_initial_weights(source_dir)
             config = point.config(self.spec.task, source_dir=source_dir)
         except ValueError as error:
             future: Future = Future()

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -579,6 +579,27 @@ class RunStore:
         stored = self.get(run_id)
         assert stored is not None  # just written in its own transaction
         return stored
+
+    def import_runs(self, other: RunStore, runs_dir: str | Path | None = None) -> dict[str, int]:
+        """Copies our runs that ended in ``other`` (finished, failed or diverged; a study
+        continued on another machine) into this store where this store has no row for them or
+        has them still open. Rows this store already holds as ended are kept. ``runs_dir``:
+        where their run directories now live here (``runs_dir/<id>``; default: unchanged).
+
+        Returns the counts ``imported`` and ``kept``.
+        """
+        mine = {run.id: run for run in self.runs(source="ours")}
+        incoming, kept = [], 0
+        for run in other.runs(source="ours", status=["finished", "failed", "diverged"]):
+            here = mine.get(run.id)
+            if here is not None and here.status not in ("pending", "running"):
+                kept += 1
+                continue
+            moved = str(Path(runs_dir) / run.id) if runs_dir is not None else run.run_dir
+            incoming.append(replace(run, run_dir=moved, worker=None, heartbeat=None,
+                                    created=here.created if here else run.created))
+        self.upsert(incoming)
+        return {"imported": len(incoming), "kept": kept}
 
     def delete(self, **filters: Any) -> int:
         """Deletes the runs matching ``filters`` (at least one is required). Returns the count."""

@@ -44,10 +44,11 @@ from ..rundir import (
 from ..schedules import GradualSchedule
 from ..sparsify import Sparsifier, load_masks, sparsify
 from .checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
-from .config import DENSE, OptimConfig, RunConfig
+from .config import DENSE, OptimConfig, RunConfig, load_yaml
 from .tasks import make_task, seed_everything
 
-__all__ = ["Diverged", "Prepared", "learning_rate_factor", "prepare", "train"]
+__all__ = ["Diverged", "Prepared", "learning_rate_factor", "prepare", "train",
+           "write_initial_weights"]
 
 log = logging.getLogger("sparsebench.train")
 
@@ -243,6 +244,20 @@ def prepare(config: RunConfig, device: torch.device | str = "cpu", rank: int = 0
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sp = _attach(config, model)
     return Prepared(task, model, sp, _build_optimizer(config.optim, model), init_state)
+
+
+def write_initial_weights(run_dir: str | Path) -> Path:
+    """Writes ``run_dir/init.safetensors`` again from the run's ``config.yaml`` and returns its
+    path. A run's initial weights are a function of its config (the seeded init, or the file
+    it names in ``sparsity.init_from``), so a run directory brought from another machine
+    without them (they are the largest file, and random) can have them back for a lottery
+    ticket."""
+    run_dir = Path(run_dir)
+    config = RunConfig.from_dict(load_yaml(run_dir / CONFIG_FILE)).validate()
+    prepared = prepare(config)
+    path = run_dir / INIT_FILE
+    _save_state_dict(path, prepared.init_state)
+    return path
 
 
 def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
