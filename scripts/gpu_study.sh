@@ -1,0 +1,58 @@
+#!/bin/bash
+# The study's sweeps (issue 7) continued on a GPU machine for a fixed time: a copy of each
+# committed store goes on there with `--device cuda` and several runs at once; then each store
+# and the files of the runs that ended there are packed into OUT (scripts/pack_study_runs.py).
+# Back here, `bash scripts/import_study_runs.sh DIR` merges them into the stores and run folders.
+# The points, their ids and the commands are the CPU study's: only where they train changes.
+#
+#   bash scripts/gpu_study.sh OUT [SECONDS] [WORKERS] [SWEEP:STORE ...]
+#
+# SECONDS (default 420) is the sweeping time; a run still going then is stopped and stays
+# pending. WORKERS (default 6) runs per task at once. Default pairs: both study sweeps with
+# their stores in results/study. DEVICE=cpu tries the script without a GPU.
+# On the device machine the data travels in .gpudata (ignored): fashion-mnist/,
+# freedict-eng-deu.dict.dz and cache/ding (the built corpus; SPARSEBENCH_DATA points there).
+set -uo pipefail
+out=${1:?usage: gpu_study.sh OUT [SECONDS] [WORKERS] [SWEEP:STORE ...]}
+seconds=${2:-420}
+workers=${3:-6}
+shift $(( $# < 3 ? $# : 3 ))
+pairs=("$@")
+[ ${#pairs[@]} -gt 0 ] || pairs=(sweeps/fmnist-resnet-study.yaml:results/study/fmnist-resnet.db
+                                 sweeps/ding-transformer-study.yaml:results/study/ding-transformer.db)
+device=${DEVICE:-cuda}
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -d .gpudata ]; then  # the device machine: put the data where the tasks look for it
+  [ -d .gpudata/fashion-mnist ] && mkdir -p /usr/share/datasets &&
+    cp -r .gpudata/fashion-mnist /usr/share/datasets/
+  [ -f .gpudata/freedict-eng-deu.dict.dz ] && mkdir -p /usr/share/dictd &&
+    cp -p .gpudata/freedict-eng-deu.dict.dz /usr/share/dictd/  # its mtime keys the corpus cache
+  [ -d .gpudata/cache ] && export SPARSEBENCH_DATA="$PWD/.gpudata/cache"
+fi
+work=$(mktemp -d)
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+  | tee "$out/device.txt"
+
+pids=()
+for pair in "${pairs[@]}"; do
+  sweep=${pair%%:*}; store=${pair#*:}; name=$(basename "$store" .db)
+  python3 - "$store" "$work/$name.db" <<'EOF'  # a consistent copy, WAL included
+import sqlite3, sys
+sqlite3.connect(sys.argv[1]).execute("VACUUM INTO ?", (sys.argv[2],))
+EOF
+  echo "=== $(date -u +%T) $sweep on $device, $workers at once, $seconds s" | tee -a "$out/sweeps.log"
+  timeout -s TERM "$seconds" python3 -m sparsebench sweep "$sweep" --store "$work/$name.db" \
+    --runs-dir "$work/runs-$name" --device "$device" --workers "$workers" --threads 2 \
+    > "$work/$name.log" 2>&1 &
+  pids+=($!)
+done
+wait "${pids[@]}"
+for pair in "${pairs[@]}"; do
+  sweep=${pair%%:*}; store=${pair#*:}; name=$(basename "$store" .db)
+  grep -v "sparsebench.train: step" "$work/$name.log" >> "$out/sweeps.log"
+  python3 scripts/pack_study_runs.py "$work/$name.db" "$work/runs-$name" "$sweep" "$out/$name" \
+    2>&1 | tee -a "$out/sweeps.log"
+done
+ls -la "$out"
