@@ -121,6 +121,12 @@ def test_training_cost_compares_runs_of_one_layout_only(tmp_path):
     runs = [run(0, "magnitude", 1.0), run(1, "variational_dropout", 2.0),
             run(2, "magnitude", 0.5, "channels_last"), run(3, "magnitude", 0.5, "channels_last"),
             run(4, "variational_dropout", 1.5, "channels_last")]
+    # Runs continued on a GPU are a group of their own.
+    gpu = [run(5, "magnitude", 0.03, "channels_last"), run(6, "variational_dropout", 0.09,
+                                                           "channels_last")]
+    for r in gpu:
+        r.config = {"run": {"device": "cuda"}}
+    runs += gpu
     with RunStore(tmp_path / "s.db") as store:
         store.upsert(runs)
         index = write_report(store, tmp_path / "report", source="ours")
@@ -130,9 +136,11 @@ def test_training_cost_compares_runs_of_one_layout_only(tmp_path):
     assert by["variational dropout", "channels-last"][2:5] == ["1", "1500.00", "3.00"]
     assert by["magnitude pruning", "channels-last"][2:5] == ["2", "500.00", "1.00"]
     assert by["variational dropout", "NCHW"][2:5] == ["1", "2000.00", "2.00"]
+    assert by["variational dropout", "channels-last, cuda"][2:5] == ["1", "90.00", "3.00"]
     text = html.unescape(index.read_text())
-    assert ("Variational dropout costs 3.00x (channels-last runs, median of 1) and 2.00x "
-            "(NCHW runs, median of 1) magnitude pruning per step here") in text
+    assert ("Variational dropout costs 3.00x (channels-last runs, median of 1), 2.00x "
+            "(NCHW runs, median of 1) and 3.00x (channels-last, cuda runs, median of 1) "
+            "magnitude pruning per step here") in text
 
 
 def test_commands(tmp_path, capsys):

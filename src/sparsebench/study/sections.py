@@ -136,8 +136,12 @@ _LAYOUT_NAMES = {"contiguous_format": "NCHW", "channels_last": "channels-last"}
 
 
 def _layout(run: Run) -> str:
-    return _LAYOUT_NAMES.get(run.flags.get("memory_format", "contiguous_format"),
-                             str(run.flags.get("memory_format")))
+    """Returns how the run trained, as far as its speed goes: the activation layout, and the
+    device when it was not the CPU (a study may go on on a GPU machine)."""
+    layout = _LAYOUT_NAMES.get(run.flags.get("memory_format", "contiguous_format"),
+                               str(run.flags.get("memory_format")))
+    device = str((run.config.get("run") or {}).get("device", "cpu"))
+    return layout if device == "cpu" else f"{layout}, {device}"
 
 
 def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
@@ -173,7 +177,8 @@ def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
         here = [f"{step[layout][t] / step[layout]['magnitude']:.2f}x ({layout} runs, median "
                 f"of {len(groups[layout][t])})" for layout in layouts if t in groups[layout]]
         if here:
-            sentences.append(f"{P.display_name(t).capitalize()} costs {' and '.join(here)} "
+            listed = ", ".join(here[:-1]) + (" and " if len(here) > 1 else "") + here[-1]
+            sentences.append(f"{P.display_name(t).capitalize()} costs {listed} "
                              f"magnitude pruning per step here, against {study:.2f}x in the "
                              f"study's Transformer.")
     if len(layouts) > 1:
