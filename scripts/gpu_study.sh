@@ -44,7 +44,7 @@ sqlite3.connect(sys.argv[1]).execute("VACUUM INTO ?", (sys.argv[2],))
 EOF
   echo "=== $(date -u +%T) $sweep on $device, $workers at once, $seconds s" | tee -a "$out/sweeps.log"
   timeout -s TERM "$seconds" python3 -m sparsebench sweep "$sweep" --store "$work/$name.db" \
-    --runs-dir "$work/runs-$name" --device "$device" --workers "$workers" --threads 2 \
+    --runs-dir "$work/runs-$name" --device "$device" --workers "$workers" --threads 1 \
     > "$work/$name.log" 2>&1 &
   pids+=($!)
 done
