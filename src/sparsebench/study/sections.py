@@ -185,8 +185,10 @@ def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
         sentences.append("Runs from before channels-last training (run.memory_format) were "
                          "NCHW and slower per step; each layout's runs are compared only with "
                          "its own magnitude runs.")
-    sentences.append("Times are wall-clock on this machine, which other work shares: compare "
-                     "ratios, not seconds.")
+    sentences.append("Times are each run's wall-clock on a machine other work shares, so they "
+                     "carry the load of their hour as well as the technique's cost; "
+                     "benchmarks/training_step_cost.py --tasks measures the ratios side by "
+                     "side in one process.")
     fig = Figure(figsize=(7.0, 3.8))
     ax = fig.subplots()
     xs = range(len(order))
