@@ -35,6 +35,17 @@ work=$(mktemp -d)
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee "$out/device.txt"
 
+# Build each task's data once (corpus, tokenizer) before the workers start side by side.
+for pair in "${pairs[@]}"; do
+  python3 - "${pair%%:*}" <<'EOF'
+import sys
+from sparsebench.study.sweep import load_sweep
+from sparsebench.train import build_config
+from sparsebench.train.loop import prepare
+prepare(build_config(load_sweep(sys.argv[1]).task))
+EOF
+done
+
 pids=()
 for pair in "${pairs[@]}"; do
   sweep=${pair%%:*}; store=${pair#*:}; name=$(basename "$store" .db)
