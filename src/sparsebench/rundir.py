@@ -7,6 +7,7 @@ and the inference tools (which read it). Everything in it loads without pickle.
     DIR/mask.safetensors    boolean masks of the sparsified weights, by weight name
     DIR/init.safetensors    the weights before training (for lottery-ticket retraining)
     DIR/checkpoint/         the last checkpoint (safetensors + JSON), removed when done
+    DIR/progress.json       the step, loss, rate and ETA, rewritten as the run trains
 
 ``result.json`` (schema 1) holds at least: ``status`` ("finished", "diverged" or "failed"),
 ``task``, ``method``, ``target_sparsity``, ``sparsity`` (achieved, over the sparsified weights),
@@ -35,6 +36,7 @@ __all__ = [
     "INIT_FILE",
     "MASK_FILE",
     "MODEL_FILE",
+    "PROGRESS_FILE",
     "RESULT_FILE",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -48,6 +50,7 @@ CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.safetensors"
 MASK_FILE = "mask.safetensors"
 INIT_FILE = "init.safetensors"
+PROGRESS_FILE = "progress.json"  # step, loss, rate and ETA, rewritten every run.log_every steps
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.safetensors"  # in CHECKPOINT_DIR
 

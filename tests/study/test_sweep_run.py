@@ -382,7 +382,18 @@ def test_status_counts_runs_and_estimates_what_is_left(tmp_path, capsys):
         pending = [r.technique for r in store.runs(status="pending")]
         magnitude_left = 6 * pending.count("magnitude")
         assert progress.seconds_left == pytest.approx((magnitude_left + 2 * 6 + 2 * 12) * speed)
+        # A run in progress that reported step 4 of 6: 2 steps left of it.
+        claimed = store.runs(status="pending")[0]
+        assert store.claim(claimed.id, "host:1:x")
+        Path(claimed.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(claimed.run_dir) / "progress.json").write_text(
+            json.dumps({"step": 4, "steps": 6, "steps_per_second": 2.0}))
+        again = study_progress(store)
+        assert again.running[0][:3] == (claimed.id, 4, 6)
+        less = speed * 4 if claimed.technique == "magnitude" else 0.0
+        assert again.seconds_left == pytest.approx(progress.seconds_left - less)
     assert main(["status", "--store", str(tmp_path / "r.db")]) == 0
     out = capsys.readouterr().out
+    assert f"running: {claimed.id} (step 4 of 6, 2.00 step/s, heartbeat" in out
     assert "not in the estimate (no finished run to time them by): random" in out
-    assert re.search(r"st\s+1\s+0\s+3\s+0\s+0\s+4", out)
+    assert re.search(r"st\s+1\s+1\s+2\s+0\s+0\s+4", out)

@@ -95,6 +95,10 @@ def test_without_a_bar_progress_goes_to_the_log(tmp_path, caplog):
     steps = [r.getMessage().split()[1] for r in caplog.records
              if r.getMessage().startswith("step ")]
     assert steps == ["5/10", "10/10"]
+    # ... and to progress.json, for `sparsebench status`.
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert (progress["step"], progress["steps"], progress["eta_seconds"]) == (10, 10, 0.0)
+    assert progress["steps_per_second"] > 0 and math.isfinite(progress["loss"])
 
 
 @needs_fmnist

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where a study stands: runs by status, runs in progress, training time left",
         description="Reads the run store(s), also while their sweeps run, and prints each "
                     "sweep's runs by status, the retraining / small-dense points still to be "
-                    "planned, each running run's last checkpoint and heartbeat, and an "
+                    "planned, each running run's step, speed and heartbeat, and an "
                     "estimate of the training time left for one worker.",
     )
     stat.add_argument("--store", type=Path, nargs="+", required=True, help="SQLite run store(s)")

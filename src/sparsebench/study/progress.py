@@ -1,5 +1,6 @@
-"""Where a study stands: the runs of each sweep by status, the runs in progress and how much
-training is left, read from the run store while its sweeps run (``sparsebench status``).
+"""Where a study stands: the runs of each sweep by status, the runs in progress (the step each
+last reported in its ``progress.json``) and how much training is left, read from the run store
+while its sweeps run (``sparsebench status``).
 
 The time left is an estimate: each open run's remaining steps times the seconds per step of
 its technique, the median over that technique's latest finished runs in the store (retraining
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ..rundir import CHECKPOINT_DIR, CHECKPOINT_FILE
+from ..rundir import CHECKPOINT_DIR, CHECKPOINT_FILE, PROGRESS_FILE
 from .store import Run, RunStore
 from .sweep import (
     RETRAINING_KINDS,
@@ -60,12 +61,25 @@ class StudyProgress:
 
     path: str
     sweeps: list[SweepProgress]
-    #: (run id, last checkpoint step or None, total steps or None, seconds since heartbeat)
-    running: list[tuple[str, int | None, int | None, float | None]]
+    #: (run id, step reached or None, total steps or None, seconds since heartbeat, steps
+    #: per second or None)
+    running: list[tuple[str, int | None, int | None, float | None, float | None]]
     seconds_per_step: dict[str, float]
     seconds_left: float | None
     #: Techniques with open runs and no measured speed (theirs or a borrowed one).
     unmeasured: list[str]
+
+
+def _progress_step(run_dir: str | None) -> tuple[int | None, float | None]:
+    """Returns the step the run last reported (``progress.json``) and its steps per second,
+    or the step of its last checkpoint and None when it reported nothing yet."""
+    if not run_dir:
+        return None, None
+    try:
+        progress = json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
+        return int(progress["step"]), progress.get("steps_per_second")
+    except (OSError, ValueError, KeyError, TypeError):
+        return _checkpoint_step(run_dir), None
 
 
 def _checkpoint_step(run_dir: str | None) -> int | None:
@@ -151,10 +165,10 @@ def study_progress(store: RunStore, now: float | None = None) -> StudyProgress:
             steps = steps_of.get(run.id)
             if steps is None and budget is not None:
                 steps = 2 * budget if run.technique == "scratch-b" else budget
-            done = _checkpoint_step(run.run_dir) if run.status == "running" else None
+            done, rate = _progress_step(run.run_dir) if run.status == "running" else (None, None)
             if run.status == "running":
                 beat = now - run.heartbeat if run.heartbeat else None
-                running.append((run.id, done, steps, beat))
+                running.append((run.id, done, steps, beat, rate))
             if steps is not None:
                 progress.open_steps.append((run.technique, max(0, steps - (done or 0))))
         planned: dict[str, int] = {}
@@ -198,11 +212,12 @@ def format_progress(progress: StudyProgress) -> str:
         lines.append(f"  {sweep.name:<{width}}  "
                      + "  ".join(f"{sweep.counts.get(s, 0):>8}" for s in statuses)
                      + f"  {sweep.unplanned:>17}")
-    for run_id, done, steps, beat in progress.running:
-        at = f"checkpoint at step {done}" if done is not None else "no checkpoint yet"
+    for run_id, done, steps, beat, rate in progress.running:
+        at = f"step {done}" if done is not None else "no step reported yet"
         of = f" of {steps}" if steps is not None and done is not None else ""
+        speed = f", {rate:.2f} step/s" if rate else ""
         alive = f", heartbeat {beat:.0f} s ago" if beat is not None else ""
-        lines.append(f"  running: {run_id} ({at}{of}{alive})")
+        lines.append(f"  running: {run_id} ({at}{of}{speed}{alive})")
     open_runs = sum(len(s.open_steps) for s in progress.sweeps)
     if open_runs:
         estimate = _duration(progress.seconds_left or 0.0)

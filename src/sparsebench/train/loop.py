@@ -35,6 +35,7 @@ from ..rundir import (
     INIT_FILE,
     MASK_FILE,
     MODEL_FILE,
+    PROGRESS_FILE,
     RESULT_FILE,
     atomic_write_bytes,
     atomic_write_json,
@@ -165,8 +166,10 @@ class _Progress:
     """A tqdm bar on a terminal when ``bar`` is set; plain log lines every ``every`` steps
     otherwise (on the main process only: ``enabled``)."""
 
-    def __init__(self, total: int, start: int, every: int, enabled: bool, bar: bool = True):
+    def __init__(self, total: int, start: int, every: int, enabled: bool, bar: bool = True,
+                 path: Path | None = None):
         self.total, self.every, self.enabled = total, every, enabled
+        self.path = path  # PROGRESS_FILE: where the step is, for `sparsebench status`
         self.bar = None
         self.started, self.start_step = time.perf_counter(), start
         if enabled and bar and sys.stderr.isatty():
@@ -183,11 +186,18 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(fields, refresh=False)
-        elif step % self.every == 0 or step == self.total:
-            rate = (step - self.start_step) / max(1e-9, time.perf_counter() - self.started)
-            eta = (self.total - step) / rate if rate > 0 else float("inf")
+        if step % self.every and step != self.total:
+            return
+        rate = (step - self.start_step) / max(1e-9, time.perf_counter() - self.started)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        if self.bar is None:
             text = " ".join(f"{k} {v}" for k, v in fields.items())
             log.info("step %d/%d %s %.2f step/s ETA %.0fs", step, self.total, text, rate, eta)
+        if self.path is not None:
+            atomic_write_json(self.path, {
+                "step": step, "steps": self.total, "loss": loss, "lr": lr,
+                "sparsity": sparsity, "steps_per_second": rate,
+                "eta_seconds": eta if math.isfinite(eta) else None, "time": time.time()})
 
     def close(self) -> None:
         if self.bar is not None:
@@ -324,7 +334,8 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
         writer = SummaryWriter(str(out / "tensorboard"))
 
     steps = config.run.steps
-    bar = _Progress(steps, start, config.run.log_every, dist.is_main, bar=progress)
+    bar = _Progress(steps, start, config.run.log_every, dist.is_main, bar=progress,
+                    path=out / PROGRESS_FILE)
     model.train()
     tick = time.perf_counter()
     try:
