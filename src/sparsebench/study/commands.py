@@ -71,11 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge = subparsers.add_parser(
         "import-runs",
         help="copy the runs another store of ours finished (a study continued elsewhere)",
-        description="Copies the runs that ended in another run store (finished, failed or "
+        description="Copies the runs that ended in another run store (finished or "
                     "diverged: e.g. a copy of this store that went on on a GPU machine) into "
                     "this one, where this one has no row for them or has them still pending or "
-                    "running. Runs this store already holds as ended are kept. Safe while "
-                    "sweeps run on this store.",
+                    "running. Runs this store already holds as ended are kept; runs that failed "
+                    "there stay to be run here. Safe while sweeps run on this store.",
     )
     merge.add_argument("--from", dest="source", type=Path, required=True,
                        help="the store whose ended runs are copied")
@@ -198,7 +198,8 @@ def _import_runs(args: argparse.Namespace) -> int:
     with RunStore(args.source) as source, RunStore(args.into) as into:
         counts = into.import_runs(source, runs_dir)
     print(f"{args.into}: {counts['imported']} runs imported from {args.source}, "
-          f"{counts['kept']} already ended here kept")
+          f"{counts['kept']} already ended here kept, {counts['failed_there']} that failed "
+          f"there left to run here")
     return 0
 
 

@@ -581,16 +581,19 @@ class RunStore:
         return stored
 
     def import_runs(self, other: RunStore, runs_dir: str | Path | None = None) -> dict[str, int]:
-        """Copies our runs that ended in ``other`` (finished, failed or diverged; a study
-        continued on another machine) into this store where this store has no row for them or
-        has them still open. Rows this store already holds as ended are kept. ``runs_dir``:
-        where their run directories now live here (``runs_dir/<id>``; default: unchanged).
+        """Copies our runs that ended in ``other`` (finished or diverged; a study continued
+        on another machine) into this store where this store has no row for them or has them
+        still open. Rows this store already holds as ended are kept. A run that failed there
+        is left to run here: a failure elsewhere says more about that machine than about the
+        run. ``runs_dir``: where their run directories now live here (``runs_dir/<id>``;
+        default: unchanged).
 
-        Returns the counts ``imported`` and ``kept``.
+        Returns the counts ``imported``, ``kept`` and ``failed_there``.
         """
         mine = {run.id: run for run in self.runs(source="ours")}
         incoming, kept = [], 0
-        for run in other.runs(source="ours", status=["finished", "failed", "diverged"]):
+        failed_there = other.count(source="ours", status="failed")
+        for run in other.runs(source="ours", status=["finished", "diverged"]):
             here = mine.get(run.id)
             if here is not None and here.status not in ("pending", "running"):
                 kept += 1
@@ -599,7 +602,7 @@ class RunStore:
             incoming.append(replace(run, run_dir=moved, worker=None, heartbeat=None,
                                     created=here.created if here else run.created))
         self.upsert(incoming)
-        return {"imported": len(incoming), "kept": kept}
+        return {"imported": len(incoming), "kept": kept, "failed_there": failed_there}
 
     def delete(self, **filters: Any) -> int:
         """Deletes the runs matching ``filters`` (at least one is required). Returns the count."""
