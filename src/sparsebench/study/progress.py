@@ -65,7 +65,7 @@ class StudyProgress:
     #: per second or None)
     running: list[tuple[str, int | None, int | None, float | None, float | None]]
     seconds_per_step: dict[str, float]
-    seconds_left: float | None
+    seconds_left: float
     #: Techniques with open runs and no measured speed (theirs or a borrowed one).
     unmeasured: list[str]
 
@@ -165,8 +165,9 @@ def study_progress(store: RunStore, now: float | None = None) -> StudyProgress:
             steps = steps_of.get(run.id)
             if steps is None and budget is not None:
                 steps = 2 * budget if run.technique == "scratch-b" else budget
-            done, rate = _progress_step(run.run_dir) if run.status == "running" else (None, None)
+            done = None
             if run.status == "running":
+                done, rate = _progress_step(run.run_dir)
                 beat = now - run.heartbeat if run.heartbeat else None
                 running.append((run.id, done, steps, beat, rate))
             if steps is not None:
@@ -191,9 +192,7 @@ def study_progress(store: RunStore, now: float | None = None) -> StudyProgress:
                 unmeasured.add(technique)
             else:
                 left += steps * speed
-    return StudyProgress(str(store.path), sweeps, running, speeds,
-                         left if any(p.open_steps for p in sweeps) else 0.0,
-                         sorted(unmeasured))
+    return StudyProgress(str(store.path), sweeps, running, speeds, left, sorted(unmeasured))
 
 
 def _duration(seconds: float) -> str:
@@ -220,7 +219,7 @@ def format_progress(progress: StudyProgress) -> str:
         lines.append(f"  running: {run_id} ({at}{of}{speed}{alive})")
     open_runs = sum(len(s.open_steps) for s in progress.sweeps)
     if open_runs:
-        estimate = _duration(progress.seconds_left or 0.0)
+        estimate = _duration(progress.seconds_left)
         lines.append(f"  left: {open_runs} runs, about {estimate} of training for one worker "
                      f"(each technique's median seconds per step over its {LATEST} latest "
                      f"finished runs; evaluation not counted)")
