@@ -143,6 +143,22 @@ def test_training_cost_compares_runs_of_one_layout_only(tmp_path):
             "magnitude pruning per step here") in text
 
 
+def test_training_cost_names_no_layout_for_a_model_without_convolutions(tmp_path):
+    linear = [{"name": "fc.weight", "kind": "linear", "shape": [4, 4], "size": 16,
+               "nonzeros": 2, "sparsity": 0.875}]
+    runs = [Run(id=f"{t}{i}", technique=t, model_family="transformer", metric_name="bleu",
+                metric_value=3.0, achieved_sparsity=0.9, status="finished",
+                seconds_per_step=s, train_seconds=100 * s, layers=linear)
+            for i, (t, s) in enumerate([("magnitude", 1.0), ("l0", 1.25)])]
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert(runs)
+        index = write_report(store, tmp_path / "report", source="ours")
+    rows = list(csv.reader((index.parent / "ours_transformer_cost.csv").open()))
+    assert {row[1] for row in rows[1:]} == {"CPU"}
+    assert "L0 regularization costs 1.25x (CPU runs, median of 1)" in html.unescape(
+        index.read_text())
+
+
 def test_commands(tmp_path, capsys):
     root = tmp_path / "data"
     relative = "sparse_transformer/technique_comparison/transformer_baselines.csv"
@@ -204,3 +220,33 @@ def test_published_report_renders_in_chromium(published_store, tmp_path, render_
     assert "At 95% sparsity, variational dropout has the best frontier point: 72.48%" in text
     assert "The dense baseline reaches 27.29 BLEU (mean of 5 runs" in text
     render_in_chromium(index)  # asserts a page with text and figures
+
+
+def test_the_loss_section_ranks_by_test_loss_beside_bleu(tmp_path):
+    # Three dense seeds far apart in BLEU (2, 5, 5) but not in loss (4.60-4.62); at 90%
+    # random pruning has the better BLEU and magnitude pruning the lower loss.
+    def run(name, technique, sparsity, bleu, loss):
+        return Run(id=name, technique=technique, model_family="transformer", metric_name="bleu",
+                   metric_value=bleu, achieved_sparsity=sparsity, status="finished",
+                   metrics={"test": {"bleu": bleu, "loss": loss}, "valid": {"bleu": 0.1}})
+    runs = [run("d0", "dense", 0.0, 2.0, 4.60), run("d1", "dense", 0.0, 5.0, 4.62),
+            run("d2", "dense", 0.0, 5.0, 4.61),
+            run("m1", "magnitude", 0.9, 3.0, 5.10), run("m2", "magnitude", 0.9, 2.0, 5.00),
+            run("r1", "random", 0.9, 4.0, 5.30), run("m3", "magnitude", 0.5, 4.0, 4.80),
+            Run(id="old", technique="random", model_family="transformer", metric_name="bleu",
+                metric_value=9.0, achieved_sparsity=0.5, status="finished")]  # no loss: left out
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert(runs)
+        index = write_report(store, tmp_path / "report", source="ours")
+    rows = list(csv.reader((index.parent / "ours_transformer_loss_frontiers.csv").open()))
+    assert rows[0] == ["sparsity %", "magnitude pruning", "random pruning", "lowest loss",
+                       "best BLEU"]
+    assert rows[1] == ["50", "4.800 (1)", "–", "magnitude pruning", "random pruning"]
+    assert rows[-1] == ["90", "5.000 (2)", "5.300 (1)", "magnitude pruning", "random pruning"]
+    text = html.unescape(index.read_text())
+    assert ("The 3 dense replicas span 2.00 BLEU to 5.00 BLEU (75% of their mean) but 4.600 to "
+            "4.620 nats per token of test loss (0.4% of theirs).") in text
+    assert ("At 90%, magnitude pruning has the lowest test loss (5.000, 0.300 below random "
+            "pruning), +0.390 from the dense mean; by BLEU, random pruning leads.") in text
+    assert 'src="ours_transformer_loss_frontiers.png"' in text
+    assert _png_size(index.parent / "ours_transformer_loss_frontiers.png")[0] > 400

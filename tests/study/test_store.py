@@ -224,15 +224,46 @@ def test_schema_1_store_is_migrated_with_layers_from_result_json(tmp_path):
     # Turn it back into what a schema-1 sparsebench wrote.
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE runs DROP COLUMN layers")
+    db.execute("ALTER TABLE runs DROP COLUMN metrics")
     db.execute("DROP TABLE inference")
     db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     db.commit()
     db.close()
     with RunStore(path) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION  # through 2 to the current one
         assert store.get("a").layers == layers
         assert store.get("b").layers == []  # its run directory is gone: nothing to fill in
         assert store.inference() == []
+
+
+def test_schema_2_store_is_migrated_with_every_metric_from_result_json(tmp_path):
+    path, run_dir = tmp_path / "old.db", tmp_path / "run"
+    run_dir.mkdir()
+    metrics = {"valid": {"bleu": 1.5, "chrf": 9.25, "sentences": 500},
+               "test": {"bleu": 2.0, "chrf": 10.5, "sentences": 2734, "note": "text"}}
+    (run_dir / "result.json").write_text(json.dumps({"metrics": metrics}))
+    with RunStore(path) as store:
+        store.upsert([Run(id="a", technique="magnitude", status="finished", run_dir=str(run_dir)),
+                      Run(id="b", technique="magnitude", status="pending", run_dir=str(run_dir)),
+                      Run(id="c", technique="dense", status="finished",
+                          run_dir=str(tmp_path / "gone"))])
+    db = sqlite3.connect(path)  # what a schema-2 sparsebench wrote
+    db.execute("ALTER TABLE runs DROP COLUMN metrics")
+    db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    with RunStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 3
+        # Numbers only: a text field of a result is no metric.
+        assert store.get("a").metrics == {
+            "valid": {"bleu": 1.5, "chrf": 9.25, "sentences": 500.0},
+            "test": {"bleu": 2.0, "chrf": 10.5, "sentences": 2734.0}}
+        assert store.get("b").metrics == {}  # not ended: its result is not its own yet
+        assert store.get("c").metrics == {}
+        # A result recorded from now on keeps its metrics in the row.
+        store.record_result("b", {"status": "finished", "metric": {"name": "bleu", "test": 3.0},
+                                  "metrics": {"test": {"bleu": 3.0, "loss": 4.5}}})
+        assert store.get("b").metrics == {"test": {"bleu": 3.0, "loss": 4.5}}
 
 
 def test_inference_results_round_trip_and_replace(tmp_path):

@@ -68,6 +68,22 @@ def test_bad_config_gets_one_clear_sentence(kwargs, message):
         build_config(**kwargs)
 
 
+def test_a_shorter_run_checkpoints_at_the_same_fraction_of_its_steps():
+    # The fmnist-resnet preset: 4,000 steps, a checkpoint every 400 and a log line every 40.
+    # A sweep's 600-step run keeps those tenths and hundredths of its own steps.
+    full = build_config("fmnist-resnet")
+    assert (full.run.steps, full.run.checkpoint_every, full.run.log_every) == (4000, 400, 40)
+    short = build_config("fmnist-resnet", steps=600)
+    assert (short.run.checkpoint_every, short.run.log_every) == (60, 6)
+    by_set = build_config("fmnist-resnet", overrides=["run.steps=900"])
+    assert (by_set.run.checkpoint_every, by_set.run.log_every) == (90, 9)
+    tiny = build_config("fmnist-resnet", steps=5)
+    assert (tiny.run.checkpoint_every, tiny.run.log_every) == (1, 1)
+    # What the caller chose stays as chosen.
+    chosen = build_config("fmnist-resnet", steps=600, overrides=["run.checkpoint_every=250"])
+    assert (chosen.run.checkpoint_every, chosen.run.log_every) == (250, 6)
+
+
 def test_learning_rate_schedules_by_hand():
     cosine = OptimConfig(schedule="cosine", warmup_steps=10)
     assert learning_rate_factor(cosine, 4, 110) == pytest.approx(0.5)

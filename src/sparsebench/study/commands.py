@@ -1,5 +1,5 @@
-"""The study's subcommands: ``sweep``, ``status``, ``import-published``, ``report`` and
-``bench-runs``."""
+"""The study's subcommands: ``sweep``, ``status``, ``import-runs``, ``import-published``,
+``report``, ``bench-runs`` and ``rescore``."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``sweep``, ``status``, ``import-published``, ``report`` and ``bench-runs`` to
-    ``sparsebench``."""
+    """Adds the study's subcommands (see the module docstring) to ``sparsebench``."""
     swp = subparsers.add_parser(
         "sweep",
         help="run a sweep file's points into a run store (resumable, several processes safe)",
@@ -148,6 +147,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "bench-inference --recalibrate)")
     bench.set_defaults(func=_bench_runs)
 
+    resc = subparsers.add_parser(
+        "rescore",
+        help="add the metrics a task reports now to runs that finished without them",
+        description="For each finished run in the store whose result lacks a metric its task "
+                    "now reports (e.g. the translation task's reference loss, added after the "
+                    "first study runs), evaluates the finalized model again for those metrics "
+                    "only, on the same splits, and adds them to its result.json and store row. "
+                    "Metrics a run already has are never recomputed. Safe while sweeps run.",
+    )
+    resc.add_argument("--store", type=Path, required=True, help="SQLite run store")
+    resc.add_argument("--runs-dir", type=Path, default=None,
+                      help="where the run directories are (default: each run's own run_dir)")
+    resc.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    resc.add_argument("--threads", type=int, default=None, help="torch threads")
+    resc.set_defaults(func=_rescore)
+
 
 def _sweep(args: argparse.Namespace) -> int:
     from .driver import run_sweep
@@ -273,4 +288,20 @@ def _bench_runs(args: argparse.Namespace) -> int:
         print(f"{len(runs)} runs to time at batch {args.batch} with {args.threads} thread(s)")
         time_runs(store, runs, args.batch, threads=args.threads, repeats=args.repeats,
                   force=args.force, recalibrate=args.recalibrate)
+    return 0
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from .rescore import rescore_runs
+
+    if not args.store.is_file():
+        raise FileNotFoundError(f"no run store at {args.store}.")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    with RunStore(args.store) as store:
+        counts = rescore_runs(store, runs_dir=args.runs_dir, device=args.device,
+                              threads=args.threads)
+    print(f"{args.store}: {counts.rescored} runs given their missing metrics, {counts.complete} "
+          f"already complete, {counts.no_files} without their run directory or model (left "
+          "as they are)")
     return 0

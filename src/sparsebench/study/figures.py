@@ -6,6 +6,8 @@
   over replicas, against the magnitude-pruning frontier.
 * :func:`relative_frontiers_figure`: a published frontier beside the user's own, both as a
   fraction of their own dense baseline, so the shapes compare although the tasks differ.
+* :func:`loss_frontier_figure`: each technique's frontier in test loss (lower is better, so
+  the axis runs downward), every run behind it and the dense replicas' range as a band.
 
 Each returns the path of the PNG it wrote (atomically). Top-1 is drawn in percent.
 """
@@ -23,6 +25,7 @@ from .pareto import Frontier, Point, Summary, display_name, metric_label
 
 __all__ = [
     "frontier_figure",
+    "loss_frontier_figure",
     "relative_frontiers_figure",
     "retraining_figure",
     "series_order",
@@ -164,6 +167,49 @@ def frontier_figure(
     bottom.set_xlim(_X_FROM, 100)
     bottom.grid(True, alpha=0.3)
     bottom.legend(fontsize=8, loc="lower left", markerscale=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def loss_frontier_figure(
+    frontiers: Mapping[str, Frontier],
+    points: Sequence[Point],
+    path: str | Path,
+    *,
+    baseline: Summary | None = None,
+    unit: str = "nats",
+    title: str = "",
+) -> Path:
+    """Draws each series' frontier in test loss against sparsity over every run's point, with
+    the dense replicas' mean (dashed) and min-max range (band). The loss axis is inverted, so
+    better is up as in the other figures. Returns the PNG path."""
+    names = sorted(frontiers, key=series_order)
+    colours = _colours(names)
+    fig = Figure(figsize=(8.0, 5.0))
+    ax = fig.subplots()
+    for name in sorted({p.series for p in points}, key=series_order):
+        pts = [p for p in points if p.series == name]
+        ax.scatter([100 * p.sparsity for p in pts], [p.value for p in pts], s=12, alpha=0.35,
+                   color=colours.get(name, "#7f7f7f"), edgecolors="none")
+    for index, name in enumerate(names):
+        levels = sorted(frontiers[name])
+        ax.plot([100 * lv for lv in levels], [frontiers[name][lv].value for lv in levels],
+                marker=_MARKERS[index % len(_MARKERS)], color=colours[name],
+                label=display_name(name), linewidth=1.8)
+    if baseline is not None:
+        ax.axhspan(baseline.min, baseline.max, color="black", alpha=0.08, linewidth=0)
+        ax.axhline(baseline.mean, color="black", linestyle="--", linewidth=1.2,
+                   label=f"dense ({baseline.mean:.3f}, range {baseline.min:.3f}-"
+                         f"{baseline.max:.3f}, n={baseline.n})")
+    left = sum(100 * p.sparsity < _X_FROM for p in points)
+    ax.set_xlim(_X_FROM, 100)
+    ax.invert_yaxis()
+    ax.set_xlabel("sparsity (%)" + (f"  ({left} runs under {_X_FROM:g}% not shown)"
+                                    if left else ""))
+    ax.set_ylabel(f"test loss ({unit}; lower is better, drawn upward)")
+    ax.set_title(title or "Frontier per technique in test loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -467,5 +467,6 @@ def write_report(
 # The sections for our own runs (per-layer sparsity, training cost, MP v2, small dense,
 # off-target runs, sweep files) register themselves in SECTION_BUILDERS when imported; they
 # import this module's types, hence the import at the end.
+from . import loss_section as _loss_section  # noqa: E402, F401
 from . import sections as _sections  # noqa: E402, F401
 from . import speed_sections as _speed_sections  # noqa: E402, F401

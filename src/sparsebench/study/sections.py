@@ -136,11 +136,15 @@ _LAYOUT_NAMES = {"contiguous_format": "NCHW", "channels_last": "channels-last"}
 
 
 def _layout(run: Run) -> str:
-    """Returns how the run trained, as far as its speed goes: the activation layout, and the
-    device when it was not the CPU (a study may go on on a GPU machine)."""
+    """Returns how the run trained, as far as its speed goes: the activation layout (of a
+    convolutional model; others have none to choose), and the device when it was not the CPU
+    (a study may go on on a GPU machine)."""
+    device = str((run.config.get("run") or {}).get("device", "cpu"))
+    layers = _layers(run)  # unknown (a row without them): possibly convolutional
+    if layers and not any(layer.get("kind") == "conv" for layer in layers):
+        return "CPU" if device == "cpu" else device
     layout = _LAYOUT_NAMES.get(run.flags.get("memory_format", "contiguous_format"),
                                str(run.flags.get("memory_format")))
-    device = str((run.config.get("run") or {}).get("device", "cpu"))
     return layout if device == "cpu" else f"{layout}, {device}"
 
 

@@ -39,13 +39,15 @@ __all__ = [
     "RunStore",
     "StoreError",
     "StoreReplaced",
+    "metrics_of_result",
     "model_family_of",
 ]
 
 #: Version of the table layout below; bump it (and migrate) whenever a column changes.
 #: 2 added ``runs.layers`` (the per-layer report of result.json, so the report needs no run
 #: directory) and the ``inference`` table (dense vs compiled-sparse timings of a run's model).
-SCHEMA_VERSION = 2
+#: 3 added ``runs.metrics``: every metric of every evaluated split, not only the headline one.
+SCHEMA_VERSION = 3
 
 STATUSES = ("pending", "running", "finished", "failed", "diverged")
 SOURCES = ("ours", "published")
@@ -71,7 +73,7 @@ _TECHNIQUE_ALIASES = {"vd": "variational_dropout", "l0_regularization": "l0", "n
 #: Seconds after which a running claim whose heartbeat stopped may be taken by another worker.
 DEFAULT_STALE_SECONDS = 600.0
 
-_JSON_COLUMNS = ("hyperparameters", "config", "flags", "layers")
+_JSON_COLUMNS = ("hyperparameters", "config", "flags", "layers", "metrics")
 
 _INFERENCE_TABLE = """
 CREATE TABLE IF NOT EXISTS inference (
@@ -120,6 +122,7 @@ CREATE TABLE IF NOT EXISTS runs (
                       CHECK (source IN ({", ".join(repr(s) for s in SOURCES)})),
     flags             TEXT NOT NULL DEFAULT '{{}}',
     layers            TEXT NOT NULL DEFAULT '[]',
+    metrics           TEXT NOT NULL DEFAULT '{{}}',
     replica           INTEGER,
     seed              INTEGER,
     worker            TEXT,
@@ -155,7 +158,8 @@ class Run:
     ``metric_value`` is BLEU in points or top-1 as a fraction; sparsities are fractions.
     ``train_id`` names the trained model (several evaluations of one model share it).
     ``layers`` is the per-layer list of the run's result.json (name, kind, shape, size,
-    nonzeros, FLOPs, sparsity), kept here so reports need no run directory.
+    nonzeros, FLOPs, sparsity), kept here so reports need no run directory. ``metrics`` is its
+    ``metrics``: split -> metric name -> value (``{"test": {"bleu": .., "loss": ..}}``).
     """
 
     id: str
@@ -180,6 +184,7 @@ class Run:
     source: str = "ours"
     flags: dict[str, Any] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     replica: int | None = None
     seed: int | None = None
     worker: str | None = None
@@ -239,14 +244,29 @@ def _uses_target(method: str | None) -> bool:
         return True
 
 
-def _result_layers(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Returns the ``layers`` list of ``run_dir/result.json``, or [] when it cannot be read."""
+def _read_result(run_dir: str | Path) -> dict[str, Any]:
+    """Returns ``run_dir/result.json``, or {} when it cannot be read."""
     try:
         result = json.loads((Path(run_dir) / "result.json").read_text())
     except (OSError, ValueError):
-        return []
-    layers = result.get("layers") if isinstance(result, dict) else None
+        return {}
+    return result if isinstance(result, dict) else {}
+
+
+def _result_layers(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Returns the ``layers`` list of ``run_dir/result.json``, or [] when it cannot be read."""
+    layers = _read_result(run_dir).get("layers")
     return list(layers) if isinstance(layers, list) else []
+
+
+def metrics_of_result(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Returns the numeric ``metrics`` of a result.json dict, split by split."""
+    metrics = result.get("metrics")
+    if not isinstance(metrics, dict):
+        return {}
+    return {str(split): {str(k): float(v) for k, v in values.items()
+                         if isinstance(v, int | float) and not isinstance(v, bool)}
+            for split, values in metrics.items() if isinstance(values, dict)}
 
 
 def _now() -> str:
@@ -378,6 +398,8 @@ class RunStore:
             raise StoreError(f"{self.path}: unknown run-store schema version {version}.")
         if version == 1:
             self._migrate_from_1()
+        if version <= 2:
+            self._migrate_from_2()
 
     def _migrate_from_1(self) -> None:
         """Adds ``runs.layers`` (filled from each finished run's result.json where its run
@@ -394,6 +416,23 @@ class RunStore:
                 layers = _result_layers(run_dir)
                 if layers:
                     db.execute("UPDATE runs SET layers=? WHERE id=?", (json.dumps(layers), run_id))
+            db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+
+    def _migrate_from_2(self) -> None:
+        """Adds ``runs.metrics``, filled from each ended run's result.json where its run
+        directory still exists, in one transaction."""
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row[0] != "2":  # another process migrated it meanwhile
+                return
+            db.execute("ALTER TABLE runs ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'")
+            for run_id, run_dir in db.execute(
+                    "SELECT id, run_dir FROM runs WHERE status IN ('finished', 'diverged') "
+                    "AND run_dir IS NOT NULL").fetchall():
+                metrics = metrics_of_result(_read_result(run_dir))
+                if metrics:
+                    db.execute("UPDATE runs SET metrics=? WHERE id=?",
+                               (json.dumps(metrics, sort_keys=True), run_id))
             db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @property
@@ -571,6 +610,7 @@ class RunStore:
             source="ours",
             flags=_result_flags(base.flags, result),
             layers=list(result.get("layers") or base.layers),
+            metrics=metrics_of_result(result) or base.metrics,
             replica=replica if replica is not None else base.replica,
             seed=result.get("seed", base.seed),
             created=base.created,

@@ -43,4 +43,17 @@ def build_config(task: str, *, method: str | None = None, sparsity: float | None
         apply_overrides(config, values)
     if overrides:
         apply_overrides(config, parse_set(overrides))
+    _scale_intervals_to_steps(config, preset(task).run)
     return config.validate()
+
+
+def _scale_intervals_to_steps(config: RunConfig, base) -> None:
+    """Keeps the preset's checkpoint and log intervals in proportion when the step count
+    changes and nothing chose them: a 600-step run of a 4,000-step preset checkpoints every
+    60 steps, not every 400 (which would lose two thirds of it to a stop)."""
+    steps = config.run.steps
+    if steps == base.steps:
+        return
+    for name in ("checkpoint_every", "log_every"):
+        if getattr(config.run, name) == getattr(base, name):
+            setattr(config.run, name, max(1, getattr(base, name) * steps // base.steps))

@@ -8,7 +8,7 @@ evaluate; the loop knows nothing about images or sentences.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ from torch import nn
 
 from .config import RunConfig, apply_overrides
 
-__all__ = ["PRESETS", "ClassificationTask", "TranslationTask", "make_task", "preset", "presets"]
+__all__ = ["PRESETS", "ClassificationTask", "TranslationTask", "make_task", "preset", "presets",
+           "task_class"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ class ClassificationTask:
 
     metric_name = "top1"
     higher_is_better = True
+    #: What :meth:`evaluate` reports for a split (top-5 only with 5 classes or more).
+    eval_metrics = ("top1", "top5", "loss")
 
     def __init__(self, config: RunConfig, rank: int = 0, world: int = 1):
         self.config, self.rank, self.world = config, rank, world
@@ -230,8 +233,10 @@ class ClassificationTask:
         return (self.images[:1],)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str, device: torch.device) -> dict[str, float]:
-        """Returns top-1/top-5 accuracy (fractions) and the mean loss on ``split``."""
+    def evaluate(self, model: nn.Module, split: str, device: torch.device,
+                 metrics: Collection[str] | None = None) -> dict[str, float]:
+        """Returns top-1/top-5 accuracy (fractions) and the mean loss on ``split``; one pass
+        gives all three, so ``metrics`` (a subset of :attr:`eval_metrics`) changes nothing."""
         from ..metrics import evaluate_classifier
 
         batch = self.config.eval.batch_size
@@ -256,6 +261,8 @@ class TranslationTask:
 
     metric_name = "bleu"
     higher_is_better = True
+    #: What :meth:`evaluate` reports for a split (besides the sentence count).
+    eval_metrics = ("bleu", "chrf", "loss")
 
     def __init__(self, config: RunConfig, rank: int = 0, world: int = 1):
         from ..data import ParallelTextDataset, TokenBatchSampler, read_split, train_joint_vocab
@@ -313,18 +320,68 @@ class TranslationTask:
         return src.unsqueeze(0), tgt[:-1].unsqueeze(0)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str, device: torch.device) -> dict[str, float]:
-        """Returns BLEU and chrF of beam-search (or greedy) translations of ``split``."""
-        from ..data.parallel_text import collate_pairs
-        from ..metrics import bleu, chrf
+    def evaluate(self, model: nn.Module, split: str, device: torch.device,
+                 metrics: Collection[str] | None = None) -> dict[str, float]:
+        """Returns BLEU and chrF of beam-search (or greedy) translations of ``split``, and
+        ``loss``: the mean cross-entropy (nats, no label smoothing) of each reference token
+        given the reference prefix. ``metrics`` (a subset of :attr:`eval_metrics`) computes only
+        those: without BLEU and chrF nothing is decoded.
 
+        BLEU of an early model on short sentences moves by points between seeds; the loss of
+        the same models moves by hundredths, so a study compares both.
+        """
+        wanted = set(self.eval_metrics if metrics is None else metrics)
+        unknown = wanted - set(self.eval_metrics)
+        if unknown:
+            raise ValueError(f"unknown translation metrics {sorted(unknown)}; "
+                             f"choose from {list(self.eval_metrics)}")
         limit = self.config.eval.max_valid if split == "valid" else self.config.eval.max_test
         pairs = self.eval_pairs[split][:limit] if limit else self.eval_pairs[split]
         model = _unwrap(model)
         was_training = model.training
         model.eval()
+        try:
+            out: dict[str, float] = {"sentences": float(len(pairs))}
+            if "loss" in wanted:
+                out["loss"] = self._reference_loss(model, pairs, device)
+            if wanted & {"bleu", "chrf"}:
+                out.update(self._translation_scores(model, pairs, device))
+            return out
+        finally:
+            model.train(was_training)
+
+    def _reference_loss(self, model: nn.Module, pairs: list[tuple[str, str]],
+                        device: torch.device) -> float:
+        """Returns the mean -log p(reference token | source, reference prefix) over every
+        reference token and EOS, in nats. Both sides are cut at ``data.max_length`` tokens
+        before BOS and EOS are added, as the sources of the translations are."""
+        from ..data.parallel_text import collate_pairs
+
+        c, n = model.config, self.config.data.max_length
+        items = [(torch.tensor(self.vocab.encode(s)[:n] + [c.eos_id]),
+                  torch.tensor([c.bos_id] + self.vocab.encode(t)[:n] + [c.eos_id]))
+                 for s, t in pairs]
+        order = sorted(range(len(items)), key=lambda i: len(items[i][1]))  # less padding
+        total, tokens = 0.0, 0
+        batch = max(1, self.config.eval.batch_size // 4)
+        for start in range(0, len(order), batch):
+            src, tgt = collate_pairs([items[i] for i in order[start : start + batch]],
+                                     pad_id=c.pad_id)
+            src, tgt = src.to(device), tgt.to(device)
+            logits = model(src, tgt[:, :-1]).float()
+            target = tgt[:, 1:]
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           target.reshape(-1), ignore_index=c.pad_id,
+                                           reduction="sum"))
+            tokens += int((target != c.pad_id).sum())
+        return total / max(tokens, 1)
+
+    def _translation_scores(self, model: nn.Module, pairs: list[tuple[str, str]],
+                            device: torch.device) -> dict[str, float]:
+        from ..data.parallel_text import collate_pairs
+        from ..metrics import bleu, chrf
+
         eos = model.config.eos_id
-        hypotheses: list[str] = []
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))  # less padding
         translated: dict[int, str] = {}
         batch = max(1, self.config.eval.batch_size // 8)
@@ -343,9 +400,7 @@ class TranslationTask:
                 translated[i] = self.vocab.decode(row)
         hypotheses = [translated[i] for i in range(len(pairs))]
         references = [target for _, target in pairs]
-        model.train(was_training)
-        return {"bleu": bleu(hypotheses, references), "chrf": chrf(hypotheses, references),
-                "sentences": float(len(pairs))}
+        return {"bleu": bleu(hypotheses, references), "chrf": chrf(hypotheses, references)}
 
 
 _DDP = torch.nn.parallel.DistributedDataParallel
@@ -355,11 +410,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, _DDP) else model
 
 
+def task_class(config: RunConfig) -> type[ClassificationTask] | type[TranslationTask]:
+    """Returns the task kind that serves ``config.data.dataset`` (not built: no data read)."""
+    return TranslationTask if config.data.dataset in ("ding", "parallel") else ClassificationTask
+
+
 def make_task(config: RunConfig, rank: int = 0, world: int = 1):
-    """Returns the task kind that serves ``config.data.dataset``."""
-    if config.data.dataset in ("ding", "parallel"):
-        return TranslationTask(config, rank, world)
-    return ClassificationTask(config, rank, world)
+    """Returns the task kind that serves ``config.data.dataset``, built."""
+    return task_class(config)(config, rank, world)
 
 
 def seed_everything(seed: int) -> None:

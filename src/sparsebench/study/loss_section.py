@@ -1,0 +1,113 @@
+"""The report's test-loss section for our runs: every frontier again in held-out loss.
+
+BLEU of an early Transformer on short sentences jumps by points between seeds: a model that
+gets a few more four-grams right moves the corpus score a lot. Its test loss (the
+cross-entropy of each reference token given the reference prefix) averages over every token
+and barely moves. Where runs carry a test loss beside a different headline metric, this
+section draws the techniques' frontiers in loss, says how far the dense replicas spread in each
+measure, and whether the two measures name the same leader at each level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from . import figures
+from . import pareto as P
+from .report import SECTION_BUILDERS, ReportContext, Scope, Section, Table, _metric_of
+from .store import Run
+
+__all__ = ["LOSS", "loss_section", "with_test_loss"]
+
+LOSS = "loss"
+_SERIES = (*P.SPARSIFIERS, "mp-v2")
+
+
+def with_test_loss(runs: Sequence[Run]) -> list[Run]:
+    """Returns copies of the finished runs that have a test loss, with it as their metric
+    (lower is better)."""
+    return [replace(r, metric_name=LOSS, metric_value=float(r.metrics["test"][LOSS]),
+                    higher_is_better=False)
+            for r in runs if r.status == "finished" and LOSS in r.metrics.get("test", {})]
+
+
+def _spread(summary: P.Summary) -> float:
+    """Returns a baseline's range as a fraction of its mean."""
+    return (summary.max - summary.min) / abs(summary.mean) if summary.mean else float("nan")
+
+
+def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """The frontiers in test loss, for our runs whose headline metric is something else."""
+    if scope.source != "ours":
+        return None
+    runs = ctx.scope_runs(scope)
+    metric, higher = _metric_of(runs)
+    lossy = with_test_loss(runs)
+    sparse = [r for r in lossy if r.technique in _SERIES]
+    if metric in ("", LOSS) or not sparse:
+        return None
+    table = P.frontiers(P.points_from_runs(sparse), tolerance_pp=ctx.tolerance_pp,
+                        higher_is_better=False)
+    headline = P.frontiers(P.points_from_runs([r for r in runs if r.technique in _SERIES]),
+                           tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
+    baseline = P.dense_baseline(lossy)
+    dense_metric = P.dense_baseline(runs)
+    unit = "nats per token" if metric == "bleu" else "nats per example"
+    name = f"{scope.key}_loss_frontiers.png"
+    figures.loss_frontier_figure(table, P.points_from_runs(sparse), ctx.out_dir / name,
+                                 baseline=baseline, unit=unit,
+                                 title=f"{scope.title}: frontier per technique in test loss")
+    sentences = []
+    if baseline is not None and dense_metric is not None and baseline.n > 1:
+        sentences.append(
+            f"The {baseline.n} dense replicas span {P.format_metric(dense_metric.min, metric)}"
+            f" to {P.format_metric(dense_metric.max, metric)} ({100 * _spread(dense_metric):.0f}%"
+            f" of their mean) but {baseline.min:.3f} to {baseline.max:.3f} {unit} of test loss "
+            f"({100 * _spread(baseline):.1f}% of theirs).")
+    rows = []
+    names = sorted(table, key=figures.series_order)
+    for level in P.LEVELS:
+        by_loss = P.leaders(table, level, higher_is_better=False)
+        by_metric = P.leaders(headline, level, higher_is_better=higher)
+        if not by_loss:
+            continue
+        cells = [f"{table[n][level].value:.3f} ({table[n][level].n})" if level in table[n]
+                 else "–" for n in names]
+        rows.append([f"{100 * level:g}", *cells, P.display_name(by_loss[0][0]),
+                     P.display_name(by_metric[0][0]) if by_metric else "–"])
+        if len(by_loss) > 1 and by_metric:
+            (best, top), (second, runner_up) = by_loss[0], by_loss[1]
+            agree = best == by_metric[0][0]
+            sentences.append(
+                f"At {100 * level:g}%, {P.display_name(best)} has the lowest test loss "
+                f"({top.value:.3f}, {runner_up.value - top.value:.3f} below "
+                f"{P.display_name(second)})"
+                + (f", {top.value - baseline.mean:+.3f} from the dense mean" if baseline else "")
+                + (f"; by {P.metric_label(metric)} it leads too." if agree else
+                   f"; by {P.metric_label(metric)}, {P.display_name(by_metric[0][0])} leads."))
+    return Section(
+        id=f"{scope.key}-loss",
+        title=f"{scope.title}: the frontiers in test loss",
+        question=f"Do the techniques rank the same in held-out loss, which moves far less "
+                 f"between seeds than {P.metric_label(metric)}?",
+        sentences=sentences,
+        figures=[(name, f"{scope.title} frontiers in test loss")],
+        tables=[Table(f"{scope.key}_loss_frontiers",
+                      ["sparsity %", *[P.display_name(n) for n in names], "lowest loss",
+                       f"best {P.metric_label(metric)}"], rows,
+                      f"Lowest test loss ({unit}) within ±{ctx.tolerance_pp:g} pp of each "
+                      "level (number of trained models in the bin).")],
+    )
+
+
+def _register() -> None:
+    # Right after the headline frontiers, which it reads beside.
+    if loss_section in SECTION_BUILDERS:
+        return
+    from .report import technique_section
+
+    SECTION_BUILDERS.insert(SECTION_BUILDERS.index(technique_section) + 1, loss_section)
+
+
+_register()
