@@ -244,8 +244,8 @@ def test_the_loss_section_ranks_by_test_loss_beside_bleu(tmp_path):
     assert rows[1] == ["50", "4.800 (1)", "–", "magnitude pruning", "random pruning"]
     assert rows[-1] == ["90", "5.000 (2)", "5.300 (1)", "magnitude pruning", "random pruning"]
     text = html.unescape(index.read_text())
-    assert ("The 3 dense replicas span 2.00 BLEU to 5.00 BLEU (75% of their mean) but 4.600 to "
-            "4.620 nats per token of test loss (0.4% of theirs).") in text
+    assert ("The 3 dense replicas span 2.00 BLEU to 5.00 BLEU (75.0% of their mean) and 4.600 "
+            "to 4.620 nats per token of test loss (0.4% of theirs).") in text
     assert ("At 90%, magnitude pruning has the lowest test loss (5.000, 0.300 below random "
             "pruning), +0.390 from the dense mean; by BLEU, random pruning leads.") in text
     assert 'src="ours_transformer_loss_frontiers.png"' in text

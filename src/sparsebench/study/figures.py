@@ -189,7 +189,7 @@ def loss_frontier_figure(
     ax = fig.subplots()
     for name in sorted({p.series for p in points}, key=series_order):
         pts = [p for p in points if p.series == name]
-        ax.scatter([100 * p.sparsity for p in pts], [p.value for p in pts], s=12, alpha=0.35,
+        ax.scatter([100 * p.sparsity for p in pts], [p.value for p in pts], s=16, alpha=0.5,
                    color=colours.get(name, "#7f7f7f"), edgecolors="none")
     for index, name in enumerate(names):
         levels = sorted(frontiers[name])

@@ -22,6 +22,7 @@ __all__ = ["LOSS", "loss_section", "with_test_loss"]
 
 LOSS = "loss"
 _SERIES = (*P.SPARSIFIERS, "mp-v2")
+_SHORT = {"top1": "top-1", "bleu": "BLEU"}
 
 
 def with_test_loss(runs: Sequence[Run]) -> list[Run]:
@@ -58,12 +59,13 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     figures.loss_frontier_figure(table, P.points_from_runs(sparse), ctx.out_dir / name,
                                  baseline=baseline, unit=unit,
                                  title=f"{scope.title}: frontier per technique in test loss")
+    short = _SHORT.get(metric, metric)
     sentences = []
     if baseline is not None and dense_metric is not None and baseline.n > 1:
         sentences.append(
             f"The {baseline.n} dense replicas span {P.format_metric(dense_metric.min, metric)}"
-            f" to {P.format_metric(dense_metric.max, metric)} ({100 * _spread(dense_metric):.0f}%"
-            f" of their mean) but {baseline.min:.3f} to {baseline.max:.3f} {unit} of test loss "
+            f" to {P.format_metric(dense_metric.max, metric)} ({100 * _spread(dense_metric):.1f}%"
+            f" of their mean) and {baseline.min:.3f} to {baseline.max:.3f} {unit} of test loss "
             f"({100 * _spread(baseline):.1f}% of theirs).")
     rows = []
     names = sorted(table, key=figures.series_order)
@@ -84,18 +86,18 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
                 f"({top.value:.3f}, {runner_up.value - top.value:.3f} below "
                 f"{P.display_name(second)})"
                 + (f", {top.value - baseline.mean:+.3f} from the dense mean" if baseline else "")
-                + (f"; by {P.metric_label(metric)} it leads too." if agree else
-                   f"; by {P.metric_label(metric)}, {P.display_name(by_metric[0][0])} leads."))
+                + (f"; by {short} it leads too." if agree else
+                   f"; by {short}, {P.display_name(by_metric[0][0])} leads."))
     return Section(
         id=f"{scope.key}-loss",
         title=f"{scope.title}: the frontiers in test loss",
-        question=f"Do the techniques rank the same in held-out loss, which moves far less "
-                 f"between seeds than {P.metric_label(metric)}?",
+        question=f"Do the techniques rank the same in held-out loss as in {short}? On a short "
+                 "budget the loss can separate what a noisy headline metric cannot.",
         sentences=sentences,
         figures=[(name, f"{scope.title} frontiers in test loss")],
         tables=[Table(f"{scope.key}_loss_frontiers",
                       ["sparsity %", *[P.display_name(n) for n in names], "lowest loss",
-                       f"best {P.metric_label(metric)}"], rows,
+                       f"best {short}"], rows,
                       f"Lowest test loss ({unit}) within ±{ctx.tolerance_pp:g} pp of each "
                       "level (number of trained models in the bin).")],
     )
