@@ -234,14 +234,17 @@ def test_the_loss_section_ranks_by_test_loss_beside_bleu(tmp_path):
             run("m1", "magnitude", 0.9, 3.0, 5.10), run("m2", "magnitude", 0.9, 2.0, 5.00),
             run("r1", "random", 0.9, 4.0, 5.30), run("m3", "magnitude", 0.5, 4.0, 4.80),
             Run(id="old", technique="random", model_family="transformer", metric_name="bleu",
-                metric_value=9.0, achieved_sparsity=0.5, status="finished")]  # no loss: left out
+                metric_value=9.0, achieved_sparsity=0.5, status="finished"),  # no loss
+            Run(id="d3", technique="dense", model_family="transformer", metric_name="bleu",
+                metric_value=0.5, achieved_sparsity=0.0, status="finished")]  # no loss
     with RunStore(tmp_path / "s.db") as store:
         store.upsert(runs)
         index = write_report(store, tmp_path / "report", source="ours")
     rows = list(csv.reader((index.parent / "ours_transformer_loss_frontiers.csv").open()))
     assert rows[0] == ["sparsity %", "magnitude pruning", "random pruning", "lowest loss",
                        "best BLEU"]
-    assert rows[1] == ["50", "4.800 (1)", "–", "magnitude pruning", "random pruning"]
+    # The random run at 50% has no loss: it is left out of both rankings, not only one.
+    assert rows[1] == ["50", "4.800 (1)", "–", "magnitude pruning", "magnitude pruning"]
     assert rows[-1] == ["90", "5.000 (2)", "5.300 (1)", "magnitude pruning", "random pruning"]
     text = html.unescape(index.read_text())
     assert ("The 3 dense replicas span 2.00 BLEU to 5.00 BLEU (75.0% of their mean) and 4.600 "

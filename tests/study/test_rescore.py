@@ -20,6 +20,14 @@ def test_missing_metrics_per_split():
     # An empty split was never evaluated (no such split in the data): nothing to add there.
     assert missing_metrics(result, ("bleu", "chrf", "loss")) == {"valid": ["loss"]}
     assert missing_metrics({}, ("loss",)) == {}
+    # A metric whose definition changed is asked for again where it exists.
+    assert missing_metrics(result, ("bleu", "chrf", "loss"), recompute=["loss"]) == {
+        "valid": ["loss"], "test": ["loss"]}
+
+
+def test_the_headline_metric_is_never_evaluated_again(tmp_path):
+    with RunStore(tmp_path / "s.db") as store, pytest.raises(ValueError, match="ranked by"):
+        rescore_runs(store, recompute=["loss", "bleu"])
 
 
 @pytest.mark.skipif(not DING_DICT_PATH.is_file(),
@@ -39,10 +47,19 @@ def test_rescore_adds_the_loss_the_runner_computes_and_keeps_the_rest(tmp_path):
     said: list[str] = []
     with RunStore(tmp_path / "s.db") as store:
         store.record_result("a", result, run_dir)
+        broken = tmp_path / "runs" / "broken"
+        broken.mkdir()
+        (broken / "result.json").write_text(json.dumps({"status": "finished", "metrics": {
+            "test": {"bleu": 1.0}}, "config": {"model": {"name": "no-such-model"}}}))
         store.upsert([Run(id="gone", technique="dense", status="finished",
-                          run_dir=str(tmp_path / "runs" / "gone"))])
+                          run_dir=str(tmp_path / "runs" / "gone")),
+                      Run(id="broken", technique="dense", status="finished",
+                          run_dir=str(broken))])
         counts = rescore_runs(store, say=said.append)
-        assert (counts.rescored, counts.complete, counts.no_files) == (1, 0, 1)
+        assert (counts.rescored, counts.complete, counts.no_files, counts.unreadable) == (
+            1, 0, 1, 1)
+        assert any("broken: left as it is" in line for line in said)
+        said = [line for line in said if "broken" not in line]
         row = store.get("a")
         for split in ("valid", "test"):
             # The finalized weights evaluated again: the runner's own number.
@@ -55,4 +72,8 @@ def test_rescore_adds_the_loss_the_runner_computes_and_keeps_the_rest(tmp_path):
         # A second pass finds it complete and evaluates nothing.
         again = rescore_runs(store, say=said.append)
         assert (again.rescored, again.complete) == (0, 1)
-        assert len(said) == 1
+        assert len([line for line in said if "broken" not in line]) == 1
+        # Asked to, it evaluates the loss again (same weights: same numbers), BLEU untouched.
+        forced = rescore_runs(store, recompute=["loss"], say=said.append)
+        assert forced.rescored == 1
+        assert store.get("a").metrics == row.metrics

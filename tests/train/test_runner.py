@@ -79,9 +79,11 @@ def test_a_shorter_run_checkpoints_at_the_same_fraction_of_its_steps():
     assert (by_set.run.checkpoint_every, by_set.run.log_every) == (90, 9)
     tiny = build_config("fmnist-resnet", steps=5)
     assert (tiny.run.checkpoint_every, tiny.run.log_every) == (1, 1)
-    # What the caller chose stays as chosen.
+    # What the caller chose stays as chosen, even the preset's own number.
     chosen = build_config("fmnist-resnet", steps=600, overrides=["run.checkpoint_every=250"])
     assert (chosen.run.checkpoint_every, chosen.run.log_every) == (250, 6)
+    same = build_config("fmnist-resnet", steps=600, values={"run": {"log_every": 40}})
+    assert (same.run.checkpoint_every, same.run.log_every) == (60, 40)
 
 
 def test_learning_rate_schedules_by_hand():

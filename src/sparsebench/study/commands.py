@@ -154,13 +154,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "now reports (e.g. the translation task's reference loss, added after the "
                     "first study runs), evaluates the finalized model again for those metrics "
                     "only, on the same splits, and adds them to its result.json and store row. "
-                    "Metrics a run already has are never recomputed. Safe while sweeps run.",
+                    "Metrics a run already has are evaluated again only when named with "
+                    "--recompute. Safe while sweeps run.",
     )
     resc.add_argument("--store", type=Path, required=True, help="SQLite run store")
     resc.add_argument("--runs-dir", type=Path, default=None,
                       help="where the run directories are (default: each run's own run_dir)")
     resc.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     resc.add_argument("--threads", type=int, default=None, help="torch threads")
+    resc.add_argument("--recompute", nargs="+", default=[], metavar="METRIC",
+                      help="evaluate these again even where runs have them (e.g. loss, after "
+                           "its definition changed); never the headline metric")
     resc.set_defaults(func=_rescore)
 
 
@@ -300,8 +304,8 @@ def _rescore(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be at least 1, got {args.threads}.")
     with RunStore(args.store) as store:
         counts = rescore_runs(store, runs_dir=args.runs_dir, device=args.device,
-                              threads=args.threads)
-    print(f"{args.store}: {counts.rescored} runs given their missing metrics, {counts.complete} "
-          f"already complete, {counts.no_files} without their run directory or model (left "
-          "as they are)")
+                              threads=args.threads, recompute=args.recompute)
+    print(f"{args.store}: {counts.rescored} runs given metrics, {counts.complete} with nothing "
+          f"to add, {counts.no_files} without their run directory or model and "
+          f"{counts.unreadable} unreadable (both left as they are)")
     return 0

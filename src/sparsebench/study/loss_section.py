@@ -48,12 +48,16 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     sparse = [r for r in lossy if r.technique in _SERIES]
     if metric in ("", LOSS) or not sparse:
         return None
+    # Both measures over the same runs: a run without a loss (not rescored) would otherwise
+    # decide the headline ranking alone and pass for a disagreement.
+    measured = {r.id for r in lossy}
+    same = [r for r in runs if r.id in measured]
     table = P.frontiers(P.points_from_runs(sparse), tolerance_pp=ctx.tolerance_pp,
                         higher_is_better=False)
-    headline = P.frontiers(P.points_from_runs([r for r in runs if r.technique in _SERIES]),
+    headline = P.frontiers(P.points_from_runs([r for r in same if r.technique in _SERIES]),
                            tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
     baseline = P.dense_baseline(lossy)
-    dense_metric = P.dense_baseline(runs)
+    dense_metric = P.dense_baseline(same)
     unit = "nats per token" if metric == "bleu" else "nats per example"
     name = f"{scope.key}_loss_frontiers.png"
     figures.loss_frontier_figure(table, P.points_from_runs(sparse), ctx.out_dir / name,

@@ -478,6 +478,19 @@ class RunStore:
             count += 1
         return count
 
+    def set_metrics(self, run_id: str, metrics: Mapping[str, Mapping[str, float]]) -> None:
+        """Replaces the ``metrics`` of row ``run_id`` alone, in one statement, so a sweep
+        writing the rest of the row meanwhile loses nothing.
+
+        Raises:
+            KeyError: when the store has no such run.
+        """
+        with self.transaction() as db:
+            cursor = db.execute("UPDATE runs SET metrics=?, updated=? WHERE id=?",
+                                (json.dumps(metrics, sort_keys=True), _now(), run_id))
+        if cursor.rowcount != 1:
+            raise KeyError(f"no run {run_id!r} in {self.path}")
+
     def add_pending(self, run: Run) -> bool:
         """Adds ``run`` as pending unless a row with its id exists (a restarted sweep keeps its
         finished runs). Returns True when the row was added."""
@@ -610,7 +623,7 @@ class RunStore:
             source="ours",
             flags=_result_flags(base.flags, result),
             layers=list(result.get("layers") or base.layers),
-            metrics=metrics_of_result(result) or base.metrics,
+            metrics=metrics_of_result(result),  # an attempt's own: none if it diverged
             replica=replica if replica is not None else base.replica,
             seed=result.get("seed", base.seed),
             created=base.created,

@@ -27,8 +27,10 @@ def build_config(task: str, *, method: str | None = None, sparsity: float | None
     """Returns the validated config of a run: the task preset, then a YAML file, then the
     named shortcuts, then ``values`` (nested) and ``--set`` style ``overrides``, later wins."""
     config = preset(task)
+    layers: list[dict] = []  # what the caller gave, in order, to see what it chose
     if config_file:
-        apply_overrides(config, load_yaml(config_file))
+        layers.append(load_yaml(config_file))
+        apply_overrides(config, layers[-1])
     shortcuts: dict = {}
     if method is not None:
         shortcuts.setdefault("sparsity", {})["method"] = method
@@ -40,20 +42,24 @@ def build_config(task: str, *, method: str | None = None, sparsity: float | None
         shortcuts.setdefault("run", {})["seed"] = seed
     apply_overrides(config, shortcuts)
     if values:
+        layers.append(values)
         apply_overrides(config, values)
     if overrides:
-        apply_overrides(config, parse_set(overrides))
-    _scale_intervals_to_steps(config, preset(task).run)
+        layers.append(parse_set(overrides))
+        apply_overrides(config, layers[-1])
+    chosen = {name for layer in layers for name in (layer.get("run") or {})}
+    _scale_intervals_to_steps(config, preset(task).run, chosen)
     return config.validate()
 
 
-def _scale_intervals_to_steps(config: RunConfig, base) -> None:
+def _scale_intervals_to_steps(config: RunConfig, base, chosen: set[str]) -> None:
     """Keeps the preset's checkpoint and log intervals in proportion when the step count
-    changes and nothing chose them: a 600-step run of a 4,000-step preset checkpoints every
-    60 steps, not every 400 (which would lose two thirds of it to a stop)."""
+    changes and the caller did not set them (``chosen``: the ``run`` fields it set): a
+    600-step run of a 4,000-step preset checkpoints every 60 steps, not every 400 (which
+    would lose two thirds of it to a stop)."""
     steps = config.run.steps
     if steps == base.steps:
         return
     for name in ("checkpoint_every", "log_every"):
-        if getattr(config.run, name) == getattr(base, name):
+        if name not in chosen:
             setattr(config.run, name, max(1, getattr(base, name) * steps // base.steps))

@@ -353,20 +353,20 @@ class TranslationTask:
     def _reference_loss(self, model: nn.Module, pairs: list[tuple[str, str]],
                         device: torch.device) -> float:
         """Returns the mean -log p(reference token | source, reference prefix) over every
-        reference token and EOS, in nats. Both sides are cut at ``data.max_length`` tokens
-        before BOS and EOS are added, as the sources of the translations are."""
+        reference token and EOS, in nats (NaN for no pairs). The source is cut at
+        ``data.max_length`` tokens as for the translations; the reference is scored whole
+        (positions are sinusoidal, so any length works), in batches of at most
+        ``data.max_tokens`` padded tokens, so a long sentence costs time, not memory."""
         from ..data.parallel_text import collate_pairs
 
         c, n = model.config, self.config.data.max_length
         items = [(torch.tensor(self.vocab.encode(s)[:n] + [c.eos_id]),
-                  torch.tensor([c.bos_id] + self.vocab.encode(t)[:n] + [c.eos_id]))
+                  torch.tensor([c.bos_id] + self.vocab.encode(t) + [c.eos_id]))
                  for s, t in pairs]
-        order = sorted(range(len(items)), key=lambda i: len(items[i][1]))  # less padding
         total, tokens = 0.0, 0
-        batch = max(1, self.config.eval.batch_size // 4)
-        for start in range(0, len(order), batch):
-            src, tgt = collate_pairs([items[i] for i in order[start : start + batch]],
-                                     pad_id=c.pad_id)
+        for batch in _token_batches([max(len(a), len(b)) for a, b in items],
+                                    self.config.data.max_tokens):
+            src, tgt = collate_pairs([items[i] for i in batch], pad_id=c.pad_id)
             src, tgt = src.to(device), tgt.to(device)
             logits = model(src, tgt[:, :-1]).float()
             target = tgt[:, 1:]
@@ -374,7 +374,7 @@ class TranslationTask:
                                            target.reshape(-1), ignore_index=c.pad_id,
                                            reduction="sum"))
             tokens += int((target != c.pad_id).sum())
-        return total / max(tokens, 1)
+        return total / tokens if tokens else float("nan")
 
     def _translation_scores(self, model: nn.Module, pairs: list[tuple[str, str]],
                             device: torch.device) -> dict[str, float]:
@@ -401,6 +401,19 @@ class TranslationTask:
         hypotheses = [translated[i] for i in range(len(pairs))]
         references = [target for _, target in pairs]
         return {"bleu": bleu(hypotheses, references), "chrf": chrf(hypotheses, references)}
+
+
+def _token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Returns the indices in order of length, cut into batches whose padded size (count x
+    longest) stays within ``max_tokens``; a longer item goes alone."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if current and (len(current) + 1) * lengths[i] > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
 
 
 _DDP = torch.nn.parallel.DistributedDataParallel
