@@ -4,7 +4,8 @@
 # the models are timed on a quiet machine and the report is written to results/.
 #   bash scripts/run_study.sh            # run (or resume) everything
 #   bash scripts/run_study.sh report     # only time what is not timed yet and rewrite the report
-# Stop it at any time (Ctrl-C); run it again to go on where it stopped.
+# Stop it at any time (Ctrl-C, or `bash scripts/stop_study.sh` from another shell, which also
+# readies the stores for a commit); run it again to go on where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SB=.venv/bin/sparsebench

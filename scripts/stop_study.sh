@@ -1,0 +1,32 @@
+#!/bin/bash
+# Stops the CPU study started by scripts/run_study.sh so that it can be committed: the driver
+# first (nothing new starts), then each sweep with SIGTERM (its runs go back to pending and
+# resume from their last checkpoint, at most a tenth of a run ago), then each store's WAL is
+# folded into the .db file, which is what git sees.
+#   bash scripts/stop_study.sh && git add results/study/*.db
+set -uo pipefail
+cd "$(dirname "$0")/.."
+pkill -KILL -f "scripts/run_study.sh"  # SIGKILL: its trap would otherwise run the report
+pkill -TERM -f "sparsebench sweep"
+for _ in $(seq 90); do
+  pgrep -f "sparsebench sweep" > /dev/null || break
+  sleep 2
+done
+if pgrep -fa "sparsebench sweep"; then
+  echo "sweeps still running after 3 minutes; not touching the stores" >&2
+  exit 1
+fi
+for db in results/study/*.db; do
+  python3 - "$db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+counts = db.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
+db.close()
+print(sys.argv[1] + ": " + ", ".join(f"{n} {s}" for s, n in counts))
+PY
+  # Leftovers of a clean close: with no process on the store and an empty WAL, the -shm
+  # index holds nothing either. A non-empty WAL would hold data, so then both stay.
+  if [ ! -s "$db-wal" ]; then rm -f "$db-wal" "$db-shm"; fi
+done
+exit 0
