@@ -21,7 +21,8 @@ run_task() {  # run_task STORE SWEEP...
 
 if [ "${1:-}" != "report" ]; then
   run_task fmnist-resnet.db sweeps/fmnist-resnet-blocks.yaml sweeps/fmnist-resnet-wider.yaml \
-    sweeps/fmnist-resnet-study.yaml >> "$STUDY/fmnist-resnet.log" 2>&1 &
+    sweeps/fmnist-resnet-seeds.yaml sweeps/fmnist-resnet-study.yaml \
+    >> "$STUDY/fmnist-resnet.log" 2>&1 &
   image=$!
   run_task ding-transformer.db sweeps/ding-transformer-blocks.yaml \
     sweeps/ding-transformer-study.yaml >> "$STUDY/ding-transformer.log" 2>&1 &
