@@ -25,7 +25,8 @@ if [ "${1:-}" != "report" ]; then
     >> "$STUDY/fmnist-resnet.log" 2>&1 &
   image=$!
   run_task ding-transformer.db sweeps/ding-transformer-blocks.yaml \
-    sweeps/ding-transformer-study.yaml >> "$STUDY/ding-transformer.log" 2>&1 &
+    sweeps/ding-transformer-seeds.yaml sweeps/ding-transformer-study.yaml \
+    >> "$STUDY/ding-transformer.log" 2>&1 &
   translation=$!
   trap 'kill $image $translation 2>/dev/null; wait' INT TERM
   echo "training: logs in $STUDY/fmnist-resnet.log and $STUDY/ding-transformer.log"
