@@ -253,3 +253,41 @@ def test_the_loss_section_ranks_by_test_loss_beside_bleu(tmp_path):
             "pruning), +0.390 from the dense mean; by BLEU, random pruning leads.") in text
     assert 'src="ours_transformer_loss_frontiers.png"' in text
     assert _png_size(index.parent / "ours_transformer_loss_frontiers.png")[0] > 400
+
+
+def test_the_seed_section_sizes_each_repeated_setting_and_says_what_overlaps(tmp_path):
+    def run(name, technique, target, seed, top1, loss, **hp):
+        return Run(id=name, technique=technique, model_family="lenet5", metric_name="top1",
+                   metric_value=top1, achieved_sparsity=target or 0.0, target_sparsity=target,
+                   seed=seed, status="finished", hyperparameters=hp,
+                   metrics={"test": {"top1": top1, "loss": loss}})
+    keep = {"end": 0.4, "pruned_weights": "keep"}
+    runs = [run(f"d{s}", "dense", None, s, 0.88 + s / 1000, 0.40) for s in range(3)]
+    runs += [run(f"m{s}", "magnitude", 0.8, s, v, 0.50 + s / 100, **keep)
+             for s, v in enumerate((0.80, 0.84, 0.82))]
+    runs += [run(f"r{s}", "random", 0.8, s, v, 0.45, end=0.4)
+             for s, v in enumerate((0.86, 0.85, 0.83))]
+    # At 90% the two settings' seeds do not overlap.
+    runs += [run(f"m9{s}", "magnitude", 0.9, s, v, 0.6, **keep) for s, v in enumerate((0.7, 0.72))]
+    runs += [run(f"r9{s}", "random", 0.9, s, v, 0.7, end=0.4) for s, v in enumerate((0.6, 0.65))]
+    runs += [run("once", "magnitude", 0.8, 0, 0.9, 0.3, end=0.6),  # one seed: not repeated
+             run("again", "magnitude", 0.8, 0, 0.9, 0.3, end=0.6)]  # same seed twice: neither
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert(runs)
+        index = write_report(store, tmp_path / "report", source="ours")
+    rows = list(csv.reader((index.parent / "ours_lenet5_seeds.csv").open()))
+    assert rows[0] == ["setting", "target %", "seeds", "mean", "min", "max", "loss mean",
+                       "loss min", "loss max"]
+    by = {(r[0], r[1]): r[2:] for r in rows[1:]}
+    assert len(by) == 5
+    assert by["dense", "–"] == ["3", "88.10", "88.00", "88.20", "0.400", "0.400", "0.400"]
+    assert by["magnitude pruning (end 0.4, pruned_weights keep)", "80"] == [
+        "3", "82.00", "80.00", "84.00", "0.510", "0.500", "0.520"]
+    text = html.unescape(index.read_text())
+    assert ("Magnitude pruning (end 0.4, pruned_weights keep) at 80%: 3 seeds span 80.00% to "
+            "84.00% and 0.500 to 0.520 nats of test loss.") in text
+    assert ("At 80%, random pruning (end 0.4) averages 84.67% and magnitude pruning (end 0.4, "
+            "pruned_weights keep) 82.00%: their seeds' ranges overlap, so one seed each cannot "
+            "rank them.") in text
+    assert ("At 90%, magnitude pruning (end 0.4, pruned_weights keep) averages 71.00% and "
+            "random pruning (end 0.4) 62.50%: their seeds' ranges do not overlap.") in text

@@ -469,4 +469,5 @@ def write_report(
 # import this module's types, hence the import at the end.
 from . import loss_section as _loss_section  # noqa: E402, F401
 from . import sections as _sections  # noqa: E402, F401
+from . import seed_section as _seed_section  # noqa: E402, F401
 from . import speed_sections as _speed_sections  # noqa: E402, F401
