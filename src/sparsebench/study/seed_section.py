@@ -88,13 +88,18 @@ def seed_section(ctx: ReportContext, scope: Scope) -> Section | None:
             continue
         ranked = sorted(keys, key=lambda k: summaries[k][0].mean, reverse=higher)
         (a, b) = ranked[0], ranked[1]
-        va, vb = summaries[a][0], summaries[b][0]
+        (va, la), (vb, lb) = summaries[a], summaries[b]
         apart = va.min > vb.max if higher else va.max < vb.min
-        sentences.append(
+        sentence = (
             f"At {100 * target:g}%, {_setting(a)} averages {P.format_metric(va.mean, metric)} "
             f"and {_setting(b)} {P.format_metric(vb.mean, metric)}: "
-            + ("their seeds' ranges do not overlap." if apart else
-               "their seeds' ranges overlap, so one seed each cannot rank them."))
+            + ("their seeds' ranges do not overlap" if apart else
+               "their seeds' ranges overlap, so one seed each cannot rank them"))
+        if la is not None and lb is not None:
+            loss_apart = la.max < lb.min or lb.max < la.min
+            sentence += (f"; in test loss ({la.mean:.3f} and {lb.mean:.3f} nats) they "
+                         + ("do not overlap" if loss_apart else "overlap"))
+        sentences.append(sentence + ".")
     return Section(
         id=f"{scope.key}-seeds",
         title=f"{scope.title}: what the seed alone changes",
