@@ -292,3 +292,33 @@ def test_the_seed_section_sizes_each_repeated_setting_and_says_what_overlaps(tmp
     assert ("At 90%, magnitude pruning (end 0.4, pruned_weights keep) averages 71.00% and "
             "random pruning (end 0.4) 62.50%: their seeds' ranges do not overlap; in test loss "
             "(0.600 and 0.700 nats) they do not overlap.") in text
+
+
+def test_sections_register_once_in_reading_order():
+    """Each section module adds its builders when imported: once, whatever imports it again,
+    and where it reads (the loss frontiers right after the headline ones, the seed spread
+    after them); a builder placed after another goes straight after it."""
+    from sparsebench.study import loss_section, report, seed_section
+
+    before = list(report.SECTION_BUILDERS)
+    assert len(before) == len(set(before))
+    order = report.SECTION_BUILDERS
+    technique = order.index(report.technique_section)
+    assert order[technique + 1] is loss_section.loss_section
+    assert order[technique + 2] is seed_section.seed_section
+    # What a module's import does, done again: nothing moves or doubles.
+    report.register_section(loss_section.loss_section, after=report.technique_section)
+    report.register_section(seed_section.seed_section, after=loss_section.loss_section)
+    assert before == report.SECTION_BUILDERS
+
+    def extra(ctx, scope):
+        return None
+
+    try:
+        report.register_section(extra, after=report.dense_section)
+        report.register_section(extra)  # already there: stays where it is
+        assert report.SECTION_BUILDERS[report.SECTION_BUILDERS.index(report.dense_section) + 1] \
+            is extra
+        assert report.SECTION_BUILDERS.count(extra) == 1
+    finally:
+        report.SECTION_BUILDERS[:] = before

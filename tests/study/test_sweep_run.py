@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from sparsebench.study.driver import run_sweep
 from sparsebench.study.executors import InProcessExecutor, make_executor
 from sparsebench.study.report import write_report
-from sparsebench.study.store import RunStore
+from sparsebench.study.store import Run, RunStore
 from sparsebench.study.sweep import load_sweep, parse_sweep
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -395,5 +395,27 @@ def test_status_counts_runs_and_estimates_what_is_left(tmp_path, capsys):
     assert main(["status", "--store", str(tmp_path / "r.db")]) == 0
     out = capsys.readouterr().out
     assert f"running: {claimed.id} (step 4 of 6, 2.00 step/s, heartbeat" in out
-    assert "not in the estimate (no finished run to time them by): random" in out
+    assert "not in the estimate (no finished cpu run to time them by): random" in out
     assert re.search(r"st\s+1\s+1\s+2\s+0\s+0\s+4", out)
+
+
+def test_status_times_the_estimate_by_runs_on_the_same_device(tmp_path):
+    """Runs a study trained on a GPU machine are faster by far: the CPU's estimate ignores
+    them, and ``--device cuda`` uses them alone."""
+    from sparsebench.study.progress import study_progress
+
+    def row(run_id, status, device=None, seconds_per_step=None):
+        config = {"run": {"steps": 10, **({"device": device} if device else {})}}
+        return Run(id=run_id, technique="magnitude", sweep="s", task="t", status=status,
+                   config=config, seconds_per_step=seconds_per_step, train_seconds=1.0)
+
+    with RunStore(tmp_path / "d.db") as store:
+        store.upsert([row("cpu-a", "finished", None, 2.0), row("gpu-a", "finished", "cuda:0", 0.1),
+                      row("gpu-b", "finished", "cuda", 0.3), row("open", "pending")])
+        assert [r.device for r in store.runs()] == ["cpu", "cuda", "cuda", "cpu"]
+        cpu = study_progress(store)
+        assert cpu.seconds_per_step == {"magnitude": 2.0}
+        assert cpu.seconds_left == pytest.approx(10 * 2.0)  # the store's usual budget: 10
+        gpu = study_progress(store, device="cuda")
+        assert gpu.seconds_per_step == {"magnitude": pytest.approx(0.2)}  # median of 0.1, 0.3
+        assert gpu.seconds_left == pytest.approx(10 * 0.2)

@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "estimate of the training time left for one worker.",
     )
     stat.add_argument("--store", type=Path, nargs="+", required=True, help="SQLite run store(s)")
+    stat.add_argument("--device", default="cpu",
+                      help="estimate the time left for runs on this kind of device (cpu, cuda), "
+                           "from the finished runs that trained there (default cpu)")
     stat.set_defaults(func=_status)
 
     merge = subparsers.add_parser(
@@ -205,7 +208,8 @@ def _status(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such run store.")
         with RunStore(path) as store:
-            print(("\n" if index else "") + format_progress(study_progress(store)))
+            progress = study_progress(store, device=args.device)
+            print(("\n" if index else "") + format_progress(progress))
     return 0
 
 

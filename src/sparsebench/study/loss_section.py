@@ -15,7 +15,15 @@ from dataclasses import replace
 
 from . import figures
 from . import pareto as P
-from .report import SECTION_BUILDERS, ReportContext, Scope, Section, Table, _metric_of
+from .report import (
+    ReportContext,
+    Scope,
+    Section,
+    Table,
+    _metric_of,
+    register_section,
+    technique_section,
+)
 from .store import Run
 
 __all__ = ["LOSS", "loss_section", "with_test_loss"]
@@ -107,13 +115,5 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     )
 
 
-def _register() -> None:
-    # Right after the headline frontiers, which it reads beside.
-    if loss_section in SECTION_BUILDERS:
-        return
-    from .report import technique_section
-
-    SECTION_BUILDERS.insert(SECTION_BUILDERS.index(technique_section) + 1, loss_section)
-
-
-_register()
+# Right after the headline frontiers, which it reads beside.
+register_section(loss_section, after=technique_section)

@@ -3,8 +3,9 @@ last reported in its ``progress.json``) and how much training is left, read from
 while its sweeps run (``sparsebench status``).
 
 The time left is an estimate: each open run's remaining steps times the seconds per step of
-its technique, the median over that technique's latest finished runs in the store (retraining
-kinds use magnitude pruning's, small dense models the dense runs'). Evaluation is not counted.
+its technique, the median over that technique's latest finished runs in the store on the same
+kind of device (retraining kinds use magnitude pruning's, small dense models the dense runs'):
+runs a study trained on a GPU machine say nothing of the CPU's pace. Evaluation is not counted.
 Retraining and small-dense points enter the store only once their sweep's first phase is done;
 until then they are counted from the sweep file the store keeps.
 """
@@ -68,6 +69,8 @@ class StudyProgress:
     seconds_left: float
     #: Techniques with open runs and no measured speed (theirs or a borrowed one).
     unmeasured: list[str]
+    #: The kind of device whose finished runs timed the estimate.
+    device: str = "cpu"
 
 
 def _progress_step(run_dir: str | None) -> tuple[int | None, float | None]:
@@ -96,11 +99,12 @@ def _checkpoint_step(run_dir: str | None) -> int | None:
         return None
 
 
-def _speeds(runs: Sequence[Run]) -> dict[str, float]:
-    """Returns the median seconds per step of each technique's latest finished runs."""
+def _speeds(runs: Sequence[Run], device: str = "cpu") -> dict[str, float]:
+    """Returns the median seconds per step of each technique's latest finished runs on
+    ``device`` (``cpu``, ``cuda``)."""
     by: dict[str, list[Run]] = {}
     for run in runs:
-        if run.status == "finished" and run.seconds_per_step:
+        if run.status == "finished" and run.seconds_per_step and run.device == device:
             by.setdefault(run.technique, []).append(run)
     return {technique: statistics.median(r.seconds_per_step for r in
                                          sorted(rs, key=lambda r: r.updated)[-LATEST:])
@@ -145,8 +149,10 @@ def _phase2_wanted(spec: SweepSpec | None) -> list[tuple[str, int]]:
     return wanted
 
 
-def study_progress(store: RunStore, now: float | None = None) -> StudyProgress:
-    """Returns where the study in ``store`` stands (see the module's docstring)."""
+def study_progress(store: RunStore, now: float | None = None, device: str = "cpu"
+                   ) -> StudyProgress:
+    """Returns where the study in ``store`` stands (see the module's docstring); the time
+    left is for runs on ``device`` (``cpu``, ``cuda``)."""
     now = time.time() if now is None else now
     ours = store.runs(source="ours")
     definitions = sweep_definitions(store)
@@ -183,7 +189,7 @@ def study_progress(store: RunStore, now: float | None = None) -> StudyProgress:
                 progress.unplanned += 1
                 progress.open_steps.append((technique, steps))
         sweeps.append(progress)
-    speeds = _speeds(ours)
+    speeds = _speeds(ours, device.split(":", 1)[0])
     left, unmeasured = 0.0, set()
     for progress in sweeps:
         for technique, steps in progress.open_steps:
@@ -192,7 +198,8 @@ def study_progress(store: RunStore, now: float | None = None) -> StudyProgress:
                 unmeasured.add(technique)
             else:
                 left += steps * speed
-    return StudyProgress(str(store.path), sweeps, running, speeds, left, sorted(unmeasured))
+    return StudyProgress(str(store.path), sweeps, running, speeds, left, sorted(unmeasured),
+                         device)
 
 
 def _duration(seconds: float) -> str:
@@ -220,11 +227,12 @@ def format_progress(progress: StudyProgress) -> str:
     open_runs = sum(len(s.open_steps) for s in progress.sweeps)
     if open_runs:
         estimate = _duration(progress.seconds_left)
-        lines.append(f"  left: {open_runs} runs, about {estimate} of training for one worker "
-                     f"(each technique's median seconds per step over its {LATEST} latest "
-                     f"finished runs; evaluation not counted)")
+        lines.append(f"  left: {open_runs} runs, about {estimate} of training for one "
+                     f"{progress.device} worker (each technique's median seconds per step over "
+                     f"its {LATEST} latest finished runs there; evaluation not counted)")
         if progress.unmeasured:
-            lines.append(f"  not in the estimate (no finished run to time them by): "
+            lines.append(f"  not in the estimate (no finished {progress.device} run to time "
+                         f"them by): "
                          f"{', '.join(progress.unmeasured)}")
     else:
         lines.append("  nothing left to run")

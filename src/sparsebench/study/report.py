@@ -30,6 +30,7 @@ from .store import Run, RunStore
 
 __all__ = [
     "SECTION_BUILDERS",
+    "register_section",
     "ReportContext",
     "Scope",
     "Section",
@@ -316,6 +317,17 @@ SECTION_BUILDERS: list[SectionBuilder] = [
     retraining_section,
     published_comparison_section,
 ]
+
+
+def register_section(builder: SectionBuilder, *, after: SectionBuilder | None = None) -> None:
+    """Adds ``builder`` to :data:`SECTION_BUILDERS` once (importing its module twice adds
+    nothing): right after ``after``, a builder already there, or else at the end."""
+    if builder in SECTION_BUILDERS:
+        return
+    if after is None:
+        SECTION_BUILDERS.append(builder)
+    else:
+        SECTION_BUILDERS.insert(SECTION_BUILDERS.index(after) + 1, builder)
 
 
 # ---- writing -------------------------------------------------------------------------------

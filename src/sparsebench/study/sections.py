@@ -8,7 +8,6 @@ returns None when the store has nothing for it, and every number is read from th
 from __future__ import annotations
 
 import io
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from ..rundir import atomic_write_bytes
 from . import figures
 from . import pareto as P
 from .report import HEADLINE_LEVELS, ReportContext, Scope, Section, Table, _cell, _metric_of
-from .store import Run
+from .store import Run, result_layers
 
 __all__ = ["OUR_SECTION_BUILDERS", "STUDY_COST_RATIOS", "pruned_weights_section"]
 
@@ -38,13 +37,7 @@ def _finished(runs: Sequence[Run]) -> list[Run]:
 def _layers(run: Run) -> list[dict[str, Any]]:
     """Returns the run's per-layer report: kept in the store, else read from its result.json
     (stores written before schema 2)."""
-    if run.layers:
-        return run.layers
-    try:
-        result = json.loads((Path(run.run_dir or "") / "result.json").read_text())
-    except (OSError, ValueError):
-        return []
-    return list(result.get("layers") or []) if isinstance(result, dict) else []
+    return run.layers or result_layers(run.run_dir or "")
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -139,7 +132,7 @@ def _layout(run: Run) -> str:
     """Returns how the run trained, as far as its speed goes: the activation layout (of a
     convolutional model; others have none to choose), and the device when it was not the CPU
     (a study may go on on a GPU machine)."""
-    device = str((run.config.get("run") or {}).get("device", "cpu"))
+    device = run.device
     layers = _layers(run)  # unknown (a row without them): possibly convolutional
     if layers and not any(layer.get("kind") == "conv" for layer in layers):
         return "CPU" if device == "cpu" else device
@@ -426,11 +419,10 @@ OUR_SECTION_BUILDERS = [per_layer_section, pruned_weights_section, training_cost
 
 
 def _register() -> None:
-    from . import report
+    from .report import register_section
 
     for builder in OUR_SECTION_BUILDERS:
-        if builder not in report.SECTION_BUILDERS:
-            report.SECTION_BUILDERS.append(builder)
+        register_section(builder)
 
 
 _register()

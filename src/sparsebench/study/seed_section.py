@@ -15,7 +15,15 @@ from collections.abc import Sequence
 
 from . import loss_section as _loss_section  # registered first: this section follows it
 from . import pareto as P
-from .report import SECTION_BUILDERS, ReportContext, Scope, Section, Table, _cell, _metric_of
+from .report import (
+    ReportContext,
+    Scope,
+    Section,
+    Table,
+    _cell,
+    _metric_of,
+    register_section,
+)
 from .store import Run
 
 __all__ = ["repeated_settings", "seed_section"]
@@ -114,10 +122,5 @@ def seed_section(ctx: ReportContext, scope: Scope) -> Section | None:
     )
 
 
-def _register() -> None:
-    if seed_section not in SECTION_BUILDERS:  # after the frontiers in loss, which it qualifies
-        SECTION_BUILDERS.insert(SECTION_BUILDERS.index(_loss_section.loss_section) + 1,
-                                seed_section)
-
-
-_register()
+# After the frontiers in loss, which it qualifies.
+register_section(seed_section, after=_loss_section.loss_section)

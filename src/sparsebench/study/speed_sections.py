@@ -348,11 +348,10 @@ SPEED_SECTION_BUILDERS = [inference_section, block_section]
 
 
 def _register() -> None:
-    from . import report
+    from .report import register_section
 
     for builder in SPEED_SECTION_BUILDERS:
-        if builder not in report.SECTION_BUILDERS:
-            report.SECTION_BUILDERS.append(builder)
+        register_section(builder)
 
 
 _register()

@@ -41,6 +41,8 @@ __all__ = [
     "StoreReplaced",
     "metrics_of_result",
     "model_family_of",
+    "read_result",
+    "result_layers",
 ]
 
 #: Version of the table layout below; bump it (and migrate) whenever a column changes.
@@ -217,6 +219,13 @@ class Run:
         """Returns the series name used in tables and figures: technique, plus variant."""
         return f"{self.technique} ({self.variant})" if self.variant else self.technique
 
+    @property
+    def device(self) -> str:
+        """Returns the kind of device the run trained on (``cpu``, ``cuda``; a device index is
+        dropped): a study may go on on another machine, and its runs' speeds differ."""
+        device = str((self.config.get("run") or {}).get("device") or "cpu")
+        return device.split(":", 1)[0]
+
     def as_dict(self) -> dict[str, Any]:
         """Returns the row as a plain dict (JSON columns as dicts)."""
         return asdict(self)
@@ -244,7 +253,7 @@ def _uses_target(method: str | None) -> bool:
         return True
 
 
-def _read_result(run_dir: str | Path) -> dict[str, Any]:
+def read_result(run_dir: str | Path) -> dict[str, Any]:
     """Returns ``run_dir/result.json``, or {} when it cannot be read."""
     try:
         result = json.loads((Path(run_dir) / "result.json").read_text())
@@ -253,9 +262,9 @@ def _read_result(run_dir: str | Path) -> dict[str, Any]:
     return result if isinstance(result, dict) else {}
 
 
-def _result_layers(run_dir: str | Path) -> list[dict[str, Any]]:
+def result_layers(run_dir: str | Path) -> list[dict[str, Any]]:
     """Returns the ``layers`` list of ``run_dir/result.json``, or [] when it cannot be read."""
-    layers = _read_result(run_dir).get("layers")
+    layers = read_result(run_dir).get("layers")
     return list(layers) if isinstance(layers, list) else []
 
 
@@ -413,7 +422,7 @@ class RunStore:
             for run_id, run_dir in db.execute(
                     "SELECT id, run_dir FROM runs WHERE status='finished' AND run_dir IS NOT NULL"
             ).fetchall():
-                layers = _result_layers(run_dir)
+                layers = result_layers(run_dir)
                 if layers:
                     db.execute("UPDATE runs SET layers=? WHERE id=?", (json.dumps(layers), run_id))
             db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
@@ -429,7 +438,7 @@ class RunStore:
             for run_id, run_dir in db.execute(
                     "SELECT id, run_dir FROM runs WHERE status IN ('finished', 'diverged') "
                     "AND run_dir IS NOT NULL").fetchall():
-                metrics = metrics_of_result(_read_result(run_dir))
+                metrics = metrics_of_result(read_result(run_dir))
                 if metrics:
                     db.execute("UPDATE runs SET metrics=? WHERE id=?",
                                (json.dumps(metrics, sort_keys=True), run_id))

@@ -51,7 +51,7 @@ import yaml
 from .. import methods, models
 from ..train import build_config
 from ..train.config import RunConfig, _yaml_number
-from .store import Run, RunStore, model_family_of
+from .store import Run, RunStore, model_family_of, read_result
 
 __all__ = [
     "RETRAINING_KINDS",
@@ -713,10 +713,7 @@ def width_for_parameters(model_name: str, options: Mapping[str, Any], option: st
 
 
 def _read_parameters(run: Run) -> int | None:
-    path = Path(run.run_dir or "") / "result.json"
-    if not path.is_file():
-        return None
-    nonzero = (json.loads(path.read_text()).get("parameters") or {}).get("nonzero")
+    nonzero = (read_result(run.run_dir or "").get("parameters") or {}).get("nonzero")
     return int(nonzero) if nonzero is not None else None
 
 
