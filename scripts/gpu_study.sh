@@ -10,8 +10,9 @@
 # SECONDS (default 420) is the sweeping time; a run still going then is stopped and stays
 # pending. WORKERS (default 6) runs per task at once. Default pairs: both study sweeps with
 # their stores in results/study. DEVICE=cpu tries the script without a GPU.
-# On the device machine the data travels in .gpudata (ignored): fashion-mnist/,
-# freedict-eng-deu.dict.dz and cache/ding (the built corpus; SPARSEBENCH_DATA points there).
+# On the device machine the data travels in .gpudata (ignored, built by
+# scripts/gpu_study_data.sh): fashion-mnist/, freedict-eng-deu.dict.dz, cache/ding (the built
+# corpus; SPARSEBENCH_DATA points there) and sources.tar.gz (retraining sources' masks).
 set -uo pipefail
 out=${1:?usage: gpu_study.sh OUT [SECONDS] [WORKERS] [SWEEP:STORE ...]}
 seconds=${2:-420}
@@ -32,6 +33,9 @@ if [ -d .gpudata ]; then  # the device machine: put the data where the tasks loo
   [ -d .gpudata/cache ] && export SPARSEBENCH_DATA="$PWD/.gpudata/cache"
 fi
 work=$(mktemp -d)
+# Retraining sources that finished before (scripts/gpu_study_data.sh): their masks go where
+# the sweeps' runs folders look for them.
+[ -f .gpudata/sources.tar.gz ] && tar -xzf .gpudata/sources.tar.gz -C "$work"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee "$out/device.txt"
 
