@@ -8,6 +8,8 @@ training batches on the deterministic network that is evaluated.
     .venv/bin/python scripts/bn_statistics_probe.py            # L0, weight 1e-3, 60 steps
     .venv/bin/python scripts/bn_statistics_probe.py --method variational_dropout \
         --set sparsity.kl_weight=1e-3
+    .venv/bin/python scripts/bn_statistics_probe.py --method magnitude --steps 200 \
+        --set sparsity.sparsity=0.98 --set sparsity.end=0.4 --set sparsity.pruned_weights=keep
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def main() -> None:
                    help="config override, as for `sparsebench train`")
     args = p.parse_args()
     torch.set_num_threads(1)
-    study = ["sparsity.warmup_end=0.5", "optim.method_lr_scale=10"]  # the image study's
+    study = ["optim.method_lr_scale=10"]  # the image study's
+    if args.method in ("l0", "variational_dropout"):
+        study.append("sparsity.warmup_end=0.5")
     if args.method == "l0":
         study += ["sparsity.l0_weight=1e-3", "sparsity.init_log_alpha=2.197"]
     config = build_config(args.task, method=args.method, steps=args.steps,
