@@ -77,6 +77,23 @@ def test_figures_write_pngs(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
+def test_collapsed_runs_sit_on_the_loss_axis_edge(tmp_path):
+    # Dense 0.4: the axis shows losses up to 5 x 0.4 = 2.0, so it ends at the worst loss
+    # under that (1.0), and the collapsed 270 is drawn at the edge.
+    assert figures.loss_axis_cap([0.4, 0.5, 1.0, 270.0], 0.4) == 1.0
+    assert figures.loss_axis_cap([0.4, 0.5, 1.9], 0.4) is None  # everything fits
+    # No baseline: five times the median (3 -> 15).
+    assert figures.loss_axis_cap([1.0, 2.0, 3.0, 100.0], None) == 3.0
+    # A cap never falls under the reference itself, and NaN / inf are no values to fit.
+    assert figures.loss_axis_cap([0.4, 2.5, float("nan"), float("inf")], 0.4) == 0.4
+    assert figures.loss_axis_cap([float("nan")], 0.4) is None
+    pts = [P.Point("magnitude", 0.5, 0.41, "a"), P.Point("magnitude", 0.98, 1.06, "b"),
+           P.Point("random", 0.5, 0.40, "c"), P.Point("random", 0.98, 4.3e16, "d")]
+    out = figures.loss_frontier_figure(P.frontiers(pts, higher_is_better=False), pts,
+                                       tmp_path / "l.png", baseline=P.summarise([0.40, 0.41]))
+    assert _png_size(out)[0] > 400
+
+
 def test_report_on_a_hand_made_study(tmp_path):
     with RunStore(tmp_path / "s.db") as store:
         _ours(store)

@@ -25,6 +25,7 @@ from .pareto import Frontier, Point, Summary, display_name, metric_label
 
 __all__ = [
     "frontier_figure",
+    "loss_axis_cap",
     "loss_frontier_figure",
     "relative_frontiers_figure",
     "retraining_figure",
@@ -171,6 +172,29 @@ def frontier_figure(
     return _save(fig, path)
 
 
+#: A test loss over this many times the reference (the dense mean, else the median run) is a
+#: collapsed run: the image task's chance level (ln 10 = 2.30 nats) is 5.7x its dense loss,
+#: and a collapsed network's BatchNorm statistics can put its loss anywhere up to 1e16.
+OFF_SCALE_FACTOR = 5.0
+
+
+def loss_axis_cap(values: Sequence[float], baseline: float | None) -> float | None:
+    """Returns the worst test loss the loss axis shows, or None when every value fits: losses
+    over :data:`OFF_SCALE_FACTOR` times ``baseline`` (the dense mean; the median of
+    ``values`` without one) are drawn at the axis's edge, so one collapsed run does not
+    flatten every frontier into a line."""
+    finite = sorted(v for v in values if v == v and v not in (float("inf"), float("-inf")))
+    if not finite:
+        return None
+    reference = baseline if baseline is not None and baseline > 0 else finite[len(finite) // 2]
+    if reference <= 0:
+        return None
+    cap = OFF_SCALE_FACTOR * reference
+    if finite[-1] <= cap:
+        return None
+    return max([v for v in finite if v <= cap] + [reference])
+
+
 def loss_frontier_figure(
     frontiers: Mapping[str, Frontier],
     points: Sequence[Point],
@@ -182,20 +206,34 @@ def loss_frontier_figure(
 ) -> Path:
     """Draws each series' frontier in test loss against sparsity over every run's point, with
     the dense replicas' mean (dashed) and min-max range (band). The loss axis is inverted, so
-    better is up as in the other figures. Returns the PNG path."""
+    better is up as in the other figures; collapsed runs (:func:`loss_axis_cap`) sit on its
+    bottom edge, a frontier point there labelled with its loss. Returns the PNG path."""
     names = sorted(frontiers, key=series_order)
     colours = _colours(names)
     fig = Figure(figsize=(8.0, 5.0))
     ax = fig.subplots()
+    shown = [p.value for p in points if 100 * p.sparsity >= _X_FROM]
+    shown += [f.value for name in names for f in frontiers[name].values()]
+    cap = loss_axis_cap(shown, baseline.mean if baseline is not None else None)
+    edge = cap * 1.06 if cap is not None else None  # where off-scale values are drawn
+
+    def place(value: float) -> float:
+        return value if edge is None or value <= cap else edge
+
     for name in sorted({p.series for p in points}, key=series_order):
         pts = [p for p in points if p.series == name]
-        ax.scatter([100 * p.sparsity for p in pts], [p.value for p in pts], s=16, alpha=0.5,
-                   color=colours.get(name, "#7f7f7f"), edgecolors="none")
+        ax.scatter([100 * p.sparsity for p in pts], [place(p.value) for p in pts], s=16,
+                   alpha=0.5, color=colours.get(name, "#7f7f7f"), edgecolors="none")
     for index, name in enumerate(names):
         levels = sorted(frontiers[name])
-        ax.plot([100 * lv for lv in levels], [frontiers[name][lv].value for lv in levels],
+        ax.plot([100 * lv for lv in levels], [place(frontiers[name][lv].value) for lv in levels],
                 marker=_MARKERS[index % len(_MARKERS)], color=colours[name],
                 label=display_name(name), linewidth=1.8)
+        for level in levels:  # an off-scale frontier point says what it is
+            value = frontiers[name][level].value
+            if edge is not None and value > cap:
+                ax.annotate(f"{value:.3g}", (100 * level, edge), textcoords="offset points",
+                            xytext=(0, 7), ha="center", fontsize=7, color=colours[name])
     if baseline is not None:
         ax.axhspan(baseline.min, baseline.max, color="black", alpha=0.08, linewidth=0)
         ax.axhline(baseline.mean, color="black", linestyle="--", linewidth=1.2,
@@ -203,9 +241,14 @@ def loss_frontier_figure(
                          f"{baseline.max:.3f}, n={baseline.n})")
     left = sum(100 * p.sparsity < _X_FROM for p in points)
     ax.set_xlim(_X_FROM, 100)
+    notes = [f"{left} runs under {_X_FROM:g}% not shown"] if left else []
+    if edge is not None:
+        low = min(shown + ([baseline.min] if baseline is not None else []))
+        ax.set_ylim(low - 0.04 * (edge - low), edge + 0.04 * (edge - low))
+        off = sum(p.value > cap for p in points if 100 * p.sparsity >= _X_FROM)
+        notes.append(f"{off} runs over {cap:.3g} drawn at the bottom edge")
     ax.invert_yaxis()
-    ax.set_xlabel("sparsity (%)" + (f"  ({left} runs under {_X_FROM:g}% not shown)"
-                                    if left else ""))
+    ax.set_xlabel("sparsity (%)" + (f"  ({'; '.join(notes)})" if notes else ""))
     ax.set_ylabel(f"test loss ({unit}; lower is better, drawn upward)")
     ax.set_title(title or "Frontier per technique in test loss")
     ax.grid(True, alpha=0.3)
