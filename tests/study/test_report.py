@@ -94,6 +94,36 @@ def test_collapsed_runs_sit_on_the_loss_axis_edge(tmp_path):
     assert _png_size(out)[0] > 400
 
 
+def test_retraining_not_yet_run_is_said_not_drawn(tmp_path):
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert([
+            Run(id="mp", technique="magnitude", model_family="lenet5", metric_name="top1",
+                metric_value=0.86, achieved_sparsity=0.9, target_sparsity=0.9,
+                status="finished"),
+            *[Run(id=f"se{i}", technique="scratch-e", model_family="lenet5",
+                  target_sparsity=0.9, status="pending") for i in range(3)]])
+        index = write_report(store, tmp_path / "report", source="ours")
+    text = html.unescape(index.read_text())
+    assert "training the sparse architecture from scratch" in text
+    assert "No retraining run has a result yet (3 in the store)." in text
+    assert not list((tmp_path / "report").glob("*retraining*"))
+    # Once the runs finish, the next report draws them; when they are gone again (a store
+    # rebuilt), the figure and table it wrote go too, and a file of the user's stays.
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert([Run(id=f"se{i}", technique="scratch-e", model_family="lenet5",
+                          metric_name="top1", metric_value=0.8, achieved_sparsity=0.9,
+                          target_sparsity=0.9, status="finished") for i in range(3)])
+        write_report(store, tmp_path / "report", source="ours")
+        assert (tmp_path / "report" / "ours_lenet5_retraining.png").is_file()
+        assert "ours_lenet5_retraining.csv" in (tmp_path / "report" / "report_files.txt"
+                                                ).read_text().split()
+        (tmp_path / "report" / "notes.txt").write_text("mine")
+        store.delete(technique="scratch-e")
+        write_report(store, tmp_path / "report", source="ours")
+    assert not list((tmp_path / "report").glob("*retraining*"))
+    assert (tmp_path / "report" / "notes.txt").read_text() == "mine"
+
+
 def test_report_on_a_hand_made_study(tmp_path):
     with RunStore(tmp_path / "s.db") as store:
         _ours(store)

@@ -285,8 +285,10 @@ def retraining_figure(
         cells = sorted(summaries[name].items())
         xs = [100 * lv + offset for lv, _ in cells]
         means = [s.mean * k for _, s in cells]
-        lower = [(s.mean - s.min) * k for _, s in cells]
-        upper = [(s.max - s.mean) * k for _, s in cells]
+        # Equal replicas (three runs at chance, say) can put the float mean a hair outside
+        # [min, max]; matplotlib refuses a negative bar.
+        lower = [max(0.0, (s.mean - s.min) * k) for _, s in cells]
+        upper = [max(0.0, (s.max - s.mean) * k) for _, s in cells]
         all_values += [s.max * k for _, s in cells] + means
         # A min from a failed replica (BLEU 0) is left to run off the bottom of the plot.
         all_values += [s.min * k for _, s in cells

@@ -225,10 +225,18 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
 def retraining_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """Question 2: scratch-e / scratch-b / lottery / augmented against the MP frontier."""
     family_runs = ctx.scope_runs(scope)
-    runs = [r for r in family_runs if r.technique in P.RETRAINING]
+    planned = [r for r in family_runs if r.technique in P.RETRAINING]
+    runs = [r for r in planned if r.metric_value is not None]
     reference_runs = [r for r in family_runs if r.technique == "magnitude"]
-    if not runs or not reference_runs:
+    if not planned or not reference_runs:
         return None
+    if not runs:  # a study under way: say so rather than draw empty axes
+        return Section(
+            id=f"{scope.key}-retraining",
+            title=f"{scope.title}: training the sparse architecture from scratch",
+            question="Can a sparse architecture found by pruning be trained from scratch to "
+                     "the same quality (scratch-e, scratch-b, lottery ticket, augmented init)?",
+            sentences=[f"No retraining run has a result yet ({len(planned)} in the store)."])
     metric, higher = _metric_of(runs)
     summaries = P.replica_summaries(P.points_from_runs(runs), tolerance_pp=ctx.tolerance_pp)
     reference = P.binned_frontier(P.points_from_runs(reference_runs),
@@ -474,7 +482,32 @@ def write_report(
     ]
     index = out / "index.html"
     atomic_write_bytes(index, "\n".join(body).encode())
+    written = {index.name, "runs.csv", *(f"{t.name}.csv" for t in (overview, version_table)),
+               *(f"{t.name}.csv" for s in sections for t in s.tables),
+               *(name for s in sections for name, _ in s.figures)}
+    _forget_stale_files(out, written)
     return index
+
+
+#: The files the last report wrote into its folder, one per line, so the next one can remove
+#: those it no longer writes (a section that has nothing to show this time) and no others.
+MANIFEST = "report_files.txt"
+
+
+def _forget_stale_files(out: Path, written: set[str]) -> None:
+    """Removes the files the previous report in ``out`` listed and this one did not write (a
+    stale figure would otherwise still be linked from elsewhere as current), then lists
+    this report's files. Files the report never wrote are left alone."""
+    manifest = out / MANIFEST
+    try:
+        before = set(manifest.read_text().split())
+    except OSError:
+        before = set()
+    for name in sorted(before - written):
+        path = out / name
+        if path.parent == out and path.is_file():  # names only, never a path elsewhere
+            path.unlink()
+    atomic_write_bytes(manifest, ("\n".join(sorted(written)) + "\n").encode())
 
 # The sections for our own runs (per-layer sparsity, training cost, MP v2, small dense,
 # off-target runs, sweep files) register themselves in SECTION_BUILDERS when imported; they
