@@ -18,6 +18,7 @@ import argparse
 
 import torch
 
+from sparsebench import methods
 from sparsebench.train import build_config
 from sparsebench.train.loop import learning_rate_factor, prepare, recalibrate_batch_norm
 
@@ -32,10 +33,11 @@ def main() -> None:
                    help="config override, as for `sparsebench train`")
     args = p.parse_args()
     torch.set_num_threads(1)
+    method = methods.get(args.method).name  # "vd" is variational_dropout
     study = ["optim.method_lr_scale=10"]  # the image study's
-    if args.method in ("l0", "variational_dropout"):
+    if method in ("l0", "variational_dropout"):
         study.append("sparsity.warmup_end=0.5")
-    if args.method == "l0":
+    if method == "l0":
         study += ["sparsity.l0_weight=1e-3", "sparsity.init_log_alpha=2.197"]
     config = build_config(args.task, method=args.method, steps=args.steps,
                           overrides=[*study, *args.overrides])

@@ -33,9 +33,13 @@ if [ -d .gpudata ]; then  # the device machine: put the data where the tasks loo
   [ -d .gpudata/cache ] && export SPARSEBENCH_DATA="$PWD/.gpudata/cache"
 fi
 work=$(mktemp -d)
-# Retraining sources that finished before (scripts/gpu_study_data.sh): their masks go where
-# the sweeps' runs folders look for them.
+# Phase-2 sources that finished before (scripts/gpu_study_data.sh): their masks and results go
+# where the sweeps' runs folders look for them, and are not sent back.
 [ -f .gpudata/sources.tar.gz ] && tar -xzf .gpudata/sources.tar.gz -C "$work"
+for pair in "${pairs[@]}"; do
+  name=$(basename "${pair#*:}" .db)
+  ls "$work/runs-$name" > "$work/carried-$name.txt" 2>/dev/null || : > "$work/carried-$name.txt"
+done
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee "$out/device.txt"
 
@@ -68,6 +72,6 @@ for pair in "${pairs[@]}"; do
   sweep=${pair%%:*}; store=${pair#*:}; name=$(basename "$store" .db)
   grep -v "sparsebench.train: step" "$work/$name.log" >> "$out/sweeps.log"
   python3 scripts/pack_study_runs.py "$work/$name.db" "$work/runs-$name" "$sweep" "$out/$name" \
-    2>&1 | tee -a "$out/sweeps.log"
+    "$work/carried-$name.txt" 2>&1 | tee -a "$out/sweeps.log"
 done
 ls -la "$out"

@@ -9,9 +9,11 @@ the device tool's limits on returned files (few files, 16 MiB each):
 * ``model.safetensors`` of the runs ``sparsebench bench-runs`` would time (the best model of
   each technique at 90% and 95%).
 
-    python3 scripts/pack_study_runs.py STORE RUNS_DIR SWEEP_FILE OUT_PREFIX
+    python3 scripts/pack_study_runs.py STORE RUNS_DIR SWEEP_FILE OUT_PREFIX [CARRIED]
 
-writes ``OUT_PREFIX.db`` (the store, its WAL merged) and ``OUT_PREFIX-runs.tar.gz``.
+writes ``OUT_PREFIX.db`` (the store, its WAL merged) and ``OUT_PREFIX-runs.tar.gz``. CARRIED
+names a file of run ids (one per line) whose folders came with the data and did not run
+there: the phase-2 sources of scripts/gpu_study_data.sh. They are left out.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from sparsebench.study.store import RunStore
 from sparsebench.study.sweep import load_sweep
 
 
-def main(store_path: str, runs_dir: str, sweep_file: str, prefix: str) -> None:
+def main(store_path: str, runs_dir: str, sweep_file: str, prefix: str,
+         carried_file: str | None = None) -> None:
     runs_dir_path, out = Path(runs_dir), Path(prefix)
+    carried = set(Path(carried_file).read_text().split()) if carried_file else set()
     spec = load_sweep(sweep_file)
     sources = set(spec.retraining.sparsities) if spec.retraining is not None else set()
     with RunStore(store_path) as store:
         ended = [r for r in store.runs(source="ours", status=["finished", "failed", "diverged"])
-                 if (runs_dir_path / r.id / RESULT_FILE).is_file()]
+                 if (runs_dir_path / r.id / RESULT_FILE).is_file() and r.id not in carried]
         to_time = {r.id for r in runs_to_time(store)}
     with tarfile.open(f"{out}-runs.tar.gz", "w:gz") as tar:
         for run in ended:
@@ -55,6 +59,6 @@ def main(store_path: str, runs_dir: str, sweep_file: str, prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 6):
         sys.exit(__doc__)
     main(*sys.argv[1:])

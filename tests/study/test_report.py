@@ -82,8 +82,10 @@ def test_collapsed_runs_sit_on_the_loss_axis_edge(tmp_path):
     # under that (1.0), and the collapsed 270 is drawn at the edge.
     assert figures.loss_axis_cap([0.4, 0.5, 1.0, 270.0], 0.4) == 1.0
     assert figures.loss_axis_cap([0.4, 0.5, 1.9], 0.4) is None  # everything fits
-    # No baseline: five times the median (3 -> 15).
+    # No baseline: five times the lower median (2 -> 10); of two runs, the sound one sets it.
     assert figures.loss_axis_cap([1.0, 2.0, 3.0, 100.0], None) == 3.0
+    assert figures.loss_axis_cap([1.0, 2.0, 30.0, 100.0], None) == 2.0
+    assert figures.loss_axis_cap([0.5, 270.0], None) == 0.5
     # A cap never falls under the reference itself, and NaN / inf are no values to fit.
     assert figures.loss_axis_cap([0.4, 2.5, float("nan"), float("inf")], 0.4) == 0.4
     assert figures.loss_axis_cap([float("nan")], 0.4) is None

@@ -273,3 +273,21 @@ def test_demo_sweep_matches_the_sweeps_file():
     techniques = {p.technique for p in plan_phase1(spec)}
     assert techniques == {"dense", "magnitude", "random", "variational_dropout", "l0"}
     assert len(spec.sparsities) >= 3 and spec.retraining is not None
+
+
+def test_small_dense_sizing_finds_its_source_under_the_runs_folder(tmp_path):
+    """On another machine the store's run_dir of a source that finished here does not exist;
+    the sweep's own runs folder holds the copy of its result.json that travelled."""
+    import json
+
+    from sparsebench.study.store import Run
+    from sparsebench.study.sweep import _read_parameters
+
+    source = Run(id="magnitude-s90-r0-abc", technique="magnitude",
+                 run_dir=str(tmp_path / "elsewhere" / "magnitude-s90-r0-abc"))
+    assert _read_parameters(source) is None
+    moved = tmp_path / "runs" / source.id
+    moved.mkdir(parents=True)
+    (moved / "result.json").write_text(json.dumps({"parameters": {"nonzero": 148390}}))
+    assert _read_parameters(source) is None  # the store's path alone: still nothing
+    assert _read_parameters(source, tmp_path / "runs") == 148390

@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "estimate of the training time left for one worker.",
     )
     stat.add_argument("--store", type=Path, nargs="+", required=True, help="SQLite run store(s)")
-    stat.add_argument("--device", default="cpu",
+    stat.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                       help="estimate the time left for runs on this kind of device (cpu, cuda), "
                            "from the finished runs that trained there (default cpu)")
     stat.set_defaults(func=_status)

@@ -299,7 +299,7 @@ def run_sweep(spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: st
     try:
         phase1 = plan_phase1(spec)
         driver.run_phase(phase1, f"sweep {spec.name}, phase 1")
-        phase2 = plan_phase2(spec, store, phase1)
+        phase2 = plan_phase2(spec, store, phase1, driver.runs_dir)
         if phase2:
             driver.run_phase(phase2, f"sweep {spec.name}, phase 2 (retraining, small dense)")
         elif spec.retraining is not None or spec.small_dense is not None:

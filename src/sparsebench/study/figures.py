@@ -186,7 +186,9 @@ def loss_axis_cap(values: Sequence[float], baseline: float | None) -> float | No
     finite = sorted(v for v in values if v == v and v not in (float("inf"), float("-inf")))
     if not finite:
         return None
-    reference = baseline if baseline is not None and baseline > 0 else finite[len(finite) // 2]
+    # The lower median: of two runs, one collapsed, the sound one is the reference.
+    reference = (baseline if baseline is not None and baseline > 0
+                 else finite[(len(finite) - 1) // 2])
     if reference <= 0:
         return None
     cap = OFF_SCALE_FACTOR * reference

@@ -189,7 +189,8 @@ def study_progress(store: RunStore, now: float | None = None, device: str = "cpu
                 progress.unplanned += 1
                 progress.open_steps.append((technique, steps))
         sweeps.append(progress)
-    speeds = _speeds(ours, device.split(":", 1)[0])
+    device = device.split(":", 1)[0]  # cuda:1 trains at the pace of cuda
+    speeds = _speeds(ours, device)
     left, unmeasured = 0.0, set()
     for progress in sweeps:
         for technique, steps in progress.open_steps:

@@ -230,7 +230,7 @@ def retraining_section(ctx: ReportContext, scope: Scope) -> Section | None:
     reference_runs = [r for r in family_runs if r.technique == "magnitude"]
     if not planned or not reference_runs:
         return None
-    if not runs:  # a study under way: say so rather than draw empty axes
+    if not P.points_from_runs(runs):  # a study under way: say so rather than draw empty axes
         return Section(
             id=f"{scope.key}-retraining",
             title=f"{scope.title}: training the sparse architecture from scratch",
@@ -500,8 +500,8 @@ def _forget_stale_files(out: Path, written: set[str]) -> None:
     this report's files. Files the report never wrote are left alone."""
     manifest = out / MANIFEST
     try:
-        before = set(manifest.read_text().split())
-    except OSError:
+        before = set(manifest.read_text().splitlines())
+    except (OSError, ValueError):  # missing, or not text: forget nothing
         before = set()
     for name in sorted(before - written):
         path = out / name

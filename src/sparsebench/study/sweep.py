@@ -712,14 +712,22 @@ def width_for_parameters(model_name: str, options: Mapping[str, Any], option: st
     return value, count(value)
 
 
-def _read_parameters(run: Run) -> int | None:
-    nonzero = (read_result(run.run_dir or "").get("parameters") or {}).get("nonzero")
+def _read_parameters(run: Run, runs_dir: str | Path | None = None) -> int | None:
+    """Returns the nonzero weight count of a finished run, from its result.json where the
+    store says it is, else under ``runs_dir`` (a checkout moved, or a study gone on on
+    another machine with its sources beside it)."""
+    result = read_result(run.run_dir or "")
+    if not result and runs_dir is not None:
+        result = read_result(Path(runs_dir) / run.id)
+    nonzero = (result.get("parameters") or {}).get("nonzero")
     return int(nonzero) if nonzero is not None else None
 
 
-def plan_phase2(spec: SweepSpec, store: RunStore, phase1: Sequence[Point]) -> list[Point]:
+def plan_phase2(spec: SweepSpec, store: RunStore, phase1: Sequence[Point],
+                runs_dir: str | Path | None = None) -> list[Point]:
     """Returns the retraining and small-dense points, from the best finished magnitude run at
-    each chosen sparsity (sparsities without one are skipped)."""
+    each chosen sparsity (sparsities without one, or whose result.json is neither where the
+    store says nor under ``runs_dir``, are skipped)."""
     best = best_magnitude_runs(store, spec, phase1)
     points: list[Point] = []
     common = spec.overrides
@@ -745,7 +753,7 @@ def plan_phase2(spec: SweepSpec, store: RunStore, phase1: Sequence[Point]) -> li
         option = spec.small_dense.option
         for target in spec.small_dense.sparsities:
             source = best.get(target)
-            nonzero = _read_parameters(source) if source is not None else None
+            nonzero = _read_parameters(source, runs_dir) if source is not None else None
             if nonzero is None:
                 continue
             value, count = width_for_parameters(config.model.name, options, option, nonzero)
