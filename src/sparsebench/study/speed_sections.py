@@ -6,6 +6,7 @@ the store's ``inference`` table (``sparsebench bench-runs``); a run not timed ye
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
@@ -263,7 +264,8 @@ def inference_section(ctx: ReportContext, scope: Scope) -> Section | None:
         ax.bar(xs, [timings[r.id][batch].speedup if batch in timings[r.id] else 0 for r in timed],
                width=width, label=f"batch {batch}")
     ax.axhline(1.0, color="black", ls="--", lw=1)
-    ax.set_xticks(range(len(timed)), [f"{P.display_name(r.technique)}\n"
+    # Wrapped: "magnitude pruning v2" beside its neighbour would run into it.
+    ax.set_xticks(range(len(timed)), [f"{textwrap.fill(P.display_name(r.technique), 12)}\n"
                                       f"{100 * (r.achieved_sparsity or 0):.1f}%" for r in timed],
                   fontsize=8)
     ax.set_ylabel("dense time / sparse time")
