@@ -344,30 +344,49 @@ def test_the_seed_section_sizes_each_repeated_setting_and_says_what_overlaps(tmp
 
 
 def test_sections_register_once_in_reading_order():
-    """Each section module adds its builders when imported: once, whatever imports it again,
-    and where it reads (the loss frontiers right after the headline ones, the seed spread
-    after them); a builder placed after another goes straight after it."""
+    """Each section module adds its builders when imported, at a fixed place: the loss
+    frontiers right after the headline ones, the seed spread after them, then the
+    retraining and published comparison, then our own and the speed sections. Registering
+    again moves nothing and doubles nothing."""
     from sparsebench.study import loss_section, report, seed_section
 
-    before = list(report.SECTION_BUILDERS)
-    assert len(before) == len(set(before))
-    order = report.SECTION_BUILDERS
+    order = list(report.SECTION_BUILDERS)
+    assert len(order) == len(set(order))
     technique = order.index(report.technique_section)
-    assert order[technique + 1] is loss_section.loss_section
-    assert order[technique + 2] is seed_section.seed_section
-    # What a module's import does, done again: nothing moves or doubles.
-    report.register_section(loss_section.loss_section, after=report.technique_section)
-    report.register_section(seed_section.seed_section, after=loss_section.loss_section)
-    assert before == report.SECTION_BUILDERS
+    assert order[technique - 1] is report.dense_section
+    assert order[technique + 1:technique + 5] == [
+        loss_section.loss_section, seed_section.seed_section, report.retraining_section,
+        report.published_comparison_section]
+    report.register_section(loss_section.loss_section, order=21)
+    report.register_section(seed_section.seed_section, order=22)
+    assert order == report.SECTION_BUILDERS
 
     def extra(ctx, scope):
         return None
 
     try:
-        report.register_section(extra, after=report.dense_section)
-        report.register_section(extra)  # already there: stays where it is
-        assert report.SECTION_BUILDERS[report.SECTION_BUILDERS.index(report.dense_section) + 1] \
-            is extra
+        report.register_section(extra, order=15)  # between dense (10) and technique (20)
+        report.register_section(extra, order=15)
+        assert report.SECTION_BUILDERS[technique] is extra
         assert report.SECTION_BUILDERS.count(extra) == 1
     finally:
-        report.SECTION_BUILDERS[:] = before
+        report.SECTION_BUILDERS[:] = order
+
+
+@pytest.mark.parametrize("first", ["loss_section", "seed_section", "sections",
+                                   "speed_sections", "report"])
+def test_any_section_module_can_be_imported_first(first):
+    """The section modules and report.py import each other; whichever a program imports
+    first, the report gets every section, in the same order."""
+    import subprocess
+    import sys
+
+    code = (f"import sparsebench.study.{first}\n"
+            "from sparsebench.study import report\n"
+            "print(' '.join(b.__name__ for b in report.SECTION_BUILDERS))")
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert names[:6] == ["dense_section", "technique_section", "loss_section", "seed_section",
+                         "retraining_section", "published_comparison_section"]
+    assert names[-2:] == ["inference_section", "block_section"]
+    assert len(names) == 15

@@ -22,7 +22,6 @@ from .report import (
     Table,
     _metric_of,
     register_section,
-    technique_section,
 )
 from .store import Run
 
@@ -115,5 +114,5 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     )
 
 
-# Right after the headline frontiers, which it reads beside.
-register_section(loss_section, after=technique_section)
+# Right after the headline frontiers (20), which it reads beside.
+register_section(loss_section, order=21)

@@ -327,15 +327,22 @@ SECTION_BUILDERS: list[SectionBuilder] = [
 ]
 
 
-def register_section(builder: SectionBuilder, *, after: SectionBuilder | None = None) -> None:
-    """Adds ``builder`` to :data:`SECTION_BUILDERS` once (importing its module twice adds
-    nothing): right after ``after``, a builder already there, or else at the end."""
+#: Each builder's place in the report: its sections appear in this order. The question
+#: sections above are 10-40; the modules that register more pick places among them.
+_SECTION_ORDER: dict[SectionBuilder, float] = {
+    dense_section: 10, technique_section: 20, retraining_section: 30,
+    published_comparison_section: 40}
+
+
+def register_section(builder: SectionBuilder, *, order: float) -> None:
+    """Puts ``builder`` into :data:`SECTION_BUILDERS` at its ``order`` (see
+    :data:`_SECTION_ORDER`), once: registering it again only moves it. A key rather than
+    "after X" keeps the report's order whichever section module is imported first."""
     if builder in SECTION_BUILDERS:
-        return
-    if after is None:
-        SECTION_BUILDERS.append(builder)
-    else:
-        SECTION_BUILDERS.insert(SECTION_BUILDERS.index(after) + 1, builder)
+        SECTION_BUILDERS.remove(builder)
+    _SECTION_ORDER[builder] = order
+    SECTION_BUILDERS.append(builder)
+    SECTION_BUILDERS.sort(key=lambda b: _SECTION_ORDER.get(b, float("inf")))
 
 
 # ---- writing -------------------------------------------------------------------------------
@@ -509,9 +516,10 @@ def _forget_stale_files(out: Path, written: set[str]) -> None:
             path.unlink()
     atomic_write_bytes(manifest, ("\n".join(sorted(written)) + "\n").encode())
 
-# The sections for our own runs (per-layer sparsity, training cost, MP v2, small dense,
-# off-target runs, sweep files) register themselves in SECTION_BUILDERS when imported; they
-# import this module's types, hence the import at the end.
+# The other sections (test loss, seeds, per-layer sparsity, training cost, MP v2, small dense,
+# off-target runs, sweep files, speed) register themselves in SECTION_BUILDERS, each at its
+# place, when imported; they import this module's types, hence the import at the end. Each
+# reads the others only when called, so any of them may be imported first.
 from . import loss_section as _loss_section  # noqa: E402, F401
 from . import sections as _sections  # noqa: E402, F401
 from . import seed_section as _seed_section  # noqa: E402, F401

@@ -421,8 +421,8 @@ OUR_SECTION_BUILDERS = [per_layer_section, pruned_weights_section, training_cost
 def _register() -> None:
     from .report import register_section
 
-    for builder in OUR_SECTION_BUILDERS:
-        register_section(builder)
+    for index, builder in enumerate(OUR_SECTION_BUILDERS):  # after the questions' (10-40)
+        register_section(builder, order=50 + index)
 
 
 _register()

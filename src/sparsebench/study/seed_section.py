@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from . import loss_section as _loss_section  # registered first: this section follows it
 from . import pareto as P
 from .report import (
     ReportContext,
@@ -122,5 +121,5 @@ def seed_section(ctx: ReportContext, scope: Scope) -> Section | None:
     )
 
 
-# After the frontiers in loss, which it qualifies.
-register_section(seed_section, after=_loss_section.loss_section)
+# After the frontiers in loss (21), which it qualifies.
+register_section(seed_section, order=22)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 
 from . import pareto as P
+from . import sections as _sections  # its helpers, looked up when called: no import cycle
 from .report import HEADLINE_LEVELS, ReportContext, Scope, Section, Table, _cell, _metric_of
-from .sections import _finished, _save
 from .speed import block_of
 from .store import InferenceResult, Run
 
@@ -75,11 +75,11 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
     if scope.source != "ours":
         return None
     structured = ctx.scope_runs(scope, structured=True)
-    runs = [r for r in _finished(structured) if r.metric_value is not None]
+    runs = [r for r in _sections._finished(structured) if r.metric_value is not None]
     if not runs:
         return None
     lost = [r for r in structured if r.status in ("diverged", "failed")]
-    plain = _finished(ctx.scope_runs(scope))
+    plain = _sections._finished(ctx.scope_runs(scope))
     dense = [r for r in plain if r.technique == "dense" and r.metric_value is not None]
     baseline = P.dense_baseline(plain)
     dense_width = _width(dense[0]) if dense else None
@@ -130,7 +130,7 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
                      f"{100 * target:g}%")
         fig.tight_layout()
         name = f"{scope.key}_blocks_{100 * target:g}.png"
-        _save(fig, ctx.out_dir / name)
+        _sections._save(fig, ctx.out_dir / name)
         figs.append((name, f"quality and speed vs block size at {100 * target:g}%"))
         worth = []
         for run, label in zip(at, labels, strict=True):
@@ -236,7 +236,7 @@ def inference_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """The timed unstructured models: the best of each technique at 90% and 95%."""
     if scope.source != "ours":
         return None
-    runs = [r for r in _finished(ctx.scope_runs(scope)) if r.technique != "dense"]
+    runs = [r for r in _sections._finished(ctx.scope_runs(scope)) if r.technique != "dense"]
     timings = _timings(ctx, runs)
     timed = [r for r in runs if r.id in timings]
     if not timed:
@@ -275,7 +275,7 @@ def inference_section(ctx: ReportContext, scope: Scope) -> Section | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     name = f"{scope.key}_inference.png"
-    _save(fig, ctx.out_dir / name)
+    _sections._save(fig, ctx.out_dir / name)
     for level in HEADLINE_LEVELS:
         at = [r for r in timed if P.nearest_level(r.achieved_sparsity or 0,
                                                   tolerance_pp=ctx.tolerance_pp) == level]
@@ -337,7 +337,7 @@ def _break_even_figure(run: Run, by_batch: dict[int, InferenceResult], path, tit
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    _save(fig, path)
+    _sections._save(fig, path)
     counts = ", ".join(f"{sum(r['sparse'] for r in by_batch[b].plan)} of {len(names)} at batch "
                        f"{b}" for b in batches)
     return (f"Per layer, the performance model's break-even density decides the kernel; for the "
@@ -352,8 +352,8 @@ SPEED_SECTION_BUILDERS = [inference_section, block_section]
 def _register() -> None:
     from .report import register_section
 
-    for builder in SPEED_SECTION_BUILDERS:
-        register_section(builder)
+    for index, builder in enumerate(SPEED_SECTION_BUILDERS):  # after .sections' (50-56)
+        register_section(builder, order=70 + index)
 
 
 _register()
