@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ..rundir import CHECKPOINT_DIR, CHECKPOINT_FILE, PROGRESS_FILE
-from .store import Run, RunStore
+from .store import Run, RunStore, device_kind
 from .sweep import (
     RETRAINING_KINDS,
     SweepError,
@@ -189,7 +189,7 @@ def study_progress(store: RunStore, now: float | None = None, device: str = "cpu
                 progress.unplanned += 1
                 progress.open_steps.append((technique, steps))
         sweeps.append(progress)
-    device = device.split(":", 1)[0]  # cuda:1 trains at the pace of cuda
+    device = device_kind(device)  # cuda:1 trains at the pace of cuda
     speeds = _speeds(ours, device)
     left, unmeasured = 0.0, set()
     for progress in sweeps:

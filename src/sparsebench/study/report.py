@@ -230,13 +230,14 @@ def retraining_section(ctx: ReportContext, scope: Scope) -> Section | None:
     reference_runs = [r for r in family_runs if r.technique == "magnitude"]
     if not planned or not reference_runs:
         return None
+    heading = dict(
+        id=f"{scope.key}-retraining",
+        title=f"{scope.title}: training the sparse architecture from scratch",
+        question="Can a sparse architecture found by pruning be trained from scratch to the "
+                 "same quality (scratch-e, scratch-b, lottery ticket, augmented init)?")
     if not P.points_from_runs(runs):  # a study under way: say so rather than draw empty axes
-        return Section(
-            id=f"{scope.key}-retraining",
-            title=f"{scope.title}: training the sparse architecture from scratch",
-            question="Can a sparse architecture found by pruning be trained from scratch to "
-                     "the same quality (scratch-e, scratch-b, lottery ticket, augmented init)?",
-            sentences=[f"No retraining run has a result yet ({len(planned)} in the store)."])
+        return Section(**heading, sentences=[
+            f"No retraining run has a result yet ({len(planned)} in the store)."])
     metric, higher = _metric_of(runs)
     summaries = P.replica_summaries(P.points_from_runs(runs), tolerance_pp=ctx.tolerance_pp)
     reference = P.binned_frontier(P.points_from_runs(reference_runs),
@@ -258,10 +259,7 @@ def retraining_section(ctx: ReportContext, scope: Scope) -> Section | None:
             for series in sorted(summaries, key=figures.series_order)
             for lv, s in sorted(summaries[series].items())]
     return Section(
-        id=f"{scope.key}-retraining",
-        title=f"{scope.title}: training the sparse architecture from scratch",
-        question="Can a sparse architecture found by pruning be trained from scratch to the "
-                 "same quality (scratch-e, scratch-b, lottery ticket, augmented init)?",
+        **heading,
         sentences=sentences,
         figures=[(name, f"{scope.title} retraining vs magnitude pruning")],
         tables=[Table(f"{scope.key}_retraining",

@@ -40,6 +40,7 @@ __all__ = [
     "StoreError",
     "StoreReplaced",
     "metrics_of_result",
+    "device_kind",
     "model_family_of",
     "read_result",
     "result_layers",
@@ -221,10 +222,9 @@ class Run:
 
     @property
     def device(self) -> str:
-        """Returns the kind of device the run trained on (``cpu``, ``cuda``; a device index is
-        dropped): a study may go on on another machine, and its runs' speeds differ."""
-        device = str((self.config.get("run") or {}).get("device") or "cpu")
-        return device.split(":", 1)[0]
+        """Returns the kind of device the run trained on (``cpu``, ``cuda``): a study may go
+        on on another machine, and its runs' speeds differ."""
+        return device_kind(str((self.config.get("run") or {}).get("device") or "cpu"))
 
     def as_dict(self) -> dict[str, Any]:
         """Returns the row as a plain dict (JSON columns as dicts)."""
@@ -251,6 +251,11 @@ def _uses_target(method: str | None) -> bool:
         return bool(methods.get(method).uses_sparsity_target)
     except ValueError:
         return True
+
+
+def device_kind(device: str) -> str:
+    """Returns the kind of a torch device name, its index dropped (``cuda:1`` -> ``cuda``)."""
+    return device.split(":", 1)[0]
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any]:
