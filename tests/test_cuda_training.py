@@ -11,6 +11,7 @@ from torch import nn
 
 import sparsebench as sb
 from sparsebench.inference import compact_sparse
+from sparsebench.init import rescale_for_sparse_fan_in
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU here; CI never has one")
@@ -72,3 +73,16 @@ def test_a_model_trained_on_cuda_compiles_and_runs_sparse_there():
         compiled, _ = compact_sparse(cpu_model)
         got = compiled.cuda()(x.cuda()).cpu()
     assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+def test_augmented_init_rescales_a_cuda_model_from_masks_loaded_on_the_cpu():
+    # Masks come off disk on the CPU while the retraining model already sits on the GPU.
+    torch.manual_seed(0)
+    model = nn.Linear(8, 2).cuda()
+    before = model.weight.detach().clone()
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, :2] = True  # row 0 keeps 2 of 8 inputs: scale sqrt(8 / 2) = 2
+    mask[1] = True      # row 1 keeps all 8: scale 1
+    rescale_for_sparse_fan_in(model, {"weight": mask})
+    assert torch.allclose(model.weight[0], 2 * before[0])
+    assert torch.allclose(model.weight[1], before[1])

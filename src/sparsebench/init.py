@@ -34,7 +34,8 @@ def rescale_for_sparse_fan_in(model: nn.Module, masks: Mapping[str, torch.Tensor
         if weight.shape != mask.shape:
             raise ValueError(f"Mask {name!r} has shape {tuple(mask.shape)}, the weight "
                              f"{tuple(weight.shape)}.")
-        rows = mask.reshape(mask.shape[0], -1)
+        # Masks load on the CPU; the model may already sit on a GPU.
+        rows = mask.to(weight.device).reshape(mask.shape[0], -1)
         kept = rows.sum(dim=1).to(weight.dtype)
         scale = torch.where(kept > 0, (rows.shape[1] / kept.clamp(min=1)).sqrt(),
                             torch.ones_like(kept))
