@@ -151,3 +151,18 @@ def test_retraining_summaries_match_frontiers_md(published_runs):
     assert sentences[0] == "No retraining run reaches the magnitude pruning frontier at any level."
     assert ("At 90%, the best retrained run is lottery (22.04 BLEU, best of 25), 1.22 BLEU below "
             "the magnitude pruning frontier (23.26 BLEU).") in sentences
+
+
+def test_retraining_sentences_set_scratch_e_beside_a_longer_trained_best():
+    # Hand-made: the frontier is 80.0 at 90%; scratch-b (twice the steps) reaches 90 at best,
+    # scratch-e averages (84 + 85 + 86) / 3 = 85, 5 points above the frontier.
+    frontier = P.frontiers([Point("magnitude", 0.9, 0.8, "mp")])["magnitude"]
+    reps = P.replica_summaries([Point("scratch-b", 0.9, v, f"b{v}") for v in (0.88, 0.9)]
+                               + [Point("scratch-e", 0.9, v, f"e{v}")
+                                  for v in (0.84, 0.85, 0.86)])
+    sentences = P.retraining_sentences(reps, frontier, "top1")
+    assert sentences[0] == "Retraining reaches the magnitude pruning frontier at 90%."
+    assert "scratch-b (90.00%, best of 2), 10.00 points above" in sentences[1]
+    assert sentences[2] == ("At 90%, scratch-e, with the pruning run's steps, averages 85.00% "
+                            "over 3: 5.00 points above the frontier.")
+    assert sentences[-1].startswith("Scratch-b trains twice the steps")

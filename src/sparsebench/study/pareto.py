@@ -342,29 +342,45 @@ def retraining_sentences(
     higher_is_better: bool = True,
 ) -> list[str]:
     """Returns sentences comparing retraining series (best replica per level) with the
-    ``reference`` frontier: where any reaches it, and the best one at each shared level."""
+    ``reference`` frontier: where any reaches it, and the best one at each shared level.
+    Where that best is not scratch-e, scratch-e's mean follows: it is the comparison at the
+    pruning run's own step budget (scratch-b trains twice as long)."""
     sign = 1.0 if higher_is_better else -1.0
     sentences, reached = [], []
+
+    def against(value: float, ref: float) -> str:
+        gap = sign * (ref - value)
+        return (f"{_gap(gap, metric_name)} below" if gap > 0
+                else f"{_gap(-gap, metric_name)} above")
+
     for level, ref in sorted(reference.items()):
         cells = [(name, s[level]) for name, s in summaries.items() if level in s]
         if not cells:
             continue
         name, best = max(cells, key=lambda c: sign * c[1].max)
-        gap = sign * (ref.value - best.max)
-        if gap <= 0:
+        if sign * (ref.value - best.max) <= 0:
             reached.append(level)
         sentences.append(
             f"At {_pct(level)}, the best retrained run is {display_name(name)} "
             f"({format_metric(best.max, metric_name)}, best of {best.n}), "
-            + (f"{_gap(gap, metric_name)} below" if gap > 0 else f"{_gap(-gap, metric_name)} above")
-            + f" the {reference_name} frontier ({format_metric(ref.value, metric_name)})."
+            f"{against(best.max, ref.value)} the {reference_name} frontier "
+            f"({format_metric(ref.value, metric_name)})."
         )
+        same_steps = summaries.get("scratch-e", {}).get(level)
+        if same_steps is not None and name != "scratch-e":
+            sentences.append(
+                f"At {_pct(level)}, scratch-e, with the pruning run's steps, averages "
+                f"{format_metric(same_steps.mean, metric_name)} over {same_steps.n}: "
+                f"{against(same_steps.mean, ref.value)} the frontier.")
     if sentences:
         head = (f"No retraining run reaches the {reference_name} frontier at any level."
                 if not reached else
                 f"Retraining reaches the {reference_name} frontier at "
                 + ", ".join(_pct(lv) for lv in reached) + ".")
         sentences.insert(0, head)
+        if any(series.startswith("scratch-b") for series in summaries):
+            sentences.append("Scratch-b trains twice the steps of the pruning run it "
+                             "retrains; the other kinds train as many.")
     return sentences
 
 
