@@ -20,9 +20,11 @@ run_task() {  # run_task STORE SWEEP...
 }
 
 if [ "${1:-}" != "report" ]; then
-  run_task fmnist-resnet.db sweeps/fmnist-resnet-blocks.yaml sweeps/fmnist-resnet-wider.yaml \
-    sweeps/fmnist-resnet-seeds.yaml sweeps/fmnist-resnet-study.yaml \
-    >> "$STUDY/fmnist-resnet.log" 2>&1 &
+  # The budget probe keeps a store of its own: its runs train twice as long as the study's.
+  { run_task fmnist-resnet.db sweeps/fmnist-resnet-blocks.yaml sweeps/fmnist-resnet-wider.yaml \
+      sweeps/fmnist-resnet-seeds.yaml sweeps/fmnist-resnet-study.yaml
+    run_task fmnist-resnet-budget.db sweeps/fmnist-resnet-budget.yaml
+  } >> "$STUDY/fmnist-resnet.log" 2>&1 &
   image=$!
   run_task ding-transformer.db sweeps/ding-transformer-blocks.yaml \
     sweeps/ding-transformer-seeds.yaml sweeps/ding-transformer-study.yaml \
