@@ -291,3 +291,34 @@ def test_small_dense_sizing_finds_its_source_under_the_runs_folder(tmp_path):
     (moved / "result.json").write_text(json.dumps({"parameters": {"nonzero": 148390}}))
     assert _read_parameters(source) is None  # the store's path alone: still nothing
     assert _read_parameters(source, tmp_path / "runs") == 148390
+
+
+def test_select_by_picks_phase_two_sources_by_the_named_measure(tmp_path):
+    """Two finished magnitude runs at 90%: the first has the better headline metric (BLEU-like,
+    higher), the second the lower validation loss. Without select_by the first is the source;
+    with select_by: valid.loss the second; a run lacking the measure is an error."""
+    from sparsebench.study.store import Run, RunStore
+    from sparsebench.study.sweep import best_magnitude_runs
+
+    values = _with(techniques={"magnitude": {"grid": {"end": [0.4, 0.6]}}})
+    plain, by_loss = parse_sweep(values), parse_sweep({**values, "select_by": "valid.loss"})
+    phase1 = plan_phase1(plain)
+    ids = [p.run_id(plain.task) for p in phase1 if p.technique == "magnitude" and p.target == 0.9]
+    assert len(ids) == 2
+    scores = {ids[0]: (4.0, 5.5), ids[1]: (3.0, 5.2)}  # (headline metric, valid loss)
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert([Run(id=i, technique="magnitude", target_sparsity=0.9, status="finished",
+                          metric_name="bleu", metric_value=m, higher_is_better=True,
+                          metrics={"valid": {"loss": loss}, "test": {"bleu": m}})
+                      for i, (m, loss) in scores.items()])
+        assert best_magnitude_runs(store, plain, phase1)[0.9].id == ids[0]
+        assert best_magnitude_runs(store, by_loss, phase1)[0.9].id == ids[1]
+        store.set_metrics(ids[0], {"test": {"bleu": 4.0}})  # its validation loss is gone
+        with pytest.raises(ValueError, match="has no valid.loss"):
+            best_magnitude_runs(store, by_loss, phase1)
+
+
+@pytest.mark.parametrize("select_by", ["loss", "train.loss", "valid."])
+def test_select_by_must_name_a_split_and_a_measure(select_by):
+    with pytest.raises(SweepError, match="select_by: must be <split>.<measure>"):
+        parse_sweep({**BASE, "select_by": select_by})

@@ -76,7 +76,8 @@ __all__ = [
 
 RETRAINING_KINDS = ("scratch-e", "scratch-b", "lottery", "augmented")
 _TOP_KEYS = ("name", "task", "steps", "replicas", "sparsities", "dense", "overrides", "resources",
-             "techniques", "retraining", "mp_v2", "small_dense")
+             "techniques", "retraining", "mp_v2", "small_dense", "select_by")
+_SELECT_SPLITS = ("valid", "test")
 _DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 
 
@@ -181,6 +182,10 @@ class SweepSpec:
     retraining: RetrainingSpec | None = None
     mp_v2: MPv2Spec | None = None
     small_dense: SmallDenseSpec | None = None
+    #: What picks the best magnitude run phase 2 derives from: ``None`` for each run's
+    #: headline metric (as the study did), or ``"<split>.<measure>"`` from its result's
+    #: metrics, e.g. ``valid.loss`` (a loss is better lower, anything else higher).
+    select_by: str | None = None
     cpus: float = 1.0
     gpus: float = 0.0
     text: str = ""
@@ -446,12 +451,20 @@ def parse_sweep(values: Mapping[str, Any], *, name: str = "sweep", text: str = "
                                      _int(raw.get("replicas", 1), "small_dense.replicas"))
         _check_subset(small_dense.sparsities, sparsities, "small_dense.sparsities")
 
+    select_by = values.get("select_by")
+    if select_by is not None:
+        split, _, measure = str(select_by).partition(".")
+        if split not in _SELECT_SPLITS or not measure:
+            _fail("select_by", f"must be <split>.<measure> with split one of "
+                               f"{list(_SELECT_SPLITS)} (e.g. valid.loss), got {select_by!r}.")
+        select_by = str(select_by)
+
     spec = SweepSpec(
         name=str(values.get("name") or name), task=task, steps=steps, replicas=replicas,
         sparsities=sparsities, dense=dense, dense_replicas=dense_replicas,
         overrides=_overrides(values.get("overrides"), "overrides"),
         techniques=techniques, retraining=retraining, mp_v2=mp_v2, small_dense=small_dense,
-        cpus=cpus, gpus=gpus, text=text)
+        select_by=select_by, cpus=cpus, gpus=gpus, text=text)
     _validate_points(spec)
     return spec
 
@@ -675,19 +688,43 @@ def _validate_points(spec: SweepSpec) -> None:
 def best_magnitude_runs(store: RunStore, spec: SweepSpec, phase1: Sequence[Point]
                         ) -> dict[float, Run]:
     """Returns, per target sparsity, the finished magnitude-pruning run of this sweep's first
-    phase with the best metric (the study retrains "the best magnitude run")."""
+    phase with the best metric (the study retrains "the best magnitude run"), or the best
+    ``spec.select_by`` measure where the sweep names one.
+
+    Raises:
+        ValueError: when ``select_by`` names a measure a finished run's result lacks (picking
+            among the others would pass a worse run for the best).
+    """
     ids = [p.run_id(spec.task) for p in phase1 if p.technique == "magnitude"]
-    best: dict[float, Run] = {}
+    best: dict[float, tuple[float, Run]] = {}
     for run in store.runs(id=ids, status="finished"):
-        if run.metric_value is None or run.target_sparsity is None:
+        if run.target_sparsity is None:
             continue
-        sign = 1.0 if run.higher_is_better else -1.0
+        score = _selection_score(run, spec.select_by)
+        if score is None:
+            continue
         key = next((s for s in spec.sparsities if abs(s - run.target_sparsity) < 1e-9), None)
         if key is None:
             continue
-        if key not in best or sign * run.metric_value > sign * best[key].metric_value:
-            best[key] = run
-    return best
+        if key not in best or score > best[key][0]:
+            best[key] = (score, run)
+    return {key: run for key, (_, run) in best.items()}
+
+
+def _selection_score(run: Run, select_by: str | None) -> float | None:
+    """Returns a number that is larger for the better run: the headline metric, or the
+    ``select_by`` measure, negated where lower is better."""
+    if select_by is None:
+        if run.metric_value is None:
+            return None
+        return run.metric_value if run.higher_is_better else -run.metric_value
+    split, _, measure = select_by.partition(".")
+    value = (run.metrics.get(split) or {}).get(measure)
+    if value is None:
+        raise ValueError(f"Run {run.id} has no {select_by} in its metrics, which select_by "
+                         "picks phase 2's sources by; rescore it (sparsebench rescore) or "
+                         "remove select_by from the sweep.")
+    return -float(value) if measure == "loss" else float(value)
 
 
 def width_for_parameters(model_name: str, options: Mapping[str, Any], option: str,
