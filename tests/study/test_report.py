@@ -343,6 +343,31 @@ def test_the_seed_section_sizes_each_repeated_setting_and_says_what_overlaps(tmp
             "(0.600 and 0.700 nats) they do not overlap.") in text
 
 
+def test_retraining_in_test_loss_beside_bleu(tmp_path):
+    # At 90%: magnitude pruning's lowest loss is 5.00. Scratch-e has the better BLEU (4 against
+    # 2-3) but the higher loss (5.20-5.30, mean 5.25); scratch-b reaches 4.90 at best.
+    def run(name, technique, bleu, loss, sparsity=0.9):
+        return Run(id=name, technique=technique, model_family="transformer", metric_name="bleu",
+                   metric_value=bleu, achieved_sparsity=sparsity, target_sparsity=sparsity or None,
+                   status="finished", metrics={"test": {"bleu": bleu, "loss": loss}})
+    runs = [run("d0", "dense", 5.0, 4.6, 0.0), run("m1", "magnitude", 3.0, 5.10),
+            run("m2", "magnitude", 2.0, 5.00),
+            *[run(f"e{i}", "scratch-e", 4.0, v) for i, v in enumerate((5.20, 5.30, 5.25))],
+            *[run(f"b{i}", "scratch-b", 1.0, v) for i, v in enumerate((4.90, 4.95, 5.00))]]
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert(runs)
+        index = write_report(store, tmp_path / "report", source="ours")
+    text = html.unescape(index.read_text())
+    assert "Transformer (ours): retraining in test loss" in text
+    assert "Retraining reaches the magnitude pruning frontier at 90%." in text
+    assert ("At 90%, the best retrained run is scratch-b (4.900, best of 3), 0.100 nats better "
+            "than the magnitude pruning frontier (5.000).") in text
+    assert ("At 90%, scratch-e, with the pruning run's steps, averages 5.250 over 3: 0.250 "
+            "nats worse than the frontier.") in text
+    rows = list(csv.reader((index.parent / "ours_transformer_retraining_loss.csv").open()))
+    assert ["scratch-e", "90", "5.200", "5.250", "5.300", "3"] in rows
+
+
 def test_sections_register_once_in_reading_order():
     """Each section module adds its builders when imported, at a fixed place: the loss
     frontiers right after the headline ones, the seed spread after them, then the
@@ -354,9 +379,9 @@ def test_sections_register_once_in_reading_order():
     assert len(order) == len(set(order))
     technique = order.index(report.technique_section)
     assert order[technique - 1] is report.dense_section
-    assert order[technique + 1:technique + 5] == [
+    assert order[technique + 1:technique + 6] == [
         loss_section.loss_section, seed_section.seed_section, report.retraining_section,
-        report.published_comparison_section]
+        loss_section.retraining_loss_section, report.published_comparison_section]
     report.register_section(loss_section.loss_section, order=21)
     report.register_section(seed_section.seed_section, order=22)
     assert order == report.SECTION_BUILDERS
@@ -386,7 +411,8 @@ def test_any_section_module_can_be_imported_first(first):
             "print(' '.join(b.__name__ for b in report.SECTION_BUILDERS))")
     names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.split()
-    assert names[:6] == ["dense_section", "technique_section", "loss_section", "seed_section",
-                         "retraining_section", "published_comparison_section"]
+    assert names[:7] == ["dense_section", "technique_section", "loss_section", "seed_section",
+                         "retraining_section", "retraining_loss_section",
+                         "published_comparison_section"]
     assert names[-2:] == ["inference_section", "block_section"]
-    assert len(names) == 15
+    assert len(names) == 16

@@ -25,7 +25,7 @@ from .report import (
 )
 from .store import Run
 
-__all__ = ["LOSS", "loss_section", "with_test_loss"]
+__all__ = ["LOSS", "loss_section", "retraining_loss_section", "with_test_loss"]
 
 LOSS = "loss"
 _SERIES = (*P.SPARSIFIERS, "mp-v2")
@@ -114,5 +114,42 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     )
 
 
-# Right after the headline frontiers (20), which it reads beside.
+def retraining_loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """Retraining (scratch-e, scratch-b, lottery, augmented) against the magnitude-pruning
+    frontier in test loss, for our runs whose headline metric is something else: where BLEU
+    swings by points between seeds, the loss still says whether retraining keeps up."""
+    if scope.source != "ours":
+        return None
+    runs = ctx.scope_runs(scope)
+    metric, _ = _metric_of(runs)
+    if metric in ("", LOSS):
+        return None
+    lossy = with_test_loss(runs)
+    retrained = [r for r in lossy if r.technique in P.RETRAINING]
+    reference = [r for r in lossy if r.technique == "magnitude"]
+    if not retrained or not reference:
+        return None
+    summaries = P.replica_summaries(P.points_from_runs(retrained), tolerance_pp=ctx.tolerance_pp)
+    frontier = P.binned_frontier(P.points_from_runs(reference), tolerance_pp=ctx.tolerance_pp,
+                                 higher_is_better=False)
+    rows = [[series, f"{100 * lv:g}", f"{s.min:.3f}", f"{s.mean:.3f}", f"{s.max:.3f}", s.n]
+            for series in sorted(summaries, key=figures.series_order)
+            for lv, s in sorted(summaries[series].items())]
+    short = _SHORT.get(metric, metric)
+    return Section(
+        id=f"{scope.key}-retraining-loss",
+        title=f"{scope.title}: retraining in test loss",
+        question=f"Does the answer on retraining hold in held-out loss, which the seed moves "
+                 f"far less than {short}?",
+        sentences=P.retraining_sentences(summaries, frontier, LOSS, higher_is_better=False),
+        tables=[Table(f"{scope.key}_retraining_loss",
+                      ["series", "sparsity %", "best (lowest)", "mean", "highest", "replicas"],
+                      rows, "Test loss over replicas, beside the magnitude-pruning frontier "
+                            "in the same measure.")],
+    )
+
+
+# Right after the headline frontiers (20) and the retraining section (30), which they read
+# beside.
 register_section(loss_section, order=21)
+register_section(retraining_loss_section, order=31)

@@ -116,11 +116,13 @@ def metric_label(metric_name: str) -> str:
 
 def format_metric(value: float, metric_name: str) -> str:
     """Returns a metric for a sentence: top-1 (a fraction) as a percent, BLEU as points, both
-    with two decimals ("72.48%", "23.26 BLEU")."""
+    with two decimals ("72.48%", "23.26 BLEU"); a loss with three ("5.207")."""
     if metric_name == "top1":
         return f"{100.0 * value:.2f}%"
     if metric_name == "bleu":
         return f"{value:.2f} BLEU"
+    if metric_name == "loss":
+        return f"{value:.3f}"
     return f"{value:.4g}"
 
 
@@ -344,26 +346,33 @@ def retraining_sentences(
     """Returns sentences comparing retraining series (best replica per level) with the
     ``reference`` frontier: where any reaches it, and the best one at each shared level.
     Where that best is not scratch-e, scratch-e's mean follows: it is the comparison at the
-    pruning run's own step budget (scratch-b trains twice as long)."""
+    pruning run's own step budget (scratch-b trains twice as long). A lower-is-better metric
+    (a loss) reads "worse than" / "better than" rather than "below" / "above"."""
     sign = 1.0 if higher_is_better else -1.0
     sentences, reached = [], []
 
+    def best_of(summary: Summary) -> float:
+        return summary.max if higher_is_better else summary.min
+
     def against(value: float, ref: float) -> str:
         gap = sign * (ref - value)
-        return (f"{_gap(gap, metric_name)} below" if gap > 0
-                else f"{_gap(-gap, metric_name)} above")
+        if higher_is_better:
+            return (f"{_gap(gap, metric_name)} below" if gap > 0
+                    else f"{_gap(-gap, metric_name)} above")
+        return (f"{_gap(gap, metric_name)} worse than" if gap > 0
+                else f"{_gap(-gap, metric_name)} better than")
 
     for level, ref in sorted(reference.items()):
         cells = [(name, s[level]) for name, s in summaries.items() if level in s]
         if not cells:
             continue
-        name, best = max(cells, key=lambda c: sign * c[1].max)
-        if sign * (ref.value - best.max) <= 0:
+        name, best = max(cells, key=lambda c: sign * best_of(c[1]))
+        if sign * (ref.value - best_of(best)) <= 0:
             reached.append(level)
         sentences.append(
             f"At {_pct(level)}, the best retrained run is {display_name(name)} "
-            f"({format_metric(best.max, metric_name)}, best of {best.n}), "
-            f"{against(best.max, ref.value)} the {reference_name} frontier "
+            f"({format_metric(best_of(best), metric_name)}, best of {best.n}), "
+            f"{against(best_of(best), ref.value)} the {reference_name} frontier "
             f"({format_metric(ref.value, metric_name)})."
         )
         same_steps = summaries.get("scratch-e", {}).get(level)
@@ -389,6 +398,8 @@ def _gap(value: float, metric_name: str) -> str:
         return f"{100.0 * value:.2f} points"
     if metric_name == "bleu":
         return f"{value:.2f} BLEU"
+    if metric_name == "loss":
+        return f"{value:.3f} nats"
     return f"{value:.4g}"
 
 
