@@ -165,4 +165,4 @@ def test_retraining_sentences_set_scratch_e_beside_a_longer_trained_best():
     assert "scratch-b (90.00%, best of 2), 10.00 points above" in sentences[1]
     assert sentences[2] == ("At 90%, scratch-e, with the pruning run's steps, averages 85.00% "
                             "over 3: 5.00 points above the frontier.")
-    assert sentences[-1].startswith("Scratch-b trains twice the steps")
+    assert sentences[-1].startswith("The series marked scratch-b train twice the steps")

@@ -303,6 +303,9 @@ def test_select_by_picks_phase_two_sources_by_the_named_measure(tmp_path):
     values = _with(techniques={"magnitude": {"grid": {"end": [0.4, 0.6]}}})
     plain, by_loss = parse_sweep(values), parse_sweep({**values, "select_by": "valid.loss"})
     phase1 = plan_phase1(plain)
+    # What picks phase 2's sources is no part of a phase-1 run's identity.
+    assert [p.run_id(plain.task) for p in phase1] == [
+        p.run_id(by_loss.task) for p in plan_phase1(by_loss)]
     ids = [p.run_id(plain.task) for p in phase1 if p.technique == "magnitude" and p.target == 0.9]
     assert len(ids) == 2
     scores = {ids[0]: (4.0, 5.5), ids[1]: (3.0, 5.2)}  # (headline metric, valid loss)
@@ -318,7 +321,14 @@ def test_select_by_picks_phase_two_sources_by_the_named_measure(tmp_path):
             best_magnitude_runs(store, by_loss, phase1)
 
 
-@pytest.mark.parametrize("select_by", ["loss", "train.loss", "valid."])
-def test_select_by_must_name_a_split_and_a_measure(select_by):
-    with pytest.raises(SweepError, match="select_by: must be <split>.<measure>"):
+@pytest.mark.parametrize("select_by, message", [
+    ("loss", "select_by: must be <split>.<measure>"),
+    ("train.loss", "select_by: must be <split>.<measure>"),
+    ("valid.", "select_by: must be <split>.<measure>"),
+    ("valid.bleu", "'bleu' is not measured on task fmnist-lenet300; it has ['top1', 'top5', "
+                   "'loss']"),
+])
+def test_select_by_must_name_a_split_and_a_measure_of_the_task(select_by, message):
+    with pytest.raises(SweepError) as info:
         parse_sweep({**BASE, "select_by": select_by})
+    assert message in str(info.value)

@@ -139,8 +139,9 @@ def retraining_loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     return Section(
         id=f"{scope.key}-retraining-loss",
         title=f"{scope.title}: retraining in test loss",
-        question=f"Does the answer on retraining hold in held-out loss, which the seed moves "
-                 f"far less than {short}?",
+        question=f"Does the answer on retraining hold in held-out loss as in {short}? "
+                 "Where the headline metric is noisy (BLEU on a short budget), the loss can "
+                 "decide what it cannot.",
         sentences=P.retraining_sentences(summaries, frontier, LOSS, higher_is_better=False),
         tables=[Table(f"{scope.key}_retraining_loss",
                       ["series", "sparsity %", "best (lowest)", "mean", "highest", "replicas"],

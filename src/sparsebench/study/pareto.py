@@ -387,9 +387,9 @@ def retraining_sentences(
                 f"Retraining reaches the {reference_name} frontier at "
                 + ", ".join(_pct(lv) for lv in reached) + ".")
         sentences.insert(0, head)
-        if any(series.startswith("scratch-b") for series in summaries):
-            sentences.append("Scratch-b trains twice the steps of the pruning run it "
-                             "retrains; the other kinds train as many.")
+        if any("scratch-b" in series for series in summaries):
+            sentences.append("The series marked scratch-b train twice the steps of the "
+                             "pruning run they retrain; the others train as many.")
     return sentences
 
 

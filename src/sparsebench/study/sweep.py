@@ -23,6 +23,7 @@ parameters. An example (``sweeps/`` at the repository root has more)::
         random: {samples: 3, seed: 0,
                  space: {l0_weight: {log_uniform: [3.0e-5, 3.0e-4]}, init_log_alpha: {choice: [0]}}}
     retraining: {kinds: [scratch-e, scratch-b, lottery, augmented], sparsities: [0.9], replicas: 1}
+    select_by: valid.loss   # what picks phase 2's source run (default: the headline metric)
     mp_v2: {sparsities: [0.9], last_sparsity: 0.8, steps_factor: 1.5}
     small_dense: {option: width, sparsities: [0.9]}
 
@@ -457,6 +458,12 @@ def parse_sweep(values: Mapping[str, Any], *, name: str = "sweep", text: str = "
         if split not in _SELECT_SPLITS or not measure:
             _fail("select_by", f"must be <split>.<measure> with split one of "
                                f"{list(_SELECT_SPLITS)} (e.g. valid.loss), got {select_by!r}.")
+        from ..train.tasks import task_class
+
+        measures = task_class(build_config(task, steps=steps)).eval_metrics
+        if measure not in measures:
+            _fail("select_by", f"{measure!r} is not measured on task {task}; it has "
+                               f"{list(measures)}.")
         select_by = str(select_by)
 
     spec = SweepSpec(
@@ -700,11 +707,11 @@ def best_magnitude_runs(store: RunStore, spec: SweepSpec, phase1: Sequence[Point
     for run in store.runs(id=ids, status="finished"):
         if run.target_sparsity is None:
             continue
-        score = _selection_score(run, spec.select_by)
-        if score is None:
-            continue
         key = next((s for s in spec.sparsities if abs(s - run.target_sparsity) < 1e-9), None)
         if key is None:
+            continue
+        score = _selection_score(run, spec.select_by)
+        if score is None:
             continue
         if key not in best or score > best[key][0]:
             best[key] = (score, run)
@@ -713,9 +720,10 @@ def best_magnitude_runs(store: RunStore, spec: SweepSpec, phase1: Sequence[Point
 
 def _selection_score(run: Run, select_by: str | None) -> float | None:
     """Returns a number that is larger for the better run: the headline metric, or the
-    ``select_by`` measure, negated where lower is better."""
+    ``select_by`` measure, negated where lower is better; None for a run that cannot be
+    ranked (no headline metric, or a value that is not finite)."""
     if select_by is None:
-        if run.metric_value is None:
+        if run.metric_value is None or not math.isfinite(run.metric_value):
             return None
         return run.metric_value if run.higher_is_better else -run.metric_value
     split, _, measure = select_by.partition(".")
@@ -724,6 +732,8 @@ def _selection_score(run: Run, select_by: str | None) -> float | None:
         raise ValueError(f"Run {run.id} has no {select_by} in its metrics, which select_by "
                          "picks phase 2's sources by; rescore it (sparsebench rescore) or "
                          "remove select_by from the sweep.")
+    if not math.isfinite(float(value)):
+        return None
     return -float(value) if measure == "loss" else float(value)
 
 
