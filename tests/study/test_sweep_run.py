@@ -419,3 +419,17 @@ def test_status_times_the_estimate_by_runs_on_the_same_device(tmp_path):
         gpu = study_progress(store, device="cuda")
         assert gpu.seconds_per_step == {"magnitude": pytest.approx(0.2)}  # median of 0.1, 0.3
         assert gpu.seconds_left == pytest.approx(10 * 0.2)
+
+
+def test_status_says_it_cannot_estimate_rather_than_zero():
+    """A new store whose runs have not finished any technique yet has no speed to go by: the
+    status says so instead of "about 0 min"."""
+    from sparsebench.study.progress import StudyProgress, SweepProgress, format_progress
+
+    sweep = SweepProgress("probe", {"running": 2}, unplanned=1,
+                          open_steps=[("dense", 700), ("magnitude", 750), ("scratch-e", 1200)])
+    text = format_progress(StudyProgress("p.db", [sweep], [], {}, 0.0,
+                                         ["dense", "magnitude", "scratch-e"]))
+    assert ("left: 3 runs, not estimated yet: no finished cpu run of dense, magnitude, "
+            "scratch-e in this store to time them by") in text
+    assert "about 0 min" not in text

@@ -226,7 +226,13 @@ def format_progress(progress: StudyProgress) -> str:
         alive = f", heartbeat {beat:.0f} s ago" if beat is not None else ""
         lines.append(f"  running: {run_id} ({at}{of}{speed}{alive})")
     open_runs = sum(len(s.open_steps) for s in progress.sweeps)
-    if open_runs:
+    timed = sum(1 for s in progress.sweeps for technique, _ in s.open_steps
+                if technique not in progress.unmeasured)
+    if open_runs and not timed:  # "about 0 min" would read as nearly done
+        lines.append(f"  left: {open_runs} runs, not estimated yet: no finished "
+                     f"{progress.device} run of {', '.join(progress.unmeasured)} in this "
+                     "store to time them by")
+    elif open_runs:
         estimate = _duration(progress.seconds_left)
         lines.append(f"  left: {open_runs} runs, about {estimate} of training for one "
                      f"{progress.device} worker (each technique's median seconds per step over "
