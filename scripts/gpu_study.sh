@@ -36,6 +36,13 @@ work=$(mktemp -d)
 # Phase-2 sources that finished before (scripts/gpu_study_data.sh): their masks and results go
 # where the sweeps' runs folders look for them, and are not sent back.
 [ -f .gpudata/sources.tar.gz ] && tar -xzf .gpudata/sources.tar.gz -C "$work"
+# The committed masks of phase-2 sources (sparsebench.study.source_masks): with them a sweep
+# rebuilds a source's directory it does not have. New ones written there come back in OUT/masks.
+for pair in "${pairs[@]}"; do
+  kept=$(dirname "${pair#*:}")/masks
+  [ -d "$kept" ] && mkdir -p "$work/masks" && cp -n "$kept"/*.safetensors "$work/masks/" 2>/dev/null
+done
+ls "$work/masks" > "$work/carried-masks.txt" 2>/dev/null || : > "$work/carried-masks.txt"
 for pair in "${pairs[@]}"; do
   name=$(basename "${pair#*:}" .db)
   ls "$work/runs-$name" > "$work/carried-$name.txt" 2>/dev/null || : > "$work/carried-$name.txt"
@@ -73,5 +80,10 @@ for pair in "${pairs[@]}"; do
   grep -v "sparsebench.train: step" "$work/$name.log" >> "$out/sweeps.log"
   python3 scripts/pack_study_runs.py "$work/$name.db" "$work/runs-$name" "$sweep" "$out/$name" \
     "$work/carried-$name.txt" 2>&1 | tee -a "$out/sweeps.log"
+done
+for kept in "$work"/masks/*.safetensors; do
+  [ -f "$kept" ] || continue
+  grep -qx "$(basename "$kept")" "$work/carried-masks.txt" && continue
+  mkdir -p "$out/masks" && cp "$kept" "$out/masks/"
 done
 ls -la "$out"

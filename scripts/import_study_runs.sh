@@ -9,6 +9,10 @@ dir=${1:?usage: import_study_runs.sh DIR [STUDY_DIR]}
 study=${2:-results/study}
 cd "$(dirname "$0")/.."
 SB=${SB:-.venv/bin/sparsebench}
+if [ -d "$dir/masks" ]; then  # masks of phase-2 sources kept there: commit them with the stores
+  mkdir -p "$study/masks"
+  cp -n "$dir"/masks/*.safetensors "$study/masks/" 2>/dev/null || true
+fi
 for db in "$dir"/*.db; do
   name=$(basename "$db" .db)
   if [ -f "$dir/$name-runs.tar.gz" ]; then

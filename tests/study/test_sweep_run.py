@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from safetensors.torch import load_file
 from sparsebench.study.driver import run_sweep
 from sparsebench.study.executors import InProcessExecutor, make_executor
 from sparsebench.study.report import write_report
+from sparsebench.study.source_masks import pack_masks
 from sparsebench.study.store import Run, RunStore
 from sparsebench.study.sweep import load_sweep, parse_sweep
 
@@ -316,14 +318,39 @@ def test_retraining_finds_its_source_in_a_moved_checkout_or_says_what_is_missing
     assert (again.ran, again.failed) == (1, 0)
     assert store.runs(technique="lottery")[0].status == "finished"
     assert all(torch.equal(original[k], v) for k, v in load_file(init).items())
-    # The source's directory is gone altogether: the retraining run fails with the reason.
+    # The first retraining run kept the source's mask beside the store, packed.
+    kept = tmp_path / "masks" / f"{source.id}.safetensors"
+    mask = load_file(tmp_path / "b" / "runs" / source.id / "mask.safetensors")
+    assert kept.is_file() and kept.stat().st_size < sum(m.numel() for m in mask.values()) / 7
+    # A fresh checkout: no run directories at all. The source's is rebuilt from the kept
+    # mask and the store (its initial weights from its config), and the lottery ticket trains
+    # from the very same mask and weights.
     store.delete(technique="lottery")
-    for path in (tmp_path / "b" / "runs").glob("lottery*"):
-        path.rename(tmp_path / path.name)
-    (tmp_path / "b" / "runs" / source.id / "mask.safetensors").unlink()
-    third = run_sweep(spec, store, InProcessExecutor(), tmp_path / "b" / "runs", say=_quiet)
-    assert third.failed == 1
-    assert "run directory is not here" in store.runs(technique="lottery")[0].error
+    (tmp_path / "b").rename(tmp_path / "c")
+    fourth = run_sweep(spec, store, InProcessExecutor(), tmp_path / "d" / "runs", say=_quiet)
+    assert (fourth.ran, fourth.failed) == (1, 0)
+    rebuilt = tmp_path / "d" / "runs" / source.id
+    assert mask.keys() == load_file(rebuilt / "mask.safetensors").keys()
+    assert all(torch.equal(m, load_file(rebuilt / "mask.safetensors")[k])
+               for k, m in mask.items())
+    assert all(torch.equal(original[k], v)
+               for k, v in load_file(rebuilt / "init.safetensors").items())
+    assert not (rebuilt / "result.json").exists()  # not a finished run's directory
+    # A kept mask that is not the source's (another run's, renamed) is refused.
+    store.delete(technique="lottery")
+    shutil.rmtree(rebuilt)
+    other = {k: torch.ones_like(m) for k, m in mask.items()}
+    kept.write_bytes(pack_masks(other))
+    fifth = run_sweep(spec, store, InProcessExecutor(), tmp_path / "d" / "runs", say=_quiet)
+    assert fifth.failed == 1
+    assert "not that run's mask" in store.runs(technique="lottery")[0].error
+    # Neither the directory nor the kept mask: the retraining run fails with the reason.
+    store.delete(technique="lottery")
+    kept.unlink()
+    sixth = run_sweep(spec, store, InProcessExecutor(), tmp_path / "d" / "runs", say=_quiet)
+    assert sixth.failed == 1
+    error = store.runs(technique="lottery")[0].error
+    assert "neither its run directory" in error and str(kept) in error
     store.close()
 
 

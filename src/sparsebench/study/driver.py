@@ -34,6 +34,7 @@ from typing import Any
 
 from ..rundir import INIT_FILE, MASK_FILE
 from .executors import Executor
+from .source_masks import archive_path, archive_source, restore_source
 from .store import RunStore, StoreReplaced
 from .sweep import (
     Point,
@@ -137,6 +138,8 @@ class _Driver:
                 marks = ", ".join("?" * len(ids))
                 db.execute(f"UPDATE runs SET status='pending', error=NULL WHERE status='failed' "
                            f"AND id IN ({marks})", list(ids))
+        for source in sorted({p.source for p in points if p.source is not None}):
+            self._kept_source_dir(source)
         done_before = self.store.count(id=list(ids), status=list(TERMINAL))
         self.result.total += len(ids)
         self.result.skipped += done_before
@@ -211,18 +214,42 @@ class _Driver:
 
     def _source_dir(self, source_id: str) -> Path:
         """Returns the directory of the run a retraining point derives from. The store keeps
-        absolute paths; a checkout moved elsewhere finds the run under its own runs folder."""
+        absolute paths; a checkout moved elsewhere finds the run under its own runs folder, and
+        a fresh checkout without it has one rebuilt from the mask kept beside the store
+        (:mod:`.source_masks`)."""
+        folder = self._kept_source_dir(source_id)
+        if folder is not None:
+            return folder
+        source = self.store.get(source_id)
+        archive = archive_path(self.store.path, source_id)
+        if source is not None and archive.is_file():
+            folder = restore_source(archive, source.config, source.layers,
+                                    self.runs_dir / source_id)
+            self.say(f"  rebuilt {folder} from {archive} and the store")
+            return folder
+        raise ValueError(
+            f"retraining needs the mask and initial weights of {source_id}, but neither its run "
+            f"directory (looked in {', '.join(str(c) for c in self._source_candidates(source_id))})"
+            f" nor its kept mask ({archive}) is here. Copy one of them here, or delete that run "
+            "from the store so the sweep trains it again.")
+
+    def _source_candidates(self, source_id: str) -> list[Path]:
         source = self.store.get(source_id)
         candidates = [Path(source.run_dir)] if source and source.run_dir else []
-        candidates.append(self.runs_dir / source_id)
-        for folder in candidates:
+        return candidates + [self.runs_dir / source_id]
+
+    def _kept_source_dir(self, source_id: str) -> Path | None:
+        """Returns the source's run directory when it is here (None otherwise), having first
+        kept its mask beside the store if that was not done yet: the retraining runs still to
+        come then survive a fresh checkout, which has no run directories."""
+        for folder in self._source_candidates(source_id):
             if (folder / MASK_FILE).is_file():
+                archive = archive_path(self.store.path, source_id)
+                if archive_source(folder, archive):
+                    self.say(f"  kept the mask of {source_id} in {archive} (commit it with "
+                             "the store)")
                 return folder
-        raise ValueError(
-            f"retraining needs the mask and initial weights of {source_id}, but its run "
-            f"directory is not here (looked in {', '.join(str(c) for c in candidates)}). Run "
-            "directories are not committed: copy it here, or delete that run from the store "
-            "so the sweep trains it again.")
+        return None
 
     def _record(self, run_id: str, point: Point, answer: dict[str, Any], seconds: float,
                 ids: dict[str, Point], running: int) -> None:
