@@ -460,3 +460,45 @@ def test_status_says_it_cannot_estimate_rather_than_zero():
     assert ("left: 3 runs, not estimated yet: no finished cpu run of dense, magnitude, "
             "scratch-e in this store to time them by") in text
     assert "about 0 min" not in text
+
+
+def test_status_leaves_out_retraining_runs_whose_source_is_no_longer_the_best(tmp_path):
+    """A magnitude run trained again (or a new setting) can take over as the best at a
+    sparsity: the retraining runs planned from the old one are not run by the sweep, so the
+    status counts them apart and counts the new source's points as still to plan."""
+    from sparsebench.study.progress import format_progress, study_progress
+    from sparsebench.study.sweep import plan_phase1, save_sweep_definition
+
+    values = {"name": "orph", "task": "fmnist-lenet300", "steps": 10, "sparsities": [0.9],
+              "dense": False, "techniques": {"magnitude": {"grid": {"end": [0.4, 0.6]}}},
+              "retraining": {"kinds": ["scratch-e"], "sparsities": [0.9], "replicas": 2}}
+    spec = parse_sweep(values, name="orph", text=yaml.safe_dump(values))
+    first, second = (p.run_id(spec.task) for p in plan_phase1(spec))
+
+    def magnitude(run_id, accuracy):
+        return Run(id=run_id, technique="magnitude", sweep="orph", task=spec.task,
+                   target_sparsity=0.9, metric_value=accuracy, status="finished",
+                   seconds_per_step=1.0, config={"run": {"steps": 10}})
+
+    def scratch(replica, source, status):
+        return Run(id=f"scratch-e-s90-r{replica}-{source[-4:]}", technique="scratch-e",
+                   sweep="orph", task=spec.task, target_sparsity=0.9, status=status,
+                   hyperparameters={"source": source}, config={"run": {"steps": 10}})
+
+    with RunStore(tmp_path / "o.db") as store:
+        store.upsert([magnitude(first, 0.95), magnitude(second, 0.90),
+                      scratch(0, first, "finished"), scratch(1, first, "pending")])
+        save_sweep_definition(store, spec)
+        progress = study_progress(store)
+        (sweep,) = [s for s in progress.sweeps if s.name == "orph"]
+        assert (sweep.orphaned, sweep.unplanned) == (0, 0)
+        assert [t for t, _ in sweep.open_steps] == ["scratch-e"]
+        # The first run is trained again and comes out worse: the second is the best now.
+        store.upsert([magnitude(first, 0.85)])
+        progress = study_progress(store)
+        (sweep,) = [s for s in progress.sweeps if s.name == "orph"]
+        assert (sweep.orphaned, sweep.orphaned_open, sweep.unplanned) == (2, 1, 2)
+        assert sorted(steps for _, steps in sweep.open_steps) == [10, 10]  # the 2 to plan
+        assert ("orph: 2 retraining/small-dense runs derive from a magnitude run that is no "
+                "longer the best at its sparsity (1 of them open: the sweep will not run them)"
+                ) in format_progress(progress)
