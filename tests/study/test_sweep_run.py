@@ -462,12 +462,18 @@ def test_status_says_it_cannot_estimate_rather_than_zero():
     assert "about 0 min" not in text
 
 
-def test_status_leaves_out_retraining_runs_whose_source_is_no_longer_the_best(tmp_path):
+def test_status_and_report_set_apart_retraining_runs_whose_source_is_no_longer_best(tmp_path):
     """A magnitude run trained again (or a new setting) can take over as the best at a
     sparsity: the retraining runs planned from the old one are not run by the sweep, so the
-    status counts them apart and counts the new source's points as still to plan."""
+    status counts them apart and counts the new source's points as still to plan, and the
+    report leaves them out."""
     from sparsebench.study.progress import format_progress, study_progress
-    from sparsebench.study.sweep import plan_phase1, save_sweep_definition
+    from sparsebench.study.report import ReportContext
+    from sparsebench.study.sweep import (
+        orphaned_phase2_runs,
+        plan_phase1,
+        save_sweep_definition,
+    )
 
     values = {"name": "orph", "task": "fmnist-lenet300", "steps": 10, "sparsities": [0.9],
               "dense": False, "techniques": {"magnitude": {"grid": {"end": [0.4, 0.6]}}},
@@ -502,3 +508,11 @@ def test_status_leaves_out_retraining_runs_whose_source_is_no_longer_the_best(tm
         assert ("orph: 2 retraining/small-dense runs derive from a magnitude run that is no "
                 "longer the best at its sparsity (1 of them open: the sweep will not run them)"
                 ) in format_progress(progress)
+        # The report leaves both out, and says so.
+        orphans = {f"scratch-e-s90-r0-{first[-4:]}", f"scratch-e-s90-r1-{first[-4:]}"}
+        assert orphaned_phase2_runs(store, store.runs()) == orphans
+        ctx = ReportContext(store, tmp_path / "report")
+        assert {r.id for r in ctx.runs} == {first, second}
+        write_report(store, tmp_path / "report")
+        page = (tmp_path / "report" / "index.html").read_text()
+        assert "Left out: 2 retraining or small-dense runs" in page

@@ -27,8 +27,9 @@ from .sweep import (
     RETRAINING_KINDS,
     SweepError,
     SweepSpec,
-    best_magnitude_runs,
+    current_phase2_sources,
     parse_sweep,
+    phase2_source_of,
     plan_phase1,
     sweep_definitions,
 )
@@ -154,25 +155,6 @@ def _phase2_wanted(spec: SweepSpec | None) -> list[tuple[str, int]]:
     return wanted
 
 
-def _derives_from(run: Run) -> str | None:
-    """Returns the id of the magnitude run a retraining or small-dense run derives from."""
-    if run.technique not in _PHASE2:
-        return None
-    source = run.hyperparameters.get("source") or run.hyperparameters.get("matched_run")
-    return str(source) if source else None
-
-
-def _current_sources(store: RunStore, spec: SweepSpec | None) -> set[str] | None:
-    """Returns the ids of the runs phase 2 derives from now (the best magnitude run at each
-    sparsity); None when that cannot be told, and then no run counts as orphaned."""
-    if spec is None or (spec.retraining is None and spec.small_dense is None):
-        return None
-    try:
-        return {run.id for run in best_magnitude_runs(store, spec, plan_phase1(spec)).values()}
-    except ValueError:  # select_by names a measure some run lacks: the sweep says so itself
-        return None
-
-
 def study_progress(store: RunStore, now: float | None = None, device: str = "cpu"
                    ) -> StudyProgress:
     """Returns where the study in ``store`` stands (see the module's docstring); the time
@@ -188,10 +170,10 @@ def study_progress(store: RunStore, now: float | None = None, device: str = "cpu
         runs = [r for r in ours if r.sweep == name]
         budget = spec.steps if spec is not None else _finished_budget(runs)
         progress = SweepProgress(name)
-        sources = _current_sources(store, spec)
+        sources = current_phase2_sources(store, spec)
         for run in runs:
             progress.counts[run.status] = progress.counts.get(run.status, 0) + 1
-            orphan = sources is not None and _derives_from(run) not in (None, *sources)
+            orphan = sources is not None and phase2_source_of(run) not in (None, *sources)
             if orphan:
                 progress.orphaned += 1
             if run.status not in _OPEN:
@@ -211,7 +193,7 @@ def study_progress(store: RunStore, now: float | None = None, device: str = "cpu
                 progress.open_steps.append((run.technique, max(0, steps - (done or 0))))
         planned: dict[str, int] = {}
         for run in runs:
-            source = _derives_from(run)
+            source = phase2_source_of(run)
             current = sources is None or source is None or source in sources
             if run.technique in _PHASE2 and current:
                 planned[run.technique] = planned.get(run.technique, 0) + 1
@@ -259,8 +241,7 @@ def format_progress(progress: StudyProgress) -> str:
                 "magnitude run that is no longer the best at its sparsity"
                 + (f" ({sweep.orphaned_open} of them open: the sweep will not run them)"
                    if sweep.orphaned_open else "")
-                + "; the report groups retraining runs by sparsity, not by source: delete "
-                  "them from the store to keep them out of it")
+                + "; the report leaves them out")
     for run_id, done, steps, beat, rate in progress.running:
         at = f"step {done}" if done is not None else "no step reported yet"
         of = f" of {steps}" if steps is not None and done is not None else ""

@@ -27,6 +27,7 @@ from ..rundir import atomic_write_bytes
 from . import figures
 from . import pareto as P
 from .store import Run, RunStore
+from .sweep import orphaned_phase2_runs
 
 __all__ = [
     "SECTION_BUILDERS",
@@ -83,8 +84,17 @@ class ReportContext:
 
     @cached_property
     def runs(self) -> list[Run]:
-        """Returns the runs the report covers (read once)."""
-        return self.store.runs(source=self.source, model_family=self.model_family)
+        """Returns the runs the report covers (read once): the store's, less the retraining
+        runs whose source is no longer the best magnitude run at their sparsity
+        (:attr:`orphaned`), which would otherwise mix two masks in one retraining point."""
+        runs = self.store.runs(source=self.source, model_family=self.model_family)
+        return [r for r in runs if r.id not in self.orphaned]
+
+    @cached_property
+    def orphaned(self) -> set[str]:
+        """Returns the ids of the retraining / small-dense runs the report leaves out."""
+        return orphaned_phase2_runs(
+            self.store, self.store.runs(source=self.source, model_family=self.model_family))
 
     def scope_runs(self, scope: Scope, *, structured: bool = False) -> list[Run]:
         """Returns the covered runs of one (model family, source): the study's own runs, or
@@ -475,6 +485,10 @@ def write_report(
         "<h1>The state of sparsity: report</h1>",
         f'<p class="meta">{e(filters)} · {len(ctx.runs)} runs from '
         f"{e(label or store.path.name)} · generated {e(generated)}</p>",
+        *([f'<p class="meta">Left out: {len(ctx.orphaned)} retraining or small-dense runs '
+           "that derive from a magnitude run no longer the best at its sparsity "
+           f"({e(', '.join(sorted(ctx.orphaned)))}; <code>sparsebench status</code> counts "
+           "them).</p>"] if ctx.orphaned else []),
         intro, nav,
         *(_section_html(s) for s in sections),
         _section_html(Section(id="runs", title="Runs in this report", tables=[overview])),

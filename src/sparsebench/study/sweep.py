@@ -64,6 +64,9 @@ __all__ = [
     "SweepSpec",
     "best_magnitude_runs",
     "coarse_to_fine",
+    "current_phase2_sources",
+    "orphaned_phase2_runs",
+    "phase2_source_of",
     "load_sweep",
     "mp_v2_layer_targets",
     "parse_sweep",
@@ -716,6 +719,47 @@ def best_magnitude_runs(store: RunStore, spec: SweepSpec, phase1: Sequence[Point
         if key not in best or score > best[key][0]:
             best[key] = (score, run)
     return {key: run for key, (_, run) in best.items()}
+
+
+def phase2_source_of(run: Run) -> str | None:
+    """Returns the id of the magnitude run a retraining or small-dense run derives from, or
+    None for any other run."""
+    if run.technique not in (*RETRAINING_KINDS, "small-dense"):
+        return None
+    source = run.hyperparameters.get("source") or run.hyperparameters.get("matched_run")
+    return str(source) if source else None
+
+
+def current_phase2_sources(store: RunStore, spec: SweepSpec | None) -> set[str] | None:
+    """Returns the ids of the runs ``spec``'s phase 2 derives from now (the best magnitude run
+    at each sparsity); None when that cannot be told (no spec, no phase 2, or a ``select_by``
+    measure some run lacks, which the sweep reports itself)."""
+    if spec is None or (spec.retraining is None and spec.small_dense is None):
+        return None
+    try:
+        return {run.id for run in best_magnitude_runs(store, spec, plan_phase1(spec)).values()}
+    except ValueError:
+        return None
+
+
+def orphaned_phase2_runs(store: RunStore, runs: Sequence[Run]) -> set[str]:
+    """Returns the ids of the runs among ``runs`` that derive from a magnitude run that is no
+    longer the best at its sparsity (one trained again, or a setting that finished later and
+    did better): their sweep, as recorded in ``store``, plans that point from another source
+    now, so they answer for a mask the study no longer retrains."""
+    orphans: set[str] = set()
+    for name, text in sweep_definitions(store).items():
+        members = [r for r in runs if r.sweep == name and phase2_source_of(r) is not None]
+        if not members:
+            continue
+        try:
+            spec = parse_sweep(yaml.safe_load(text), name=name, text=text)
+        except (ValueError, yaml.YAMLError):
+            continue  # a definition this version cannot read: keep its runs
+        sources = current_phase2_sources(store, spec)
+        if sources is not None:
+            orphans |= {r.id for r in members if phase2_source_of(r) not in sources}
+    return orphans
 
 
 def _selection_score(run: Run, select_by: str | None) -> float | None:
