@@ -368,6 +368,26 @@ def test_retraining_in_test_loss_beside_bleu(tmp_path):
             "nats worse than the frontier.") in text
     rows = list(csv.reader((index.parent / "ours_transformer_retraining_loss.csv").open()))
     assert ["scratch-e", "90", "5.200", "5.250", "5.300", "3"] in rows
+    assert 'src="ours_transformer_retraining_loss.png"' in text
+    assert _png_size(index.parent / "ours_transformer_retraining_loss.png")[0] > 400
+
+
+def test_retraining_in_loss_is_drawn_better_up_with_a_collapsed_replica_off_the_edge(
+        tmp_path, monkeypatch):
+    # Dense 4.6, so losses past 5 x 4.6 = 23 are off the scale: the replica at 270 (and the
+    # mean it drags to 93.5) fall outside, and the axis ends at the worst sound loss, 5.2,
+    # plus 6%: 5.512. It begins 1% under the best value drawn, the dense 4.6: 4.554.
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    reps = {"scratch-e": {0.9: P.summarise([5.2, 5.3, 270.0])}}
+    reference = {0.9: P.FrontierPoint(0.9, 5.0, 0.9, 1, "m")}
+    figures.retraining_figure(reps, reference, tmp_path / "r.png", metric_name="loss",
+                              baseline=P.summarise([4.6]), higher_is_better=False,
+                              unit="nats per token")
+    (ax,) = drawn[0].axes
+    assert ax.yaxis_inverted()
+    assert ax.get_ylim() == pytest.approx((5.512, 4.554))
+    assert ax.get_ylabel() == "test loss (nats per token; lower is better, drawn upward)"
 
 
 def test_sections_register_once_in_reading_order():

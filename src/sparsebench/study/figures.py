@@ -268,9 +268,13 @@ def retraining_figure(
     baseline: Summary | None = None,
     reference_name: str = "magnitude",
     title: str = "",
+    higher_is_better: bool = True,
+    unit: str = "nats",
 ) -> Path:
     """Draws retraining series as mean markers with min/max bars over replicas, beside the
-    ``reference`` frontier (magnitude pruning) and the dense baseline. Returns the PNG path."""
+    ``reference`` frontier (magnitude pruning) and the dense baseline. A measure where lower
+    is better (a test loss, in ``unit``) is drawn on an inverted axis, so that better is up
+    as in every other figure. Returns the PNG path."""
     k = _scale(metric_name)
     names = sorted(summaries, key=series_order)
     colours = _colours([reference_name, *names])
@@ -300,14 +304,27 @@ def retraining_figure(
                     label=f"{display_name(name)} (n={max(s.n for _, s in cells)})")
     base = baseline.mean * k if baseline else None
     if base is not None:
-        ax.axhline(base, color="black", linestyle="--", linewidth=1.0, label=f"dense ({base:.2f})")
+        digits = 2 if higher_is_better else 3  # a loss moves in the third decimal
+        ax.axhline(base, color="black", linestyle="--", linewidth=1.0,
+                   label=f"dense ({base:.{digits}f})")
         all_values.append(base)
-    # Bars reaching a failed replica (BLEU 0) run off the bottom rather than flatten the plot.
-    low = _lower_limit([all_values], base)
-    if low is not None:
-        ax.set_ylim(bottom=low, top=max(all_values) + 0.02 * abs(base))
+    if higher_is_better:
+        # Bars reaching a failed replica (BLEU 0) run off the bottom rather than flatten the
+        # plot.
+        low = _lower_limit([all_values], base)
+        if low is not None:
+            ax.set_ylim(bottom=low, top=max(all_values) + 0.02 * abs(base))
+        ax.set_ylabel(metric_label(metric_name))
+    else:
+        # A collapsed replica's loss runs off the bottom edge likewise (loss_axis_cap).
+        cap = loss_axis_cap(all_values, base)
+        if cap is not None:
+            best = min(all_values)
+            ax.set_ylim(bottom=min(best, base if base is not None else best) * 0.99,
+                        top=cap * 1.06)
+        ax.invert_yaxis()
+        ax.set_ylabel(f"test loss ({unit}; lower is better, drawn upward)")
     ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel(metric_label(metric_name))
     ax.set_title(title or "Training the sparse architecture from scratch: mean, min/max bars")
     ax.grid(True, alpha=0.3)
     # Outside the axes: inside, it hides the bars of the lowest series.

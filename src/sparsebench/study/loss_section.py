@@ -136,6 +136,14 @@ def retraining_loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
             for series in sorted(summaries, key=figures.series_order)
             for lv, s in sorted(summaries[series].items())]
     short = _SHORT.get(metric, metric)
+    # As in the headline figure: min/max bars need replicas, single runs stay in the table.
+    drawn = {s: v for s, v in summaries.items() if max(x.n for x in v.values()) >= 3} or summaries
+    name = f"{scope.key}_retraining_loss.png"
+    figures.retraining_figure(drawn, frontier, ctx.out_dir / name, metric_name=LOSS,
+                              baseline=P.dense_baseline(lossy), higher_is_better=False,
+                              unit="nats per token" if metric == "bleu" else "nats per example",
+                              title=f"{scope.title}: retraining in test loss "
+                                    "(mean, min/max bars)")
     return Section(
         id=f"{scope.key}-retraining-loss",
         title=f"{scope.title}: retraining in test loss",
@@ -143,6 +151,7 @@ def retraining_loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
                  "Where the headline metric is noisy (BLEU on a short budget), the loss can "
                  "decide what it cannot.",
         sentences=P.retraining_sentences(summaries, frontier, LOSS, higher_is_better=False),
+        figures=[(name, f"{scope.title} retraining vs magnitude pruning in test loss")],
         tables=[Table(f"{scope.key}_retraining_loss",
                       ["series", "sparsity %", "best (lowest)", "mean", "highest", "replicas"],
                       rows, "Test loss over replicas, beside the magnitude-pruning frontier "
