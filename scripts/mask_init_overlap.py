@@ -43,19 +43,21 @@ def overlap(init: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> di
         largest[weight.abs().flatten().topk(k).indices] = True
         kept_largest += int((largest & keep.flatten()).sum())
         kept, total = kept + k, total + keep.numel()
-        kept_square += float(weight[keep].square().sum())
-        all_square += float(weight.square().sum())
+        square = weight.square()
+        kept_square += float(square[keep].sum())
+        all_square += float(square.sum())
         # A fresh draw's kept weights have the layer's mean square on average; augmented
         # init multiplies each unit's by fan_in / kept fan_in in the square.
         per_unit = keep.flatten(1).sum(1).double()
         fan_in = keep[0].numel()
-        mean_square = float(weight.square().mean())
+        mean_square = float(square.mean())
         augmented_square += float((per_unit * fan_in / per_unit.clamp(min=1)).sum()) * mean_square
+    fresh_rms = (all_square / total) ** 0.5
     return {
         "density": kept / total,
         "kept among largest at init": kept_largest / kept,
-        "lottery RMS / fresh RMS": (kept_square / kept) ** 0.5 / (all_square / total) ** 0.5,
-        "augmented RMS / fresh RMS": (augmented_square / kept) ** 0.5 / (all_square / total) ** 0.5,
+        "lottery RMS / fresh RMS": (kept_square / kept) ** 0.5 / fresh_rms,
+        "augmented RMS / fresh RMS": (augmented_square / kept) ** 0.5 / fresh_rms,
     }
 
 

@@ -318,10 +318,8 @@ def retraining_figure(
     else:
         # A collapsed replica's loss runs off the bottom edge likewise (loss_axis_cap).
         cap = loss_axis_cap(all_values, base)
-        if cap is not None:
-            best = min(all_values)
-            ax.set_ylim(bottom=min(best, base if base is not None else best) * 0.99,
-                        top=cap * 1.06)
+        if cap is not None:  # all_values holds the dense mean too
+            ax.set_ylim(bottom=min(all_values) * 0.99, top=cap * 1.06)
         ax.invert_yaxis()
         ax.set_ylabel(f"test loss ({unit}; lower is better, drawn upward)")
     ax.set_xlabel("sparsity (%)")

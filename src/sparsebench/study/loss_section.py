@@ -21,6 +21,7 @@ from .report import (
     Section,
     Table,
     _metric_of,
+    _with_replicas,
     register_section,
 )
 from .store import Run
@@ -38,6 +39,11 @@ def with_test_loss(runs: Sequence[Run]) -> list[Run]:
     return [replace(r, metric_name=LOSS, metric_value=float(r.metrics["test"][LOSS]),
                     higher_is_better=False)
             for r in runs if r.status == "finished" and LOSS in r.metrics.get("test", {})]
+
+
+def _loss_unit(metric: str) -> str:
+    """What one test loss averages over: a token beside BLEU, an example beside top-1."""
+    return "nats per token" if metric == "bleu" else "nats per example"
 
 
 def _spread(summary: P.Summary) -> float:
@@ -65,7 +71,7 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
                            tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
     baseline = P.dense_baseline(lossy)
     dense_metric = P.dense_baseline(same)
-    unit = "nats per token" if metric == "bleu" else "nats per example"
+    unit = _loss_unit(metric)
     name = f"{scope.key}_loss_frontiers.png"
     figures.loss_frontier_figure(table, P.points_from_runs(sparse), ctx.out_dir / name,
                                  baseline=baseline, unit=unit,
@@ -136,12 +142,11 @@ def retraining_loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
             for series in sorted(summaries, key=figures.series_order)
             for lv, s in sorted(summaries[series].items())]
     short = _SHORT.get(metric, metric)
-    # As in the headline figure: min/max bars need replicas, single runs stay in the table.
-    drawn = {s: v for s, v in summaries.items() if max(x.n for x in v.values()) >= 3} or summaries
     name = f"{scope.key}_retraining_loss.png"
-    figures.retraining_figure(drawn, frontier, ctx.out_dir / name, metric_name=LOSS,
-                              baseline=P.dense_baseline(lossy), higher_is_better=False,
-                              unit="nats per token" if metric == "bleu" else "nats per example",
+    figures.retraining_figure(_with_replicas(summaries), frontier, ctx.out_dir / name,
+                              metric_name=LOSS, baseline=P.dense_baseline(lossy),
+                              higher_is_better=False,
+                              unit=_loss_unit(metric),
                               title=f"{scope.title}: retraining in test loss "
                                     "(mean, min/max bars)")
     return Section(

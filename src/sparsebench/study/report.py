@@ -232,6 +232,13 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
     )
 
 
+def _with_replicas(
+        summaries: dict[str, dict[float, P.Summary]]) -> dict[str, dict[float, P.Summary]]:
+    """The retraining series a figure draws: min/max bars need replicas, so series with fewer
+    than 3 at every level are left to the table (all of them when none has 3)."""
+    return {s: v for s, v in summaries.items() if max(x.n for x in v.values()) >= 3} or summaries
+
+
 def retraining_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """Question 2: scratch-e / scratch-b / lottery / augmented against the MP frontier."""
     family_runs = ctx.scope_runs(scope)
@@ -253,8 +260,7 @@ def retraining_section(ctx: ReportContext, scope: Scope) -> Section | None:
     reference = P.binned_frontier(P.points_from_runs(reference_runs),
                                   tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
     baseline = P.dense_baseline(family_runs)
-    # Min/max bars need replicas; single-run series are left to the table.
-    drawn = {s: v for s, v in summaries.items() if max(x.n for x in v.values()) >= 3} or summaries
+    drawn = _with_replicas(summaries)
     name = f"{scope.key}_retraining.png"
     figures.retraining_figure(drawn, reference, ctx.out_dir / name, metric_name=metric,
                               baseline=baseline,
