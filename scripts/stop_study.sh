@@ -1,12 +1,12 @@
 #!/bin/bash
-# Stops the CPU study started by scripts/run_study.sh so that it can be committed: the driver
+# Stops the CPU study started by scripts/run_study.sh (or run_budget.sh) so that it can be committed: the driver
 # first (nothing new starts), then each sweep with SIGTERM (its runs go back to pending and
 # resume from their last checkpoint, at most a tenth of a run ago), then each store's WAL is
 # folded into the .db file, which is what git sees.
 #   bash scripts/stop_study.sh && git add results/study/*.db
 set -uo pipefail
 cd "$(dirname "$0")/.."
-pkill -KILL -f "scripts/run_study.sh"  # SIGKILL: its trap would otherwise run the report
+pkill -KILL -f "scripts/run_(study|budget).sh"  # SIGKILL: run_study.sh's trap would run the report
 pkill -TERM -f "sparsebench sweep"
 for _ in $(seq 90); do
   pgrep -f "sparsebench sweep" > /dev/null || break

@@ -11,7 +11,7 @@ from pathlib import Path
 from .published import FILES, import_published
 from .report import write_report
 from .store import SOURCES, RunStore
-from .sweep import save_sweep_text, sweep_definitions
+from .sweep import load_sweep, reusable_run_ids, save_sweep_text, sweep_definitions
 
 __all__ = ["register"]
 
@@ -85,6 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--runs-dir", type=Path, default=None,
                        help="where their run directories are here (default: 'runs' beside "
                             "--into)")
+    merge.add_argument("--sweep", type=Path, default=None,
+                       help="copy only the runs this sweep file plans (its first phase, and "
+                            "retraining from its magnitude runs): reuse a study's runs in a "
+                            "store of their own")
     merge.set_defaults(func=_import_runs)
 
     imp = subparsers.add_parser(
@@ -174,7 +178,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     from .driver import run_sweep
     from .executors import make_executor
-    from .sweep import load_sweep
 
     spec = load_sweep(args.file)
     runs_dir = args.runs_dir or args.store.resolve().parent / "runs"
@@ -218,8 +221,12 @@ def _import_runs(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such run store.")
     runs_dir = args.runs_dir or args.into.resolve().parent / "runs"
+    only = None
+    if args.sweep is not None:
+        planned = reusable_run_ids(load_sweep(args.sweep))
+        only = lambda run: run.id in planned  # noqa: E731
     with RunStore(args.source) as source, RunStore(args.into) as into:
-        counts = into.import_runs(source, runs_dir)
+        counts = into.import_runs(source, runs_dir, only)
     print(f"{args.into}: {counts['imported']} runs imported from {args.source}, "
           f"{counts['kept']} already ended here kept, {counts['failed_there']} that failed "
           f"there left to run here")

@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -647,20 +647,25 @@ class RunStore:
         assert stored is not None  # just written in its own transaction
         return stored
 
-    def import_runs(self, other: RunStore, runs_dir: str | Path | None = None) -> dict[str, int]:
+    def import_runs(self, other: RunStore, runs_dir: str | Path | None = None,
+                    only: Callable[[Run], bool] | None = None) -> dict[str, int]:
         """Copies our runs that ended in ``other`` (finished or diverged; a study continued
         on another machine) into this store where this store has no row for them or has them
         still open. Rows this store already holds as ended are kept. A run that failed there
         is left to run here: a failure elsewhere says more about that machine than about the
         run. ``runs_dir``: where their run directories now live here (``runs_dir/<id>``;
-        default: unchanged).
+        default: unchanged). ``only``: when given, just the runs it accepts are considered
+        (e.g. those a sweep plans, to reuse a study's runs in a store of their own).
 
         Returns the counts ``imported``, ``kept`` and ``failed_there``.
         """
         mine = {run.id: run for run in self.runs(source="ours")}
         incoming, kept = [], 0
-        failed_there = other.count(source="ours", status="failed")
+        failed_there = sum(1 for run in other.runs(source="ours", status="failed")
+                           if only is None or only(run))
         for run in other.runs(source="ours", status=["finished", "diverged"]):
+            if only is not None and not only(run):
+                continue
             here = mine.get(run.id)
             if here is not None and here.status not in ("pending", "running"):
                 kept += 1

@@ -822,22 +822,11 @@ def plan_phase2(spec: SweepSpec, store: RunStore, phase1: Sequence[Point],
     best = best_magnitude_runs(store, spec, phase1)
     points: list[Point] = []
     common = spec.overrides
-    magnitude = spec.techniques.get("magnitude", SearchSpec())
     if spec.retraining is not None:
         for target in spec.retraining.sparsities:
             source = best.get(target)
-            if source is None:
-                continue
-            values = _merge(common, magnitude.overrides)
-            base_seed = source.seed or 0
-            for kind in spec.retraining.kinds:
-                steps = 2 * spec.steps if kind == "scratch-b" else spec.steps
-                for replica in range(spec.retraining.replicas):
-                    # A seed the pruning run did not use: a fresh init and data order (the
-                    # lottery ticket loads the pruning run's init over it).
-                    points.append(Point(kind, "magnitude", target, base_seed + 1 + replica,
-                                        replica, steps, {"source": source.id}, values,
-                                        source=source.id, phase=2))
+            if source is not None:
+                points += retraining_points(spec, target, source.id, source.seed or 0)
     if spec.small_dense is not None:
         config, _ = _model_of(spec)
         options = {**models.defaults(config.model.name), **config.model.options}
@@ -856,6 +845,41 @@ def plan_phase2(spec: SweepSpec, store: RunStore, phase1: Sequence[Point],
                                     hparams, values, variant=f"{option}={value}",
                                     source=source.id, phase=2))
     return points
+
+
+def retraining_points(spec: SweepSpec, target: float, source_id: str, source_seed: int
+                      ) -> list[Point]:
+    """Returns the retraining points of ``spec`` at ``target`` that derive from the magnitude
+    run ``source_id`` (trained with seed ``source_seed``)."""
+    assert spec.retraining is not None
+    values = _merge(spec.overrides, spec.techniques.get("magnitude", SearchSpec()).overrides)
+    points = []
+    for kind in spec.retraining.kinds:
+        steps = 2 * spec.steps if kind == "scratch-b" else spec.steps
+        for replica in range(spec.retraining.replicas):
+            # A seed the pruning run did not use: a fresh init and data order (the lottery
+            # ticket loads the pruning run's init over it).
+            points.append(Point(kind, "magnitude", target, source_seed + 1 + replica, replica,
+                                steps, {"source": source_id}, values, source=source_id,
+                                phase=2))
+    return points
+
+
+def reusable_run_ids(spec: SweepSpec) -> set[str]:
+    """Returns the ids of every run ``spec`` may plan, whatever the store holds: its first
+    phase, and the retraining points it would plan from each of its magnitude runs were that
+    run the best at its sparsity. Another store's finished runs with these ids are this
+    sweep's own (run ids hash what defines a run), so they can be copied in instead of trained
+    again. Small-dense points are left out: their width depends on the source's result."""
+    phase1 = plan_phase1(spec)
+    ids = {point.run_id(spec.task) for point in phase1}
+    if spec.retraining is not None:
+        for point in phase1:
+            if point.technique == "magnitude" and point.target in spec.retraining.sparsities:
+                source = point.run_id(spec.task)
+                ids |= {p.run_id(spec.task) for p in
+                        retraining_points(spec, point.target, source, point.seed)}
+    return ids
 
 
 def pending_row(point: Point, spec: SweepSpec, run_dir: Path, model_family: str) -> Run:
