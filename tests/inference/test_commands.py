@@ -83,3 +83,90 @@ def test_bad_run_dir_and_arguments(tmp_path, capsys):
     run, _ = _run_dir(tmp_path, "lenet300", {})
     assert cli.main(["bench-inference", str(run), "--batch", "0"]) == 2
     assert "--batch must be positive" in capsys.readouterr().err
+
+
+def _fake_rounds(monkeypatch, per_batch: list[tuple[list[float], list[float]]]) -> None:
+    """Make bench-inference's end-to-end rounds return these (dense, sparse) milliseconds, one
+    pair per batch in order, instead of timing the models."""
+    from sparsebench.inference import bench
+
+    queue = iter(per_batch)
+
+    def rounds(candidates, **_kwargs):
+        dense, sparse = next(queue)
+        return {"dense": [v / 1e3 for v in dense], "sparse": [v / 1e3 for v in sparse]}
+
+    monkeypatch.setattr(bench, "interleaved_rounds", rounds)
+
+
+def _machine(monkeypatch, cores: int, load: float) -> None:
+    from sparsebench.inference import timing
+
+    monkeypatch.setattr(timing, "available_cores", lambda: cores)
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (load, load, load))
+
+
+def _row(printed: str, batch: int) -> list[str]:
+    """Return the cells of the table row of ``batch``: dense ms and spread, sparse ms and
+    spread, ratio and quartiles."""
+    line = next(line for line in printed.splitlines() if line.startswith(f"{batch:5d} |"))
+    return [" ".join(cell.split()) for cell in line.split("|")[1:4]]
+
+
+def test_bench_inference_on_a_loaded_machine_warns_and_uses_one_thread(tmp_path, capsys,
+                                                                       monkeypatch):
+    run, _ = _run_dir(tmp_path, "lenet300", {})
+    _machine(monkeypatch, cores=2, load=5.0)  # issue 22: load average 5 on 2 cores
+    _fake_rounds(monkeypatch, [
+        # batch 1: dense sorted .10 .11 .12 .30 .50 -> median .12, quartiles .11-.30 (158%);
+        # per-round ratios 1 3 1.1 1.2 5 -> quartiles 1.1-3.0; medians' ratio .12/.10 = 1.20.
+        ([0.10, 0.30, 0.11, 0.12, 0.50], [0.10] * 5),
+        # batch 16: dense sorted .21 35.1 35.7 38.0 40.2 -> median 35.7, quartiles 35.1-38.0
+        # (8%); sparse sorted .24 .25 .25 .26 .27 -> .25, .25-.26 (4%); per-round ratios
+        # 137.31 .84 158.33 130.0 160.8 -> quartiles 130.00-158.33; 35.7/.25 = 142.80.
+        ([35.7, 0.21, 38.0, 35.1, 40.2], [0.26, 0.25, 0.24, 0.27, 0.25]),
+    ])
+    before = torch.get_num_threads()
+    argv = ["bench-inference", str(run), "--batch", "1", "16", "--repeats", "5", "--no-layers"]
+    assert cli.main([*argv, "--calibration-s", "0.01"]) == 0
+    assert torch.get_num_threads() == before  # the command gives torch its threads back
+    printed = capsys.readouterr().out
+    assert ("threads: 1 (chosen: never more than the idle cores, at least 1; 2 cores, load "
+            "average 5.00 leaves 0 idle; pass --threads N to choose)") in printed
+    assert _row(printed, 1) == ["0.120 158%", "0.100 0%", "1.20x [1.10-3.00] !"]
+    assert _row(printed, 16) == ["35.700 8%", "0.250 4%", "142.80x [130.00-158.33]"]
+    warnings = [line for line in printed.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1
+    assert "batch 1: dense rounds spread 158% of their median" in warnings[0]
+    assert "batch 16" not in warnings[0]  # its rounds agree; the load is what is wrong there
+    assert "other jobs' load average 5.00 on 2 cores leaves 0 idle for 1 thread(s)" in warnings[0]
+
+
+def test_bench_inference_on_a_quiet_machine_uses_the_idle_cores_and_does_not_warn(
+        tmp_path, capsys, monkeypatch):
+    run, _ = _run_dir(tmp_path, "lenet300", {})
+    _machine(monkeypatch, cores=2, load=0.0)
+    # dense sorted .98 .99 1.00 1.01 1.02 -> 1.00, quartiles .99-1.01 (2%); sparse all .50;
+    # per-round ratios 2 2.04 1.96 2.02 1.98 -> quartiles 1.98-2.02; 1.00/.50 = 2.00.
+    _fake_rounds(monkeypatch, [([1.00, 1.02, 0.98, 1.01, 0.99], [0.50] * 5)])
+    argv = ["bench-inference", str(run), "--batch", "4", "--repeats", "5", "--no-layers"]
+    assert cli.main([*argv, "--calibration-s", "0.01"]) == 0
+    printed = capsys.readouterr().out
+    assert "threads: 2 (chosen" in printed and "load average 0.00 leaves 2 idle" in printed
+    assert _row(printed, 4) == ["1.000 2%", "0.500 0%", "2.00x [1.98-2.02]"]
+    assert "WARNING" not in printed
+
+
+def test_bench_inference_keeps_requested_threads_and_says_they_exceed_idle_cores(
+        tmp_path, capsys, monkeypatch):
+    run, _ = _run_dir(tmp_path, "lenet300", {})
+    _machine(monkeypatch, cores=2, load=1.0)
+    _fake_rounds(monkeypatch, [([1.00, 1.02, 0.98, 1.01, 0.99], [0.50] * 5)])
+    argv = ["bench-inference", str(run), "--batch", "4", "--repeats", "5", "--no-layers"]
+    assert cli.main([*argv, "--threads", "2", "--calibration-s", "0.01"]) == 0
+    printed = capsys.readouterr().out
+    assert "threads: 2 (as requested; 2 cores, load average 1.00 leaves 1 idle)" in printed
+    warning = next(line for line in printed.splitlines() if line.startswith("WARNING"))
+    assert warning.endswith(
+        "other jobs' load average 1.00 on 2 cores leaves 1 idle for 2 thread(s). Rerun on a "
+        "quiet machine or with fewer --threads.")

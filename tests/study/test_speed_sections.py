@@ -126,3 +126,43 @@ def test_pruned_weights_section_compares_the_modes(tmp_path):
     assert (rows["90"]["keep"], rows["90"]["update"]) == ("83.00", "46.00")
     assert (rows["50"]["keep"], rows["50"]["update"]) == ("86.00", "85.00")
     assert "At 90%: keep 83.00%, update 46.00%; best: keep." in index.read_text()
+
+
+def test_bench_runs_prints_spread_and_one_warning_per_unreliable_run(tmp_path, monkeypatch):
+    from sparsebench.inference import timing
+    from sparsebench.inference.bench import BatchResult
+    from sparsebench.study import speed
+
+    monkeypatch.setattr(timing, "available_cores", lambda: 2)
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    rounds = {  # run id -> (dense, sparse) seconds of 5 rounds at batch 1
+        # dense sorted 1 1 2 3 4: median 2, quartiles 1-3 (100% > 20%); sparse all 1;
+        # per-round ratios 2 1 4 1 3 -> quartiles 1-3.
+        "mp90": ([2.0, 1.0, 4.0, 1.0, 3.0], [1.0] * 5),
+        # dense sorted 1.9 2 2 2 2.1 (0%), sparse 1; per-round quartiles 2.00-2.00.
+        "vd90": ([2.0, 2.1, 2.0, 1.9, 2.0], [1.0] * 5),
+    }
+
+    def measure(run, batches, *, threads, **_kwargs):
+        comparison = timing.Comparison.of(*rounds[run.id])
+        result = BatchResult(1, comparison.baseline.median, comparison.candidate.median, [],
+                             comparison=comparison)
+        return [(InferenceResult(run.id, 1, threads, result.dense_s, result.sparse_s, 0, 0),
+                 result)]
+
+    monkeypatch.setattr(speed, "_measure_run", measure)
+    said: list[str] = []
+    with _store(tmp_path / "s.db") as store:
+        runs = [r for r in store.runs() if r.id in rounds]
+        assert speed.time_runs(store, runs, [1], threads=1, force=True, say=said.append) == 2
+        assert {(t.run_id, t.dense_seconds) for t in store.inference() if t.batch == 1
+                and t.run_id in rounds} == {("mp90", 2.0), ("vd90", 2.0)}
+    assert said[0] == "threads: 1 (as requested; 2 cores, load average 0.20 leaves 2 idle)"
+    mp90 = next(i for i, line in enumerate(said) if " mp90 " in line)
+    assert "b1 2.00x [1.00-3.00] ! (0/0 sparse)" in said[mp90]
+    assert said[mp90 + 1].startswith(f"[{mp90}/2] WARNING: unreliable ratios")
+    assert "batch 1: dense rounds spread 100% of their median" in said[mp90 + 1]
+    vd90 = next(i for i, line in enumerate(said) if " vd90 " in line)
+    assert "b1 2.00x [2.00-2.00] (0/0 sparse)" in said[vd90]
+    assert not any("WARNING" in line and "vd90" in line for line in said)
+    assert sum("WARNING" in line for line in said) == 1

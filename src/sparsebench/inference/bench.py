@@ -4,8 +4,10 @@ Used by ``sparsebench bench-inference RUN_DIR`` and ``benchmarks/inference_end_t
 For each batch size the model is compiled for that batch (the per-layer dense/CSR/BSR choice
 depends on it), then dense and sparse are timed interleaved, round by round, in this process:
 one forward of a batch of images for classifiers, greedy decoding of a batch of generated
-source sentences for a Transformer. Per-layer times come from separate interleaved rounds
-with timing hooks (the hooks' own cost stays out of the end-to-end numbers).
+source sentences for a Transformer. Each batch keeps every round of both sides, so the table
+prints medians with their quartiles and flags a ratio its rounds do not support
+(:class:`~sparsebench.inference.timing.Comparison`). Per-layer times come from separate
+interleaved rounds with timing hooks (the hooks' own cost stays out of the end-to-end numbers).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sparsebench.inference.compile import LayerDecision, compile_sparse, plan_sp
 from sparsebench.inference.perf_model import PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d
 from sparsebench.inference.sparse_linear import SparseLinear
-from sparsebench.inference.timing import interleaved_medians
+from sparsebench.inference.timing import Comparison, interleaved_rounds, unreliable_line
 
 _LAYER_TYPES = (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)
 
@@ -117,13 +119,15 @@ def _side_from_first_linear(model: nn.Module, channels: int) -> int | None:
 
 @dataclass
 class BatchResult:
-    """End-to-end medians at one batch size, and the per-layer times and plan behind them."""
+    """End-to-end medians at one batch size, their spread (``comparison``: quartiles of both
+    sides' rounds and of the per-round ratios), and the per-layer times and plan behind them."""
 
     batch: int
     dense_s: float
     sparse_s: float
     plan: list[LayerDecision]
     layers: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (dense, sparse)
+    comparison: Comparison | None = None
 
     @property
     def ratio(self) -> float:
@@ -189,6 +193,8 @@ def bench_model(
 ) -> list[BatchResult]:
     """Compile ``model`` for each batch and time dense vs sparse side by side.
 
+    ``layer_repeats=0`` skips the per-layer rounds (for callers that print no per-layer table).
+
     Returns:
         One ``BatchResult`` per batch size, in the given order.
     """
@@ -209,7 +215,7 @@ def bench_model(
             example_input=example,
         )
         sparse = compile_sparse(model, plan=plan)
-        times = interleaved_medians(
+        rounds = interleaved_rounds(
             {
                 "dense": lambda a=args: workload.run(model, a),
                 "sparse": lambda a=args, s=sparse: workload.run(s, a),
@@ -217,21 +223,64 @@ def bench_model(
             repeats=repeats,
             budget_s=budget_s,
         )
-        layers = per_layer_times(model, sparse, lambda m, a=args: workload.run(m, a), layer_repeats)
-        results.append(BatchResult(batch, times["dense"], times["sparse"], plan, layers))
+        comparison = Comparison.of(rounds["dense"], rounds["sparse"])
+        layers = {}
+        if layer_repeats > 0:
+            call = lambda m, a=args: workload.run(m, a)  # noqa: E731
+            layers = per_layer_times(model, sparse, call, layer_repeats)
+        results.append(
+            BatchResult(
+                batch,
+                comparison.baseline.median,
+                comparison.candidate.median,
+                plan,
+                layers,
+                comparison,
+            )
+        )
     return results
 
 
-def format_results(results: Sequence[BatchResult], *, per_layer: bool = True) -> str:
-    """Return the end-to-end table and, optionally, the per-layer tables as text."""
+def results_warning(results: Sequence[BatchResult], load: str | None = None) -> str | None:
+    """Return the one-line warning for the batches whose ratios are unreliable (see
+    :func:`~sparsebench.inference.timing.unreliable_line`), or None when all are sound."""
+    problems = {
+        f"batch {r.batch}": r.comparison.problems() for r in results if r.comparison is not None
+    }
+    return unreliable_line(problems, load)
+
+
+def format_results(
+    results: Sequence[BatchResult], *, per_layer: bool = True, load: str | None = None
+) -> str:
+    """Return the end-to-end table (medians, their spread, the ratio with the quartiles of its
+    rounds), the one-line warning when a ratio is unreliable (``load``: the machine's own
+    reason, from :func:`~sparsebench.inference.timing.load_problem`) and, optionally, the
+    per-layer tables, as text."""
     lines = [
-        "batch |  dense ms | sparse ms | dense/sparse | dense samples/s | sparse samples/s",
+        "batch |  dense ms  iqr | sparse ms  iqr | dense/sparse [quartiles of rounds] "
+        "| dense samples/s | sparse samples/s",
     ]
     for r in results:
+        if r.comparison is None:  # built by hand, without rounds: no spread to show
+            spread_d = spread_s = "   -"
+            ratio = f"{r.ratio:.2f}x [no rounds]"
+        else:
+            spread_d = f"{r.comparison.baseline.relative:4.0%}"
+            spread_s = f"{r.comparison.candidate.relative:4.0%}"
+            ratio = r.comparison.cell()
         lines.append(
-            f"{r.batch:5d} | {r.dense_s * 1e3:9.2f} | {r.sparse_s * 1e3:9.2f} | "
-            f"{r.ratio:11.2f}x | {r.batch / r.dense_s:15.1f} | {r.batch / r.sparse_s:16.1f}"
+            f"{r.batch:5d} | {r.dense_s * 1e3:9.3f} {spread_d} | {r.sparse_s * 1e3:9.3f} "
+            f"{spread_s} | {ratio:<34} | {r.batch / r.dense_s:15.1f} | "
+            f"{r.batch / r.sparse_s:16.1f}"
         )
+    lines.append(
+        "(ms: medians of the rounds; iqr: their interquartile range as a share of the median; "
+        "!: the rounds do not support the ratio)"
+    )
+    warning = results_warning(results, load)
+    if warning is not None:
+        lines.append(warning)
     if per_layer:
         for r in results:
             lines += ["", f"per layer at batch {r.batch} (medians per call, hooks on):"]

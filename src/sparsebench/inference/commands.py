@@ -1,7 +1,7 @@
 """``sparsebench export`` and ``sparsebench bench-inference``: the inference subcommands.
 
     sparsebench export RUN_DIR --out model.sparse.safetensors
-    sparsebench bench-inference RUN_DIR --batch 1 16 128 --threads 2
+    sparsebench bench-inference RUN_DIR --batch 1 16 128     # threads: the idle cores
 
 Both read a finished run directory (``sparsebench.rundir``): the model is rebuilt from
 ``result.json``'s ``config.model`` and loaded from ``model.safetensors``.
@@ -53,14 +53,22 @@ def register(subparsers: Any) -> None:
         description=(
             "Compile RUN_DIR's model for each batch size (per-layer dense/CSR/BSR choice from "
             "the calibrated performance model) and time it against the dense model, "
-            "interleaved in this process: latency, throughput, per-layer times and ratios. "
-            "Classifiers run a forward of random images; a Transformer greedily decodes a "
-            "batch of generated source sentences."
+            "interleaved in this process: medians with their spread, throughput, per-layer "
+            "times and ratios with the quartiles of their rounds, and a one-line warning when "
+            "the spread or the machine's load makes a ratio unreliable. Classifiers run a "
+            "forward of random images; a Transformer greedily decodes a batch of generated "
+            "source sentences."
         ),
     )
     b.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a finished run directory")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 16, 128], help="batch sizes")
-    b.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    b.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: the idle cores, i.e. cores minus the rounded 1-minute "
+        "load average, at least 1)",
+    )
     b.add_argument("--repeats", type=int, default=15, help="interleaved rounds per batch")
     b.add_argument("--image-size", type=int, default=None, help="image side for classifiers")
     b.add_argument("--src-len", type=int, default=16, help="source length (Transformer)")
@@ -124,11 +132,13 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from sparsebench.inference import PerformanceModel, machine_context
     from sparsebench.inference.bench import bench_model, format_results, workload_for
+    from sparsebench.inference.timing import LoadWatch
 
     _positive("--batch", args.batch)
-    if args.threads is not None:
-        _positive("--threads", [args.threads])
-        torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be a positive integer, got {args.repeats}")
+    if args.calibration_s <= 0:
+        raise ValueError(f"--calibration-s must be > 0, got {args.calibration_s}")
     model, spec = _load(args.run_dir)
     workload = workload_for(
         model,
@@ -138,12 +148,23 @@ def _bench(args: argparse.Namespace) -> int:
         max_len=args.max_len,
     )
     print(f"model: {spec['name']} {spec.get('options', {})}; timed call: {workload.describe}")
-    print(f"before: {machine_context()}")
-    if args.calibration_s <= 0:
-        raise ValueError(f"--calibration-s must be > 0, got {args.calibration_s}")
-    pm = PerformanceModel(budget_s=args.calibration_s, recalibrate=args.recalibrate)
-    results = bench_model(model, workload, args.batch, repeats=args.repeats, perf_model=pm)
-    print(f"after:  {machine_context()}")
-    print(f"medians of up to {args.repeats} interleaved rounds, dense and sparse in this process")
-    print(format_results(results, per_layer=not args.no_layers))
+    watch = LoadWatch(args.threads)  # chooses and sets torch's threads; restored below
+    try:
+        print(watch.choice.describe())
+        print(f"before: {machine_context()}")
+        pm = PerformanceModel(budget_s=args.calibration_s, recalibrate=args.recalibrate)
+        results = bench_model(
+            model,
+            workload,
+            args.batch,
+            repeats=args.repeats,
+            perf_model=pm,
+            layer_repeats=0 if args.no_layers else 7,
+        )
+        load = watch.problem()
+        print(f"after:  {machine_context()}")
+    finally:
+        watch.restore()
+    print(f"up to {args.repeats} interleaved rounds per batch, dense and sparse in this process")
+    print(format_results(results, per_layer=not args.no_layers, load=load))
     return 0

@@ -8,7 +8,10 @@ block-sparse magnitude run (the block-size trade-off) and the dense baseline, ea
 against its compiled sparse copy (:func:`sparsebench.inference.bench.bench_model`: per-layer
 dense/CSR/BSR choice, interleaved rounds in one process). Results go to the store's
 ``inference`` table, one row per (run, batch, threads); runs already timed at a batch and
-thread count are skipped unless ``force``, so an interrupted timing resumes.
+thread count are skipped unless ``force``, so an interrupted timing resumes. Each run's line
+prints every ratio with the quartiles of its rounds, and one warning line follows when the
+rounds' spread or the machine's load makes them unreliable (the stored rows keep their schema:
+medians only, so rerun such a run with ``force`` on a quiet machine).
 """
 
 from __future__ import annotations
@@ -84,6 +87,15 @@ def time_run(run: Run, batches: Sequence[int], *, threads: int, repeats: int = 1
     Raises:
         FileNotFoundError: when the run directory or its model file is gone.
     """
+    return [stored for stored, _ in _measure_run(run, batches, threads=threads, repeats=repeats,
+                                                  budget_s=budget_s, calibration_s=calibration_s,
+                                                  recalibrate=recalibrate)]
+
+
+def _measure_run(run: Run, batches: Sequence[int], *, threads: int, repeats: int,
+                 budget_s: float, calibration_s: float = 1.0,
+                 recalibrate: bool = False) -> list[tuple[InferenceResult, BatchResult]]:
+    """Returns :func:`time_run`'s rows, each with the measurement (and its rounds' spread)."""
     from ..inference import PerformanceModel, machine_context
     from ..inference.bench import bench_model, workload_for
 
@@ -103,9 +115,9 @@ def time_run(run: Run, batches: Sequence[int], *, threads: int, repeats: int = 1
                                                           recalibrate=recalibrate))
     finally:
         torch.set_num_threads(previous)
-    return [InferenceResult(run.id, r.batch, threads, r.dense_s, r.sparse_s,
-                            sum(d.use_sparse for d in r.plan), len(r.plan),
-                            workload.describe, machine, plan=_plan_rows(r))
+    return [(InferenceResult(run.id, r.batch, threads, r.dense_s, r.sparse_s,
+                             sum(d.use_sparse for d in r.plan), len(r.plan),
+                             workload.describe, machine, plan=_plan_rows(r)), r)
             for r in results]
 
 
@@ -127,8 +139,15 @@ def time_runs(store: RunStore, runs: Sequence[Run], batches: Sequence[int], *, t
               recalibrate: bool = False, say: Callable[[str], None] = print) -> int:
     """Times each run not yet timed at every batch (all of them with ``force``) and records
     the results as it goes. Returns how many runs were timed; a run whose directory is gone
-    is reported and skipped."""
+    is reported and skipped. Each run's line gives its ratios with the quartiles of their
+    rounds; a one-line warning follows a run whose rounds or machine load make them
+    unreliable (it is stored all the same: the store keeps medians only)."""
+    from ..inference.bench import results_warning
+    from ..inference.timing import LoadWatch
+
     done = {(r.run_id, r.batch) for r in store.inference() if r.threads == threads}
+    watch = LoadWatch(threads, set_torch=False)  # time_run sets the threads per run
+    say(watch.choice.describe())
     timed = 0
     for index, run in enumerate(runs, 1):
         todo = [b for b in batches if force or (run.id, b) not in done]
@@ -136,17 +155,27 @@ def time_runs(store: RunStore, runs: Sequence[Run], batches: Sequence[int], *, t
             continue
         started = time.monotonic()
         try:
-            results = time_run(run, todo, threads=threads, repeats=repeats, budget_s=budget_s,
-                               recalibrate=recalibrate)
+            measured = _measure_run(run, todo, threads=threads, repeats=repeats,
+                                    budget_s=budget_s, recalibrate=recalibrate)
         except FileNotFoundError as error:
             say(f"[{index}/{len(runs)}] skipped: {error}")
             continue
-        for result in results:
-            store.record_inference(result)
+        for stored, _ in measured:
+            store.record_inference(stored)
         timed += 1
-        cells = ", ".join(f"b{r.batch} {r.speedup:.2f}x ({r.sparse_layers}/{r.layers} sparse)"
-                          for r in results)
+        cells = ", ".join(f"b{r.batch} {_ratio_cell(r)} ({s.sparse_layers}/{s.layers} sparse)"
+                          for s, r in measured)
         say(f"[{index}/{len(runs)}] {run.id} ({run.technique}, block {block_of(run)}, "
             f"sparsity {run.achieved_sparsity or 0:.3f}): {cells} "
             f"[{time.monotonic() - started:.0f}s]")
+        warning = results_warning([r for _, r in measured], watch.problem())
+        if warning is not None:
+            say(f"[{index}/{len(runs)}] {warning} (sparsebench bench-runs --force times it again)")
     return timed
+
+
+def _ratio_cell(result: BatchResult) -> str:
+    """Returns the dense/sparse ratio with the quartiles of its rounds."""
+    if result.comparison is None:
+        return f"{result.ratio:.2f}x"
+    return result.comparison.cell()
