@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import sparsebench as sb
-from sparsebench.blocks import block_grid, block_scores, expand_blocks
+from sparsebench.blocks import block_grid, block_scores, check_block, expand_blocks
 
 
 def _blocks_are_whole(weight_mask: torch.Tensor, block) -> bool:
@@ -106,3 +106,23 @@ def test_bad_block_values():
     with pytest.raises(ValueError, match="block_score"):
         sb.sparsify(nn.Sequential(nn.Linear(4, 4)), "magnitude", sparsity=0.5,
                     block_score="max")
+
+
+def test_a_block_larger_than_the_whole_layer_is_refused_by_name():
+    with pytest.raises(ValueError) as info:
+        check_block("fc.weight", (64, 64), (4096, 4096))
+    assert str(info.value).startswith("block (4096, 4096) is larger than the whole 64x64 "
+                                      "matrix of layer fc.weight (shape (64, 64))")
+    # A conv's matrix is (out, in*kh*kw): 16 x 9 here.
+    with pytest.raises(ValueError, match=r"whole 16x9 matrix of layer conv1.weight"):
+        check_block("conv1.weight", (16, 1, 3, 3), (32, 32))
+
+
+@pytest.mark.parametrize("shape, block", [
+    ((64, 64), (64, 64)),     # exactly one block: the layer's own shape
+    ((16, 1, 3, 3), (16, 16)),  # wider than the 9 columns, but as tall as the 16 rows
+    ((10, 512), (16, 1)),     # taller than the 10 rows: one partial block row of 512 blocks
+    ((64, 64), (4, 4)),
+])
+def test_blocks_that_fit_a_side_are_accepted(shape, block):
+    check_block("w", shape, block)  # no error

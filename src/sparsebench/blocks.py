@@ -14,7 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BLOCK_SCORES", "block_grid", "block_keep", "block_scores", "expand_blocks"]
+__all__ = ["BLOCK_SCORES", "block_grid", "block_keep", "block_scores", "check_block",
+           "expand_blocks"]
 
 BLOCK_SCORES = ("l2", "mean_abs")
 
@@ -23,6 +24,25 @@ def block_grid(shape: tuple[int, ...], block: tuple[int, int]) -> tuple[int, int
     """Returns (rows, cols, block rows, block cols) of a weight's matrix view."""
     rows, cols = shape[0], math.prod(shape[1:])
     return rows, cols, math.ceil(rows / block[0]), math.ceil(cols / block[1])
+
+
+def check_block(name: str, shape: tuple[int, ...], block: tuple[int, int]) -> None:
+    """Checks that ``block`` fits the weight ``name`` of ``shape`` at least on one side.
+
+    A block taller *and* wider than the weight's whole matrix makes the layer a single block,
+    kept or pruned whole: at any target of 50% or more the layer loses every weight (the image
+    study's 32x32 blocks emptied 19 of its 54 layers so), which is never what block structure
+    is meant to do.
+
+    Raises:
+        ValueError: naming the layer, its shape and the block, when it does not fit.
+    """
+    rows, cols, _, _ = block_grid(shape, block)
+    if block[0] > rows and block[1] > cols:
+        raise ValueError(
+            f"block {tuple(block)} is larger than the whole {rows}x{cols} matrix of layer "
+            f"{name} (shape {tuple(shape)}), which would be kept or pruned as one block; "
+            f"choose a block at most {rows}x{cols} on one side, or exclude the layer.")
 
 
 def _blocked(matrix: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:

@@ -47,9 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as error:
-        # Bad input gets its one sentence, not a traceback.
-        print(f"sparsebench {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        # Bad input gets its one sentence, not a traceback; on one line, whatever a library
+        # underneath put in its message.
+        return _refuse(args.command, " ".join(str(error).split()))
+    except (FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        # A path given on the command line that cannot be used as it is; the commands check
+        # the paths they know, this catches the rest without a traceback.
+        where = error.filename or "a path"
+        return _refuse(args.command, f"{where}: {error.strerror or error}; choose another "
+                                     f"path or fix its permissions.")
+
+
+def _refuse(command: str, message: str) -> int:
+    print(f"sparsebench {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

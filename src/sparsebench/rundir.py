@@ -26,8 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -40,9 +41,13 @@ __all__ = [
     "RESULT_FILE",
     "atomic_write_bytes",
     "atomic_write_json",
+    "check_output_dir",
+    "check_output_file",
+    "check_safetensors",
     "is_finished",
     "load_finalized_model",
     "read_result",
+    "read_safetensors",
 ]
 
 RESULT_FILE = "result.json"
@@ -55,14 +60,71 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.safetensors"  # in CHECKPOINT_DIR
 
 
+def _umask() -> int:
+    """Returns the process's umask. Linux shows it in /proc; elsewhere os.umask can only read
+    it by setting it, so it is put back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """Returns ``path`` when a file can be written there.
+
+    Raises:
+        ValueError: when ``path`` is a folder or lies below a file (one sentence naming it and
+            ``option``), which would otherwise surface as an OSError half way through.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; name a file to write instead.")
+    _check_parents(path, option)
+    return path
+
+
+def check_output_dir(path: str | Path, option: str = "--out") -> Path:
+    """Returns ``path`` when a folder is there or can be made there.
+
+    Raises:
+        ValueError: when ``path`` is an existing file or lies below a file (one sentence).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder; name a new or existing "
+                         f"folder instead.")
+    _check_parents(path, option)
+    return path
+
+
+def _check_parents(path: Path, option: str) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder; choose "
+                                 f"another path.")
+            return
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` through a temporary file and a rename, so a reader (or a
-    killed writer) never leaves a half-written file behind."""
-    path = Path(path)
+    killed writer) never leaves a half-written file behind. The file gets the permissions a
+    plain ``open`` would give it (0o666 less the umask).
+
+    Raises:
+        ValueError: when ``path`` is a folder or lies below a file.
+    """
+    path = check_output_file(path, "the output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the user's other tools
+        # mkstemp's 0600 would hide results from the user's other tools (and group members).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -89,9 +151,14 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the run has not finished.")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}).") from error
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); train the run again or restore "
+                         f"the file.") from None
+    if not isinstance(result, dict):
+        raise ValueError(f"{path} holds {type(result).__name__}, not a run's result; train the "
+                         f"run again or restore the file.")
+    return result
 
 
 def is_finished(run_dir: str | Path) -> bool:
@@ -99,13 +166,72 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / RESULT_FILE).exists()
 
 
+def read_safetensors(path: str | Path, remedy: str = "restore it or write it again"
+                     ) -> dict[str, Tensor]:
+    """Returns the tensors of the safetensors file at ``path``.
+
+    Raises:
+        FileNotFoundError: when there is no such file.
+        ValueError: when it is truncated or not a safetensors file; the sentence names the
+            file, the problem and ``remedy`` (what the user can do).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file.")
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise ValueError(f"{path} is damaged or not a safetensors file "
+                         f"({_safetensors_problem(error)}); {remedy}.") from None
+
+
+def check_safetensors(path: str | Path, remedy: str = "restore it or write it again") -> Path:
+    """Returns ``path`` after checking that it is a complete safetensors file (the header only
+    is read: cheap for any size). Raises as :func:`read_safetensors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file.")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as error:
+        raise ValueError(f"{path} is damaged or not a safetensors file "
+                         f"({_safetensors_problem(error)}); {remedy}.") from None
+    return path
+
+
+def _safetensors_problem(error: Exception) -> str:
+    # "Error while deserializing header: incomplete metadata, file not fully covered": the
+    # part after the colon says what is wrong.
+    return " ".join(str(error).split(": ", 1)[-1].split())
+
+
 def load_finalized_model(run_dir: str | Path) -> nn.Module:
     """Returns the run's model, rebuilt from its configuration, with its finalized weights
-    loaded, in eval mode."""
+    loaded, in eval mode.
+
+    Raises:
+        FileNotFoundError: when the run has no result or no model file.
+        ValueError: when ``result.json`` names no model, or the model file is damaged or holds
+            weights of another model (one sentence naming the file).
+    """
     from . import models
 
+    run_dir = Path(run_dir)
     result = read_result(run_dir)
-    spec = result["config"]["model"]
-    model = models.create(spec["name"], **spec.get("options", {}))
-    model.load_state_dict(load_file(str(Path(run_dir) / MODEL_FILE)))
+    try:
+        spec = result["config"]["model"]
+        name, options = spec["name"], dict(spec.get("options", {}))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError(f"{run_dir / RESULT_FILE} has no config.model entry with the model's "
+                         f"name and options; is it a sparsebench run?") from None
+    model = models.create(name, **options)
+    path = run_dir / MODEL_FILE
+    state = read_safetensors(path, "train the run again or restore its directory")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:  # missing, unexpected or misshapen weights
+        first = str(error).splitlines()[0].rstrip(":. ")
+        raise ValueError(f"{path} does not hold the weights of {name} {options or ''} "
+                         f"({first}); train the run again or restore its directory.") from None
     return model.eval()

@@ -22,7 +22,6 @@ Nothing in the file is ever executed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -33,11 +32,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from sparsebench.inference.sparse_conv import SparseConv2d
 from sparsebench.inference.sparse_linear import SparseLinear
+from sparsebench.rundir import atomic_write_bytes, check_output_file
 
 FORMAT = "sparsebench-sparse"
 VERSION = 1
@@ -224,14 +224,15 @@ def save_sparse(
 ) -> ExportReport:
     """Write ``model`` (typically from ``compile_sparse``) to a compact safetensors file.
 
-    The write is atomic: a temporary file in the same folder, then a rename. ``model_spec``
+    The write is atomic: a temporary file in the same folder, then a rename; nothing is
+    written when ``path`` is a folder or lies below a file (``ValueError``). ``model_spec``
     (``{"name", "options"}`` for ``sparsebench.models.create``) lets ``load_sparse`` rebuild a
     registry model without a skeleton.
 
     Returns:
         An ``ExportReport`` with the size on disk and the dense size it replaces.
     """
-    path = Path(path)
+    path = check_output_file(path, "the export file")
     tensors: dict[str, Tensor] = {}
     dense_bytes = 0
     sparse_prefixes = {n for n, m in model.named_modules() if isinstance(m, SPARSE_TYPES)}
@@ -252,14 +253,8 @@ def save_sparse(
     }
     if model_spec is not None:
         meta["model"] = {"name": model_spec["name"], "options": model_spec.get("options", {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    # Atomic, and with the permissions of a plain file (safetensors' own save_file writes 0600).
+    atomic_write_bytes(path, save(tensors, metadata={_META_KEY: json.dumps(meta)}))
     return ExportReport(path, path.stat().st_size, dense_bytes, len(sparse_prefixes))
 
 

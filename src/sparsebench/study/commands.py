@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
+from ..rundir import check_output_dir
 from .published import FILES, import_published
 from .report import write_report
 from .store import SOURCES, RunStore
@@ -180,10 +180,11 @@ def _sweep(args: argparse.Namespace) -> int:
     from .executors import make_executor
 
     spec = load_sweep(args.file)
+    if args.report is not None:
+        check_output_dir(args.report, "--report")
     runs_dir = args.runs_dir or args.store.resolve().parent / "runs"
     if args.threads is not None and args.threads < 1:
-        print(f"error: --threads must be at least 1, got {args.threads}.", file=sys.stderr)
-        return 2
+        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
     if args.device is not None:
         import torch
 
@@ -255,6 +256,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.tolerance <= 0:
         raise ValueError(f"--tolerance must be a positive number of percentage points, "
                          f"got {args.tolerance}.")
+    check_output_dir(args.out)
     with tempfile.TemporaryDirectory() as scratch:
         if len(args.store) == 1 and not args.published:
             store = RunStore(args.store[0])

@@ -188,6 +188,7 @@ class _Reader:
 
     def __init__(self, path: Path, spec: FileSpec) -> None:
         self.path, self.spec = path, spec
+        self._line = 1  # the line being read, for an error the csv module raises
 
     def error(self, line: int, message: str) -> PublishedDataError:
         return PublishedDataError(f"{self.path}, line {line}: {message}")
@@ -218,7 +219,18 @@ class _Reader:
 
     def rows(self) -> Iterator[tuple[int, list[str], list[str]]]:
         """Yields (line number, canonical header, fields) for each data row."""
-        with self.path.open(newline="") as handle:
+        try:
+            yield from self._rows()
+        except csv.Error as error:  # e.g. a NUL byte: a binary or damaged file
+            raise self.error(self._line, f"not readable as CSV ({error}); restore the file "
+                             f"or take it out of the folder.") from None
+        except UnicodeDecodeError as error:
+            raise self.error(self._line, f"not UTF-8 text ({error.reason}: a binary or "
+                             f"damaged file?); restore the file or take it out of the "
+                             f"folder.") from None
+
+    def _rows(self) -> Iterator[tuple[int, list[str], list[str]]]:
+        with self.path.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             raw_header = next(reader, None)
             if not raw_header:
@@ -233,7 +245,9 @@ class _Reader:
                     raise self.error(1, f"column {index + 1} has an empty header.")
             if len(set(header)) != len(header):
                 raise self.error(1, f"duplicate column names after normalising: {header}.")
+            self._line = reader.line_num + 1
             for fields in reader:
+                self._line = reader.line_num + 1  # where a read that fails would be
                 if not fields:
                     continue  # a blank line, e.g. a trailing one
                 if len(fields) != len(header):

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load, load_file, save
+from safetensors.torch import load, save
 
-from ..rundir import CONFIG_FILE, MASK_FILE, atomic_write_bytes
+from ..rundir import CONFIG_FILE, MASK_FILE, atomic_write_bytes, read_safetensors
 
 __all__ = ["ARCHIVE_DIR", "PACKED_FORMAT", "archive_path", "archive_source", "pack_masks",
            "restore_source", "unpack_masks"]
@@ -65,14 +65,21 @@ def unpack_masks(data: bytes) -> dict[str, torch.Tensor]:
         # The metadata is only in the header: 8 bytes of its length, then JSON.
         header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     except Exception as error:  # safetensors raises its own error types
-        raise ValueError(f"not a safetensors file ({error})") from error
+        problem = " ".join(str(error).split(": ", 1)[-1].split())
+        raise ValueError(f"damaged or not a safetensors file ({problem})") from None
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") != PACKED_FORMAT:
         raise ValueError(f"not a packed mask file (format {metadata.get('format')!r}, "
                          f"expected {PACKED_FORMAT!r})")
-    shapes = json.loads(metadata["shapes"])
+    try:
+        shapes = json.loads(metadata["shapes"])
+        shapes = {str(name): [int(dim) for dim in shape] for name, shape in shapes.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError("its header's 'shapes' entry is missing or damaged") from None
     masks = {}
     for name, shape in shapes.items():
+        if name not in packed:
+            raise ValueError(f"mask {name!r} is in the header's shapes but not in the file")
         size = 1
         for dim in shape:
             size *= dim
@@ -90,7 +97,8 @@ def archive_source(run_dir: str | Path, destination: str | Path) -> bool:
     destination = Path(destination)
     if destination.is_file():
         return False
-    masks = load_file(str(Path(run_dir) / MASK_FILE))
+    masks = read_safetensors(Path(run_dir) / MASK_FILE,
+                             "delete that run from the store so the sweep trains it again")
     atomic_write_bytes(destination, pack_masks(masks))
     return True
 
@@ -111,7 +119,9 @@ def restore_source(archive: str | Path, config: Mapping[str, Any],
     try:
         masks = unpack_masks(archive.read_bytes())
     except ValueError as error:
-        raise ValueError(f"{archive}: {error}") from error
+        raise ValueError(f"{archive}: {error}; restore it from git, or delete it and the run "
+                         f"it belongs to from the store so the sweep trains that run again."
+                         ) from None
     for layer in layers:
         mask = masks.get(str(layer.get("name")))
         if mask is None:

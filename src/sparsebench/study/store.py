@@ -146,6 +146,39 @@ class StoreReplaced(StoreError):
     """The store's file was replaced or removed while this process had it open."""
 
 
+#: The first bytes of every SQLite 3 database file.
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _damaged(path: Path, why: str) -> str:
+    return (f"{path} is not a sparsebench run store or is damaged ({why}); restore it from "
+            f"git or a backup, or point --store at another file.")
+
+
+def _check_store_path(path: Path) -> None:
+    """Raises StoreError when ``path`` cannot be a run store: a folder, below a file, or a
+    file that does not start as every SQLite database does. Checked before SQLite opens it,
+    so nothing is created or written beside a file that is not a store."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a run store; point --store at a file "
+                         f"(e.g. {path / 'results.db'}).")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"{path} cannot be a run store: {parent} is a file, not a "
+                                 f"folder; point --store elsewhere.")
+            break
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return  # a new store
+    # An empty file is an empty SQLite database (SQLite writes nothing before the first table);
+    # a real one never holds a few bytes, or others than SQLite's own header.
+    if head and head != _SQLITE_MAGIC:
+        raise StoreError(_damaged(path, "it does not start with SQLite's header"))
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     try:
         stat = os.stat(path)
@@ -332,16 +365,47 @@ class RunStore:
 
     def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
         self.path = Path(path)
+        _check_store_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
         # before reading (no upgrade deadlock between two writers).
         self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._identity = _file_identity(self.path)
-        self._open_schema()
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            # Before WAL mode is switched on, which rewrites the header of a file that is not
+            # in WAL mode yet: a damaged file must be left exactly as it was.
+            self._check_integrity()
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._identity = _file_identity(self.path)
+            self._open_schema()
+        except sqlite3.DatabaseError as error:
+            # Closing the connection also removes the -wal/-shm files SQLite made to read it.
+            self._db.close()
+            if getattr(error, "sqlite_errorname", "") not in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+                raise
+            raise StoreError(_damaged(self.path, str(error))) from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_integrity(self) -> None:
+        """Raises StoreError when SQLite finds the file damaged (a quick check reads every
+        page: a few milliseconds for a study's store), so a truncated store fails here, in
+        one sentence, and not later in the middle of a sweep or report; or when it is another
+        program's database."""
+        problem = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            raise StoreError(_damaged(self.path, problem))
+        tables = {r[0] for r in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StoreError(
+                f"{self.path} is an SQLite file but not a sparsebench run store "
+                f"(it has tables {sorted(tables)} and no 'meta' table); point --store at "
+                f"a run store or a new file."
+            )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -382,12 +446,7 @@ class RunStore:
     def _open_schema(self) -> None:
         with self.transaction() as db:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if tables and "meta" not in tables:
-                raise StoreError(
-                    f"{self.path} is an SQLite file but not a sparsebench run store "
-                    f"(it has tables {sorted(tables)} and no 'meta' table)."
-                )
-            if not tables:
+            if not tables:  # a new store (another program's database was refused before)
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)

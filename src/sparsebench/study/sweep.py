@@ -51,7 +51,7 @@ import yaml
 
 from .. import methods, models
 from ..train import build_config
-from ..train.config import RunConfig, _yaml_number
+from ..train.config import RunConfig, _yaml_number, read_yaml
 from .store import Run, RunStore, model_family_of, read_result
 
 __all__ = [
@@ -493,13 +493,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
         SweepError: for a missing file, bad YAML or a bad field (one sentence).
     """
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"{path}: no such sweep file.")
-    text = path.read_text()
     try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SweepError(f"{path}: not valid YAML ({error}).") from None
+        values, text = read_yaml(path, "sweep file")
+    except (OSError, ValueError) as error:
+        raise SweepError(str(error)) from None
     try:
         return parse_sweep(_yaml_number(values), name=path.stem, text=text)
     except SweepError as error:

@@ -73,10 +73,13 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
         meta = json.loads(header["__metadata__"][_META_KEY])
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for name, tensor in flat.items():
+            group, key = name.split("/", 1)
+            groups.setdefault(group, {})[key] = tensor
     except Exception as error:  # noqa: BLE001 - any parse failure means a damaged file
-        raise ValueError(f"{path} is not a readable sparsebench checkpoint ({error}).") from None
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in flat.items():
-        group, key = name.split("/", 1)
-        groups.setdefault(group, {})[key] = tensor
+        problem = " ".join(str(error).split(": ", 1)[-1].split()) or type(error).__name__
+        raise ValueError(f"{path} is not a readable sparsebench checkpoint ({problem}); delete "
+                         f"the folder {path.parent} to train the run from its start, or "
+                         f"restore the file.") from None
     return groups, meta

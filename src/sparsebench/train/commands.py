@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import yaml
-
-from ..rundir import CONFIG_FILE, RESULT_FILE
-from . import build_config, presets, train
+from ..rundir import CONFIG_FILE, RESULT_FILE, check_output_dir, check_safetensors
+from . import build_config, load_yaml, presets, train
 
 __all__ = ["register"]
 
@@ -23,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sparsity", type=float, default=None,
                    help="target sparsity in [0, 1) for magnitude and random pruning")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the initial weights, data order and noise (run.seed; "
+                   "default 0); runs that differ only in it are replicas")
     p.add_argument("--config", default=None, help="a YAML file of config sections")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one value, e.g. --set optim.lr=0.05 "
@@ -33,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="no progress bar: log lines every run.log_every steps instead")
     p.set_defaults(func=_train)
 
-    t = subparsers.add_parser("tasks", help="list the task presets and their defaults")
+    t = subparsers.add_parser(
+        "tasks", help="list the task presets and their defaults",
+        description="Lists the task presets `sparsebench train --task` starts from: each "
+                    "one's model, dataset, batch, optimizer and steps. --show TASK prints one "
+                    "preset's full default config as YAML, a starting point for --config.")
     t.add_argument("--show", metavar="TASK", help="print one task's full default config")
     t.set_defaults(func=_tasks)
 
@@ -42,10 +45,19 @@ def _train(args: argparse.Namespace) -> int:
     config = build_config(args.task, method=args.method, sparsity=args.sparsity,
                           steps=args.steps, seed=args.seed, config_file=args.config,
                           overrides=args.overrides)
-    out = Path(args.out)
+    out = check_output_dir(args.out)
+    # Files the run will read, checked now: a damaged one found after the data are loaded
+    # and the run directory is made would cost time and leave a directory behind.
+    for key in ("mask_from", "init_from"):
+        path = getattr(config.sparsity, key)
+        if path is not None:
+            try:
+                check_safetensors(path, f"point sparsity.{key} at an intact file")
+            except FileNotFoundError:
+                raise FileNotFoundError(f"sparsity.{key} = {path!r}: no such file.") from None
     saved = out / CONFIG_FILE
     if saved.exists() and not (out / RESULT_FILE).exists():
-        previous = yaml.safe_load(saved.read_text())
+        previous = load_yaml(saved)
         current = config.to_dict()
         if previous.get("model", {}).get("name") != current["model"]["name"] or \
                 previous.get("sparsity", {}).get("method") != current["sparsity"]["method"] or \

@@ -27,6 +27,8 @@ __all__ = [
     "SparsityConfig",
     "apply_overrides",
     "parse_set",
+    "read_yaml",
+    "yaml_problem",
 ]
 
 DATASETS = ("fashion-mnist", "mnist", "imagefolder", "ding", "parallel")
@@ -335,10 +337,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, str):
             return value
         if "dict" in text and isinstance(value, Mapping):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       for v in value.values()):
+                _fail(key, value, "a distribution name or a mapping of patterns to sparsities")
             return {str(k): float(v) for k, v in value.items()}
         _fail(key, value, "a string")
     if text.startswith("tuple"):
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return tuple(float(v) for v in value)
         _fail(key, value, "a list of numbers")
     if text.startswith("list"):
@@ -373,10 +379,10 @@ def apply_overrides(config: RunConfig, values: Mapping[str, Any], prefix: str = 
         hints = get_type_hints(type(target))
         for key, value in content.items():
             full = f"{section}.{key}"
-            if key == "options" and section == "model":
-                target.options.update(dict(value))
-            elif key == "hparams" and section == "sparsity":
-                target.hparams.update(dict(value))
+            if (section, key) in (("model", "options"), ("sparsity", "hparams")):
+                if not isinstance(value, Mapping):
+                    _fail(full, value, "a mapping of names to values")
+                getattr(target, key).update(value)
             elif key in hints:
                 setattr(target, key, _coerce(full, value, hints[key]))
             elif section == "sparsity":
@@ -402,7 +408,8 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as error:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({error}).") from None
+            raise ValueError(f"--set {item!r}: the value is not valid YAML "
+                             f"({yaml_problem(error, raw)}).") from None
         value = _yaml_number(value)
         node = result
         for part in parts[:-1]:
@@ -425,13 +432,54 @@ def _yaml_number(value: Any) -> Any:
     return value
 
 
+def yaml_problem(error: yaml.YAMLError, text: str) -> str:
+    """Returns the parser's complaint in one line with where it is (``mapping values are not
+    allowed here at line 3, column 8``), not PyYAML's several lines with a copy of the text."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if isinstance(error, yaml.reader.ReaderError):  # a character YAML does not allow
+        start = text.rfind("\n", 0, error.position) + 1
+        line, column = text.count("\n", 0, error.position), error.position - start
+        character = error.character
+        if isinstance(character, int):
+            character = chr(character)
+        problem = f"character {character!r} is not allowed"
+    elif mark is not None:
+        line, column = mark.line, mark.column
+    else:
+        return " ".join(str(error).split())
+    return f"{' '.join(str(problem).split())} at line {line + 1}, column {column + 1}"
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> tuple[Any, str]:
+    """Returns the parsed content of the YAML file at ``path`` and its text.
+
+    Raises:
+        FileNotFoundError: when there is no such file (one sentence naming it).
+        ValueError: when it is a folder, not UTF-8 text or not valid YAML (one sentence naming
+            the file, and the line and column of a syntax error).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a {what}; name the file itself.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what}.") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a {what}: byte {error.start} is not UTF-8 text "
+                         f"(a binary or damaged file?).") from None
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({yaml_problem(error, text)}); fix the file "
+                         f"and run again.") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Returns the mapping in a YAML config file, with one clear sentence when it is not one."""
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {error}") from None
+    values, _ = read_yaml(path, "config file")
     if not isinstance(values, Mapping):
-        raise ValueError(f"{path} must hold a mapping of config sections.")
+        raise ValueError(f"{path} must hold a mapping of config sections (model, data, optim, "
+                         f"sparsity, eval, run), not {type(values).__name__} {values!r:.40}.")
     return _yaml_number(dict(values))
