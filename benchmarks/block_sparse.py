@@ -5,11 +5,13 @@ Issue 10's benchmark: a 4096x1024 Linear and a CPU ResNet 3x3 convolution (64->6
 16x16, 32x32 and 16x1, at batch 1/16/128. For each cell, dense (``F.linear`` / ``F.conv2d``),
 torch's BSR (``torch.sparse.mm`` on ``to_sparse_bsr``; for the convolution on the unfolded
 input) and ours (``SparseLinear`` / ``SparseConv2d`` with that block size; 1x1 is our CSR
-kernel) run interleaved, round by round, and the table shows ratios of medians.
+kernel) run interleaved, round by round, and the table shows ratios of medians with the
+range over both sides' quartiles; one warning line at the end names the cells that the spread
+of their rounds or the machine's load makes unreliable. Threads default to the idle cores.
 
     .venv/bin/python benchmarks/block_sparse.py                      # everything (~5 min)
     .venv/bin/python benchmarks/block_sparse.py --layers linear --batches 128
-    .venv/bin/python benchmarks/block_sparse.py --threads 1          # when neighbours load it
+    .venv/bin/python benchmarks/block_sparse.py --threads 1          # one thread, as asked
 
 torch's CPU BSR goes through MKL sparse, which refuses non-square blocks (16x1): "n/a".
 """
@@ -29,10 +31,10 @@ from sparsebench.inference import (
     BLOCK_SIZES,
     SparseConv2d,
     SparseLinear,
-    interleaved_medians,
     kernel_path,
     machine_context,
 )
+from sparsebench.inference.timing import Comparison, LoadWatch, interleaved_rounds, unreliable_line
 
 
 def block_weight(out_f: int, in_f: int, block: tuple[int, int], sparsity: float) -> torch.Tensor:
@@ -106,11 +108,11 @@ def main() -> None:
     p.add_argument("--blocks", nargs="+", default=[f"{h}x{w}" for h, w in BLOCK_SIZES])
     p.add_argument("--repeats", type=int, default=21, help="interleaved rounds per cell")
     p.add_argument("--budget", type=float, default=3.0, help="max seconds of timing per cell")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: idle cores)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    watch = LoadWatch(args.threads)
     blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks]
+    print(watch.choice.describe())
     print(f"kernel path: {kernel_path()}")
     print(f"before: {machine_context()}")
     torch.manual_seed(0)
@@ -122,9 +124,14 @@ def main() -> None:
                 for batch in args.batches:
                     make = linear_cell if layer == "linear" else conv_cell
                     cands, err = make(block, s, batch)
-                    t = interleaved_medians(cands, repeats=args.repeats, budget_s=args.budget)
-                    rows.append((layer, s, block, batch, t, err))
-                    times = "  ".join(f"{k} {v * 1e3:8.3f} ms" for k, v in t.items())
+                    r = interleaved_rounds(cands, repeats=args.repeats, budget_s=args.budget)
+                    vs = {k: Comparison.of(r[k], r["ours"], (k, "ours")) for k in r if k != "ours"}
+                    rows.append((layer, s, block, batch, vs, err))
+                    times = "  ".join(
+                        f"{k} {c.baseline.median * 1e3:8.3f} ms ({c.baseline.relative:.0%})"
+                        for k, c in vs.items()
+                    )
+                    times += f"  ours {vs['dense'].candidate.median * 1e3:8.3f} ms"
                     print(
                         f"  {layer} s={s:.2f} block {block[0]}x{block[1]} batch {batch:4d}: "
                         f"{times}  max rel err {err:.1e}",
@@ -132,20 +139,29 @@ def main() -> None:
                     )
     print(f"after:  {machine_context()}  ({time.time() - start:.0f} s)")
     print()
-    print("Linear 4096x1024 / Conv 64->64 3x3 on 32x32, fp32; medians of interleaved rounds")
+    print("Linear 4096x1024 / Conv 64->64 3x3 on 32x32, fp32; ratios of medians of interleaved")
+    print("rounds [range over both sides' quartiles], ! where the rounds do not support them")
     print("cells: dense/ours  torch-BSR/ours (n/a: torch refuses the block shape)")
-    head = "".join(f" | b{b:<4} {'dense':>7} {'tBSR':>7}" for b in args.batches)
+    head = "".join(f" | b{b:<4} {'dense':>22} {'tBSR':>22}" for b in args.batches)
     print(f"{'layer':<7} {'sparsity':>8} {'block':>6}{head}")
     for layer in args.layers:
         for s in args.sparsities:
             for block in blocks:
                 cells = []
                 for batch in args.batches:
-                    t = next(r[4] for r in rows if r[:4] == (layer, s, block, batch))
-                    tb = f"{t['torch_bsr'] / t['ours']:6.2f}x" if "torch_bsr" in t else "    n/a"
-                    cells.append(f" | {'':5} {t['dense'] / t['ours']:6.2f}x {tb}")
+                    vs = next(r[4] for r in rows if r[:4] == (layer, s, block, batch))
+                    tb = vs["torch_bsr"].cell() if "torch_bsr" in vs else "n/a"
+                    cells.append(f" | {'':5} {vs['dense'].cell():>22} {tb:>22}")
                 name = f"{block[0]}x{block[1]}"
                 print(f"{layer:<7} {s:8.2f} {name:>6}{''.join(cells)}")
+    problems = {
+        f"{layer} s={s:.2f} {block[0]}x{block[1]} b{batch} {k}/ours": c.problems()
+        for layer, s, block, batch, vs, _ in rows
+        for k, c in vs.items()
+    }
+    warning = unreliable_line(problems, watch.problem())
+    if warning is not None:
+        print(warning)
 
 
 if __name__ == "__main__":

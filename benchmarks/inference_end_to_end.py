@@ -13,7 +13,9 @@ decoding of a batch of generated source sentences for the Transformer.
 
 Random weights decode to random tokens; decoding length is the same for dense and sparse
 (the same greedy choices up to float rounding), so the ratio is a per-token ratio. The
-machine is shared: read the load average in the context lines next to the numbers.
+machine is shared: every ratio comes with its range over both sides' quartiles, the thread count
+defaults to the idle cores, and one warning line at the end names the ratios that the spread
+of their rounds or the machine's load makes unreliable.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sparsebench
 from sparsebench import models
 from sparsebench.inference import PerformanceModel, machine_context
 from sparsebench.inference.bench import bench_model, format_results, workload_for
+from sparsebench.inference.timing import LoadWatch, unreliable_line
 
 MODELS = {
     "lenet300": ("lenet300", {}),
@@ -44,15 +47,15 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
     p.add_argument("--repeats", type=int, default=15, help="interleaved rounds per cell")
     p.add_argument("--budget", type=float, default=20.0, help="max seconds of timing per cell")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: idle cores)")
     p.add_argument("--layers", action="store_true", help="print per-layer tables too")
     p.add_argument("--src-len", type=int, default=16)
     p.add_argument("--max-len", type=int, default=24)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    watch = LoadWatch(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     pm = PerformanceModel()
+    print(watch.choice.describe())
     print(f"before: {machine_context()}")
     start = time.time()
     summary = []
@@ -70,17 +73,23 @@ def main() -> None:
                 repeats=args.repeats,
                 budget_s=args.budget,
                 perf_model=pm,
+                layer_repeats=7 if args.layers else 0,
             )
             print(f"\n== {key} at {s:.0%} sparsity: {work.describe}  [{machine_context()}]")
-            print(format_results(results, per_layer=args.layers))
+            print(format_results(results, per_layer=args.layers, warn=False))
             summary += [(key, s, r) for r in results]
     print(f"\nafter: {machine_context()}  ({time.time() - start:.0f} s)")
-    print("\nsummary: dense / sparse end to end (medians of interleaved rounds)")
-    print(f"{'model':<18} {'sparsity':>8} " + " ".join(f"{'b' + str(b):>8}" for b in args.batches))
+    print("\nsummary: dense / sparse end to end, ratio of medians [range over both "
+          "sides' quartiles], ! where the rounds do not support it")
+    print(f"{'model':<18} {'sparsity':>8} " + " ".join(f"{'b' + str(b):>24}" for b in args.batches))
     for key in args.models:
         for s in args.sparsities:
-            cells = [r.ratio for k, sp, r in summary if k == key and sp == s]
-            print(f"{key:<18} {s:8.2f} " + " ".join(f"{c:7.2f}x" for c in cells))
+            cells = [r.comparison.cell() for k, sp, r in summary if k == key and sp == s]
+            print(f"{key:<18} {s:8.2f} " + " ".join(f"{c:>24}" for c in cells))
+    problems = {f"{k} {sp:.0%} b{r.batch}": r.comparison.problems() for k, sp, r in summary}
+    warning = unreliable_line(problems, watch.problem())
+    if warning is not None:
+        print(warning)
 
 
 if __name__ == "__main__":

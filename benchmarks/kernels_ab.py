@@ -7,8 +7,11 @@ show what a kernel change buys before keeping it:
     .venv/bin/python benchmarks/kernels_ab.py HEAD~1                 # Linear CSR, BSR and conv
     .venv/bin/python benchmarks/kernels_ab.py 0cb1db0 --only conv --batches 16 128
 
-Prints, per case, dense/old, dense/new and old/new (above 1: the new kernels are faster), and
-the new build's largest relative error against the dense layer.
+Prints, per case, dense/old, dense/new and old/new (above 1: the new kernels are faster) as
+ratios of medians with their range over both sides' quartiles, and the new build's largest
+relative error against the dense layer; one warning line at the end names the ratios that the
+spread of their rounds or the machine's load makes unreliable. Threads default to the idle
+cores.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from torch import nn
 from sparsebench.inference import _extension
 from sparsebench.inference.sparse_conv import SparseConv2d
 from sparsebench.inference.sparse_linear import SparseLinear
-from sparsebench.inference.timing import interleaved_medians, machine_context
+from sparsebench.inference.timing import (
+    Comparison,
+    LoadWatch,
+    interleaved_rounds,
+    machine_context,
+    unreliable_line,
+)
 
 SOURCE = "src/sparsebench/inference/csrc/csr_linear.cpp"
 
@@ -61,7 +70,9 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--budget", type=float, default=4.0, help="max seconds of timing per case")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: idle cores)")
     args = p.parse_args()
+    watch = LoadWatch(args.threads)
     warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
     root = Path(__file__).resolve().parents[1]
     old_src = subprocess.run(["git", "show", f"{args.revision}:{SOURCE}"], cwd=root, check=True,
@@ -69,7 +80,9 @@ def main() -> None:
     old, new = _extension._build(old_src), _extension.load_extension()
     if new is None:
         raise SystemExit("the compiled kernels are unavailable here; nothing to compare")
-    print(f"old: {args.revision}  new: working tree\n{machine_context()}")
+    print(f"old: {args.revision}  new: working tree\n{watch.choice.describe()}\n"
+          f"{machine_context()}")
+    problems: dict[str, list[str]] = {}
     torch.manual_seed(0)
     blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks]
     for kind in ("linear", "conv"):
@@ -99,14 +112,20 @@ def main() -> None:
                         ref = dense(x)
                         got = case(new, sides[1], x)()
                         err = ((got - ref).abs().max() / ref.abs().max()).item()
-                        t = interleaved_medians(
+                        r = interleaved_rounds(
                             {"dense": lambda x=x, f=dense: f(x), "old": case(old, sides[0], x),
                              "new": case(new, sides[1], x)},
                             repeats=args.repeats, budget_s=args.budget)
-                    print(f"{kind:6} {block[0]}x{block[1]:<3} s={sparsity:.2f} b={batch:<4} "
-                          f"dense/old {t['dense'] / t['old']:6.2f}x  "
-                          f"dense/new {t['dense'] / t['new']:6.2f}x  "
-                          f"old/new {t['old'] / t['new']:5.2f}x  err {err:.1e}", flush=True)
+                    vs = {f"{a}/{b}": Comparison.of(r[a], r[b], (a, b))
+                          for a, b in (("dense", "old"), ("dense", "new"), ("old", "new"))}
+                    label = f"{kind:6} {block[0]}x{block[1]:<3} s={sparsity:.2f} b={batch:<4}"
+                    problems.update({f"{' '.join(label.split())} {k}": c.problems()
+                                     for k, c in vs.items()})
+                    cells = "  ".join(f"{k} {c.cell():<24}" for k, c in vs.items())
+                    print(f"{label} {cells} err {err:.1e}", flush=True)
+    warning = unreliable_line(problems, watch.problem())
+    if warning is not None:
+        print(warning)
 
 
 if __name__ == "__main__":

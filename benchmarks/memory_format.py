@@ -2,9 +2,12 @@
 side in one process, for each technique (the A/B behind ``run.memory_format: auto``).
 
 Each (technique, layout) pair is a run prepared by the runner itself (``prepare``: its model,
-optimizer and technique) on one fixed batch of the task's real data. The pairs are timed
-round-robin in a fresh random order each round and the median per-step time of each is kept,
-so a burst of load on this shared machine hits them alike. Before timing, the first loss of
+optimizer and technique) on one fixed batch of the task's real data. The pairs are timed in
+interleaved rounds (``sparsebench.inference.timing``, the order rotating each round), so a
+burst of load on this shared machine hits them alike; each speed-up is a ratio of medians with
+its range over both sides' quartiles, and one warning line says when the spread of the rounds
+or the machine's load makes one unreliable (threads default to the idle cores). Before timing,
+the first loss of
 the two layouts is printed: dense, magnitude and random pruning agree to float rounding; VD and
 L0 draw their noise in memory order, so the same seed gives each weight a different sample in
 the two layouts and their first losses differ by that sample.
@@ -15,13 +18,10 @@ the two layouts and their first losses differ by that sample.
 from __future__ import annotations
 
 import argparse
-import os
-import random
-import statistics
-import time
 
 import torch
 
+from sparsebench.inference.timing import Comparison, LoadWatch, interleaved_rounds, unreliable_line
 from sparsebench.train import build_config
 from sparsebench.train.loop import prepare
 
@@ -54,9 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    random.seed(0)
+    watch = LoadWatch(args.threads)
     runs, batch = {}, None
     for name, (method, sparsity, extra) in TECHNIQUES.items():
         for layout in LAYOUTS:
@@ -65,9 +63,8 @@ def main() -> None:
             runs[name, layout] = prepare(config)  # seeded: both layouts start identical
             if batch is None:
                 batch = runs[name, layout].task.next_batch(torch.device("cpu"))
-    print(f"{args.task}, torch {torch.__version__}, {torch.get_num_threads()} threads, load "
-          f"average {os.getloadavg()[0]:.1f}; median of {args.rounds} interleaved rounds x "
-          f"{args.steps} steps")
+    print(f"{args.task}, torch {torch.__version__}; {watch.choice.describe()}; median of "
+          f"{args.rounds} interleaved rounds x {args.steps} steps")
     for name in TECHNIQUES:
         # The first step's loss, before any noise-drawing technique has diverged the two.
         torch.manual_seed(1)
@@ -75,20 +72,30 @@ def main() -> None:
         torch.manual_seed(1)
         second = _step(runs[name, "channels_last"], batch)
         print(f"{name}: first loss {first:.6f} (NCHW) vs {second:.6f} (channels-last)")
-    samples: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
-    order = list(runs)
-    for _ in range(args.rounds):
-        random.shuffle(order)
-        for key in order:
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                _step(runs[key], batch)
-            samples[key].append((time.perf_counter() - start) / args.steps)
-    print("\n| technique | NCHW s/step | channels-last s/step | speed-up |\n|---|---|---|---|")
+
+    def steps_of(prepared):  # noqa: ANN001, ANN202
+        def call() -> None:
+            with torch.enable_grad():  # the shared timer runs its candidates under no_grad
+                for _ in range(args.steps):
+                    _step(prepared, batch)
+
+        return call
+
+    rounds = interleaved_rounds({f"{n}/{layout}": steps_of(p) for (n, layout), p in runs.items()},
+                                repeats=args.rounds, warmup=0)
+    print("\n| technique | NCHW s/step (iqr) | channels-last s/step (iqr) | speed-up "
+          "[range over quartiles] |\n|---|---|---|---|")
+    problems = {}
     for name in TECHNIQUES:
-        nchw = statistics.median(samples[name, "contiguous"])
-        nhwc = statistics.median(samples[name, "channels_last"])
-        print(f"| {name} | {nchw:.3f} | {nhwc:.3f} | {nchw / nhwc:.2f}x |")
+        c = Comparison.of(rounds[f"{name}/contiguous"], rounds[f"{name}/channels_last"],
+                          ("NCHW", "channels-last"))
+        problems[name] = c.problems()
+        nchw, nhwc = c.baseline, c.candidate
+        print(f"| {name} | {nchw.median / args.steps:.3f} ({nchw.relative:.0%}) | "
+              f"{nhwc.median / args.steps:.3f} ({nhwc.relative:.0%}) | {c.cell()} |")
+    warning = unreliable_line(problems, watch.problem())
+    if warning is not None:
+        print(warning)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 For a ``out x in`` layer (default 4096x1024, issue 6) at several sparsities and batch sizes,
 times dense ``F.linear``, torch's CSR (``torch.sparse.mm`` with int32 indices, its fastest
 setting here) and sparsebench's ``SparseLinear`` interleaved round by round, and prints
-medians as ratios: dense / ours and torch-CSR / ours. The machine is shared, so the context
-line (load average, threads, kernel path) is part of the result.
+ratios of medians with their range over both sides' quartiles: dense / ours and torch-CSR /
+ours. The machine is shared, so the context line (load average, threads, kernel path) is part
+of the result, threads default to the idle cores, and one warning line at the end names the
+ratios that the spread of their rounds or the machine's load makes unreliable.
 
     .venv/bin/python benchmarks/sparse_linear.py                 # the issue-6 table (~2 min)
     .venv/bin/python benchmarks/sparse_linear.py --repeats 9     # quicker, noisier
-    .venv/bin/python benchmarks/sparse_linear.py --threads 1     # when neighbours load the CPU
+    .venv/bin/python benchmarks/sparse_linear.py --threads 1     # one thread, as asked
     .venv/bin/python benchmarks/sparse_linear.py --variants      # + OpenMP/serial/gather columns
 
 ``--variants`` adds our kernel with plain OpenMP, with our own pool (the calling thread works
@@ -17,14 +19,15 @@ the default, adaptive OpenMP that backs off to serial runs after a stall), and a
 AVX-512 gather SpMV, all in the same interleaved rounds.
 
 On a shared 2-core machine a neighbour's job can stall any 2-thread parallel region (ours and
-MKL's alike) for a scheduler time slice (~12 ms), which swamps a 50 us product; when the load
-average in the context lines is above ~1, the single-thread table is the one to trust.
+MKL's alike) for a scheduler time slice (~12 ms), which swamps a 50 us product; that is why
+the default is never more threads than idle cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import time
 import warnings
 
@@ -33,12 +36,12 @@ import torch.nn.functional as F
 
 from sparsebench.inference import (
     SparseLinear,
-    interleaved_medians,
     kernel_path,
     load_extension,
     machine_context,
 )
 from sparsebench.inference.sparse_linear import set_kernel_options, sparse_mm_torch
+from sparsebench.inference.timing import Comparison, LoadWatch, interleaved_rounds, unreliable_line
 
 
 def _with(layer: SparseLinear, x: torch.Tensor, **options: str):  # noqa: ANN202
@@ -63,11 +66,11 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
     p.add_argument("--repeats", type=int, default=31, help="interleaved rounds per cell")
     p.add_argument("--budget", type=float, default=4.0, help="max seconds of timing per cell")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: idle cores)")
     p.add_argument("--variants", action="store_true", help="also time threading/SpMV variants")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    watch = LoadWatch(args.threads)
+    print(watch.choice.describe())
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
     print(f"kernel path: {kernel_path()}")
@@ -96,8 +99,11 @@ def main() -> None:
                 cands["serial"] = _with(ours, x, threading="serial")
                 if batch == 1:
                     cands["gather16"] = _with(ours, x, spmv="gather16")
-            t = interleaved_medians(cands, repeats=args.repeats, budget_s=args.budget)
-            rows.append((s, batch, t["dense"], t["torch_csr"], t["ours"], err, t))
+            r = interleaved_rounds(cands, repeats=args.repeats, budget_s=args.budget)
+            vs = {k: Comparison.of(r["dense"], r[k], ("dense", k)) for k in r if k != "dense"}
+            vs["torch_csr/ours"] = Comparison.of(r["torch_csr"], r["ours"], ("torch_csr", "ours"))
+            t = {k: statistics.median(v) for k, v in r.items()}
+            rows.append((s, batch, vs, err))
             extra = "".join(
                 f"  {k} {v * 1e6:8.1f} us"
                 for k, v in t.items()
@@ -118,22 +124,28 @@ def main() -> None:
                 f"{name}: {jobs} parallel jobs, {stalls} stalls seen, {serial} run serially after"
             )
     print()
-    print(f"Linear {args.out}x{args.in_f} fp32, medians of up to {args.repeats} interleaved rounds")
-    head = "".join(f" | b{b:<4} dense/ours  csr/ours" for b in args.batches)
+    print(f"Linear {args.out}x{args.in_f} fp32, ratios of medians of up to {args.repeats} "
+          "interleaved rounds [range over both sides' quartiles], ! where the rounds do not "
+          "support them")
+    head = "".join(f" | b{b:<4} {'dense/ours':>22} {'csr/ours':>22}" for b in args.batches)
     print(f"sparsity{head}")
     for s in args.sparsities:
         cells = []
         for batch in args.batches:
-            r = next(r for r in rows if r[0] == s and r[1] == batch)
-            cells.append(f" | {'':5} {r[2] / r[4]:9.2f}x {r[3] / r[4]:8.2f}x")
+            vs = next(r[2] for r in rows if r[0] == s and r[1] == batch)
+            cells.append(f" | {'':5} {vs['ours'].cell():>22} {vs['torch_csr/ours'].cell():>22}")
         print(f"{s:8.2f}{''.join(cells)}")
     if args.variants:
         print()
         print("variants: dense / variant (same rounds); ours = adaptive OpenMP + scalar SpMV")
-        for r in rows:
-            t = r[6]
-            cells = "  ".join(f"{k} {t['dense'] / v:6.2f}x" for k, v in t.items() if k != "dense")
-            print(f"  sparsity {r[0]:.2f} batch {r[1]:4d}: {cells}")
+        for s, batch, vs, _ in rows:
+            cells = "  ".join(f"{k} {c.cell()}" for k, c in vs.items() if k != "torch_csr/ours")
+            print(f"  sparsity {s:.2f} batch {batch:4d}: {cells}")
+    problems = {f"s={s:.2f} b{batch} {k}": c.problems() for s, batch, vs, _ in rows
+                for k, c in vs.items() if args.variants or k in ("ours", "torch_csr/ours")}
+    warning = unreliable_line(problems, watch.problem())
+    if warning is not None:
+        print(warning)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Training-step cost of each technique relative to the same dense model.
 
 One step = forward + backward + optimizer step (+ the sparsifier's step and penalty). Every
-method runs on its own copy of the same model; the methods are timed round-robin, in a fresh
-random order each round, and the median per-step time of each is kept, so a burst of load on
-this shared machine hits all methods alike. Prints ratios, never raw times alone.
+method runs on its own copy of the same model; the methods are timed in interleaved rounds
+(``sparsebench.inference.timing``, the order rotating each round), so a burst of load on this
+shared machine hits all methods alike. Prints ratios of medians with their range over both
+sides' quartiles, never raw times alone, and one warning line when the spread of the rounds or
+the machine's load makes a ratio unreliable. Threads default to the idle cores.
 
     .venv/bin/python benchmarks/training_step_cost.py [--rounds 7] [--steps 5] [--markdown]
         [--tasks]   # also the runner's fmnist-resnet and ding-transformer presets, real batches
@@ -13,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import random
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +22,7 @@ from torch import nn
 
 import sparsebench as sb
 from sparsebench import models
+from sparsebench.inference.timing import Comparison, LoadWatch, interleaved_rounds, unreliable_line
 
 METHODS = {
     "dense": None,
@@ -103,8 +102,8 @@ def _step(model, sp, opt, loss_fn):
         sp.step()
 
 
-def measure(builder, rounds: int, steps: int) -> tuple[str, dict[str, float]]:
-    """Returns the workload's name and the median seconds per step of each method."""
+def measure(builder, rounds: int, steps: int) -> tuple[str, dict[str, list[float]]]:
+    """Returns the workload's name and each method's seconds per step, one value per round."""
     name, base, loss_fn = builder()
     if isinstance(base, dict):  # a runner preset: prepared runs, loss takes the Prepared
         runs = {m: (p, p.sparsifier, p.optimizer) for m, p in base.items()}
@@ -113,17 +112,19 @@ def measure(builder, rounds: int, steps: int) -> tuple[str, dict[str, float]]:
     for model, sp, opt in runs.values():  # warm-up: allocator, lazy init, first Adam state
         for _ in range(2):
             _step(model, sp, opt, loss_fn)
-    samples: dict[str, list[float]] = {method: [] for method in METHODS}
-    order = list(METHODS)
-    for _ in range(rounds):
-        random.shuffle(order)
-        for method in order:
-            model, sp, opt = runs[method]
-            start = time.perf_counter()
-            for _ in range(steps):
-                _step(model, sp, opt, loss_fn)
-            samples[method].append((time.perf_counter() - start) / steps)
-    return name, {method: statistics.median(values) for method, values in samples.items()}
+
+    def steps_of(method: str):
+        model, sp, opt = runs[method]
+
+        def call() -> None:
+            with torch.enable_grad():  # the shared timer runs its candidates under no_grad
+                for _ in range(steps):
+                    _step(model, sp, opt, loss_fn)
+
+        return call
+
+    samples = interleaved_rounds({m: steps_of(m) for m in METHODS}, repeats=rounds, warmup=0)
+    return name, {m: [t / steps for t in values] for m, values in samples.items()}
 
 
 def main() -> None:
@@ -136,24 +137,31 @@ def main() -> None:
     parser.add_argument("--tasks", action="store_true",
                         help="also time the fmnist-resnet and ding-transformer presets")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    watch = LoadWatch(args.threads)
     torch.manual_seed(0)
-    random.seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-          f"{os.getloadavg()[0]:.1f}; median of {args.rounds} interleaved rounds x {args.steps} "
-          f"steps")
-    header = ["workload", "dense ms/step", "magnitude", "random", "VD", "L0", "VD/MP", "L0/MP"]
+    print(f"torch {torch.__version__}; {watch.choice.describe()}; median of {args.rounds} "
+          f"interleaved rounds x {args.steps} steps; ratios [range over quartiles]")
+    header = ["workload", "dense ms/step (iqr)", "magnitude", "random", "VD", "L0", "VD/MP",
+              "L0/MP"]
     rows = []
     builders = [linear_stack, transformer_block, small_resnet]
     if args.tasks:
         builders += [task_workload("fmnist-resnet"), task_workload("ding-transformer")]
+    problems: dict[str, list[str]] = {}
     for builder in builders:
         name, t = measure(builder, args.rounds, args.steps)
-        rows.append([name, f"{t['dense'] * 1e3:.1f}",
-                     *(f"{t[m] / t['dense']:.2f}x" for m in ("magnitude", "random", "vd", "l0")),
-                     f"{t['vd'] / t['magnitude']:.2f}", f"{t['l0'] / t['magnitude']:.2f}"])
+        vs = {m: Comparison.of(t[m], t["dense"], (m, "dense"))
+              for m in ("magnitude", "random", "vd", "l0")}
+        vs |= {f"{m}/MP": Comparison.of(t[m], t["magnitude"], (m, "magnitude"))
+               for m in ("vd", "l0")}
+        problems.update({f"{name}: {m}": c.problems() for m, c in vs.items()})
+        dense = vs["magnitude"].candidate
+        rows.append([name, f"{dense.median * 1e3:.1f} ({dense.relative:.0%})",
+                     *(c.cell() for c in vs.values())])
         print(" | ".join(rows[-1]), flush=True)
+    warning = unreliable_line(problems, watch.problem())
+    if warning is not None:
+        print(warning)
     if args.markdown:
         print("\n| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

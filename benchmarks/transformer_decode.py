@@ -9,8 +9,10 @@ batch, and timed against the same model run dense, side by side in one process:
     .venv/bin/python benchmarks/transformer_decode.py results/study/runs/dense-r0-8e4375a16bdc
     .venv/bin/python benchmarks/transformer_decode.py RUN_DIR --sparsity 0.95 --threads 2
 
-Prints, per batch size, dense and sparse milliseconds per greedy decoding and their ratio, for
-"linears" (the library's default selection) and "linears+embedding" (the study's).
+Prints, per batch size, dense and sparse milliseconds per greedy decoding (medians and their
+spread) and their ratio with its range over both sides' quartiles, for "linears" (the library's
+default selection) and "linears+embedding" (the study's), then one warning line when the spread
+or the machine's load makes a ratio unreliable. Threads default to the idle cores.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 import sparsebench as sb
 from sparsebench import rundir
 from sparsebench.inference import PerformanceModel, machine_context
-from sparsebench.inference.bench import bench_model, workload_for
+from sparsebench.inference.bench import bench_model, format_results, workload_for
+from sparsebench.inference.timing import LoadWatch, unreliable_line
 
 
 def _pruned(run_dir: Path, sparsity: float, include: list[str] | None) -> torch.nn.Module:
@@ -39,27 +42,30 @@ def main() -> None:
     p.add_argument("run_dir", type=Path, help="a finished dense run of a translation task")
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: idle cores)")
     p.add_argument("--repeats", type=int, default=11)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
+    watch = LoadWatch(args.threads)
     spec = rundir.read_result(args.run_dir)["config"]["model"]
     print(f"model: {spec['name']} from {args.run_dir}, one-shot magnitude pruning to "
-          f"{args.sparsity:.0%} per matrix\n{machine_context()}")
+          f"{args.sparsity:.0%} per matrix\n{watch.choice.describe()}\n{machine_context()}")
     pm = PerformanceModel()
+    problems: dict[str, list[str]] = {}
     for label, include in (("linears", None), ("linears+embedding", ["*"])):
         model = _pruned(args.run_dir, args.sparsity, include)
         workload = workload_for(model, spec.get("options", {}))
         results = bench_model(model, workload, args.batches, repeats=args.repeats,
-                              perf_model=pm)
+                              perf_model=pm, layer_repeats=0)
         print(f"\n{label}: {workload.describe}")
-        print("batch |  dense ms | sparse ms | dense/sparse | sparse layers")
-        for r in results:
-            chosen = sum(d.use_sparse for d in r.plan)
-            print(f"{r.batch:5d} | {1e3 * r.dense_s:9.2f} | {1e3 * r.sparse_s:9.2f} | "
-                  f"{r.ratio:11.2f}x | {chosen}/{len(r.plan)}")
+        print(format_results(results, per_layer=False, warn=False))
+        print("sparse layers: " + ", ".join(
+            f"b{r.batch} {sum(d.use_sparse for d in r.plan)}/{len(r.plan)}" for r in results))
+        problems.update({f"{label} b{r.batch}": r.comparison.problems() for r in results})
     print(f"\nafter: {machine_context()}")
+    warning = unreliable_line(problems, watch.problem())
+    if warning is not None:
+        print(warning)
 
 
 if __name__ == "__main__":

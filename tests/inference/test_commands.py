@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -57,6 +58,10 @@ def test_bench_inference_prints_ratios_and_layers(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "dense/sparse" in printed and "per layer at batch 3" in printed
     assert "fc1" in printed and "loadavg" in printed
+    # Every ratio, end to end and per layer, comes with its range: "1.23x [1.10-1.40]".
+    rows = ("    1 |", "    3 |", "  fc")
+    ratios = [line for line in printed.splitlines() if line.startswith(rows)]
+    assert len(ratios) == 2 + 2 * 3 and all(re.search(r"\d+\.\d\dx \[\d", r) for r in ratios)
 
 
 @pytest.mark.slow
@@ -119,11 +124,11 @@ def test_bench_inference_on_a_loaded_machine_warns_and_uses_one_thread(tmp_path,
     _machine(monkeypatch, cores=2, load=5.0)  # issue 22: load average 5 on 2 cores
     _fake_rounds(monkeypatch, [
         # batch 1: dense sorted .10 .11 .12 .30 .50 -> median .12, quartiles .11-.30 (158%);
-        # per-round ratios 1 3 1.1 1.2 5 -> quartiles 1.1-3.0; medians' ratio .12/.10 = 1.20.
+        # sparse all .10; ratio .12/.10 = 1.20, ranging from .11/.10 = 1.10 to .30/.10 = 3.00.
         ([0.10, 0.30, 0.11, 0.12, 0.50], [0.10] * 5),
         # batch 16: dense sorted .21 35.1 35.7 38.0 40.2 -> median 35.7, quartiles 35.1-38.0
-        # (8%); sparse sorted .24 .25 .25 .26 .27 -> .25, .25-.26 (4%); per-round ratios
-        # 137.31 .84 158.33 130.0 160.8 -> quartiles 130.00-158.33; 35.7/.25 = 142.80.
+        # (8%); sparse sorted .24 .25 .25 .26 .27 -> .25, .25-.26 (4%); 35.7/.25 = 142.80,
+        # ranging from 35.1/.26 = 135.00 to 38.0/.25 = 152.00.
         ([35.7, 0.21, 38.0, 35.1, 40.2], [0.26, 0.25, 0.24, 0.27, 0.25]),
     ])
     before = torch.get_num_threads()
@@ -134,10 +139,10 @@ def test_bench_inference_on_a_loaded_machine_warns_and_uses_one_thread(tmp_path,
     assert ("threads: 1 (chosen: never more than the idle cores, at least 1; 2 cores, load "
             "average 5.00 leaves 0 idle; pass --threads N to choose)") in printed
     assert _row(printed, 1) == ["0.120 158%", "0.100 0%", "1.20x [1.10-3.00] !"]
-    assert _row(printed, 16) == ["35.700 8%", "0.250 4%", "142.80x [130.00-158.33]"]
+    assert _row(printed, 16) == ["35.700 8%", "0.250 4%", "142.80x [135.00-152.00]"]
     warnings = [line for line in printed.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1
-    assert "batch 1: dense rounds spread 158% of their median" in warnings[0]
+    assert "batch 1: dense rounds spread 158.3% of their median" in warnings[0]
     assert "batch 16" not in warnings[0]  # its rounds agree; the load is what is wrong there
     assert "other jobs' load average 5.00 on 2 cores leaves 0 idle for 1 thread(s)" in warnings[0]
 
@@ -147,7 +152,7 @@ def test_bench_inference_on_a_quiet_machine_uses_the_idle_cores_and_does_not_war
     run, _ = _run_dir(tmp_path, "lenet300", {})
     _machine(monkeypatch, cores=2, load=0.0)
     # dense sorted .98 .99 1.00 1.01 1.02 -> 1.00, quartiles .99-1.01 (2%); sparse all .50;
-    # per-round ratios 2 2.04 1.96 2.02 1.98 -> quartiles 1.98-2.02; 1.00/.50 = 2.00.
+    # 1.00/.50 = 2.00, ranging from .99/.50 = 1.98 to 1.01/.50 = 2.02.
     _fake_rounds(monkeypatch, [([1.00, 1.02, 0.98, 1.01, 0.99], [0.50] * 5)])
     argv = ["bench-inference", str(run), "--batch", "4", "--repeats", "5", "--no-layers"]
     assert cli.main([*argv, "--calibration-s", "0.01"]) == 0

@@ -66,34 +66,36 @@ def test_spread_is_the_median_and_inclusive_quartiles():
 
 
 def test_comparison_flags_a_noisy_side():
-    # Batch 1 of the loaded fake below: dense sorted .10 .11 .12 .30 .50 ms.
+    # Batch 1 of the loaded fake in test_commands: dense sorted .10 .11 .12 .30 .50 ms.
     c = Comparison.of([0.10, 0.30, 0.11, 0.12, 0.50], [0.10] * 5)
     assert c.headline == pytest.approx(1.2)  # .12 / .10
     assert c.baseline.relative == pytest.approx((0.30 - 0.11) / 0.12)  # 158%
-    # Per-round ratios 1, 3, 1.1, 1.2, 5 -> sorted 1 1.1 1.2 3 5.
-    assert (c.ratio.q1, c.ratio.median, c.ratio.q3) == pytest.approx((1.1, 1.2, 3.0))
-    assert c.problems() == ["dense rounds spread 158% of their median"]
+    assert (c.low, c.high) == pytest.approx((0.11 / 0.10, 0.30 / 0.10))
+    assert c.problems() == ["dense rounds spread 158.3% of their median"]
     assert c.cell() == "1.20x [1.10-3.00] !"
 
 
-def test_comparison_flags_ratio_quartiles_that_span_one():
-    # Each side within 20%: dense sorted .9 1.1 1.2 1.3 2.0 (17%), sparse .8 .95 1 1.12 1.5
-    # (17%); the per-round ratios .6 .982 1.263 1.3 2.5 put 1.0 between their quartiles
-    # while the medians claim 1.2x.
+def test_comparison_flags_a_ratio_range_that_spans_one():
+    # Each side within 20%: dense sorted .9 1.1 1.2 1.3 2.0 (quartiles 1.1-1.3, 17%), sparse
+    # .8 .95 1 1.12 1.5 (.95-1.12, 17%); the medians claim 1.2x, but the ratio's range runs
+    # from 1.1/1.12 = .98 to 1.3/.95 = 1.37.
     c = Comparison.of([0.9, 1.1, 1.2, 1.3, 2.0], [1.5, 1.12, 0.95, 1.0, 0.8])
     assert c.headline == pytest.approx(1.2)
     assert c.baseline.relative == pytest.approx(0.2 / 1.2)
     assert c.candidate.relative == pytest.approx(0.17)
-    assert (c.ratio.q1, c.ratio.q3) == pytest.approx((1.1 / 1.12, 1.3))
-    assert c.problems() == ["the per-round ratios' quartiles (0.98-1.30) span 1.0"]
+    assert (c.low, c.high) == pytest.approx((1.1 / 1.12, 1.3 / 0.95))
+    assert c.problems() == ["the ratio's range over the quartiles (0.98-1.37) spans 1.0"]
+    # The same range around a ratio that claims no difference is no problem.
+    rounds = [0.9, 0.95, 1.0, 1.05, 1.1]  # quartiles .95-1.05 (10%)
+    same = Comparison.of(rounds, rounds[::-1])
+    assert (same.headline, same.low, same.high) == pytest.approx((1.0, 0.95 / 1.05, 1.05 / 0.95))
+    assert same.problems() == []
 
 
 def test_comparison_of_quiet_rounds_has_no_problem():
     c = Comparison.of([1.00, 1.02, 0.98, 1.01, 0.99], [0.5] * 5)
     assert c.problems() == []
-    assert c.cell() == "2.00x [1.98-2.02]"  # ratios 2 2.04 1.96 2.02 1.98
-    with pytest.raises(ValueError, match="side by side"):
-        Comparison.of([1.0, 2.0], [1.0])
+    assert c.cell() == "2.00x [1.98-2.02]"  # .99/.50 to 1.01/.50
 
 
 @pytest.mark.parametrize(

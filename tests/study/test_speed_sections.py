@@ -136,10 +136,10 @@ def test_bench_runs_prints_spread_and_one_warning_per_unreliable_run(tmp_path, m
     monkeypatch.setattr(timing, "available_cores", lambda: 2)
     monkeypatch.setattr(timing.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     rounds = {  # run id -> (dense, sparse) seconds of 5 rounds at batch 1
-        # dense sorted 1 1 2 3 4: median 2, quartiles 1-3 (100% > 20%); sparse all 1;
-        # per-round ratios 2 1 4 1 3 -> quartiles 1-3.
+        # dense sorted 1 1 2 3 4: median 2, quartiles 1-3 (100% > 20%); sparse all 1: the
+        # ratio 2/1 ranges from 1/1 to 3/1.
         "mp90": ([2.0, 1.0, 4.0, 1.0, 3.0], [1.0] * 5),
-        # dense sorted 1.9 2 2 2 2.1 (0%), sparse 1; per-round quartiles 2.00-2.00.
+        # dense sorted 1.9 2 2 2 2.1: quartiles 2-2 (0%), sparse all 1: 2.00x [2.00-2.00].
         "vd90": ([2.0, 2.1, 2.0, 1.9, 2.0], [1.0] * 5),
     }
 
@@ -161,7 +161,7 @@ def test_bench_runs_prints_spread_and_one_warning_per_unreliable_run(tmp_path, m
     mp90 = next(i for i, line in enumerate(said) if " mp90 " in line)
     assert "b1 2.00x [1.00-3.00] ! (0/0 sparse)" in said[mp90]
     assert said[mp90 + 1].startswith(f"[{mp90}/2] WARNING: unreliable ratios")
-    assert "batch 1: dense rounds spread 100% of their median" in said[mp90 + 1]
+    assert "batch 1: dense rounds spread 100.0% of their median" in said[mp90 + 1]
     vd90 = next(i for i, line in enumerate(said) if " vd90 " in line)
     assert "b1 2.00x [2.00-2.00] (0/0 sparse)" in said[vd90]
     assert not any("WARNING" in line and "vd90" in line for line in said)

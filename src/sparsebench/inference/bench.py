@@ -5,14 +5,14 @@ For each batch size the model is compiled for that batch (the per-layer dense/CS
 depends on it), then dense and sparse are timed interleaved, round by round, in this process:
 one forward of a batch of images for classifiers, greedy decoding of a batch of generated
 source sentences for a Transformer. Each batch keeps every round of both sides, so the table
-prints medians with their quartiles and flags a ratio its rounds do not support
+prints medians with their spread, the ratio with its range over both sides' quartiles,
+and flags a ratio its rounds do not support
 (:class:`~sparsebench.inference.timing.Comparison`). Per-layer times come from separate
 interleaved rounds with timing hooks (the hooks' own cost stays out of the end-to-end numbers).
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -120,7 +120,8 @@ def _side_from_first_linear(model: nn.Module, channels: int) -> int | None:
 @dataclass
 class BatchResult:
     """End-to-end medians at one batch size, their spread (``comparison``: quartiles of both
-    sides' rounds and of the per-round ratios), and the per-layer times and plan behind them."""
+    sides' rounds and the ratio's range over them), and the per-layer times and plan behind
+    them."""
 
     batch: int
     dense_s: float
@@ -128,6 +129,7 @@ class BatchResult:
     plan: list[LayerDecision]
     layers: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (dense, sparse)
     comparison: Comparison | None = None
+    layer_spread: dict[str, Comparison] = field(default_factory=dict)  # name -> its rounds
 
     @property
     def ratio(self) -> float:
@@ -153,10 +155,11 @@ def _layer_timers(model: nn.Module) -> tuple[dict[str, float], list[Any]]:
     return acc, hooks
 
 
-def per_layer_times(
+def per_layer_rounds(
     dense: nn.Module, sparse: nn.Module, call: Callable[[nn.Module], Any], repeats: int
-) -> dict[str, tuple[float, float]]:
-    """Return layer name → (dense median s, sparse median s) per call, interleaved rounds."""
+) -> dict[str, Comparison]:
+    """Return layer name → the comparison of its dense and sparse times per call, from
+    ``repeats`` interleaved rounds (layers seen on one side only are left out)."""
     d_acc, d_hooks = _layer_timers(dense)
     s_acc, s_hooks = _layer_timers(sparse)
     samples: dict[str, tuple[list[float], list[float]]] = {}
@@ -174,9 +177,16 @@ def per_layer_times(
     finally:
         for h in d_hooks + s_hooks:
             h.remove()
+    return {n: Comparison.of(d, s) for n, (d, s) in samples.items() if d and s}
+
+
+def per_layer_times(
+    dense: nn.Module, sparse: nn.Module, call: Callable[[nn.Module], Any], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Return layer name → (dense median s, sparse median s) per call, interleaved rounds."""
     return {
-        n: (statistics.median(d) if d else 0.0, statistics.median(s) if s else 0.0)
-        for n, (d, s) in samples.items()
+        n: (c.baseline.median, c.candidate.median)
+        for n, c in per_layer_rounds(dense, sparse, call, repeats).items()
     }
 
 
@@ -224,10 +234,11 @@ def bench_model(
             budget_s=budget_s,
         )
         comparison = Comparison.of(rounds["dense"], rounds["sparse"])
-        layers = {}
+        spread: dict[str, Comparison] = {}
         if layer_repeats > 0:
             call = lambda m, a=args: workload.run(m, a)  # noqa: E731
-            layers = per_layer_times(model, sparse, call, layer_repeats)
+            spread = per_layer_rounds(model, sparse, call, layer_repeats)
+        layers = {n: (c.baseline.median, c.candidate.median) for n, c in spread.items()}
         results.append(
             BatchResult(
                 batch,
@@ -236,6 +247,7 @@ def bench_model(
                 plan,
                 layers,
                 comparison,
+                spread,
             )
         )
     return results
@@ -251,14 +263,19 @@ def results_warning(results: Sequence[BatchResult], load: str | None = None) -> 
 
 
 def format_results(
-    results: Sequence[BatchResult], *, per_layer: bool = True, load: str | None = None
+    results: Sequence[BatchResult],
+    *,
+    per_layer: bool = True,
+    load: str | None = None,
+    warn: bool = True,
 ) -> str:
-    """Return the end-to-end table (medians, their spread, the ratio with the quartiles of its
-    rounds), the one-line warning when a ratio is unreliable (``load``: the machine's own
-    reason, from :func:`~sparsebench.inference.timing.load_problem`) and, optionally, the
-    per-layer tables, as text."""
+    """Return the end-to-end table (medians, their spread, the ratio with its range over both
+    sides' quartiles), with ``warn`` the one-line warning when a ratio is unreliable (``load``: the
+    machine's own reason, from :func:`~sparsebench.inference.timing.load_problem`; a caller
+    printing several tables passes ``warn=False`` and warns once for all) and, optionally,
+    the per-layer tables, as text."""
     lines = [
-        "batch |  dense ms  iqr | sparse ms  iqr | dense/sparse [quartiles of rounds] "
+        "batch |  dense ms  iqr | sparse ms  iqr | dense/sparse [range over quartiles] "
         "| dense samples/s | sparse samples/s",
     ]
     for r in results:
@@ -276,9 +293,10 @@ def format_results(
         )
     lines.append(
         "(ms: medians of the rounds; iqr: their interquartile range as a share of the median; "
+        "dense/sparse: ratio of the medians [dense q1 / sparse q3 - dense q3 / sparse q1]; "
         "!: the rounds do not support the ratio)"
     )
-    warning = results_warning(results, load)
+    warning = results_warning(results, load) if warn else None
     if warning is not None:
         lines.append(warning)
     if per_layer:
@@ -286,7 +304,7 @@ def format_results(
             lines += ["", f"per layer at batch {r.batch} (medians per call, hooks on):"]
             lines.append(
                 f"  {'layer':<34} {'kind':<6} {'density':>7} {'format':>8} "
-                f"{'dense us':>10} {'sparse us':>10} {'ratio':>7}"
+                f"{'dense us':>10} {'sparse us':>10} ratio [range over quartiles]"
             )
             decisions = {d.name: d for d in r.plan}
             for name, (d, s) in r.layers.items():
@@ -296,9 +314,10 @@ def format_results(
                     fmt = "csr" if dec.block == (1, 1) else f"bsr{dec.block[0]}x{dec.block[1]}"
                 density = f"{dec.density:.3f}" if dec is not None else "-"
                 kind = dec.kind if dec is not None else "-"
-                ratio = f"{d / s:6.2f}x" if s > 0 else "-"
+                spread = r.layer_spread.get(name)
+                ratio = spread.cell() if spread is not None and s > 0 else "-"
                 lines.append(
                     f"  {name:<34} {kind:<6} {density:>7} {fmt:>8} "
-                    f"{d * 1e6:10.1f} {s * 1e6:10.1f} {ratio:>7}"
+                    f"{d * 1e6:10.1f} {s * 1e6:10.1f} {ratio}"
                 )
     return "\n".join(lines)

@@ -54,8 +54,9 @@ def register(subparsers: Any) -> None:
             "Compile RUN_DIR's model for each batch size (per-layer dense/CSR/BSR choice from "
             "the calibrated performance model) and time it against the dense model, "
             "interleaved in this process: medians with their spread, throughput, per-layer "
-            "times and ratios with the quartiles of their rounds, and a one-line warning when "
-            "the spread or the machine's load makes a ratio unreliable. Classifiers run a "
+            "times and ratios with their range over both sides' quartiles, and a one-line "
+            "warning when the spread or the machine's load makes a ratio unreliable. "
+            "Classifiers run a "
             "forward of random images; a Transformer greedily decodes a batch of generated "
             "source sentences."
         ),

@@ -5,8 +5,8 @@ Running candidate A a hundred times and then B a hundred times lets a neighbour'
 one of them only; interleaving A, B, A, B ... exposes both to the same noise, and the median
 discards the rounds that were hit hardest. The median alone still hides a measurement that was
 noise throughout (issue 22: a "138.7x" at batch 16 that was a dense model given two threads on
-a 2-core machine with a load average of 5), so every ratio is printed with the quartiles of its
-rounds, and :func:`unreliable_line` says in one line when the spread or the load makes it
+a 2-core machine with a load average of 5), so every ratio is printed with its range over both
+sides' quartiles, and :func:`unreliable_line` says in one line when the spread or the load makes it
 unreliable. Used by ``bench-inference``, ``bench-runs`` and the scripts in ``benchmarks/``.
 """
 
@@ -124,12 +124,14 @@ class Spread:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A baseline timed against a candidate in the same rounds: each side's spread and the
-    spread of the per-round ratios baseline / candidate (above 1: the candidate is faster)."""
+    """A baseline timed against a candidate in the same rounds: each side's median and
+    quartiles, the ratio of the medians baseline / candidate (above 1: the candidate is
+    faster) and the range of the ratio over the two sides' interquartile ranges, from the
+    baseline's first quartile over the candidate's third to the baseline's third over the
+    candidate's first (it always holds the ratio of the medians)."""
 
     baseline: Spread
     candidate: Spread
-    ratio: Spread
     names: tuple[str, str] = ("dense", "sparse")
 
     @classmethod
@@ -140,39 +142,42 @@ class Comparison:
         names: tuple[str, str] = ("dense", "sparse"),
     ) -> Comparison:
         """Return the comparison of two candidates' rounds from one :func:`interleaved_rounds`."""
-        if len(baseline) != len(candidate):
-            raise ValueError(
-                f"{names[0]} has {len(baseline)} rounds and {names[1]} {len(candidate)}; "
-                "a comparison needs rounds timed side by side"
-            )
-        ratios = [b / c for b, c in zip(baseline, candidate, strict=True)]
-        return cls(Spread.of(baseline), Spread.of(candidate), Spread.of(ratios), names)
+        return cls(Spread.of(baseline), Spread.of(candidate), names)
 
     @property
     def headline(self) -> float:
         """Return the ratio of the two medians (what the tables print as the speed-up)."""
         return self.baseline.median / self.candidate.median
 
+    @property
+    def low(self) -> float:
+        """Return the ratio's low end: baseline first quartile / candidate third quartile."""
+        return self.baseline.q1 / self.candidate.q3
+
+    @property
+    def high(self) -> float:
+        """Return the ratio's high end: baseline third quartile / candidate first quartile."""
+        return self.baseline.q3 / self.candidate.q1
+
     def problems(self) -> list[str]:
         """Return why the rounds make this ratio unreliable (empty: they agree)."""
         out = [
-            f"{name} rounds spread {side.relative:.0%} of their median"
+            f"{name} rounds spread {side.relative:.1%} of their median"
             for name, side in zip(self.names, (self.baseline, self.candidate), strict=True)
             if side.relative > SPREAD_LIMIT
         ]
         claims = not 1 / CLAIM_FACTOR < self.headline < CLAIM_FACTOR
-        if claims and self.ratio.q1 < 1.0 < self.ratio.q3:
+        if claims and self.low < 1.0 < self.high:
             out.append(
-                f"the per-round ratios' quartiles ({self.ratio.q1:.2f}-{self.ratio.q3:.2f}) "
-                "span 1.0"
+                f"the ratio's range over the quartiles ({self.low:.2f}-{self.high:.2f}) spans 1.0"
             )
         return out
 
     def cell(self) -> str:
-        """Return the ratio with the quartiles of its rounds, e.g. ``2.31x [2.10-2.50]``, and
+        """Return the ratio with its range over the quartiles, e.g. ``2.31x [2.10-2.50]``, and
         a trailing ``!`` when the rounds make it unreliable."""
         mark = " !" if self.problems() else ""
-        return f"{self.headline:.2f}x [{self.ratio.q1:.2f}-{self.ratio.q3:.2f}]{mark}"
+        return f"{self.headline:.2f}x [{self.low:.2f}-{self.high:.2f}]{mark}"
 
 
 def available_cores() -> int:

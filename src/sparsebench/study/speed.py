@@ -9,7 +9,7 @@ against its compiled sparse copy (:func:`sparsebench.inference.bench.bench_model
 dense/CSR/BSR choice, interleaved rounds in one process). Results go to the store's
 ``inference`` table, one row per (run, batch, threads); runs already timed at a batch and
 thread count are skipped unless ``force``, so an interrupted timing resumes. Each run's line
-prints every ratio with the quartiles of its rounds, and one warning line follows when the
+prints every ratio with its range over both sides' quartiles, and one warning line follows when the
 rounds' spread or the machine's load makes them unreliable (the stored rows keep their schema:
 medians only, so rerun such a run with ``force`` on a quiet machine).
 """
@@ -139,8 +139,8 @@ def time_runs(store: RunStore, runs: Sequence[Run], batches: Sequence[int], *, t
               recalibrate: bool = False, say: Callable[[str], None] = print) -> int:
     """Times each run not yet timed at every batch (all of them with ``force``) and records
     the results as it goes. Returns how many runs were timed; a run whose directory is gone
-    is reported and skipped. Each run's line gives its ratios with the quartiles of their
-    rounds; a one-line warning follows a run whose rounds or machine load make them
+    is reported and skipped. Each run's line gives its ratios with their range over both
+    sides' quartiles; a one-line warning follows a run whose rounds or machine load make them
     unreliable (it is stored all the same: the store keeps medians only)."""
     from ..inference.bench import results_warning
     from ..inference.timing import LoadWatch
@@ -175,7 +175,7 @@ def time_runs(store: RunStore, runs: Sequence[Run], batches: Sequence[int], *, t
 
 
 def _ratio_cell(result: BatchResult) -> str:
-    """Returns the dense/sparse ratio with the quartiles of its rounds."""
+    """Returns the dense/sparse ratio with its range over both sides' quartiles."""
     if result.comparison is None:
         return f"{result.ratio:.2f}x"
     return result.comparison.cell()
