@@ -227,6 +227,12 @@ class IdxImageDataset(Dataset[tuple[torch.Tensor, int]]):
                 f"{label_path}: expected {images.shape[0]} labels to match {image_path}, got shape "
                 f"{tuple(labels.shape)}"
             )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= 10):
+            # Found here, not as an index error deep inside the loss after the run has started.
+            raise IdxFormatError(
+                f"{label_path}: labels must be classes 0-9, found {int(labels.min())} to "
+                f"{int(labels.max())}; is it a labels file of {dataset}?"
+            )
         if file_split == "train" and valid_size > 0:
             if valid_size >= images.shape[0]:
                 raise ValueError(
