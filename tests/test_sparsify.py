@@ -47,11 +47,14 @@ def test_a_model_cannot_be_sparsified_twice(mlp):
         sb.sparsify(mlp, "magnitude", sparsity=0.5)
 
 
-def test_tied_weights_are_refused():
+def test_tied_weights_are_one_weight_and_half_a_tie_is_refused():
+    # Two Linears holding one Parameter were refused before issue 23; now they are one weight.
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight = a.weight
-    with pytest.raises(ValueError, match="tied"):
-        sb.sparsify(nn.Sequential(a, b), "magnitude", sparsity=0.5)
+    layers = sb.select_layers(nn.Sequential(a, b))
+    assert [(layer.name, [t[0] for t in layer.tied]) for layer in layers] == [("0.weight", ["1"])]
+    with pytest.raises(ValueError, match="'0.weight' and '1.weight' are one tied Parameter"):
+        sb.sparsify(nn.Sequential(a, b), "magnitude", sparsity=0.5, exclude="1")
 
 
 def test_default_selection_and_patterns(tiny_resnet):

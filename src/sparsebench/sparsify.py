@@ -12,6 +12,7 @@ sparse model.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch.nn.utils import parametrize
 
 from . import methods
 from .distributions import LayerSparsity, matches, resolve_layer_sparsity
+from .layer_kinds import is_transposed_linear
 from .methods import Layer, Method
 from .schedules import GradualSchedule
 
@@ -33,6 +35,19 @@ _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 #: users mean by "the model's weights", but the study prunes the Transformer's shared
 #: embedding / softmax matrix (state_of_sparsity/sparse_transformer/layers/sparse_modalities.py).
 _OPT_IN = (nn.Embedding,)
+#: A module type the default selection leaves dense is named in a warning when it holds more
+#: than this share of the model's parameters (the user most likely meant it to be sparse).
+WARN_UNSELECTED_SHARE = 0.5
+
+
+def _weight_attrs(module: nn.Module) -> list[str]:
+    """Returns the attributes of ``module`` that hold a weight sparsebench can sparsify."""
+    if isinstance(module, nn.MultiheadAttention):
+        return (["in_proj_weight"] if module.in_proj_weight is not None
+                else ["q_proj_weight", "k_proj_weight", "v_proj_weight"])
+    if isinstance(module, _PRUNABLE + _OPT_IN) or is_transposed_linear(module):
+        return ["weight"]
+    return []
 
 
 def _as_patterns(patterns: str | Iterable[str] | None, what: str) -> list[str] | None:
@@ -46,6 +61,57 @@ def _as_patterns(patterns: str | Iterable[str] | None, what: str) -> list[str] |
     return result
 
 
+_Use = tuple[str, nn.Module, str]  # (module name, module, attribute)
+
+
+def _full_name(module_name: str, attr: str) -> str:
+    return f"{module_name}.{attr}" if module_name else attr
+
+
+def _parameter_uses(model: nn.Module) -> dict[int, list[_Use]]:
+    """Returns, per Parameter (by identity), every module attribute that holds it, in module
+    order: more than one for tied weights."""
+    uses: dict[int, list[_Use]] = {}
+    for module_name, module in model.named_modules():
+        for attr, param in module.named_parameters(recurse=False):
+            uses.setdefault(id(param), []).append((module_name, module, attr))
+    return uses
+
+
+def _candidates(model: nn.Module) -> list[Layer]:
+    """Returns one Layer per sparsifiable Parameter (a tied one once, under its first name, its
+    other holders in ``tied``), in module order."""
+    parents = {id(child): module for module in model.modules() for child in module.children()}
+    uses = _parameter_uses(model)
+    layers: list[Layer] = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for attr in _weight_attrs(module):
+            weight = getattr(module, attr)
+            if id(weight) in seen:
+                continue  # a tied weight, listed under its first holder
+            seen.add(id(weight))
+            tied = tuple(h for h in uses.get(id(weight), [])
+                         if not (h[1] is module and h[2] == attr))
+            own_forward = (attr == "weight"
+                           and not isinstance(parents.get(id(module)), nn.MultiheadAttention)
+                           and (isinstance(module, (nn.Linear, nn.Conv2d))
+                                or is_transposed_linear(module)))
+            layers.append(Layer(
+                name=_full_name(module_name, attr), module_name=module_name, module=module,
+                attr=attr, shape=tuple(weight.shape),
+                # A tied weight is read by more than one forward: its noise (VD) is drawn per
+                # read of the weight rather than inside one module's own forward.
+                local_reparam=own_forward and not tied,
+                transposed=is_transposed_linear(module), tied=tied))
+    return layers
+
+
+def _use_aliases(use: _Use) -> tuple[str, str]:
+    module_name, _, attr = use
+    return (_full_name(module_name, attr), module_name)
+
+
 def select_layers(
     model: nn.Module,
     include: str | Iterable[str] | None = None,
@@ -53,77 +119,91 @@ def select_layers(
 ) -> list[Layer]:
     """Returns the weights ``sparsify`` would sparsify, in module order.
 
-    By default: the ``weight`` of every nn.Linear, nn.Conv1d and nn.Conv2d, and the input
-    projection of every nn.MultiheadAttention (its output projection is an nn.Linear). Biases,
-    norms and embeddings stay dense. ``include`` keeps only weights matching one of its glob
-    patterns, and it is also how an nn.Embedding's weight is chosen (``include=["*"]``: every
-    weight above and the embeddings; ``include=["*", "embed"]`` reads the same); ``exclude``
-    drops the matching ones. A pattern matches a weight when it matches either the parameter
-    name (``"fc.weight"``) or its module name (``"fc"``). A sparsified embedding that a model
-    also uses as its output projection (``F.linear(x, embed.weight)``, tied weights) is sparse
-    in both uses, as in the study's Transformer.
+    By default: the ``weight`` of every nn.Linear, nn.Conv1d, nn.Conv2d and transformers'
+    ``Conv1D`` (a Linear stored transposed, as in GPT-2), and the input projection of every
+    nn.MultiheadAttention (its output projection is an nn.Linear). Biases, norms and
+    embeddings stay dense. ``include`` keeps only weights matching one of its glob patterns,
+    and it is also how an nn.Embedding's weight is chosen (``include=["*"]``: every weight above
+    and the embeddings); ``exclude`` drops the matching ones. A pattern matches a weight when it
+    matches either the parameter name (``"fc.weight"``) or its module name (``"fc"``).
+
+    Tied weights (one Parameter held by two modules, e.g. a language model's ``lm_head`` and
+    its input embedding) are one weight: selected when any of their uses is, then sparse in
+    every use, with one mask. A model that reads an embedding's weight as its output projection
+    (``F.linear(x, embed.weight)``) sees the sparse weight there too.
+
+    When the default selection leaves dense a module type that holds most of the model's
+    parameters, a warning names the type and its share.
 
     Raises:
-        ValueError: when a pattern matches no weight, the selection is empty, or one weight is
-            shared by two modules (tied weights must be excluded or untied first).
+        ValueError: when a pattern matches no weight, the selection is empty, or ``exclude``
+            names one use of a tied weight whose other use is selected (pruning half of a tie
+            would change the other use).
     """
     include_p = _as_patterns(include, "include")
     exclude_p = _as_patterns(exclude, "exclude")
-    parents = {
-        id(child): module for module in model.modules() for child in module.children()
-    }
-    candidates: list[Layer] = []
-    opt_in: set[str] = set()
-    for module_name, module in model.named_modules():
-        attrs: list[str] = []
-        if isinstance(module, nn.MultiheadAttention):
-            attrs = (
-                ["in_proj_weight"] if module.in_proj_weight is not None
-                else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
-            )
-        elif isinstance(module, _PRUNABLE + _OPT_IN):
-            attrs = ["weight"]
-            if isinstance(module, _OPT_IN):
-                opt_in.add(f"{module_name}.weight" if module_name else "weight")
-        for attr in attrs:
-            weight = getattr(module, attr)
-            read_by_parent = isinstance(parents.get(id(module)), nn.MultiheadAttention)
-            candidates.append(Layer(
-                name=f"{module_name}.{attr}" if module_name else attr,
-                module_name=module_name,
-                module=module,
-                attr=attr,
-                shape=tuple(weight.shape),
-                local_reparam=attr == "weight" and not read_by_parent
-                and isinstance(module, (nn.Linear, nn.Conv2d)),
-            ))
+    candidates = _candidates(model)
     if not candidates:
-        raise ValueError("The model has no nn.Linear, nn.Conv1d, nn.Conv2d, "
-                         "nn.MultiheadAttention or nn.Embedding weight to sparsify.")
+        raise ValueError("The model has no nn.Linear, nn.Conv1d, nn.Conv2d, transformers "
+                         "Conv1D, nn.MultiheadAttention or nn.Embedding weight to sparsify.")
     for pattern in (include_p or []) + (exclude_p or []):
         if not any(matches(pattern, layer.aliases) for layer in candidates):
             names = ", ".join(layer.name for layer in candidates[:12])
             raise ValueError(f"Pattern {pattern!r} matches no sparsifiable weight; "
                              f"the weights are: {names}{' …' if len(candidates) > 12 else ''}.")
-    selected = [
-        layer for layer in candidates
-        if (any(matches(p, layer.aliases) for p in include_p) if include_p is not None
-            else layer.name not in opt_in)
-        and not any(matches(p, layer.aliases) for p in (exclude_p or []))
-    ]
+
+    def chosen(use: _Use) -> bool:  # the use on its own, ties aside
+        aliases = _use_aliases(use)
+        if include_p is not None:
+            return any(matches(p, aliases) for p in include_p)
+        return bool(_weight_attrs(use[1])) and not isinstance(use[1], _OPT_IN)
+
+    def excluded(use: _Use) -> bool:
+        return any(matches(p, _use_aliases(use)) for p in (exclude_p or []))
+
+    selected = []
+    for layer in candidates:
+        uses = [(layer.module_name, layer.module, layer.attr), *layer.tied]
+        wanted = [use for use in uses if chosen(use) and not excluded(use)]
+        dropped = [use for use in uses if excluded(use)]
+        if wanted and dropped:
+            raise ValueError(
+                f"{_use_aliases(wanted[0])[0]!r} and {_use_aliases(dropped[0])[0]!r} are one "
+                "tied Parameter: exclude both or neither (pruning one use prunes the other).")
+        if wanted:
+            selected.append(layer)
     if not selected:
-        if include_p is None and candidates and all(c.name in opt_in for c in candidates):
+        if include_p is None and all(isinstance(c.module, _OPT_IN) for c in candidates):
             raise ValueError("The model's only sparsifiable weights are embeddings, which are "
                              "sparsified only when named: pass include=['*'] (or their names).")
         raise ValueError("include/exclude left no weight to sparsify.")
-    seen: dict[int, str] = {}
-    for layer in selected:
-        key = id(getattr(layer.module, layer.attr))
-        if key in seen:
-            raise ValueError(f"Weights {seen[key]!r} and {layer.name!r} are the same tensor "
-                             f"(tied); exclude one of them.")
-        seen[key] = layer.name
+    if include_p is None and exclude_p is None:
+        _warn_unselected(model, selected)
     return selected
+
+
+def _warn_unselected(model: nn.Module, selected: Sequence[Layer]) -> None:
+    """Warns once per module type that holds most of the model's parameters and is left
+    dense, so that a model whose main layers sparsebench does not know is not silently dense."""
+    chosen = {id(getattr(layer.module, layer.attr)) for layer in selected}
+    total, by_type, counted = 0, {}, set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if id(param) in counted:
+                continue
+            counted.add(id(param))
+            total += param.numel()
+            if id(param) not in chosen:
+                kind = type(module)
+                by_type[kind] = by_type.get(kind, 0) + param.numel()
+    for kind, count in by_type.items():
+        share = count / max(total, 1)
+        if share > WARN_UNSELECTED_SHARE:
+            hint = ("name them in include= (e.g. include=['*']) to sparsify them"
+                    if issubclass(kind, _OPT_IN) else
+                    "sparsebench does not know this layer type, so they stay dense")
+            warnings.warn(f"{kind.__name__} layers hold {share:.0%} of the model's parameters "
+                          f"and are not sparsified: {hint}.", UserWarning, stacklevel=3)
 
 
 def sparsify(
@@ -195,7 +275,9 @@ def sparsify(
         technique = method_class(config, layers, {})
     for layer in layers:
         parametrization = technique.make_parametrization(layer)
-        parametrize.register_parametrization(layer.module, layer.attr, parametrization)
+        for module, attr in layer.uses:
+            # Tied uses share the one parametrization object: one mask, one log σ² / log α.
+            parametrize.register_parametrization(module, attr, parametrization)
         override = technique.forward_override(layer)
         if override is not None:
             # An instance attribute shadows the class's forward; finalize() deletes it.
@@ -359,15 +441,16 @@ class Sparsifier:
         the threshold and keeps θ elsewhere; L0 multiplies by the test-time gate. Afterwards the
         model has exactly the parameters and buffers (names, shapes) it had before
         ``sparsify()``, and its weights hold exact zeros. The Parameter objects are the
-        originals, so an optimizer still refers to them.
+        originals, so an optimizer still refers to them, and tied weights stay tied.
         """
         self._check_live()
         for layer in self.layers:
             final = layer.parametrization.final_weight(layer.original.detach())
             if "forward" in vars(layer.module):
                 del layer.module.forward
-            parametrize.remove_parametrizations(layer.module, layer.attr,
-                                                leave_parametrized=False)
+            for module, attr in layer.uses:
+                # Each use gets back the same original Parameter, so a tie stays a tie.
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
             getattr(layer.module, layer.attr).copy_(final)
         self._finalized = True
         return self.model

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench.inference.compile import LayerDecision, compile_sparse, plan_sparse
+from sparsebench.inference.compile import MIN_SPEEDUP, LayerDecision, compile_sparse, plan_sparse
 from sparsebench.inference.perf_model import PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d
 from sparsebench.inference.sparse_linear import SparseLinear
@@ -199,7 +199,7 @@ def bench_model(
     budget_s: float = 20.0,
     layer_repeats: int = 7,
     perf_model: PerformanceModel | None = None,
-    min_speedup: float = 1.1,
+    min_speedup: float = MIN_SPEEDUP,
 ) -> list[BatchResult]:
     """Compile ``model`` for each batch and time dense vs sparse side by side.
 

@@ -111,16 +111,16 @@ def _positive(name: str, values: list[int]) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sparsebench.inference import compact_sparse, compile_sparse, save_sparse
+    from sparsebench.inference import compact_sparse, compile_sparse, plan_sparse, save_sparse
 
     _positive("--batch", args.batch)
     model, spec = _load(args.run_dir)
     if args.choose == "size":
         compiled, plan = compact_sparse(model)
     else:
-        compiled = compile_sparse(model, batch_hint=args.batch)
-        plan = []
-    for d in plan:
+        plan = plan_sparse(model, batch_hint=args.batch)
+        compiled = compile_sparse(model, plan=plan)
+    for d in plan:  # once here; compile_sparse logs its decisions at DEBUG only
         print(
             f"  {d.name:<34} {d.kind:<7} density={d.density:.3f} -> "
             f"{'sparse' if d.use_sparse else 'dense'} ({d.reason})"

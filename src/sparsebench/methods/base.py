@@ -32,6 +32,11 @@ class Layer:
         shape: the weight's shape.
         local_reparam: True when the module's own forward runs (nn.Linear / nn.Conv2d not read
             by a parent), so a method may replace that forward (variational dropout does).
+        transposed: True when the weight is stored (in, out), as transformers' ``Conv1D``
+            keeps it (``y = x·W + b``), rather than nn.Linear's (out, in).
+        tied: the other places that hold this same Parameter (tied weights, e.g. a language
+            model's output projection and its input embedding), each ``(module name,
+            module, attribute)``: one weight, one mask, sparse in every use.
     """
 
     name: str
@@ -40,6 +45,8 @@ class Layer:
     attr: str
     shape: tuple[int, ...]
     local_reparam: bool
+    transposed: bool = False
+    tied: tuple[tuple[str, nn.Module, str], ...] = ()
 
     @property
     def numel(self) -> int:
@@ -49,9 +56,16 @@ class Layer:
         return n
 
     @property
-    def aliases(self) -> tuple[str, str]:
-        """Returns the names a user pattern may match: the parameter and its module."""
-        return (self.name, self.module_name)
+    def aliases(self) -> tuple[str, ...]:
+        """Returns the names a user pattern may match: the parameter and its module, and those
+        of every tied use."""
+        tied = [(f"{name}.{attr}" if name else attr, name) for name, _, attr in self.tied]
+        return (self.name, self.module_name, *(alias for pair in tied for alias in pair))
+
+    @property
+    def uses(self) -> list[tuple[nn.Module, str]]:
+        """Returns every ``(module, attribute)`` holding this weight: its own, then the tied."""
+        return [(self.module, self.attr), *((module, attr) for _, module, attr in self.tied)]
 
     @property
     def parametrization(self) -> WeightParametrization:

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import torch
 
-from ..blocks import BLOCK_SCORES, block_keep, block_scores, expand_blocks
+from ..blocks import BLOCK_SCORES, block_keep, block_scores, check_block, expand_blocks
 from ..schedules import GradualSchedule, exact_zero_count
 from .base import Layer, Method, MethodConfig, WeightParametrization
 
@@ -110,6 +110,9 @@ class PruningMethod(Method):
         super().__init__(config, layers, targets)
         self.schedule = schedule
         self.fixed = False
+        if config.block != (1, 1):
+            for layer in layers:  # before any parametrization is attached
+                check_block(layer.name, layer.shape, self._block_of(layer))
 
     def score(self, index: int, layer: Layer) -> torch.Tensor:
         """Returns a tensor of ``layer.shape``: higher scores are kept."""
@@ -153,12 +156,18 @@ class PruningMethod(Method):
             layer.original.mul_(layer.parametrization.mask)
         self.fixed = True
 
+    def _block_of(self, layer: Layer) -> tuple[int, int]:
+        """Returns the block as laid on the stored weight: ``(bh, bw)`` spans bh outputs and
+        bw inputs, so a weight stored (in, out) (transformers' Conv1D) takes it turned."""
+        block = self.config.block
+        return (block[1], block[0]) if layer.transposed else block
+
     @torch.no_grad()
     def update_masks(self, step: int) -> None:
         """Recomputes every layer's mask for the sparsity scheduled at ``step``."""
         drop = self.config.pruned_weights == "drop"
-        block = self.config.block
         for index, layer in enumerate(self.layers):
+            block = self._block_of(layer)
             parametrization = layer.parametrization
             scores = self.score(index, layer).float()
             kept_before = parametrization.mask
@@ -182,9 +191,8 @@ class PruningMethod(Method):
 
     def block_sparsity(self) -> dict[str, float]:
         """Returns each layer's fraction of zero blocks (of weights when unstructured)."""
-        block = self.config.block
         result = {}
         for layer in self.layers:
-            kept = block_keep(layer.parametrization.mask, block)
+            kept = block_keep(layer.parametrization.mask, self._block_of(layer))
             result[layer.name] = 1.0 - int(kept.sum()) / kept.numel()
         return result

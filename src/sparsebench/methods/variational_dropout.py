@@ -141,12 +141,14 @@ def sample(mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     return shaped(_gaussian_sample(mean_flat, variance_flat, noise))
 
 
-def local_reparameterized_forward(module: nn.Module, input: torch.Tensor) -> torch.Tensor:
+def local_reparameterized_forward(module: nn.Module, input: torch.Tensor, *,
+                                  transposed: bool = False) -> torch.Tensor:
     """Kingma et al. 2015, local reparameterization: sample the pre-activations, not the
     weights. With B = x·θ and V = x²·(α·θ²), the output is B + sqrt(V)·ε, ε ~ N(0, 1).
 
-    Used in training for nn.Linear and nn.Conv2d; at evaluation the layer's own forward runs
-    with the parametrized weight θ·mask.
+    Used in training for nn.Linear, nn.Conv2d and transformers' Conv1D (``transposed``: its
+    weight is stored (in, out)); at evaluation the layer's own forward runs with the
+    parametrized weight θ·mask.
     """
     if not module.training:
         return type(module).forward(module, input)
@@ -155,6 +157,9 @@ def local_reparameterized_forward(module: nn.Module, input: torch.Tensor) -> tor
     if isinstance(module, nn.Conv2d):
         mean = module._conv_forward(input, theta, module.bias)
         var = module._conv_forward(input * input, variance, None)
+    elif transposed:
+        mean = F.linear(input, theta.t(), module.bias)
+        var = F.linear(input * input, variance.t())
     else:
         mean = F.linear(input, theta, module.bias)
         var = F.linear(input * input, variance)
@@ -173,7 +178,8 @@ class VariationalDropout(Method):
     def forward_override(self, layer: Layer):
         if not layer.local_reparam:
             return None
-        return functools.partial(local_reparameterized_forward, layer.module)
+        return functools.partial(local_reparameterized_forward, layer.module,
+                                 transposed=layer.transposed)
 
     def penalty(self, step: int) -> torch.Tensor:
         """Returns kl_weight · warm-up(step) · Σ KL over every sparsified weight."""

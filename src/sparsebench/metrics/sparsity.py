@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layer_kinds import is_transposed_linear
+
 __all__ = ["LayerStats", "SparsityReport", "sparsity_report"]
 
 
@@ -117,29 +119,51 @@ class SparsityReport:
         return "\n".join(lines)
 
 
-def _weights(model: nn.Module) -> list[tuple[str, str, nn.Module, str, nn.Module]]:
-    """Returns (module name, kind, module, weight attribute, module whose calls use it)."""
+_Use = tuple[str, nn.Module, str, nn.Module]  # (kind, module, weight attribute, caller)
+
+
+def _identity(module: nn.Module, attr: str) -> int:
+    """Returns what tells one weight from another: its Parameter (the original behind a
+    parametrization), so a tied weight held by several modules is one weight."""
+    if attr in getattr(module, "parametrizations", {}):
+        return id(module.parametrizations[attr].original)
+    return id(getattr(module, attr))
+
+
+def _weights(model: nn.Module) -> list[tuple[str, str, nn.Module, str, list[_Use]]]:
+    """Returns one entry per weight, a tied weight once under its first name: (module name,
+    kind, module, weight attribute, its uses). Each use is (kind, module, attribute, the module
+    whose calls multiply by it)."""
     parents = {id(c): m for m in model.modules() for c in m.children()}
-    found = []
+    found: dict[int, tuple[str, str, nn.Module, str, list[_Use]]] = {}
     for module_name, module in model.named_modules():
+        uses: list[tuple[str, str]] = []  # (kind, attribute)
+        caller = module
         if isinstance(module, nn.MultiheadAttention):
             attrs = (["in_proj_weight"] if module.in_proj_weight is not None
                      else ["q_proj_weight", "k_proj_weight", "v_proj_weight"])
-            found += [(module_name, "attention", module, a, module) for a in attrs]
-        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            kind = "linear" if isinstance(module, nn.Linear) else "conv"
+            uses = [("attention", a) for a in attrs]
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_transposed_linear(module):
+            conv = isinstance(module, (nn.Conv1d, nn.Conv2d))
+            uses = [("conv" if conv else "linear", "weight")]
             # nn.MultiheadAttention reads out_proj.weight itself; out_proj.forward never runs.
             parent = parents.get(id(module))
             caller = parent if isinstance(parent, nn.MultiheadAttention) else module
-            found.append((module_name, kind, module, "weight", caller))
         elif isinstance(module, nn.Embedding):
             # A lookup does no multiply-adds; a module that multiplies by the embedding's
             # weight (a tied output projection, ``tied_weight_module``) uses it as a Linear.
             users = [m for m in model.modules()
                      if getattr(m, "tied_weight_module", None) is module]
-            found.append((module_name, "linear" if users else "embedding", module, "weight",
-                          users[0] if users else module))
-    return found
+            uses = [("linear" if users else "embedding", "weight")]
+            caller = users[0] if users else module
+        for kind, attr in uses:
+            key = _identity(module, attr)
+            if key not in found:
+                found[key] = (module_name, kind, module, attr, [])
+            elif found[key][1] == "embedding" and kind != "embedding":
+                found[key] = (*found[key][:1], kind, *found[key][2:])  # multiplied somewhere
+            found[key][4].append((kind, module, attr, caller))
+    return list(found.values())
 
 
 def _attention_score_flops(module: nn.MultiheadAttention, args: Sequence[Any],
@@ -186,9 +210,12 @@ def _effective_parameters(model: nn.Module) -> list[torch.Tensor]:
     once, as its parametrized value, and the technique's own parameters are left out."""
     tensors = [p for name, p in model.named_parameters() if ".parametrizations." not in
                f".{name}"]
+    seen: set[int] = set()
     for module in model.modules():
         for attr in getattr(module, "parametrizations", {}):
-            tensors.append(getattr(module, attr))
+            if _identity(module, attr) not in seen:  # a tied weight is parametrized per use
+                seen.add(_identity(module, attr))
+                tensors.append(getattr(module, attr))
     return tensors
 
 
@@ -220,7 +247,7 @@ def sparsity_report(model: nn.Module, *inputs: Any, **kwargs: Any) -> SparsityRe
             def record(module, args, call_kwargs, output):
                 calls.setdefault(id(module), []).append((args, call_kwargs, output))
 
-            counted = {id(caller): caller for *_, caller in entries}
+            counted = {id(use[3]): use[3] for *_, uses in entries for use in uses}
             extra = [m for m in model.modules() if hasattr(m, "extra_flops")]
             counted.update({id(m): m for m in extra})
             handles = [m.register_forward_hook(record, with_kwargs=True)
@@ -230,13 +257,15 @@ def sparsity_report(model: nn.Module, *inputs: Any, **kwargs: Any) -> SparsityRe
             finally:
                 for handle in handles:
                     handle.remove()
-            for stat, (_, kind, module, attr, caller) in zip(stats, entries, strict=True):
-                weight = getattr(module, attr)
+            for stat, (*_, uses) in zip(stats, entries, strict=True):
                 stat.dense_flops = stat.sparse_flops = 0
-                for args, call_kwargs, output in calls.get(id(caller), []):
-                    dense, sparse = _uses(kind, module, attr, weight, args, call_kwargs, output)
-                    stat.dense_flops += 2 * dense
-                    stat.sparse_flops += 2 * sparse
+                for kind, module, attr, caller in uses:
+                    weight = getattr(module, attr)
+                    for args, call_kwargs, output in calls.get(id(caller), []):
+                        dense, sparse = _uses(kind, module, attr, weight, args, call_kwargs,
+                                              output)
+                        stat.dense_flops += 2 * dense
+                        stat.sparse_flops += 2 * sparse
             for module in extra:
                 for args, _, output in calls.get(id(module), []):
                     other += int(module.extra_flops(args, output))
