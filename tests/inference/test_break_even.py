@@ -66,3 +66,13 @@ def test_near_or_below_break_even_the_layer_stays_dense(tmp_path, sparsity):
     assert type(compiled) is nn.Linear
     assert isinstance(compile_sparse(_pruned_linear(16, 32, 0.7), perf_model=perf_model),
                       SparseLinear)
+
+
+def test_a_calibration_counts_sparse_at_its_median_and_dense_at_its_20th_percentile():
+    """Rounds worked by hand: dense [10, 10, 11, 30, 40] -> 20th percentile (index round(0.8)
+    = 1) 10; sparse [7, 8, 9, 20, 25] -> median 9. On these noisy rounds the layer is 1.11x,
+    not the 1.43x its own 20th percentile (7) would claim."""
+    from sparsebench.inference.perf_model import calibration_times
+
+    dense, sparse = calibration_times([40, 10, 30, 11, 10], [[25, 7, 20, 9, 8], [5, 5, 5, 5, 5]])
+    assert dense == 10 and sparse == (9, 5)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from sparsebench.inference import _extension
 from sparsebench.inference.sparse_linear import SparseLinear
-from sparsebench.inference.timing import interleaved_medians
+from sparsebench.inference.timing import interleaved_medians, interleaved_rounds
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class Calibration:
     """Measured dense and sparse times for one ``(out, in, batch)`` on this machine.
 
     ``sparse_s[k]`` is the median time of the sparse kernel at density ``densities[k]``
-    (for a block size other than 1x1, the density of nonzero blocks). For a convolution
+    (for a block size other than 1x1, the density of nonzero blocks), ``dense_s`` the dense
+    layer's 20th percentile (see :func:`calibration_times`). For a convolution
     ``in_features`` is in·kh·kw and ``batch`` the number of images.
     """
 
@@ -100,6 +101,29 @@ class Calibration:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if self.sparse_time(mid) <= target else (lo, mid)
         return lo
+
+
+#: Which of its timed rounds stands for each side (see :func:`calibration_times`).
+DENSE_QUANTILE, SPARSE_QUANTILE = 0.2, 0.5
+
+
+def _order_statistic(samples: list[float], quantile: float) -> float:
+    return sorted(samples)[round(quantile * (len(samples) - 1))]
+
+
+def calibration_times(dense_rounds: list[float], sparse_rounds: list[list[float]]
+                      ) -> tuple[float, tuple[float, ...]]:
+    """Returns the dense time and each density's sparse time a calibration keeps.
+
+    Dense counts at its 20th percentile: on a shared 2-core machine a neighbour's job stalls a
+    2-thread parallel region for a whole time slice (measured: 12 ms for a 60 us product), and
+    the dense layer's time should be the layer's, not the neighbour's. The sparse kernel counts
+    at its median, so it must beat the dense layer by the noise of the rounds as well: on a
+    quiet machine the two quantiles lie within a few percent, on a busy one a layer near its
+    break-even density stays dense (issue 23: a layer chosen sparse must never run slower).
+    """
+    return (_order_statistic(dense_rounds, DENSE_QUANTILE),
+            tuple(_order_statistic(r, SPARSE_QUANTILE) for r in sparse_rounds))
 
 
 def _random_sparse_weight(
@@ -174,6 +198,8 @@ class PerformanceModel:
             "torch": torch.__version__,
             "kernels": _extension.kernel_path(),
             "kernel_source": _extension.kernel_version(),
+            # How rounds become times: a cache made under another rule is not reused.
+            "rule": f"dense q{DENSE_QUANTILE:g} sparse q{SPARSE_QUANTILE:g}",
         }
 
     @classmethod
@@ -300,20 +326,17 @@ class PerformanceModel:
         candidates = {"dense": dense_fn, **{f"{d}": fn for d, fn in sparse_fns.items()}}
         # One probe round sizes the repeats so a calibration costs about budget_s.
         probe = interleaved_medians(candidates, repeats=1, warmup=1)
-        rounds = int(self.budget_s / max(sum(probe.values()), 1e-6))
-        # The 20th percentile, not the median: on a shared 2-core machine a neighbour's job
-        # stalls a 2-thread parallel region for a whole time slice (measured: 12 ms for a
-        # 60 us product), and the decision should reflect the layer, not the neighbour.
-        times = interleaved_medians(
-            candidates, repeats=min(max(rounds, 5), 51), warmup=0, quantile=0.2
-        )
+        repeats = int(self.budget_s / max(sum(probe.values()), 1e-6))
+        rounds = interleaved_rounds(candidates, repeats=min(max(repeats, 5), 51), warmup=0)
+        dense_s, sparse_s = calibration_times(rounds["dense"],
+                                              [rounds[f"{d}"] for d in self.densities])
         cal = Calibration(
             out_f,
             in_f,
             batch,
-            times["dense"],
+            dense_s,
             self.densities,
-            tuple(times[f"{d}"] for d in self.densities),
+            sparse_s,
             kind,
             block,
             # The busier of before and after: a neighbour that started meanwhile counts too.
