@@ -96,6 +96,10 @@ def test_a_third_party_model_through_a_technique(arch, method, kwargs, tmp_path)
     assert all(w is again[0] for w in again)
     assert torch.equal(again[0], weights[0])
     torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), rtol=0, atol=0)
+    if method == "magnitude":  # compiled: every pruned matrix, tied output included, sparse
+        fast = compile_sparse(model, batch_hint=48, perf_model=_everything_sparse(model, tmp_path))
+        assert isinstance(fast.lm_head, SparseLinear)
+        torch.testing.assert_close(_logits(fast, ids), _logits(model, ids), rtol=1e-4, atol=1e-4)
 
 
 def _everything_sparse(model, tmp_path) -> PerformanceModel:
