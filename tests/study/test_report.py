@@ -187,9 +187,11 @@ def test_training_cost_compares_runs_of_one_layout_only(tmp_path):
     assert by["variational dropout", "NCHW"][2:5] == ["1", "2000.00", "2.00"]
     assert by["variational dropout", "channels-last, cuda"][2:5] == ["1", "90.00", "3.00"]
     text = html.unescape(index.read_text())
-    assert ("Variational dropout costs 3.00x (channels-last runs, median of 1), 2.00x "
+    assert ("Variational dropout runs took 3.00x (channels-last runs, median of 1), 2.00x "
             "(NCHW runs, median of 1) and 3.00x (channels-last, cuda runs, median of 1) "
-            "magnitude pruning per step here") in text
+            "magnitude pruning's wall-clock time per step here") in text
+    # What the times hold is said beside them: whole runs, start-up and others' load included.
+    assert "whatever else ran on the machine at the time are included" in text
 
 
 def test_training_cost_names_no_layout_for_a_model_without_convolutions(tmp_path):
@@ -204,7 +206,7 @@ def test_training_cost_names_no_layout_for_a_model_without_convolutions(tmp_path
         index = write_report(store, tmp_path / "report", source="ours")
     rows = list(csv.reader((index.parent / "ours_transformer_cost.csv").open()))
     assert {row[1] for row in rows[1:]} == {"CPU"}
-    assert "L0 regularization costs 1.25x (CPU runs, median of 1)" in html.unescape(
+    assert "L0 regularization runs took 1.25x (CPU runs, median of 1)" in html.unescape(
         index.read_text())
 
 
@@ -438,3 +440,37 @@ def test_any_section_module_can_be_imported_first(first):
                          "published_comparison_section"]
     assert names[-2:] == ["inference_section", "block_section"]
     assert len(names) == 16
+
+
+def test_collapsed_frontier_points_sit_on_the_edge_of_an_axis_that_spans_the_sound_ones(
+        tmp_path, monkeypatch):
+    # Dense 88%. Random pruning's 98% run collapsed (its test loss says so), so the axis
+    # spans the others: the lowest, 59, less 5% of the 29 up to the dense mean, 57.55, is the
+    # edge the collapsed point sits on; the axis reaches 4% of 88 - 57.55 further (56.332) and
+    # up to the dense 88 + 2% (89.76), rather than down to the collapsed 10%.
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    pts = [P.Point("magnitude", s, v, f"m{s}") for s, v in ((0.5, 0.87), (0.9, 0.83),
+                                                           (0.98, 0.59))]
+    pts += [P.Point("random", s, v, f"r{s}") for s, v in ((0.5, 0.875), (0.9, 0.84),
+                                                         (0.98, 0.10))]
+    figures.frontier_figure(P.frontiers(pts), pts, tmp_path / "f.png", metric_name="top1",
+                            baseline=P.summarise([0.88]), collapsed={"r0.98"})
+    top, bottom = drawn[0].axes
+    assert top.get_ylim() == pytest.approx((56.332, 89.76))
+    random_line = next(line for line in top.get_lines() if line.get_label() == "random pruning")
+    assert list(random_line.get_ydata()) == pytest.approx([87.5, 84.0, 57.55])
+    assert [t.get_text() for t in top.texts] == ["10"]
+    assert "1 collapsed frontier point" in top.get_xlabel()
+    assert "1 collapsed at the bottom edge" in bottom.get_title()
+    assert bottom.get_ylim()[0] > 50
+
+
+def test_a_run_collapsed_when_its_test_loss_is_off_the_scale():
+    # Dense loss 0.4: over 5 x 0.4 = 2.0 is collapsed, and so is a loss that is no number.
+    losses = {"a": 0.4, "b": 1.9, "c": 270.0, "d": float("nan"), "e": float("inf")}
+    assert figures.collapsed_runs(losses, 0.4) == {"c", "d", "e"}
+    # No dense loss: five times the lower median of the finite ones (1, 2, 30, 100 -> 2).
+    assert figures.collapsed_runs({"a": 1.0, "b": 2.0, "c": 30.0, "d": 100.0},
+                                  None) == {"c", "d"}
+    assert figures.collapsed_runs({}, 0.4) == set()

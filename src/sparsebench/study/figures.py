@@ -15,7 +15,8 @@ Each returns the path of the PNG it wrote (atomically). Top-1 is drawn in percen
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -24,6 +25,7 @@ from ..rundir import atomic_write_bytes
 from .pareto import Frontier, Point, Summary, display_name, metric_label
 
 __all__ = [
+    "collapsed_runs",
     "frontier_figure",
     "loss_axis_cap",
     "loss_frontier_figure",
@@ -94,6 +96,16 @@ def _lower_limit(series_values: Sequence[Sequence[float]], baseline: float | Non
     return low - 0.05 * (max(max(kept), baseline) - low + 1e-9)
 
 
+def _with_edge(low: float | None, top: float, any_off: bool) -> tuple[float | None,
+                                                                      float | None]:
+    """Returns (axis bottom, edge): with values to draw off the scale (``any_off``), the edge
+    where they sit is the old bottom ``low`` and the axis reaches a little under it; else
+    the bottom stays ``low`` and there is no edge."""
+    if low is None or not any_off:
+        return low, None
+    return low - 0.04 * max(top - low, 1e-9), low
+
+
 def frontier_figure(
     frontiers: Mapping[str, Frontier],
     points: Sequence[Point],
@@ -102,34 +114,53 @@ def frontier_figure(
     metric_name: str,
     baseline: Summary | None = None,
     title: str = "",
+    collapsed: Collection[str] = (),
 ) -> Path:
     """Draws the study's two-panel figure: frontiers per series (top) and all runs (bottom),
-    with the dense baseline's mean as a horizontal line. Returns the PNG path."""
+    with the dense baseline's mean as a horizontal line. The runs whose ``train_id`` is in
+    ``collapsed`` (:func:`collapsed_runs`: a network that fell apart in training) sit on
+    each panel's bottom edge, a frontier point there labelled with its value, so the axis
+    spans the runs that trained. Returns the PNG path."""
     k = _scale(metric_name)
     names = sorted(frontiers, key=series_order)
     colours = _colours(names)
-    fig = Figure(figsize=(8.0, 8.2))
-    top, bottom = fig.subplots(2, 1, sharex=True)
+    # The frontiers' panel is the taller: its gaps of a point or less are what it is read for.
+    fig = Figure(figsize=(8.0, 9.0))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     base = baseline.mean * k if baseline else None
-    frontier_values = [fp.value * k for f in frontiers.values() for fp in f.values()]
-    low = _lower_limit([[fp.value * k for fp in f.values()] for f in frontiers.values()], base)
+    sound = {name: [fp.value * k for fp in f.values() if fp.train_id not in collapsed]
+             for name, f in frontiers.items()}
+    sound_values = [v for values in sound.values() for v in values]
+    off = [(name, fp) for name, f in frontiers.items() for fp in f.values()
+           if fp.train_id in collapsed]
+    ceiling = max(sound_values + ([base] if base is not None else []), default=0.0)
+    low, edge = _with_edge(_lower_limit(list(sound.values()), base), ceiling, bool(off))
     hidden = []
     for index, name in enumerate(names):
         levels = sorted(frontiers[name])
         xs = [100 * lv for lv in levels]
-        ys = [frontiers[name][lv].value * k for lv in levels]
+        ys = [edge if edge is not None and frontiers[name][lv].train_id in collapsed
+              else frontiers[name][lv].value * k for lv in levels]
         top.plot(xs, ys, marker=_MARKERS[index % len(_MARKERS)], color=colours[name],
                  label=display_name(name), linewidth=1.8)
-        if low is not None and ys and max(ys) < low:
-            hidden.append(f"{display_name(name)} (best {max(ys):.2f})")
+        if low is not None and sound[name] and max(sound[name]) < low:
+            hidden.append(f"{display_name(name)} (best {max(sound[name]):.2f})")
+    for name, fp in off:  # a frontier point on the edge says what it is
+        if edge is not None:
+            top.annotate(f"{fp.value * k:.3g}", (100 * fp.level, edge), xytext=(6, -2),
+                         textcoords="offset points", ha="left", fontsize=7,
+                         color=colours[name])
     if base is not None:
         top.axhline(base, color="black", linestyle="--", linewidth=1.2,
                     label=f"dense ({base:.2f}, n={baseline.n})")
     if low is not None:
-        top.set_ylim(bottom=low, top=max(frontier_values + [base]) + 0.02 * abs(base))
-    if hidden:
-        top.text(0.01, 0.02, "below the axis: " + "; ".join(hidden), transform=top.transAxes,
-                 fontsize=8, color="#555555")
+        top.set_ylim(bottom=low, top=ceiling + 0.02 * abs(base))
+    notes = [f"below the axis: {'; '.join(hidden)}"] if hidden else []
+    if edge is not None:
+        notes.append(f"{len(off)} collapsed frontier point{'s' if len(off) > 1 else ''} "
+                     "(test loss over 5x dense) drawn at the bottom edge, labelled")
+    if notes:  # under the panel, where no line or legend can hide it
+        top.set_xlabel("; ".join(notes), fontsize=8, color="#555555")
     top.set_ylabel(metric_label(metric_name))
     top.set_title(title or "Pareto frontier per technique")
     top.grid(True, alpha=0.3)
@@ -139,22 +170,33 @@ def frontier_figure(
     for point in points:
         by_series.setdefault(point.series, []).append(point)
     values = [p.value * k for p in points]
+    sound_runs = [p.value * k for p in points if p.train_id not in collapsed]
+    off_runs = len(values) - len(sound_runs)
+    low_all = edge_all = None
+    if low is not None:
+        # The frontiers' range, widened to every run above half the dense baseline: a run
+        # below the frontier is what this panel is for. Chance-level runs stay below.
+        low_runs = _lower_limit([[v] for v in sound_runs], base)
+        low_all, edge_all = _with_edge(
+            (edge if edge is not None else low) if low_runs is None
+            else min(edge if edge is not None else low, low_runs),
+            max(sound_runs + [base]), bool(off_runs))
     for name in sorted(by_series, key=series_order):
         pts = by_series[name]
-        bottom.scatter([100 * p.sparsity for p in pts], [p.value * k for p in pts], s=9,
-                       alpha=0.45, color=colours.get(name, "#7f7f7f"), label=display_name(name),
+        bottom.scatter([100 * p.sparsity for p in pts],
+                       [edge_all if edge_all is not None and p.train_id in collapsed
+                        else p.value * k for p in pts], s=9, alpha=0.45,
+                       color=colours.get(name, "#7f7f7f"), label=display_name(name),
                        edgecolors="none")
     if base is not None:
         bottom.axhline(base, color="black", linestyle="--", linewidth=1.0)
     subtitle = f"All {len(values)} runs"
     notes = []
-    if low is not None:
-        # The frontiers' range, widened to every run above half the dense baseline: a run
-        # below the frontier is what this panel is for. Chance-level runs stay below.
-        low_runs = _lower_limit([[v] for v in values], base)
-        low_all = low if low_runs is None else min(low, low_runs)
-        below = sum(v < low_all for v in values)
-        bottom.set_ylim(bottom=low_all, top=max(values + [base]) + 0.02 * abs(base))
+    if low_all is not None:
+        bottom.set_ylim(bottom=low_all, top=max(sound_runs + [base]) + 0.02 * abs(base))
+        if edge_all is not None:
+            notes.append(f"{off_runs} collapsed at the bottom edge")
+        below = sum(v < low_all for v in sound_runs)
         if below:
             notes.append(f"{below} below the axis: failed or chance-level")
     left = sum(100 * p.sparsity < _X_FROM for p in points)
@@ -170,6 +212,20 @@ def frontier_figure(
     bottom.legend(fontsize=8, loc="lower left", markerscale=2)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def collapsed_runs(losses: Mapping[str, float], baseline: float | None) -> set[str]:
+    """Returns the keys (train ids) of ``losses`` (test losses) that mark a collapsed run, by
+    the loss figure's rule (:func:`loss_axis_cap`): over :data:`OFF_SCALE_FACTOR` times the
+    dense mean ``baseline`` (the lower median without one), or not finite. A low top-1 or
+    BLEU alone cannot tell a network that fell apart from one that is merely weak."""
+    finite = sorted(v for v in losses.values() if math.isfinite(v))
+    if not finite:
+        return set()
+    reference = (baseline if baseline is not None and baseline > 0
+                 else finite[(len(finite) - 1) // 2])
+    return {key for key, v in losses.items()
+            if not math.isfinite(v) or v > OFF_SCALE_FACTOR * reference}
 
 
 #: A test loss over this many times the reference (the dense mean, else the median run) is a

@@ -57,6 +57,9 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     caption: str = ""
+    #: False for a table kept as its CSV only, the page showing its content otherwise
+    #: (the sweep files, which a table cell would collapse into one paragraph).
+    shown: bool = True
 
 
 @dataclass
@@ -70,6 +73,8 @@ class Section:
     sentences: list[str] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
+    #: Text shown as it is (monospaced, line breaks kept), with a heading each: a file.
+    texts: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -179,7 +184,7 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
     baseline = P.dense_baseline(family_runs)
     name = f"{scope.key}_frontiers.png"
     figures.frontier_figure(table, points, ctx.out_dir / name, metric_name=metric,
-                            baseline=baseline,
+                            baseline=baseline, collapsed=_collapsed(family_runs),
                             title=f"{scope.title}: Pareto frontier per technique")
     sentences = [P.leaders_sentence(table, higher_is_better=higher)]
     sentences += [P.best_at_level_sentence(table, lv, metric, higher_is_better=higher)
@@ -230,6 +235,21 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
                       f"Best {P.metric_label(metric)} within ±{ctx.tolerance_pp:g} pp of each "
                       "level (number of trained models in the bin).")],
     )
+
+
+def _test_loss(run: Run) -> float | None:
+    value = run.metrics.get("test", {}).get("loss")
+    return None if value is None else float(value)
+
+
+def _collapsed(runs: Sequence[Run]) -> set[str]:
+    """Returns the train ids of the finished runs that collapsed in training, told by their
+    test loss as the loss figure tells them (:func:`figures.collapsed_runs`); none for runs
+    without one (the published runs)."""
+    finished = [r for r in runs if r.status == "finished" and _test_loss(r) is not None]
+    dense = [_test_loss(r) for r in finished if r.technique == "dense"]
+    return figures.collapsed_runs({r.train_id: _test_loss(r) for r in finished},
+                                  sum(dense) / len(dense) if dense else None)
 
 
 def _with_replicas(
@@ -390,6 +410,9 @@ font-size:.85em} th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 caption{caption-side:bottom;color:#666;font-size:.9em;text-align:left;padding-top:.3em}
 nav ul{columns:2} .findings li{margin:.25em 0} a.csv{font-size:.8em}
+pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em .8em;font-size:.85em;
+overflow-x:auto;line-height:1.35} h3{font-size:1.05em;margin-bottom:.3em}
+.answers{background:#fbfbf4;border:1px solid #e6e3c8;padding:0 1em .5em;margin:1em 0}
 """
 
 
@@ -403,7 +426,13 @@ def _section_html(section: Section) -> str:
                      + "".join(f"<li>{e(s)}</li>" for s in section.sentences) + "</ul>")
     for file_name, alt in section.figures:
         parts.append(f'<figure><img src="{e(file_name)}" alt="{e(alt)}"></figure>')
+    for heading, text in section.texts:
+        parts.append(f"<h3>{e(heading)}</h3><pre>{e(text)}</pre>")
     for table in section.tables:
+        if not table.shown:
+            parts.append(f'<p class="meta">{e(table.caption)} '
+                         f'<a class="csv" href="{e(table.name)}.csv">CSV</a></p>')
+            continue
         head = "".join(f"<th>{e(str(c))}</th>" for c in table.columns)
         body = "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>"
                        for row in table.rows)
@@ -447,6 +476,12 @@ def write_report(
             "import the published runs (sparsebench import-published) or run a sweep first.")
     sections = [s for scope in ctx.scopes() for build in (builders or SECTION_BUILDERS)
                 if (s := build(ctx, scope)) is not None]
+    # The answers open the page, before the figures they summarise (ours only: the study's
+    # published runs have no seed spread of ours to judge their gaps against).
+    from .answers import answers_section
+
+    answers = [] if builders is not None else [
+        s for scope in ctx.scopes() if (s := answers_section(ctx, scope)) is not None]
 
     counts: dict[tuple[str, str, str], int] = {}
     for run in ctx.runs:
@@ -456,7 +491,8 @@ def write_report(
                      [[*k, n] for k, n in sorted(counts.items())], "Rows in the store, by source.")
     versions = _versions()
     version_table = Table("versions", ["library", "version"], sorted(versions.items()))
-    for table in [overview, version_table, *(t for s in sections for t in s.tables)]:
+    everything = [*answers, *sections]
+    for table in [overview, version_table, *(t for s in everything for t in s.tables)]:
         atomic_write_bytes(out / f"{table.name}.csv", _csv_bytes(table))
     store.to_csv(out / "runs.csv", source=source if list_published else "ours",
                  model_family=model_family)
@@ -495,6 +531,7 @@ def write_report(
            "that derive from a magnitude run no longer the best at its sparsity "
            f"({e(', '.join(sorted(ctx.orphaned)))}; <code>sparsebench status</code> counts "
            "them).</p>"] if ctx.orphaned else []),
+        *(f'<div class="answers">{_section_html(s)}</div>' for s in answers),
         intro, nav,
         *(_section_html(s) for s in sections),
         _section_html(Section(id="runs", title="Runs in this report", tables=[overview])),
@@ -508,8 +545,8 @@ def write_report(
     index = out / "index.html"
     atomic_write_bytes(index, "\n".join(body).encode())
     written = {index.name, "runs.csv", *(f"{t.name}.csv" for t in (overview, version_table)),
-               *(f"{t.name}.csv" for s in sections for t in s.tables),
-               *(name for s in sections for name, _ in s.figures)}
+               *(f"{t.name}.csv" for s in everything for t in s.tables),
+               *(name for s in everything for name, _ in s.figures)}
     _forget_stale_files(out, written)
     return index
 

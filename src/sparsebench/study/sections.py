@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import statistics
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,12 @@ def _layout(run: Run) -> str:
     return layout if device == "cpu" else f"{layout}, {device}"
 
 
+#: What a run's seconds per step hold, said wherever a ratio of them is shown.
+_WHAT_TIMES_INCLUDE = ("Each ratio is of medians over whole runs' wall-clock time per step: "
+                       "data loading, the first steps' warm-up and whatever else ran on the "
+                       "machine at the time are included; evaluation is not.")
+
+
 def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """Seconds per step and total training time per technique (medians over runs), as ratios
     to magnitude pruning, beside the study's Transformer ratios. Runs trained in different
@@ -175,17 +182,16 @@ def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
                 f"of {len(groups[layout][t])})" for layout in layouts if t in groups[layout]]
         if here:
             listed = ", ".join(here[:-1]) + (" and " if len(here) > 1 else "") + here[-1]
-            sentences.append(f"{P.display_name(t).capitalize()} costs {listed} "
-                             f"magnitude pruning per step here, against {study:.2f}x in the "
-                             f"study's Transformer.")
+            sentences.append(f"{P.display_name(t).capitalize()} runs took {listed} "
+                             "magnitude pruning's wall-clock time per step here, against "
+                             f"{study:.2f}x in the study's Transformer.")
     if len(layouts) > 1:
         sentences.append("Runs from before channels-last training (run.memory_format) were "
                          "NCHW and slower per step; each layout's runs are compared only with "
                          "its own magnitude runs.")
-    sentences.append("Times are each run's wall-clock on a machine other work shares, so they "
-                     "carry the load of their hour as well as the technique's cost; "
-                     "benchmarks/training_step_cost.py --tasks measures the ratios side by "
-                     "side in one process.")
+    sentences.append(_WHAT_TIMES_INCLUDE + " These ratios are not the techniques' cost "
+                     "alone: benchmarks/training_step_cost.py --tasks times the steps side by "
+                     "side in one process, in interleaved rounds, and is the measure to quote.")
     fig = Figure(figsize=(7.0, 3.8))
     ax = fig.subplots()
     xs = range(len(order))
@@ -195,15 +201,17 @@ def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
         ax.bar([x + (i - len(layouts) / 2) * width for x in xs],
                [step[layout][t] / step[layout]["magnitude"] if t in step[layout] else 0.0
                 for t in order], width=width, color=colors[i % len(colors)],
-               label=f"ours: seconds per step ({layout} runs)")
+               label=f"ours: wall-clock per step, whole runs ({layout})")
     ax.bar([x + len(layouts) / 2 * width for x in xs],
            [STUDY_COST_RATIOS.get(t, 0.0) for t in order], width=width,
            label="study (Transformer), quoted", color="#bbbbbb")
     ax.axhline(1.0, color="black", linewidth=1.0, linestyle=":")
     ax.set_xticks(list(xs), [P.display_name(t) for t in order], rotation=20, ha="right",
                   fontsize=8)
-    ax.set_ylabel("time per step / magnitude pruning")
+    ax.set_ylabel("wall-clock per step / magnitude pruning's")
     ax.set_title(f"{scope.title}: training cost relative to magnitude pruning")
+    # Said in the figure too: a figure travels without the sentences beside it.
+    ax.set_xlabel(textwrap.fill(_WHAT_TIMES_INCLUDE, 95), fontsize=7.5, color="#555555")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -407,9 +415,12 @@ def sweep_definition_section(ctx: ReportContext, scope: Scope) -> Section | None
         return None
     rows = [[name, len([r for r in runs if r.sweep == name]), text]
             for name, text in sorted(definitions.items())]
+    # Shown as text: in a table cell the YAML's line breaks and indents collapse into one
+    # paragraph. The CSV keeps the same rows.
     return Section(id=f"{scope.key}-sweeps", title=f"{scope.title}: sweep definitions",
+                   texts=[(f"{name} ({count} runs)", text) for name, count, text in rows],
                    tables=[Table(f"{scope.key}_sweeps", ["sweep", "runs", "file"], rows,
-                                 "The sweep files as run (YAML).")])
+                                 "The sweep files as run (YAML), as a table:", shown=False)])
 
 
 #: Appended to the report's builders, in this order, after the colleague's sections.

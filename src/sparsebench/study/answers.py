@@ -1,0 +1,249 @@
+"""The report's opening: the study's answers for each scope of our runs, each gap judged
+against how far one setting moves with the seed alone.
+
+A frontier point is the best run of a bin, often one seed of one setting, so a gap between
+two techniques says something only when it is larger than the seed spread
+(:func:`~sparsebench.study.seed_section.seed_spread`). Every comparison here is worded from
+that test: a gap within the spread is a tie ("level"), a larger one "ahead" or "behind";
+with no repeated setting there is no spread, and the sentences say so instead of ranking on
+noise. Where the runs carry a test loss beside another headline metric, the same answers
+follow in loss, against the loss's own seed spread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from . import pareto as P
+from .report import ReportContext, Scope, Section, Table, _metric_of
+from .seed_section import SeedSpread, seed_spread
+from .store import Run
+
+__all__ = ["Gap", "answers_section", "gap_verdict", "pair_gaps"]
+
+#: The techniques whose frontiers the first question compares (MP v2 trains 1.5x the steps,
+#: so it is no peer here; its own section compares it).
+_TECHNIQUES = P.SPARSIFIERS
+_UNITS = {"top1": "points", "bleu": "BLEU", "loss": "nats"}
+
+
+@dataclass(frozen=True)
+class Gap:
+    """One comparison at one ``level``: how much better ``first`` is than ``second`` (in the
+    metric's units, negative when worse) and the verdict against the seed spread."""
+
+    level: float
+    first: str
+    second: str
+    gap: float
+    verdict: str  # "ahead", "behind" or "level"
+
+
+def gap_verdict(gap: float, spread: SeedSpread | None) -> str:
+    """Returns "level" when ``gap`` (how much better one side is) is no larger than the seed
+    spread, else "ahead" or "behind"; without a spread only an exact tie is level."""
+    limit = spread.value if spread is not None else 0.0
+    if abs(gap) <= limit + 1e-12:
+        return "level"
+    return "ahead" if gap > 0 else "behind"
+
+
+def _number(value: float, metric: str) -> str:
+    if metric == "top1":
+        return f"{100 * value:.2f}"
+    return f"{value:.3f}" if metric == "loss" else f"{value:.2f}"
+
+
+def _amount(value: float, metric: str) -> str:
+    """Returns e.g. "3.51 points", "0.020 nats"."""
+    return f"{_number(abs(value), metric)} {_UNITS.get(metric, '')}".rstrip()
+
+
+def _span(values: Sequence[float], metric: str) -> str:
+    """Returns "0.55 points" for one value, "0.55–3.51 points" for several."""
+    low, high = min(map(abs, values)), max(map(abs, values))
+    if _number(low, metric) == _number(high, metric):
+        return _amount(low, metric)
+    return f"{_number(low, metric)}–{_amount(high, metric)}"
+
+
+def _levels(levels: Sequence[float]) -> str:
+    texts = [f"{100 * lv:g}" for lv in sorted(levels)]
+    return (texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " and " + texts[-1]) + "%"
+
+
+def _spread_words(spread: SeedSpread, metric: str) -> str:
+    return f"the seed spread of {_amount(spread.value, metric)}"
+
+
+# ---- the comparisons --------------------------------------------------------------------------
+
+def _frontiers(runs: Sequence[Run], ctx: ReportContext, higher: bool) -> dict[str, P.Frontier]:
+    points = P.points_from_runs([r for r in runs if r.technique in _TECHNIQUES],
+                                series=lambda r: r.technique)
+    return P.frontiers(points, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
+
+
+def pair_gaps(table: Mapping[str, P.Frontier], first: str, second: str, *, higher: bool,
+              spread: SeedSpread | None) -> list[Gap]:
+    """Returns ``first`` against ``second`` at every level both frontiers reach."""
+    sign = 1.0 if higher else -1.0
+    mine, theirs = table.get(first, {}), table.get(second, {})
+    gaps = []
+    for level in sorted(set(mine) & set(theirs)):
+        gap = sign * (mine[level].value - theirs[level].value)
+        gaps.append(Gap(level, first, second, gap, gap_verdict(gap, spread)))
+    return gaps
+
+
+def _pair_sentence(name: str, other: str, gaps: Sequence[Gap], metric: str,
+                   spread: SeedSpread | None) -> str:
+    """E.g. "Random pruning against magnitude pruning: level at 50–90% (...); ahead at 95%
+    by 3.51 points." — the levels grouped by verdict, in order of their first level."""
+    groups: dict[str, list[Gap]] = {}
+    for gap in gaps:
+        groups.setdefault(gap.verdict, []).append(gap)
+    parts = []
+    for verdict, members in sorted(groups.items(), key=lambda kv: kv[1][0].level):
+        levels, values = _levels([g.level for g in members]), [g.gap for g in members]
+        if verdict == "level":
+            within = f", within {_spread_words(spread, metric)}" if spread else ""
+            parts.append(f"level at {levels} ({_span(values, metric)} apart{within})")
+        else:
+            parts.append(f"{verdict} at {levels} by {_span(values, metric)}")
+    return f"{name} against {other}: " + "; ".join(parts) + "."
+
+
+def _winners_sentence(table: Mapping[str, P.Frontier], metric: str, higher: bool,
+                      spread: SeedSpread | None) -> tuple[str, list[Gap]]:
+    """Returns the sentence naming the best technique at each level (with every technique
+    tied with it) and the leader's gap to the runner-up per level."""
+    parts, gaps = [], []
+    for level in P.LEVELS:
+        ranked = P.leaders(table, level, higher_is_better=higher)
+        if len(ranked) < 2:
+            continue
+        sign = 1.0 if higher else -1.0
+        (best, top), (second, runner_up) = ranked[0], ranked[1]
+        gaps.append(Gap(level, best, second, sign * (top.value - runner_up.value),
+                        gap_verdict(sign * (top.value - runner_up.value), spread)))
+        tied = [n for n, fp in ranked[1:]
+                if gap_verdict(sign * (top.value - fp.value), spread) == "level"]
+        if tied:
+            names = [P.display_name(n) for n in (best, *tied)]
+            worst = sign * (top.value - ranked[len(tied)][1].value)
+            parts.append(f"at {100 * level:g}% {', '.join(names[:-1])} and {names[-1]} tie "
+                         f"(within {_amount(worst, metric)})")
+        else:
+            parts.append(f"at {100 * level:g}% {P.display_name(best)}, "
+                         f"{_amount(gaps[-1].gap, metric)} ahead of {P.display_name(second)}")
+    if not parts:
+        return "", gaps
+    return "best technique at each sparsity: " + "; ".join(parts) + ".", gaps
+
+
+def _retraining_gaps(runs: Sequence[Run], reference: P.Frontier, ctx: ReportContext,
+                     higher: bool, spread: SeedSpread | None
+                     ) -> dict[str, tuple[list[Gap], int]]:
+    """Returns, per retraining kind, its mean over replicas against the magnitude-pruning
+    frontier at each level both have, and its most replicas at a level."""
+    points = P.points_from_runs([r for r in runs if r.technique in P.RETRAINING],
+                                series=lambda r: r.technique)
+    summaries = P.replica_summaries(points, tolerance_pp=ctx.tolerance_pp)
+    sign = 1.0 if higher else -1.0
+    out = {}
+    for kind in P.RETRAINING:
+        cells = summaries.get(kind, {})
+        gaps = []
+        for level, summary in sorted(cells.items()):
+            if level in reference:
+                gap = sign * (summary.mean - reference[level].value)
+                gaps.append(Gap(level, kind, "magnitude", gap, gap_verdict(gap, spread)))
+        if gaps:
+            out[kind] = (gaps, max(summary.n for summary in cells.values()))
+    return out
+
+
+def _answers(runs: Sequence[Run], ctx: ReportContext, metric: str, higher: bool,
+             prefix: str = "") -> tuple[list[str], list[list[str]]]:
+    """Returns the sentences and table rows of one measure's answers."""
+    spread = seed_spread(runs)
+    table = _frontiers(runs, ctx, higher)
+    measure = "test loss" if metric == "loss" else metric
+    if spread is not None:
+        first = (f"one setting moves by up to {_amount(spread.value, metric)} with the seed "
+                 f"alone ({spread.setting}, {spread.n} seeds); a gap no larger than that is "
+                 "a tie below.")
+    else:
+        first = ("every setting ran with one seed, so there is no seed spread to tell a gap "
+                 "from noise: the gaps below are single runs against single runs.")
+    sentences, rows = [first], []
+
+    def row(comparison: str, gap: Gap) -> list[str]:
+        return [measure, comparison, f"{100 * gap.level:g}", P.display_name(gap.first),
+                P.display_name(gap.second), _number(gap.gap, metric),
+                _number(spread.value, metric) if spread else "–", gap.verdict]
+
+    winners, gaps = _winners_sentence(table, metric, higher, spread)
+    if winners:
+        sentences.append(winners)
+        rows += [row("best technique vs runner-up", g) for g in gaps]
+    for technique in ("random", "variational_dropout", "l0"):
+        if technique not in table or "magnitude" not in table:
+            continue
+        pairs = pair_gaps(table, technique, "magnitude", higher=higher, spread=spread)
+        if pairs:
+            sentences.append(_pair_sentence(P.display_name(technique), "magnitude pruning",
+                                            pairs, metric, spread))
+            rows += [row(f"{P.display_name(technique)} vs magnitude pruning", g) for g in pairs]
+        else:
+            sentences.append(f"{P.display_name(technique)} has no frontier point at a "
+                             "level magnitude pruning reaches.")
+    retrained = _retraining_gaps(runs, table.get("magnitude", {}), ctx, higher, spread)
+    for kind, (gaps, n) in retrained.items():
+        sentences.append(_pair_sentence(
+            f"{kind} (mean of {n})", "joint pruning (the magnitude pruning frontier)",
+            gaps, metric, spread))
+        rows += [row(f"{kind} (mean) vs magnitude pruning", g) for g in gaps]
+    return [_lead(prefix, s) for s in sentences], rows
+
+
+def _lead(prefix: str, sentence: str) -> str:
+    """Returns the sentence after ``prefix`` ("In test loss, ..."), capitalised once."""
+    text = prefix + sentence  # sentences start in lower case, as a name does ("L0" aside)
+    return text[:1].upper() + text[1:]
+
+
+def answers_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """The answers for one scope of our runs, in its headline metric and, where the runs
+    carry one beside it, in test loss; None for the study's published runs or a scope with
+    no sparse run yet."""
+    if scope.source != "ours":
+        return None
+    runs = [r for r in ctx.scope_runs(scope) if r.status == "finished"]
+    metric, higher = _metric_of(runs)
+    if not P.points_from_runs([r for r in runs if r.technique in _TECHNIQUES]):
+        return None
+    sentences, rows = _answers(runs, ctx, metric, higher)
+    from .loss_section import LOSS, with_test_loss
+
+    lossy = with_test_loss(runs)
+    if metric not in ("", LOSS) and P.points_from_runs(
+            [r for r in lossy if r.technique in _TECHNIQUES]):
+        more, loss_rows = _answers(lossy, ctx, LOSS, False, prefix="In test loss, ")
+        sentences += more
+        rows += loss_rows
+    return Section(
+        id=f"{scope.key}-answers", title=f"{scope.title}: the answers",
+        question="Which technique wins at each sparsity, how far random pruning is behind, "
+                 "and whether retraining matches joint pruning, each gap against the seed "
+                 "spread.",
+        sentences=sentences,
+        tables=[Table(f"{scope.key}_answers",
+                      ["measure", "comparison", "sparsity %", "first", "second",
+                       "first better by", "seed spread", "verdict"], rows,
+                      "Every comparison with its gap (the first's frontier point, or a "
+                      "retraining kind's mean, against the second's) and the seed spread it "
+                      "is judged against ('level' when the gap is no larger):",
+                      shown=False)])  # the sentences say it; the figures follow at once
