@@ -39,4 +39,5 @@ fi
 for store in fmnist-resnet.db ding-transformer.db; do
   $SB bench-runs --store "$STUDY/$store" --threads 1
 done
-$SB report --store "$STUDY/fmnist-resnet.db" "$STUDY/ding-transformer.db" --published --out results
+$SB report --store "$STUDY/fmnist-resnet.db" "$STUDY/ding-transformer.db" --published \
+  --budget "$STUDY/fmnist-resnet-budget.db" --out results

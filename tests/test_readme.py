@@ -6,6 +6,7 @@ cheap ones run for real on copies of the committed stores."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import shutil
@@ -116,9 +117,10 @@ def test_the_cheap_readme_commands_run(tmp_path):
         argv = shlex.split(command)
         if argv[0] != ".venv/bin/sparsebench" or argv[1] not in CHEAP:
             continue
-        if "--store" in argv and not all(
-                (tmp_path / store).exists() or store == "published.db"
-                for store in argv[argv.index("--store") + 1:] if not store.startswith("-")):
+        stores = [a for flag in ("--store", "--budget") if flag in argv
+                  for a in itertools.takewhile(lambda a: not a.startswith("-"),
+                                               argv[argv.index(flag) + 1:])]
+        if not all((tmp_path / store).exists() or store == "published.db" for store in stores):
             continue  # a placeholder store of the prose (results.db, a.db b.db)
         done = subprocess.run([_sparsebench(), *argv[1:]], cwd=tmp_path, capture_output=True,
                               text=True, timeout=600)

@@ -96,3 +96,23 @@ def test_dense_by_budget_and_the_paper_gap():
     gaps = paper_gaps(published, 0.9)
     assert gaps["random"] == pytest.approx(-8.9) and gaps["scratch-e"] == pytest.approx(-6.5)
     assert "lottery" not in gaps
+
+
+def test_the_report_draws_the_budget_section_from_a_store_of_its_own(tmp_path):
+    from sparsebench.cli import main
+    from sparsebench.study.store import RunStore
+
+    with RunStore(tmp_path / "budget.db") as budget:
+        budget.upsert(_runs())
+    with RunStore(tmp_path / "study.db") as study:  # the main report's runs: the dense ones
+        study.upsert([r for r in _runs() if r.technique == "dense"])
+    out = tmp_path / "report"
+    assert main(["report", "--store", str(tmp_path / "study.db"), "--budget",
+                 str(tmp_path / "budget.db"), "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "The training budget (image task)" in page
+    assert "it vanishes as the budget grows" in page  # scratch-e's sentence, worked above
+    assert (out / "ours_budget_90.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (out / "ours_budget_gaps.csv").read_text().splitlines()
+    # random, scratch-e and scratch-b at 600 and scratch-e at 1,200, in top-1 and loss
+    assert len(rows) == 1 + 2 * 4

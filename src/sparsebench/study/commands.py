@@ -117,6 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="also draw the study's published runs (shipped with sparsebench) "
                           "without importing them into a store first")
     rep.add_argument("--out", type=Path, required=True, help="folder for the report")
+    rep.add_argument("--budget", type=Path, nargs="+", default=None, metavar="STORE",
+                     help="store(s) of a budget sweep (the same arms at several step budgets, "
+                          "kept out of the frontiers): adds the section on the budget")
     rep.add_argument("--source", choices=SOURCES, default=None,
                      help="only published runs or only ours (default: both)")
     rep.add_argument("--model-family", default=None,
@@ -249,10 +252,16 @@ def _import_published(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    for path in args.store:
+    for path in [*args.store, *(args.budget or [])]:
         if not path.exists():
             raise FileNotFoundError(f"no run store at {path}; create it with "
                                     "'sparsebench import-published --store FILE' or a sweep.")
+    budget_runs = None
+    if args.budget:
+        budget_runs = []
+        for path in args.budget:
+            with RunStore(path) as budget:
+                budget_runs += budget.runs(source="ours")
     if args.tolerance <= 0:
         raise ValueError(f"--tolerance must be a positive number of percentage points, "
                          f"got {args.tolerance}.")
@@ -269,7 +278,8 @@ def _report(args: argparse.Namespace) -> int:
                 " and the published runs" if args.published else "")
             index = write_report(store, args.out, source=args.source,
                                  model_family=args.model_family, tolerance_pp=args.tolerance,
-                                 list_published=not args.published, label=label)
+                                 list_published=not args.published, label=label,
+                                 budget_runs=budget_runs)
     print(f"report written to {index}")
     return 0
 

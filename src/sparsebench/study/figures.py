@@ -22,9 +22,11 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ..rundir import atomic_write_bytes
+from .budget import BudgetGap
 from .pareto import Frontier, Point, Summary, display_name, metric_label
 
 __all__ = [
+    "budget_figure",
     "collapsed_runs",
     "frontier_figure",
     "loss_axis_cap",
@@ -431,3 +433,71 @@ def series_order(series: str) -> tuple[int, str]:
              "scratch-b", "lottery", "augmented")
     technique = series.split(" ", 1)[0]
     return (order.index(technique) if technique in order else len(order), series)
+
+
+def budget_figure(
+    gaps: Sequence[BudgetGap],
+    dense: Mapping[int, Summary],
+    path: str | Path,
+    *,
+    paper: Mapping[str, float] | None = None,
+    title: str = "",
+) -> Path:
+    """Draws issue 28's question: each arm's gap to magnitude pruning against the step budget,
+    in top-1 points (left) and test loss (middle, inverted so better is up), each point its
+    mean over seeds with bars over the arm's seed range (against the reference's mean), a zero
+    line, and the paper's gap at its converged budget as a dashed line in the arm's colour
+    (top-1 only: the study published no ResNet-50 losses); right, the dense model's test top-1
+    against the budget, so a reader sees how far from converged each budget is. Gaps of one
+    target sparsity only. Returns the PNG path."""
+    if len({g.target for g in gaps}) > 1:
+        raise ValueError("budget_figure draws the gaps of one target sparsity.")
+    arms = sorted({g.comparison for g in gaps}, key=series_order)
+    colours = _colours(arms)
+    fig = Figure(figsize=(14.0, 4.4))
+    top1, loss, converge = fig.subplots(1, 3)
+    budgets = sorted({g.budget for g in gaps} | set(dense))
+    for ax, measure in ((top1, "top1"), (loss, "loss")):
+        for index, arm in enumerate(arms):
+            cells = sorted((g for g in gaps if g.comparison == arm and g.measure == measure),
+                           key=lambda g: g.budget)
+            if not cells:
+                continue
+            # Side by side within a budget: a few percent of the budget apart on a log axis.
+            xs = [g.budget * (1 + 0.04 * (index - (len(arms) - 1) / 2)) for g in cells]
+            means = [g.gap for g in cells]
+            lower = [max(0.0, g.gap - g.scale * (g.arm.min - g.reference.mean)) for g in cells]
+            upper = [max(0.0, g.scale * (g.arm.max - g.reference.mean) - g.gap) for g in cells]
+            ax.errorbar(xs, means, yerr=[lower, upper], fmt=_MARKERS[index % len(_MARKERS)] + "-",
+                        color=colours[arm], capsize=3, markersize=5, linewidth=1.2,
+                        label=f"{display_name(arm)} - magnitude (n={max(g.arm.n for g in cells)})")
+            if measure == "top1" and paper and arm in paper:
+                ax.axhline(paper[arm], color=colours[arm], linestyle="--", linewidth=0.9,
+                           label=f"paper, converged: {display_name(arm)} ({paper[arm]:+.1f})")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
+        ax.set_xlabel("training steps (budget)")
+        ax.grid(True, alpha=0.3)
+    top1.set_ylabel("gap in test top-1 (points; above 0: ahead of magnitude)")
+    loss.set_ylabel("gap in test loss (nats; drawn inverted: up is better)")
+    loss.invert_yaxis()
+    top1.legend(fontsize=7, loc="best")
+    if dense:
+        points = sorted(dense.items())
+        xs = [b for b, _ in points]
+        means = [100 * s.mean for _, s in points]
+        converge.errorbar(xs, means, yerr=[[100 * (s.mean - s.min) for _, s in points],
+                                           [100 * (s.max - s.mean) for _, s in points]],
+                          fmt="o-", color=_COLOURS["dense"], capsize=3,
+                          label="dense (mean, seed range)")
+        converge.set_xscale("log", base=2)
+        converge.set_xticks(xs, [f"{b:,}" for b in xs])
+        converge.legend(fontsize=7)
+    converge.set_xlabel("training steps (budget)")
+    converge.set_ylabel("dense test top-1 (%)")
+    converge.grid(True, alpha=0.3)
+    target = f" at {100 * gaps[0].target:g}%" if gaps else ""
+    fig.suptitle(title or f"Does the budget explain the gaps{target}?")
+    fig.tight_layout()
+    return _save(fig, path)

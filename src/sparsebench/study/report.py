@@ -454,12 +454,14 @@ def write_report(
     tolerance_pp: float = 1.0,
     list_published: bool = True,
     label: str | None = None,
+    budget_runs: Sequence[Run] | None = None,
 ) -> Path:
     """Writes the report of the runs in ``store`` (optionally only one ``source`` or
     ``model_family``) to ``out_dir``: ``index.html``, its PNG figures, one CSV per table,
     ``runs.csv`` (every run covered; only ours without ``list_published``, for a report whose
     published runs are the package's own CSV files) and ``versions.csv``. ``label`` names the
-    runs' origin in the page (default: the store's file name).
+    runs' origin in the page (default: the store's file name). ``budget_runs``: the runs of a
+    budget sweep's own store (issue 28), drawn in a section of their own.
 
     Returns:
         The path of ``index.html``.
@@ -476,6 +478,12 @@ def write_report(
             "import the published runs (sparsebench import-published) or run a sweep first.")
     sections = [s for scope in ctx.scopes() for build in (builders or SECTION_BUILDERS)
                 if (s := build(ctx, scope)) is not None]
+    if budget_runs:  # the budget sweep's store (issue 28), kept out of the frontiers above
+        from .budget_section import budget_section
+
+        published_runs = [r for r in ctx.runs if r.source == "published"]
+        if (budget := budget_section(budget_runs, published_runs, out)) is not None:
+            sections.append(budget)
     # The answers open the page, before the figures they summarise (ours only: the study's
     # published runs have no seed spread of ours to judge their gaps against).
     from .answers import answers_section
