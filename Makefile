@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint data browser bench clean
+.PHONY: demo test lint data browser bench bench-env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/training_step_cost.py
+
+# The end-to-end benchmark's engines (ONNX Runtime, DeepSparse) in their own environment:
+# deepsparse 1.8.0 pins numpy<2 and onnx 1.14.1, which must not reach .venv.
+BENCH_VENV := .venv-bench
+bench-env:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[bench]'
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
