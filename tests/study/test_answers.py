@@ -209,6 +209,22 @@ def test_the_sweep_file_is_shown_as_text_and_kept_as_its_csv(tmp_path):
 
 # ---- the demo itself ---------------------------------------------------------------------------
 
+def test_the_demo_seeds_sweep_matches_its_file_and_shares_seed_0_with_the_main_sweep():
+    import yaml
+
+    from sparsebench.demo import DEMO_SEEDS_SWEEP, DEMO_SWEEP, _spec
+    from sparsebench.study.sweep import plan_phase1
+
+    repo = Path(__file__).resolve().parents[2]
+    shipped = (repo / "sweeps" / "fmnist-lenet300-demo-seeds.yaml").read_text()
+    assert yaml.safe_load(DEMO_SEEDS_SWEEP) == yaml.safe_load(shipped)
+    main, seeds = _spec(DEMO_SWEEP, 600), _spec(DEMO_SEEDS_SWEEP, 600)
+    ids = {p.run_id(main.task) for p in plan_phase1(main)}
+    planned = [p.run_id(seeds.task) for p in plan_phase1(seeds)]
+    # Seed 0 is the main sweep's run: only the two other seeds train again.
+    assert len(planned) == 3 and len(set(planned) - ids) == 2
+
+
 @pytest.mark.slow
 def test_the_demo_report_opens_with_answers_that_match_its_store(tmp_path):
     """The demo's own report, from an existing demo folder (SPARSEBENCH_DEMO_OUTPUT, e.g.

@@ -119,25 +119,25 @@ def _winners_sentence(table: Mapping[str, P.Frontier], metric: str, higher: bool
                       spread: SeedSpread | None) -> tuple[str, list[Gap]]:
     """Returns the sentence naming the best technique at each level (with every technique
     tied with it) and the leader's gap to the runner-up per level."""
+    sign = 1.0 if higher else -1.0
     parts, gaps = [], []
     for level in P.LEVELS:
         ranked = P.leaders(table, level, higher_is_better=higher)
         if len(ranked) < 2:
             continue
-        sign = 1.0 if higher else -1.0
         (best, top), (second, runner_up) = ranked[0], ranked[1]
-        gaps.append(Gap(level, best, second, sign * (top.value - runner_up.value),
-                        gap_verdict(sign * (top.value - runner_up.value), spread)))
-        tied = [n for n, fp in ranked[1:]
+        lead = sign * (top.value - runner_up.value)
+        gaps.append(Gap(level, best, second, lead, gap_verdict(lead, spread)))
+        # Ranked best first, so the techniques tied with the leader come right after it.
+        tied = [(n, sign * (top.value - fp.value)) for n, fp in ranked[1:]
                 if gap_verdict(sign * (top.value - fp.value), spread) == "level"]
         if tied:
-            names = [P.display_name(n) for n in (best, *tied)]
-            worst = sign * (top.value - ranked[len(tied)][1].value)
+            names = [P.display_name(n) for n in (best, *(n for n, _ in tied))]
             parts.append(f"at {100 * level:g}% {', '.join(names[:-1])} and {names[-1]} tie "
-                         f"(within {_amount(worst, metric)})")
+                         f"(within {_amount(tied[-1][1], metric)})")
         else:
             parts.append(f"at {100 * level:g}% {P.display_name(best)}, "
-                         f"{_amount(gaps[-1].gap, metric)} ahead of {P.display_name(second)}")
+                         f"{_amount(lead, metric)} ahead of {P.display_name(second)}")
     if not parts:
         return "", gaps
     return "best technique at each sparsity: " + "; ".join(parts) + ".", gaps
