@@ -168,7 +168,7 @@ def test_the_answers_open_the_report_and_judge_each_gap_by_the_seed_spread(tmp_p
         # scratch-e's mean 80.0 against 84.5; the lottery ticket's 84.0.
         "Scratch-e (mean of 2) against joint pruning (the magnitude pruning frontier): behind "
         "at 90% by 4.50 points.",
-        "Lottery (mean of 1) against joint pruning (the magnitude pruning frontier): level at "
+        "Lottery (one run) against joint pruning (the magnitude pruning frontier): level at "
         "90% (0.50 points apart, within the seed spread of 1.50 points).",
     ]
     assert rows == expected_rows(tmp_path / "s.db")

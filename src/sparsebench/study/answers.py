@@ -203,7 +203,8 @@ def _answers(runs: Sequence[Run], ctx: ReportContext, metric: str, higher: bool,
     retrained = _retraining_gaps(runs, table.get("magnitude", {}), ctx, higher, spread)
     for kind, (gaps, n) in retrained.items():
         sentences.append(_pair_sentence(
-            f"{kind} (mean of {n})", "joint pruning (the magnitude pruning frontier)",
+            f"{kind} ({'one run' if n == 1 else f'mean of {n}'})",
+            "joint pruning (the magnitude pruning frontier)",
             gaps, metric, spread))
         rows += [row(f"{kind} (mean) vs magnitude pruning", g) for g in gaps]
     return [_lead(prefix, s) for s in sentences], rows
