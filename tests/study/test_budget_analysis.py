@@ -116,3 +116,11 @@ def test_the_report_draws_the_budget_section_from_a_store_of_its_own(tmp_path):
     rows = (out / "ours_budget_gaps.csv").read_text().splitlines()
     # random, scratch-e and scratch-b at 600 and scratch-e at 1,200, in top-1 and loss
     assert len(rows) == 1 + 2 * 4
+
+
+def test_no_trend_is_claimed_from_a_budget_with_one_seed():
+    runs = [r for r in _runs() if r.id not in ("e12-1", "e12-2")]  # 1,200 steps: one seed
+    gaps = [g for g in budget_gaps(runs) if g.comparison == "scratch-e" and g.measure == "top1"]
+    assert gap_sentence(gaps).endswith(
+        "ahead by 0.5 points at 1,200 steps (1 seed: no spread to judge by yet); no trend yet: "
+        "fewer than two budgets with two seeds a side.")

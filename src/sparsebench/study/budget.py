@@ -195,29 +195,36 @@ def gap_sentence(gaps: Sequence[BudgetGap]) -> str:
     if not gaps or len({(g.comparison, g.target, g.measure) for g in gaps}) != 1:
         raise ValueError("gap_sentence takes the gaps of one comparison, target and measure.")
     gaps = sorted(gaps, key=lambda g: g.budget)
-    first, last = gaps[0], gaps[-1]
-    where = "top-1" if first.measure == "top1" else "test loss"
+    where = "top-1" if gaps[0].measure == "top1" else "test loss"
     parts = []
     for g in gaps:
         side = "ahead" if g.arm_ahead else "behind"
         if not g.judged:
-            judged = f"{min(g.arm.n, g.reference.n)} seed: no spread to judge by yet"
+            verdict = f"{min(g.arm.n, g.reference.n)} seed: no spread to judge by yet"
         else:
-            judged = (f"seed spread {_unit(g.measure, g.spread)}: "
-                      + ("decisive" if g.decisive else "a tie"))
+            verdict = (f"seed spread {_unit(g.measure, g.spread)}: "
+                       + ("decisive" if g.decisive else "a tie"))
         parts.append(f"{side} by {_unit(g.measure, abs(g.gap))} at {g.budget:,} steps "
-                     f"({judged})")
-    if len(gaps) == 1:
-        trend = "one budget so far"
-    elif first.decisive and last.decisive and first.arm_ahead != last.arm_ahead:
-        trend = "it reverses as the budget grows"
-    elif first.decisive and not last.decisive:
-        trend = "it vanishes as the budget grows"
-    elif abs(last.gap) < abs(first.gap):
-        trend = "it shrinks as the budget grows"
-    elif abs(last.gap) > abs(first.gap):
-        trend = "it grows with the budget"
-    else:
-        trend = "it holds"
-    return (f"{_NAMES[first.comparison]} against magnitude pruning at "
-            f"{100 * first.target:g}%, {where}: " + "; ".join(parts) + f"; {trend}.")
+                     f"({verdict})")
+    return (f"{_NAMES[gaps[0].comparison]} against magnitude pruning at "
+            f"{100 * gaps[0].target:g}%, {where}: " + "; ".join(parts) + f"; {_trend(gaps)}.")
+
+
+def _trend(gaps: Sequence[BudgetGap]) -> str:
+    """Returns how a gap moves from the smallest to the largest budget, between budgets whose
+    gap has a seed spread on both sides (gaps sorted by budget)."""
+    judged = [g for g in gaps if g.judged]
+    if len(judged) < 2:
+        return ("one budget so far" if len(gaps) == 1 else
+                "no trend yet: fewer than two budgets with two seeds a side")
+    first, last = judged[0], judged[-1]
+    if first.decisive and last.decisive and first.arm_ahead != last.arm_ahead:
+        return "it reverses as the budget grows"
+    if first.decisive and not last.decisive:
+        return "it vanishes as the budget grows"
+    if abs(last.gap) < abs(first.gap):
+        return "it shrinks as the budget grows"
+    if abs(last.gap) > abs(first.gap):
+        return "it grows with the budget"
+    return "it holds"
+
