@@ -146,19 +146,14 @@ class StoreReplaced(StoreError):
     """The store's file was replaced or removed while this process had it open."""
 
 
-#: The first bytes of every SQLite 3 database file.
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
 def _damaged(path: Path, why: str) -> str:
     return (f"{path} is not a sparsebench run store or is damaged ({why}); restore it from "
             f"git or a backup, or point --store at another file.")
 
 
 def _check_store_path(path: Path) -> None:
-    """Raises StoreError when ``path`` cannot be a run store: a folder, below a file, or a
-    file that does not start as every SQLite database does. Checked before SQLite opens it,
-    so nothing is created or written beside a file that is not a store."""
+    """Raises StoreError when ``path`` cannot be a run store: a folder, or below a file.
+    Checked before SQLite opens it, so nothing is created beside a path that is no store."""
     if path.is_dir():
         raise StoreError(f"{path} is a folder, not a run store; point --store at a file "
                          f"(e.g. {path / 'results.db'}).")
@@ -168,15 +163,10 @@ def _check_store_path(path: Path) -> None:
                 raise StoreError(f"{path} cannot be a run store: {parent} is a file, not a "
                                  f"folder; point --store elsewhere.")
             break
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(len(_SQLITE_MAGIC))
-    except FileNotFoundError:
-        return  # a new store
-    # An empty file is an empty SQLite database (SQLite writes nothing before the first table);
-    # a real one never holds a few bytes, or others than SQLite's own header.
-    if head and head != _SQLITE_MAGIC:
-        raise StoreError(_damaged(path, "it does not start with SQLite's header"))
+    # The file's own bytes are left to SQLite (a file that is not a database fails its first
+    # read, before anything is written): opening and closing another descriptor on a database
+    # this process has open drops SQLite's POSIX locks on it, and a reader elsewhere then
+    # stopped seeing the sweep's commits.
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
