@@ -22,10 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import methods
 from .distributions import LayerSparsity, matches, resolve_layer_sparsity
 from .layer_kinds import is_transposed_linear
-from .methods import Layer, Method
+from .methods import Layer, Method, MethodConfig, catalogue
 from .schedules import GradualSchedule
 
 __all__ = ["Sparsifier", "load_masks", "select_layers", "sparsify"]
@@ -208,7 +207,7 @@ def _warn_unselected(model: nn.Module, selected: Sequence[Layer]) -> None:
 
 def sparsify(
     model: nn.Module,
-    method: str,
+    method: str | MethodConfig,
     sparsity: float | None = None,
     schedule: GradualSchedule | None = None,
     include: str | Sequence[str] | None = None,
@@ -222,7 +221,9 @@ def sparsify(
 
     Args:
         model: any module built from standard layers.
-        method: ``"magnitude"``, ``"random"``, ``"variational_dropout"`` (``"vd"``) or ``"l0"``.
+        method: ``"magnitude"``, ``"random"``, ``"variational_dropout"`` (``"vd"``) or ``"l0"``
+            (``methods.names()``), or a technique's typed Config (e.g. ``MagnitudeConfig(...)``,
+            then no ``**hparams``).
         sparsity: the overall target in [0, 1) for magnitude and random pruning. VD and L0 take
             no target: their ``kl_weight`` / ``l0_weight`` (and VD's threshold) set the sparsity.
         schedule: a ``GradualSchedule``; None prunes to the target at once (one-shot).
@@ -240,11 +241,8 @@ def sparsify(
         ValueError: with one sentence for an unknown method or hyperparameter, a sparsity
             outside [0, 1), a pattern matching nothing, or options the method does not take.
     """
-    method_class = methods.get(method)
-    if "block" in hparams and not method_class.uses_sparsity_target:
-        raise ValueError(f"block= is available for magnitude and random pruning only; "
-                         f"{method_class.name} has no group (one gate per block) variant here.")
-    config = method_class.config_class.from_dict(hparams)
+    technique_entry, config = _technique_and_config(method, hparams)
+    method_class = technique_entry.method_class
     if method_class.uses_sparsity_target:
         if sparsity is None:
             raise ValueError(f"{method_class.name} pruning needs a target: pass sparsity=… in "
@@ -284,6 +282,27 @@ def sparsify(
             layer.module.forward = override
     technique.on_attach()
     return Sparsifier(model, technique, sparsity, schedule)
+
+
+def _technique_and_config(method: str | MethodConfig, hparams: Mapping[str, Any]
+                          ) -> tuple[catalogue.Technique, MethodConfig]:
+    """Returns the catalogue entry and the typed Config of ``sparsify``'s method argument."""
+    if isinstance(method, MethodConfig):
+        if hparams:
+            raise ValueError(f"Pass a technique's options either as a Config or as keywords, "
+                             f"not both (got {sorted(hparams)} beside {method!r}).")
+        owners = [t for t in catalogue.entries(catalogue.SPARSIFIER)
+                  if t.method_class.config_class is type(method)]
+        if not owners:
+            raise ValueError(f"{type(method).__name__} is no registered technique's Config.")
+        return owners[0], method
+    technique = catalogue.get(method, role=catalogue.SPARSIFIER)
+    if "block" in hparams and "block" not in technique.config_fields():
+        with_blocks = [t.name for t in catalogue.entries(catalogue.SPARSIFIER)
+                       if "block" in t.config_fields()]
+        raise ValueError(f"block= is available for {' and '.join(with_blocks)} only; "
+                         f"{technique.name} has no group (one gate per block) variant here.")
+    return technique, technique.parse_config(hparams)
 
 
 class Sparsifier:
@@ -327,7 +346,9 @@ class Sparsifier:
         """
         self._check_live()
         if not hasattr(self.technique, "fix_masks"):
-            raise ValueError(f"{self.method} has no masks to fix; use magnitude or random.")
+            able = [t.name for t in catalogue.entries(catalogue.SPARSIFIER)
+                    if hasattr(t.method_class, "fix_masks")]
+            raise ValueError(f"{self.method} has no masks to fix; use {' or '.join(able)}.")
         self.technique.fix_masks(dict(masks))
 
     def penalty(self) -> torch.Tensor:

@@ -11,11 +11,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import yaml
 
-from .. import methods
+if TYPE_CHECKING:
+    from ..methods import MethodConfig
+
+from ..methods import catalogue
+from ..methods.catalogue import DENSE
 
 __all__ = [
     "DataConfig",
@@ -34,7 +38,6 @@ __all__ = [
 DATASETS = ("fashion-mnist", "mnist", "imagefolder", "ding", "parallel")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step", "inverse_sqrt")
-DENSE = "dense"
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -179,14 +182,11 @@ class SparsityConfig:
 
     def validate(self, steps: int) -> None:
         if self.method != DENSE:
-            method_class = methods.get(self.method)
-            self.method = method_class.name
-            hparams = dict(self.hparams)
-            for key in ("warmup_begin", "warmup_end"):
-                if isinstance(hparams.get(key), float) and 0 <= hparams[key] <= 1:
-                    hparams[key] = int(round(hparams[key] * steps))
-            method_class.config_class.from_dict(hparams)
-            if method_class.uses_sparsity_target:
+            technique = catalogue.get(self.method, role=catalogue.SPARSIFIER)
+            self.method = technique.name
+            # Parsed here, once, where the values enter; training uses this typed Config.
+            self._method_config = (steps, technique.parse_config(self.hparams, steps))
+            if technique.takes_target:
                 _check(self.sparsity is not None and 0 <= self.sparsity < 1,
                        "sparsity.sparsity", self.sparsity, f"in [0, 1) for {self.method}")
             else:
@@ -203,8 +203,20 @@ class SparsityConfig:
             if isinstance(value, float):
                 _check(value <= 1.0, f"sparsity.{key}", value, "a fraction in [0, 1]")
         if self.mask_from is not None:
-            _check(self.method == "magnitude", "sparsity.method", self.method,
-                   "magnitude (its fixed-mask mode) when sparsity.mask_from is set")
+            fixed = [t.name for t in catalogue.entries() if t.fixed_mask]
+            _check(self.method in fixed, "sparsity.method", self.method,
+                   f"{' or '.join(fixed)} (its fixed-mask mode) when sparsity.mask_from is set")
+
+    def method_config(self, steps: int) -> MethodConfig:
+        """Returns the technique's typed Config for a run of ``steps`` (warm-up fractions as
+        steps), parsed once by ``validate`` (again only when the run length changed since)."""
+        if self.method == DENSE:
+            raise ValueError("A dense run has no technique Config.")
+        parsed_for, config = getattr(self, "_method_config", (None, None))
+        if parsed_for != steps or config is None:
+            self.validate(steps)
+            config = self._method_config[1]
+        return config
 
 
 @dataclass

@@ -9,6 +9,7 @@ writes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save
 from .. import __version__, models
 from ..distributions import LayerSparsity
 from ..init import rescale_for_sparse_fan_in
+from ..methods import catalogue
 from ..metrics import sparsity_report
 from ..rundir import (
     CHECKPOINT_DIR,
@@ -133,10 +135,7 @@ def _attach(config: RunConfig, model: torch.nn.Module) -> Sparsifier | None:
     s = config.sparsity
     if s.method == DENSE:
         return None
-    hparams = dict(s.hparams)
-    for key in ("warmup_begin", "warmup_end"):
-        if key in hparams:
-            hparams[key] = config.step_of(hparams[key])
+    method_config = s.method_config(config.run.steps)
     kwargs: dict[str, Any] = {"include": s.include, "exclude": s.exclude}
     if s.sparsity is not None:
         kwargs["sparsity"] = s.sparsity
@@ -150,13 +149,13 @@ def _attach(config: RunConfig, model: torch.nn.Module) -> Sparsifier | None:
         else:
             # "keep": no gradient through the mask, and nothing zeroed before the given mask
             # is installed (fix_masks zeroes exactly its own pruned weights).
-            hparams["pruned_weights"] = "keep"
+            method_config = dataclasses.replace(method_config, pruned_weights="keep")
     masks = None
     if s.mask_from is not None:
         masks = load_masks(s.mask_from)
         if s.augmented_init:
             rescale_for_sparse_fan_in(model, masks)
-    sp = sparsify(model, s.method, **kwargs, **hparams)
+    sp = sparsify(model, method_config, **kwargs)
     if masks is not None:
         sp.fix_masks(masks)
     return sp
@@ -395,8 +394,6 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
     return _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer)
 
 
-#: Methods whose training forward pass multiplies or perturbs weights with noise.
-NOISY_METHODS = ("variational_dropout", "l0")
 DEFAULT_BN_BATCHES = 50
 
 
@@ -404,7 +401,10 @@ def bn_batches_for(config: RunConfig) -> int:
     """Returns how many batches re-estimate BatchNorm statistics before evaluation."""
     if config.eval.bn_batches is not None:
         return config.eval.bn_batches
-    return DEFAULT_BN_BATCHES if config.sparsity.method in NOISY_METHODS else 0
+    technique = catalogue.find(config.sparsity.method)
+    # Training with noise on the weights (VD, L0) gathers running statistics of a noisy
+    # network, which do not fit the deterministic one evaluated.
+    return DEFAULT_BN_BATCHES if technique and technique.trains_with_noise else 0
 
 
 def recalibrate_batch_norm(model: torch.nn.Module, task, device: torch.device,
