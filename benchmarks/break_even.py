@@ -54,32 +54,33 @@ def main() -> None:
     print(f"before: {machine_context()}  min_speedup {MIN_SPEEDUP:g}")
     torch.manual_seed(0)
     perf_model = PerformanceModel()
+    print(f"layers judged at threads {perf_model.thread_counts}")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
-    for out_f, in_f in shapes:  # calibrate first: the quiet part of the story
+    # Compile every cell first, so that every calibration (each block size, each thread count)
+    # is taken before the competitor starts: the quiet part of the story.
+    cells = []
+    for out_f, in_f in shapes:
         for batch in args.batches:
-            perf_model.calibrate(out_f, in_f, batch)
+            for sparsity in args.sparsities:
+                dense = pruned_linear(in_f, out_f, sparsity)
+                compiled = compile_sparse(dense, batch_hint=batch, perf_model=perf_model)
+                cells.append((f"{out_f}x{in_f} b{batch} s{sparsity:g}", dense, compiled,
+                              torch.randn(batch, in_f)))
     competitor = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
                   if args.load else None)
     start, problems, worst = time.time(), {}, (float("inf"), "")
     try:
-        for out_f, in_f in shapes:
-            for batch in args.batches:
-                x = torch.randn(batch, in_f)
-                for sparsity in args.sparsities:
-                    dense = pruned_linear(in_f, out_f, sparsity)
-                    compiled = compile_sparse(dense, batch_hint=batch, perf_model=perf_model)
-                    choice = ("dense" if type(compiled) is nn.Linear
-                              else f"{type(compiled).__name__}{getattr(compiled, 'block', '')}")
-                    rounds = interleaved_rounds({"dense": lambda d=dense, x=x: d(x),
-                                                 "compiled": lambda c=compiled, x=x: c(x)},
-                                                repeats=args.repeats)
-                    ratio = Comparison.of(rounds["dense"], rounds["compiled"],
-                                          ("dense", "compiled"))
-                    label = f"{out_f}x{in_f} b{batch} s{sparsity:g}"
-                    problems[label] = ratio.problems()
-                    if choice != "dense":
-                        worst = min(worst, (ratio.headline, label))
-                    print(f"  {label:<22} {choice:<18} dense/compiled {ratio.cell()}", flush=True)
+        for label, dense, compiled, x in cells:
+            choice = ("dense" if type(compiled) is nn.Linear
+                      else f"{type(compiled).__name__}{getattr(compiled, 'block', '')}")
+            rounds = interleaved_rounds({"dense": lambda d=dense, x=x: d(x),
+                                         "compiled": lambda c=compiled, x=x: c(x)},
+                                        repeats=args.repeats)
+            ratio = Comparison.of(rounds["dense"], rounds["compiled"], ("dense", "compiled"))
+            problems[label] = ratio.problems()
+            if choice != "dense":
+                worst = min(worst, (ratio.headline, label))
+            print(f"  {label:<22} {choice:<18} dense/compiled {ratio.cell()}", flush=True)
     finally:
         if competitor is not None:
             competitor.kill()

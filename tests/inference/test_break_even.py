@@ -4,6 +4,7 @@ is timed side by side with its dense original."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -31,12 +32,13 @@ def _pruned_linear(in_f: int, out_f: int, sparsity: float) -> nn.Linear:
 
 def test_every_sparsity_compiles_to_a_layer_no_slower_than_dense(tmp_path):
     in_f, out_f, batch = 1024, 4096, 1  # the case of issue 23: 0.76x dense at 50%
-    # One thread: with two on two cores beside the competitor, a layer calibrated quiet at
-    # 30% sparsity still ran at 0.84x dense (CI, session 11); that case is issue 23's open end.
+    # Two threads where there are two cores: the competitor then takes one of the cores the
+    # layer was calibrated with (session 11 saw 0.84x dense at 30% here before the model
+    # judged layers at one thread as well).
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
     perf_model = PerformanceModel(tmp_path / "cal.json", budget_s=0.5)
-    perf_model.calibrate(out_f, in_f, batch)  # quiet (as quiet as this machine is)
+    perf_model.calibrations(out_f, in_f, batch)  # quiet (as quiet as this machine is)
     competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         x = torch.randn(batch, in_f)

@@ -88,6 +88,13 @@ def register(subparsers: Any) -> None:
         "the cached calibration (a calibration taken on a busy machine is measured again "
         "anyway once the machine is quiet)",
     )
+    b.add_argument(
+        "--dedicated-cores",
+        action="store_true",
+        help="the machine's cores are the model's alone: judge each layer at the chosen "
+        "thread count only (by default a layer goes sparse only if it also wins at one "
+        "thread, as it may get on a machine shared with other work)",
+    )
     b.set_defaults(func=_bench)
 
 
@@ -153,7 +160,9 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         print(watch.choice.describe())
         print(f"before: {machine_context()}")
-        pm = PerformanceModel(budget_s=args.calibration_s, recalibrate=args.recalibrate)
+        pm = PerformanceModel(budget_s=args.calibration_s, recalibrate=args.recalibrate,
+                              thread_counts=(torch.get_num_threads(),) if args.dedicated_cores
+                              else None)
         results = bench_model(
             model,
             workload,

@@ -46,9 +46,10 @@ log = logging.getLogger(__name__)
 class LayerDecision:
     """The choice for one layer and the numbers behind it.
 
-    ``predicted_speedup`` maps each hinted batch size to dense time / sparse time;
+    ``predicted_speedup`` maps each hinted batch size to dense time / sparse time at the least
+    favourable of the thread counts judged (``PerformanceModel.thread_counts``);
     ``break_even_density`` is the density below which sparse wins by ``min_speedup`` at the
-    least favourable hinted batch.
+    least favourable hinted batch and thread count.
     """
 
     name: str
@@ -107,17 +108,22 @@ def _choose(
     shape: tuple[int, ...],
     matrix: torch.Tensor,
     ctx: _Context,
-    calibrate: Callable[[int, tuple[int, int]], Calibration],
+    calibrate: Callable[[int, tuple[int, int]], list[Calibration]],
 ) -> LayerDecision:
-    """Pick the fastest of dense, CSR and fitting BSR formats by the performance model."""
+    """Pick the fastest of dense, CSR and fitting BSR formats by the performance model.
+
+    ``calibrate(batch, block)`` returns the layer's calibrations at each thread count the
+    model is judged at; a format counts at its least favourable batch and thread count.
+    """
     density = float((matrix != 0).sum()) / max(matrix.numel(), 1)
     best: LayerDecision | None = None
     for block, d in _block_candidates(matrix):
-        cals = [calibrate(b, block) for b in ctx.batches]
-        speedups = {b: c.speedup(d) for b, c in zip(ctx.batches, cals, strict=True)}
+        cals = {b: calibrate(b, block) for b in ctx.batches}
+        speedups = {b: min(c.speedup(d) for c in cals[b]) for b in ctx.batches}
         worst = min(speedups.values())
         if best is None or worst > min(best.predicted_speedup.values()):
-            break_even = min(c.break_even_density(ctx.min_speedup) for c in cals)
+            break_even = min(c.break_even_density(ctx.min_speedup)
+                             for per_batch in cals.values() for c in per_batch)
             use = worst >= ctx.min_speedup
             fmt = "csr" if block == (1, 1) else f"bsr {block[0]}x{block[1]}"
             reason = f"{fmt}: worst predicted {worst:.2f}x {'>=' if use else '<'} min_speedup"
@@ -144,7 +150,7 @@ def _decide_matrix(name: str, kind: str, w: torch.Tensor, ctx: _Context) -> Laye
         (out_f, in_f),
         w,
         ctx,
-        lambda b, block: ctx.model.calibrate(out_f, in_f, b, block),
+        lambda b, block: ctx.model.calibrations(out_f, in_f, b, block),
     )
 
 
@@ -173,7 +179,7 @@ def _decide_conv(name: str, conv: nn.Conv2d, ctx: _Context) -> LayerDecision:
         shape,
         w.reshape(w.shape[0], -1),
         ctx,
-        lambda b, block: ctx.model.calibrate_conv(conv, (hw[0], hw[1]), b, block),
+        lambda b, block: ctx.model.conv_calibrations(conv, (hw[0], hw[1]), b, block),
     )
 
 

@@ -43,6 +43,34 @@ BUSY_LOAD_PER_CORE = 0.75
 QUIET_LOAD_PER_CORE = 0.25
 
 
+def default_thread_counts() -> tuple[int, ...]:
+    """Return the thread counts a layer is judged at: this process's, and one.
+
+    A machine shared with other work may give the model fewer cores than it asked for, and
+    the sparse kernel and dense matmul lose unequally: a 4096x1024 layer at 30% sparsity,
+    batch 1, calibrated at 2 threads on a quiet 2-core machine, went sparse and ran at 0.84x
+    dense once a competing process took a core (issue 23); calibrated at 1 thread it stays
+    dense. Sparse is chosen only where it wins at both ends.
+    """
+    threads = torch.get_num_threads()
+    return (threads,) if threads == 1 else (threads, 1)
+
+
+class _Threads:
+    """Run a block with ``torch.set_num_threads(n)``, restoring the previous count after."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.before = n, torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.n != self.before:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if torch.get_num_threads() != self.before:
+            torch.set_num_threads(self.before)
+
+
 def load_per_core() -> float | None:
     """Return the 1-minute load average divided by the cores (None where the OS has none)."""
     if not hasattr(os, "getloadavg"):
@@ -70,6 +98,8 @@ class Calibration:
     block: tuple[int, int] = (1, 1)
     #: 1-minute load average per core when measured (None: unknown, e.g. an older cache).
     load_per_core: float | None = None
+    #: Threads the layers ran with (None: the cache file's, i.e. the process's own).
+    threads: int | None = None
 
     def sparse_time(self, density: float) -> float:
         """Return the predicted sparse time (s) at ``density``, interpolated piecewise-linearly.
@@ -152,6 +182,9 @@ class PerformanceModel:
             the cache (the new measurements replace the cached ones). Without it, a cached
             calibration taken on a busy machine is measured again when the machine is quiet
             (see :data:`BUSY_LOAD_PER_CORE`).
+        thread_counts: the thread counts ``calibrations`` measures each layer at (default
+            :func:`default_thread_counts`: this process's and one); pass ``(n,)`` on a
+            machine whose cores are the model's alone.
     """
 
     def __init__(
@@ -162,9 +195,14 @@ class PerformanceModel:
         budget_s: float = 1.0,
         persist: bool = True,
         recalibrate: bool = False,
+        thread_counts: tuple[int, ...] | None = None,
     ) -> None:
         if not densities or any(not 0 < d <= 1 for d in densities):
             raise ValueError(f"densities must be non-empty values in (0, 1], got {densities}")
+        counts = default_thread_counts() if thread_counts is None else tuple(thread_counts)
+        if not counts or any(not isinstance(t, int) or t < 1 for t in counts):
+            raise ValueError(f"thread_counts must be positive integers, got {thread_counts!r}")
+        self.thread_counts = tuple(dict.fromkeys(counts))
         self.densities = tuple(sorted(densities))
         self.budget_s = budget_s
         self.persist = persist
@@ -220,6 +258,7 @@ class PerformanceModel:
                         "densities": tuple(v["densities"]),
                         "sparse_s": tuple(v["sparse_s"]),
                         "block": tuple(v.get("block", (1, 1))),
+                        "threads": v.get("threads"),
                     }
                 )
                 for k, v in data.get("calibrations", {}).items()
@@ -249,16 +288,36 @@ class PerformanceModel:
         block: tuple[int, int] = (1, 1),
         kind: str = "linear",
         extra: str = "",
+        threads: int | None = None,
     ) -> str:
         blk = "" if block == (1, 1) else f":blk{block[0]}x{block[1]}"
         dens = ",".join(f"{d:g}" for d in densities)
-        return f"{kind}:{out_f}x{in_f}{extra}:b{batch}{blk}:d{dens}"
+        # The process's own thread count is the cache file's (machine_key); others are named.
+        thr = "" if threads in (None, torch.get_num_threads()) else f":t{threads}"
+        return f"{kind}:{out_f}x{in_f}{extra}:b{batch}{blk}:d{dens}{thr}"
+
+    def calibrations(
+        self, out_features: int, in_features: int, batch: int, block: tuple[int, int] = (1, 1)
+    ) -> list[Calibration]:
+        """Return a Linear layer's calibration at each of ``thread_counts``."""
+        return [self.calibrate(out_features, in_features, batch, block, threads=t)
+                for t in self.thread_counts]
+
+    def conv_calibrations(
+        self, conv: torch.nn.Conv2d, input_hw: tuple[int, int], batch: int,
+        block: tuple[int, int] = (1, 1),
+    ) -> list[Calibration]:
+        """Return a Conv2d's calibration at each of ``thread_counts``."""
+        return [self.calibrate_conv(conv, input_hw, batch, block, threads=t)
+                for t in self.thread_counts]
 
     def calibrate(
-        self, out_features: int, in_features: int, batch: int, block: tuple[int, int] = (1, 1)
+        self, out_features: int, in_features: int, batch: int, block: tuple[int, int] = (1, 1),
+        *, threads: int | None = None,
     ) -> Calibration:
-        """Return the calibration for a Linear shape, batch and block size (measured if new)."""
-        key = self._key(out_features, in_features, batch, self.densities, block)
+        """Return the calibration for a Linear shape, batch and block size (measured if new),
+        at ``threads`` (default: the process's own)."""
+        key = self._key(out_features, in_features, batch, self.densities, block, threads=threads)
         cached = self._cached(key)
         if cached is not None:
             return cached
@@ -276,6 +335,7 @@ class PerformanceModel:
             lambda: F.linear(x, dense_w),
             sparse,
             (out_features, in_features, batch, "linear", block),
+            threads,
         )
 
     def calibrate_conv(
@@ -284,8 +344,11 @@ class PerformanceModel:
         input_hw: tuple[int, int],
         batch: int,
         block: tuple[int, int] = (1, 1),
+        *,
+        threads: int | None = None,
     ) -> Calibration:
-        """Return the calibration for a Conv2d's geometry on ``batch`` images of ``input_hw``."""
+        """Return the calibration for a Conv2d's geometry on ``batch`` images of ``input_hw``,
+        at ``threads`` (default: the process's own)."""
         from sparsebench.inference.sparse_conv import SparseConv2d
 
         kh, kw = conv.kernel_size
@@ -295,7 +358,8 @@ class PerformanceModel:
             f"{input_hw[0]}x{input_hw[1]}"
         ).replace(" ", "")
         key = self._key(
-            conv.out_channels, cols, batch, self.densities, block, kind="conv", extra=extra
+            conv.out_channels, cols, batch, self.densities, block, kind="conv", extra=extra,
+            threads=threads,
         )
         cached = self._cached(key)
         if cached is not None:
@@ -318,10 +382,29 @@ class PerformanceModel:
             lambda: F.conv2d(x, dense_w, None, **geometry),
             sparse,
             (conv.out_channels, cols, batch, "conv", block),
+            threads,
         )
 
-    def _measure(self, key, dense_fn, sparse_fns, meta) -> Calibration:  # noqa: ANN001
-        """Time ``dense_fn`` and each density's sparse callable; cache and return the result."""
+    def _measure(  # noqa: ANN001
+        self, key, dense_fn, sparse_fns, meta, threads: int | None = None
+    ) -> Calibration:
+        """Time ``dense_fn`` and each density's sparse callable at ``threads`` (default: the
+        process's own); cache and return the result."""
+        with _Threads(threads or torch.get_num_threads()):
+            cal = self._time_pairs(dense_fn, sparse_fns, meta, threads)
+        log.info(
+            "calibrated %s %dx%d batch %d block %dx%d at %d thread(s): break-even density %.3f",
+            cal.kind, cal.out_features, cal.in_features, cal.batch, *cal.block,
+            threads or torch.get_num_threads(), cal.break_even_density(),
+        )
+        self._entries[key] = cal
+        self._fresh.add(key)
+        if self.persist:
+            self._write()
+        return cal
+
+    def _time_pairs(self, dense_fn, sparse_fns, meta, threads) -> Calibration:  # noqa: ANN001
+        """Times dense against each density's sparse kernel, in pairs (at the threads set)."""
         out_f, in_f, batch, kind, block = meta
         load_before = load_per_core()
         # Each density is timed against dense in rounds of its own: interleaving every
@@ -353,29 +436,20 @@ class PerformanceModel:
             block,
             # The busier of before and after: a neighbour that started meanwhile counts too.
             None if load_before is None else max(load_before, load_per_core() or 0.0),
+            threads,
         )
-        log.info(
-            "calibrated %s %dx%d batch %d block %dx%d: break-even density %.3f",
-            kind,
-            out_f,
-            in_f,
-            batch,
-            *block,
-            cal.break_even_density(),
-        )
-        self._entries[key] = cal
-        self._fresh.add(key)
-        if self.persist:
-            self._write()
         return cal
 
     def record(self, cal: Calibration) -> None:
-        """Store a calibration (measured elsewhere, or made up in a test) in the cache."""
+        """Store a calibration (measured elsewhere, or made up in a test) in the cache, for
+        ``cal.threads``, or for every one of ``thread_counts`` when it names none."""
         if cal.kind != "linear":
             raise ValueError("record() takes Linear calibrations; convs are keyed by geometry")
-        key = self._key(cal.out_features, cal.in_features, cal.batch, self.densities, cal.block)
-        self._entries[key] = cal
-        self._fresh.add(key)
+        for threads in (self.thread_counts if cal.threads is None else (cal.threads,)):
+            key = self._key(cal.out_features, cal.in_features, cal.batch, self.densities,
+                            cal.block, threads=threads)
+            self._entries[key] = cal
+            self._fresh.add(key)
         if self.persist:
             self._write()
 
