@@ -380,7 +380,7 @@ def test_retraining_in_loss_is_drawn_better_up_with_a_collapsed_replica_off_the_
     # mean it drags to 93.5) fall outside, and the axis ends at the worst sound loss, 5.2,
     # plus 6%: 5.512. It begins 1% under the best value drawn, the dense 4.6: 4.554.
     drawn = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: drawn.append(fig) or Path(path))
     reps = {"scratch-e": {0.9: P.summarise([5.2, 5.3, 270.0])}}
     reference = {0.9: P.FrontierPoint(0.9, 5.0, 0.9, 1, "m")}
     figures.retraining_figure(reps, reference, tmp_path / "r.png", metric_name="loss",
@@ -392,41 +392,27 @@ def test_retraining_in_loss_is_drawn_better_up_with_a_collapsed_replica_off_the_
     assert ax.get_ylabel() == "test loss (nats per token; lower is better, drawn upward)"
 
 
-def test_sections_register_once_in_reading_order():
-    """Each section module adds its builders when imported, at a fixed place: the loss
-    frontiers right after the headline ones, the seed spread after them, then the
-    retraining and published comparison, then our own and the speed sections. Registering
-    again moves nothing and doubles nothing."""
-    from sparsebench.study import loss_section, report, seed_section
+def test_sections_are_listed_once_in_reading_order():
+    """The sections are one explicit list: the loss frontiers right after the headline ones,
+    the seed spread after them, then the retraining and published comparison, then our own
+    and the speed sections; each once."""
+    from sparsebench.study import report
+    from sparsebench.study.report import loss, seeds
 
     order = list(report.SECTION_BUILDERS)
     assert len(order) == len(set(order))
     technique = order.index(report.technique_section)
     assert order[technique - 1] is report.dense_section
     assert order[technique + 1:technique + 6] == [
-        loss_section.loss_section, seed_section.seed_section, report.retraining_section,
-        loss_section.retraining_loss_section, report.published_comparison_section]
-    report.register_section(loss_section.loss_section, order=21)
-    report.register_section(seed_section.seed_section, order=22)
-    assert order == report.SECTION_BUILDERS
-
-    def extra(ctx, scope):
-        return None
-
-    try:
-        report.register_section(extra, order=15)  # between dense (10) and technique (20)
-        report.register_section(extra, order=15)
-        assert report.SECTION_BUILDERS[technique] is extra
-        assert report.SECTION_BUILDERS.count(extra) == 1
-    finally:
-        report.SECTION_BUILDERS[:] = order
+        loss.loss_section, seeds.seed_section, report.retraining_section,
+        loss.retraining_loss_section, report.published_comparison_section]
 
 
-@pytest.mark.parametrize("first", ["loss_section", "seed_section", "sections",
-                                   "speed_sections", "report"])
+@pytest.mark.parametrize("first", ["report.loss", "report.seeds", "report.magnitude",
+                                   "report.speed", "report.shared", "report"])
 def test_any_section_module_can_be_imported_first(first):
-    """The section modules and report.py import each other; whichever a program imports
-    first, the report gets every section, in the same order."""
+    """Whichever report module a program imports first, the report gets every section, in
+    the same order (no import side effects decide it)."""
     import subprocess
     import sys
 
@@ -449,7 +435,7 @@ def test_collapsed_frontier_points_sit_on_the_edge_of_an_axis_that_spans_the_sou
     # edge the collapsed point sits on; the axis reaches 4% of 88 - 57.55 further (56.332) and
     # up to the dense 88 + 2% (89.76), rather than down to the collapsed 10%.
     drawn = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: drawn.append(fig) or Path(path))
     pts = [P.Point("magnitude", s, v, f"m{s}") for s, v in ((0.5, 0.87), (0.9, 0.83),
                                                            (0.98, 0.59))]
     pts += [P.Point("random", s, v, f"r{s}") for s, v in ((0.5, 0.875), (0.9, 0.84),

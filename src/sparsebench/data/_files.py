@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sparsebench.rundir import atomic_write_bytes
+from sparsebench._io import atomic_write_bytes
 
 __all__ = ["atomic_write_text", "data_home"]
 
@@ -21,7 +21,7 @@ def data_home() -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (temporary file + rename, see
-    ``sparsebench.rundir.atomic_write_bytes``): a killed process leaves the old file or the
+    ``sparsebench._io.atomic_write_bytes``): a killed process leaves the old file or the
     new one, never half a file.
 
     Returns:

@@ -1,9 +1,10 @@
-"""The report's opening: the study's answers for each scope of our runs, each gap judged
-against how far one setting moves with the seed alone.
+"""The study's answers for one scope of our runs, each gap judged against how far one setting
+moves with the seed alone: the sentences and rows the report's opening section
+(:mod:`sparsebench.study.report.answers`) shows.
 
 A frontier point is the best run of a bin, often one seed of one setting, so a gap between
 two techniques says something only when it is larger than the seed spread
-(:func:`~sparsebench.study.seed_section.seed_spread`). Every comparison here is worded from
+(:func:`~sparsebench.study.seeds.seed_spread`). Every comparison here is worded from
 that test: a gap within the spread is a tie ("level"), a larger one "ahead" or "behind";
 with no repeated setting there is no spread, and the sentences say so instead of ranking on
 noise. Where the runs carry a test loss beside another headline metric, the same answers
@@ -16,15 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import pareto as P
-from .report import ReportContext, Scope, Section, Table, _metric_of
-from .seed_section import SeedSpread, seed_spread
+from .seeds import SeedSpread, seed_spread
 from .store import Run
 
-__all__ = ["Gap", "answers_section", "gap_verdict", "pair_gaps"]
+__all__ = ["TECHNIQUES", "Gap", "gap_verdict", "measure_answers", "pair_gaps"]
 
 #: The techniques whose frontiers the first question compares (MP v2 trains 1.5x the steps,
 #: so it is no peer here; its own section compares it).
-_TECHNIQUES = P.SPARSIFIERS
+TECHNIQUES = P.SPARSIFIERS
 _UNITS = {"top1": "points", "bleu": "BLEU", "loss": "nats"}
 
 
@@ -79,10 +79,11 @@ def _spread_words(spread: SeedSpread, metric: str) -> str:
 
 # ---- the comparisons --------------------------------------------------------------------------
 
-def _frontiers(runs: Sequence[Run], ctx: ReportContext, higher: bool) -> dict[str, P.Frontier]:
-    points = P.points_from_runs([r for r in runs if r.technique in _TECHNIQUES],
+def _frontiers(runs: Sequence[Run], tolerance_pp: float, higher: bool
+               ) -> dict[str, P.Frontier]:
+    points = P.points_from_runs([r for r in runs if r.technique in TECHNIQUES],
                                 series=lambda r: r.technique)
-    return P.frontiers(points, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
+    return P.frontiers(points, tolerance_pp=tolerance_pp, higher_is_better=higher)
 
 
 def pair_gaps(table: Mapping[str, P.Frontier], first: str, second: str, *, higher: bool,
@@ -143,14 +144,14 @@ def _winners_sentence(table: Mapping[str, P.Frontier], metric: str, higher: bool
     return "best technique at each sparsity: " + "; ".join(parts) + ".", gaps
 
 
-def _retraining_gaps(runs: Sequence[Run], reference: P.Frontier, ctx: ReportContext,
+def _retraining_gaps(runs: Sequence[Run], reference: P.Frontier, tolerance_pp: float,
                      higher: bool, spread: SeedSpread | None
                      ) -> dict[str, tuple[list[Gap], int]]:
     """Returns, per retraining kind, its mean over replicas against the magnitude-pruning
     frontier at each level both have, and its most replicas at a level."""
     points = P.points_from_runs([r for r in runs if r.technique in P.RETRAINING],
                                 series=lambda r: r.technique)
-    summaries = P.replica_summaries(points, tolerance_pp=ctx.tolerance_pp)
+    summaries = P.replica_summaries(points, tolerance_pp=tolerance_pp)
     sign = 1.0 if higher else -1.0
     out = {}
     for kind in P.RETRAINING:
@@ -165,11 +166,15 @@ def _retraining_gaps(runs: Sequence[Run], reference: P.Frontier, ctx: ReportCont
     return out
 
 
-def _answers(runs: Sequence[Run], ctx: ReportContext, metric: str, higher: bool,
-             prefix: str = "") -> tuple[list[str], list[list[str]]]:
-    """Returns the sentences and table rows of one measure's answers."""
+def measure_answers(runs: Sequence[Run], metric: str, higher: bool, *, tolerance_pp: float,
+                    prefix: str = "") -> tuple[list[str], list[list[str]]]:
+    """Returns the sentences and table rows of one measure's answers (``runs`` carrying it as
+    their metric): the seed spread, the best technique at each level, each of random pruning,
+    VD and L0 against magnitude pruning and each retraining kind against joint pruning; each
+    sentence after ``prefix`` (e.g. "In test loss, "). Frontier bins are ``tolerance_pp``
+    wide."""
     spread = seed_spread(runs)
-    table = _frontiers(runs, ctx, higher)
+    table = _frontiers(runs, tolerance_pp, higher)
     measure = "test loss" if metric == "loss" else metric
     if spread is not None:
         first = (f"one setting moves by up to {_amount(spread.value, metric)} with the seed "
@@ -200,7 +205,7 @@ def _answers(runs: Sequence[Run], ctx: ReportContext, metric: str, higher: bool,
         else:
             sentences.append(f"{P.display_name(technique)} has no frontier point at a "
                              "level magnitude pruning reaches.")
-    retrained = _retraining_gaps(runs, table.get("magnitude", {}), ctx, higher, spread)
+    retrained = _retraining_gaps(runs, table.get("magnitude", {}), tolerance_pp, higher, spread)
     for kind, (gaps, n) in retrained.items():
         sentences.append(_pair_sentence(
             f"{kind} ({'one run' if n == 1 else f'mean of {n}'})",
@@ -214,37 +219,3 @@ def _lead(prefix: str, sentence: str) -> str:
     """Returns the sentence after ``prefix`` ("In test loss, ..."), capitalised once."""
     text = prefix + sentence  # sentences start in lower case, as a name does ("L0" aside)
     return text[:1].upper() + text[1:]
-
-
-def answers_section(ctx: ReportContext, scope: Scope) -> Section | None:
-    """The answers for one scope of our runs, in its headline metric and, where the runs
-    carry one beside it, in test loss; None for the study's published runs or a scope with
-    no sparse run yet."""
-    if scope.source != "ours":
-        return None
-    runs = [r for r in ctx.scope_runs(scope) if r.status == "finished"]
-    metric, higher = _metric_of(runs)
-    if not P.points_from_runs([r for r in runs if r.technique in _TECHNIQUES]):
-        return None
-    sentences, rows = _answers(runs, ctx, metric, higher)
-    from .loss_section import LOSS, with_test_loss
-
-    lossy = with_test_loss(runs)
-    if metric not in ("", LOSS) and P.points_from_runs(
-            [r for r in lossy if r.technique in _TECHNIQUES]):
-        more, loss_rows = _answers(lossy, ctx, LOSS, False, prefix="In test loss, ")
-        sentences += more
-        rows += loss_rows
-    return Section(
-        id=f"{scope.key}-answers", title=f"{scope.title}: the answers",
-        question="Which technique wins at each sparsity, how far random pruning is behind, "
-                 "and whether retraining matches joint pruning, each gap against the seed "
-                 "spread.",
-        sentences=sentences,
-        tables=[Table(f"{scope.key}_answers",
-                      ["measure", "comparison", "sparsity %", "first", "second",
-                       "first better by", "seed spread", "verdict"], rows,
-                      "Every comparison with its gap (the first's frontier point, or a "
-                      "retraining kind's mean, against the second's) and the seed spread it "
-                      "is judged against ('level' when the gap is no larger):",
-                      shown=False)])  # the sentences say it; the figures follow at once

@@ -9,7 +9,9 @@
 * :func:`loss_frontier_figure`: each technique's frontier in test loss (lower is better, so
   the axis runs downward), every run behind it and the dense replicas' range as a band.
 
-Each returns the path of the PNG it wrote (atomically). Top-1 is drawn in percent.
+Each returns the path of the PNG it wrote (atomically). Top-1 is drawn in percent. The figures
+of the sections only our own runs have are in :mod:`.our_figures`, with the same colours
+(:func:`colours`) and writer (:func:`save_png`).
 """
 
 from __future__ import annotations
@@ -21,18 +23,19 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from ..rundir import atomic_write_bytes
-from .budget import BudgetGap
+from .._io import atomic_write_bytes
 from .pareto import Frontier, Point, Summary, display_name, metric_label
 
 __all__ = [
-    "budget_figure",
+    "MARKERS",
     "collapsed_runs",
+    "colours",
     "frontier_figure",
     "loss_axis_cap",
     "loss_frontier_figure",
     "relative_frontiers_figure",
     "retraining_figure",
+    "save_png",
     "series_order",
 ]
 
@@ -49,10 +52,10 @@ _COLOURS = {
     "dense": "#333333",
 }
 _EXTRA = ("#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d")
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
-def _colours(series: Sequence[str]) -> dict[str, str]:
+def colours(series: Sequence[str]) -> dict[str, str]:
     """Returns a colour per series: the technique's own, or a spare one for each variant after
     the first of a technique, so two variants never share a colour."""
     out: dict[str, str] = {}
@@ -72,7 +75,9 @@ def _scale(metric_name: str) -> float:
     return 100.0 if metric_name == "top1" else 1.0
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Writes ``fig`` as a PNG at ``path`` (atomically), as every report figure is written;
+    returns the path."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
@@ -108,6 +113,7 @@ def _with_edge(low: float | None, top: float, any_off: bool) -> tuple[float | No
     return low - 0.04 * max(top - low, 1e-9), low
 
 
+# Over 80 lines: both panels share one axis range (low, edge) and collapsed-run rule.
 def frontier_figure(
     frontiers: Mapping[str, Frontier],
     points: Sequence[Point],
@@ -125,7 +131,7 @@ def frontier_figure(
     spans the runs that trained. Returns the PNG path."""
     k = _scale(metric_name)
     names = sorted(frontiers, key=series_order)
-    colours = _colours(names)
+    colour_of = colours(names)
     # The frontiers' panel is the taller: its gaps of a point or less are what it is read for.
     fig = Figure(figsize=(8.0, 9.0))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
@@ -143,7 +149,7 @@ def frontier_figure(
         xs = [100 * lv for lv in levels]
         ys = [edge if edge is not None and frontiers[name][lv].train_id in collapsed
               else frontiers[name][lv].value * k for lv in levels]
-        top.plot(xs, ys, marker=_MARKERS[index % len(_MARKERS)], color=colours[name],
+        top.plot(xs, ys, marker=MARKERS[index % len(MARKERS)], color=colour_of[name],
                  label=display_name(name), linewidth=1.8)
         if low is not None and sound[name] and max(sound[name]) < low:
             hidden.append(f"{display_name(name)} (best {max(sound[name]):.2f})")
@@ -151,7 +157,7 @@ def frontier_figure(
         if edge is not None:
             top.annotate(f"{fp.value * k:.3g}", (100 * fp.level, edge), xytext=(6, -2),
                          textcoords="offset points", ha="left", fontsize=7,
-                         color=colours[name])
+                         color=colour_of[name])
     if base is not None:
         top.axhline(base, color="black", linestyle="--", linewidth=1.2,
                     label=f"dense ({base:.2f}, n={baseline.n})")
@@ -188,7 +194,7 @@ def frontier_figure(
         bottom.scatter([100 * p.sparsity for p in pts],
                        [edge_all if edge_all is not None and p.train_id in collapsed
                         else p.value * k for p in pts], s=9, alpha=0.45,
-                       color=colours.get(name, "#7f7f7f"), label=display_name(name),
+                       color=colour_of.get(name, "#7f7f7f"), label=display_name(name),
                        edgecolors="none")
     if base is not None:
         bottom.axhline(base, color="black", linestyle="--", linewidth=1.0)
@@ -213,7 +219,7 @@ def frontier_figure(
     bottom.grid(True, alpha=0.3)
     bottom.legend(fontsize=8, loc="lower left", markerscale=2)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def collapsed_runs(losses: Mapping[str, float], baseline: float | None) -> set[str]:
@@ -269,7 +275,7 @@ def loss_frontier_figure(
     better is up as in the other figures; collapsed runs (:func:`loss_axis_cap`) sit on its
     bottom edge, a frontier point there labelled with its loss. Returns the PNG path."""
     names = sorted(frontiers, key=series_order)
-    colours = _colours(names)
+    colour_of = colours(names)
     fig = Figure(figsize=(8.0, 5.0))
     ax = fig.subplots()
     shown = [p.value for p in points if 100 * p.sparsity >= _X_FROM]
@@ -283,17 +289,17 @@ def loss_frontier_figure(
     for name in sorted({p.series for p in points}, key=series_order):
         pts = [p for p in points if p.series == name]
         ax.scatter([100 * p.sparsity for p in pts], [place(p.value) for p in pts], s=16,
-                   alpha=0.5, color=colours.get(name, "#7f7f7f"), edgecolors="none")
+                   alpha=0.5, color=colour_of.get(name, "#7f7f7f"), edgecolors="none")
     for index, name in enumerate(names):
         levels = sorted(frontiers[name])
         ax.plot([100 * lv for lv in levels], [place(frontiers[name][lv].value) for lv in levels],
-                marker=_MARKERS[index % len(_MARKERS)], color=colours[name],
+                marker=MARKERS[index % len(MARKERS)], color=colour_of[name],
                 label=display_name(name), linewidth=1.8)
         for level in levels:  # an off-scale frontier point says what it is
             value = frontiers[name][level].value
             if edge is not None and value > cap:
                 ax.annotate(f"{value:.3g}", (100 * level, edge), textcoords="offset points",
-                            xytext=(0, 7), ha="center", fontsize=7, color=colours[name])
+                            xytext=(0, 7), ha="center", fontsize=7, color=colour_of[name])
     if baseline is not None:
         ax.axhspan(baseline.min, baseline.max, color="black", alpha=0.08, linewidth=0)
         ax.axhline(baseline.mean, color="black", linestyle="--", linewidth=1.2,
@@ -314,7 +320,7 @@ def loss_frontier_figure(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def retraining_figure(
@@ -335,12 +341,12 @@ def retraining_figure(
     as in every other figure. Returns the PNG path."""
     k = _scale(metric_name)
     names = sorted(summaries, key=series_order)
-    colours = _colours([reference_name, *names])
+    colour_of = colours([reference_name, *names])
     fig = Figure(figsize=(10.0, 4.8))
     ax = fig.subplots()
     levels = sorted(reference)
     ax.plot([100 * lv for lv in levels], [reference[lv].value * k for lv in levels],
-            color=colours[reference_name], linewidth=2.2, marker="o",
+            color=colour_of[reference_name], linewidth=2.2, marker="o",
             label=f"{display_name(reference_name)} frontier")
     width = 1.6  # percentage points across which the series at one level are spread
     all_values = [reference[lv].value * k for lv in levels]
@@ -357,8 +363,8 @@ def retraining_figure(
         # A min from a failed replica (BLEU 0) is left to run off the bottom of the plot.
         all_values += [s.min * k for _, s in cells
                        if baseline is None or s.min >= 0.5 * baseline.mean]
-        ax.errorbar(xs, means, yerr=[lower, upper], fmt=_MARKERS[(index + 1) % len(_MARKERS)],
-                    color=colours[name], capsize=3, markersize=5, linewidth=1.2,
+        ax.errorbar(xs, means, yerr=[lower, upper], fmt=MARKERS[(index + 1) % len(MARKERS)],
+                    color=colour_of[name], capsize=3, markersize=5, linewidth=1.2,
                     label=f"{display_name(name)} (n={max(s.n for _, s in cells)})")
     base = baseline.mean * k if baseline else None
     if base is not None:
@@ -386,7 +392,7 @@ def retraining_figure(
     # Outside the axes: inside, it hides the bars of the lowest series.
     ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def relative_frontiers_figure(
@@ -403,7 +409,7 @@ def relative_frontiers_figure(
     """Draws two frontier tables as fractions of their own dense baselines: the published one
     dashed, ours solid, one colour per technique. Returns the PNG path."""
     names = sorted(set(published) | set(ours), key=series_order)
-    colours = _colours(names)
+    colour_of = colours(names)
     fig = Figure(figsize=(8.0, 4.8))
     ax = fig.subplots()
     for table, baseline, style, label in ((published, published_baseline, "--", published_label),
@@ -414,7 +420,7 @@ def relative_frontiers_figure(
             levels = sorted(table[name])
             ax.plot([100 * lv for lv in levels],
                     [table[name][lv].value / baseline.mean for lv in levels],
-                    linestyle=style, marker="o", markersize=4, color=colours[name],
+                    linestyle=style, marker="o", markersize=4, color=colour_of[name],
                     label=f"{display_name(name)}, {label}")
     ax.axhline(1.0, color="black", linewidth=1.0, linestyle=":", label="dense = 1")
     ax.set_xlabel("sparsity (%)")
@@ -424,7 +430,7 @@ def relative_frontiers_figure(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower left", ncol=2)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def series_order(series: str) -> tuple[int, str]:
@@ -433,71 +439,3 @@ def series_order(series: str) -> tuple[int, str]:
              "scratch-b", "lottery", "augmented")
     technique = series.split(" ", 1)[0]
     return (order.index(technique) if technique in order else len(order), series)
-
-
-def budget_figure(
-    gaps: Sequence[BudgetGap],
-    dense: Mapping[int, Summary],
-    path: str | Path,
-    *,
-    paper: Mapping[str, float] | None = None,
-    title: str = "",
-) -> Path:
-    """Draws issue 28's question: each arm's gap to magnitude pruning against the step budget,
-    in top-1 points (left) and test loss (middle, inverted so better is up), each point its
-    mean over seeds with bars over the arm's seed range (against the reference's mean), a zero
-    line, and the paper's gap at its converged budget as a dashed line in the arm's colour
-    (top-1 only: the study published no ResNet-50 losses); right, the dense model's test top-1
-    against the budget, so a reader sees how far from converged each budget is. Gaps of one
-    target sparsity only. Returns the PNG path."""
-    if len({g.target for g in gaps}) > 1:
-        raise ValueError("budget_figure draws the gaps of one target sparsity.")
-    arms = sorted({g.comparison for g in gaps}, key=series_order)
-    colours = _colours(arms)
-    fig = Figure(figsize=(14.0, 4.4))
-    top1, loss, converge = fig.subplots(1, 3)
-    budgets = sorted({g.budget for g in gaps} | set(dense))
-    for ax, measure in ((top1, "top1"), (loss, "loss")):
-        for index, arm in enumerate(arms):
-            cells = sorted((g for g in gaps if g.comparison == arm and g.measure == measure),
-                           key=lambda g: g.budget)
-            if not cells:
-                continue
-            # Side by side within a budget: a few percent of the budget apart on a log axis.
-            xs = [g.budget * (1 + 0.04 * (index - (len(arms) - 1) / 2)) for g in cells]
-            means = [g.gap for g in cells]
-            lower = [max(0.0, g.gap - g.scale * (g.arm.min - g.reference.mean)) for g in cells]
-            upper = [max(0.0, g.scale * (g.arm.max - g.reference.mean) - g.gap) for g in cells]
-            ax.errorbar(xs, means, yerr=[lower, upper], fmt=_MARKERS[index % len(_MARKERS)] + "-",
-                        color=colours[arm], capsize=3, markersize=5, linewidth=1.2,
-                        label=f"{display_name(arm)} - magnitude (n={max(g.arm.n for g in cells)})")
-            if measure == "top1" and paper and arm in paper:
-                ax.axhline(paper[arm], color=colours[arm], linestyle="--", linewidth=0.9,
-                           label=f"paper, converged: {display_name(arm)} ({paper[arm]:+.1f})")
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
-        ax.set_xlabel("training steps (budget)")
-        ax.grid(True, alpha=0.3)
-    top1.set_ylabel("gap in test top-1 (points; above 0: ahead of magnitude)")
-    loss.set_ylabel("gap in test loss (nats; drawn inverted: up is better)")
-    loss.invert_yaxis()
-    top1.legend(fontsize=7, loc="best")
-    if dense:
-        points = sorted(dense.items())
-        xs = [b for b, _ in points]
-        means = [100 * s.mean for _, s in points]
-        converge.errorbar(xs, means, yerr=[[100 * (s.mean - s.min) for _, s in points],
-                                           [100 * (s.max - s.mean) for _, s in points]],
-                          fmt="o-", color=_COLOURS["dense"], capsize=3,
-                          label="dense (mean, seed range)")
-        converge.set_xscale("log", base=2)
-        converge.set_xticks(xs, [f"{b:,}" for b in xs])
-        converge.legend(fontsize=7)
-    converge.set_xlabel("training steps (budget)")
-    converge.set_ylabel("dense test top-1 (%)")
-    converge.grid(True, alpha=0.3)
-    target = f" at {100 * gaps[0].target:g}%" if gaps else ""
-    fig.suptitle(title or f"Does the budget explain the gaps{target}?")
-    fig.tight_layout()
-    return _save(fig, path)

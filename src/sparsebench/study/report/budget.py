@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .budget import COMPARED, MEASURES, budget_gaps, dense_by_budget, gap_sentence, paper_gaps
-from .figures import budget_figure
-from .report import Section, Table
-from .store import Run
+from ..budget import COMPARED, MEASURES, budget_gaps, dense_by_budget, gap_sentence, paper_gaps
+from ..our_figures import budget_figure
+from ..store import Run
+from .shared import Section, Table
 
 __all__ = ["budget_section"]
 

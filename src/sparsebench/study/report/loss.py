@@ -13,18 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from . import figures
-from . import pareto as P
-from .report import (
-    ReportContext,
-    Scope,
-    Section,
-    Table,
-    _metric_of,
-    _with_replicas,
-    register_section,
-)
-from .store import Run
+from .. import figures
+from .. import pareto as P
+from ..store import Run
+from .shared import ReportContext, Scope, Section, Table, metric_of, with_replicas
 
 __all__ = ["LOSS", "loss_section", "retraining_loss_section", "with_test_loss"]
 
@@ -56,7 +48,7 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     if scope.source != "ours":
         return None
     runs = ctx.scope_runs(scope)
-    metric, higher = _metric_of(runs)
+    metric, higher = metric_of(runs)
     lossy = with_test_loss(runs)
     sparse = [r for r in lossy if r.technique in _SERIES]
     if metric in ("", LOSS) or not sparse:
@@ -127,7 +119,7 @@ def retraining_loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     if scope.source != "ours":
         return None
     runs = ctx.scope_runs(scope)
-    metric, _ = _metric_of(runs)
+    metric, _ = metric_of(runs)
     if metric in ("", LOSS):
         return None
     lossy = with_test_loss(runs)
@@ -143,7 +135,7 @@ def retraining_loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
             for lv, s in sorted(summaries[series].items())]
     short = _SHORT.get(metric, metric)
     name = f"{scope.key}_retraining_loss.png"
-    figures.retraining_figure(_with_replicas(summaries), frontier, ctx.out_dir / name,
+    figures.retraining_figure(with_replicas(summaries), frontier, ctx.out_dir / name,
                               metric_name=LOSS, baseline=P.dense_baseline(lossy),
                               higher_is_better=False,
                               unit=_loss_unit(metric),
@@ -162,9 +154,3 @@ def retraining_loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
                       rows, "Test loss over replicas, beside the magnitude-pruning frontier "
                             "in the same measure.")],
     )
-
-
-# Right after the headline frontiers (20) and the retraining section (30), which they read
-# beside.
-register_section(loss_section, order=21)
-register_section(retraining_loss_section, order=31)

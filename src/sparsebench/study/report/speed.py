@@ -6,18 +6,25 @@ the store's ``inference`` table (``sparsebench bench-runs``); a run not timed ye
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
-from matplotlib.figure import Figure
+from .. import pareto as P
+from ..our_figures import block_figure, break_even_figure, inference_figure
+from ..speed import block_of
+from ..store import InferenceResult, Run
+from .shared import (
+    HEADLINE_LEVELS,
+    ReportContext,
+    Scope,
+    Section,
+    Table,
+    cell,
+    finished,
+    metric_of,
+)
 
-from . import pareto as P
-from . import sections as _sections  # its helpers, looked up when called: no import cycle
-from .report import HEADLINE_LEVELS, ReportContext, Scope, Section, Table, _cell, _metric_of
-from .speed import block_of
-from .store import InferenceResult, Run
-
-__all__ = ["SPEED_SECTION_BUILDERS", "block_section", "inference_section"]
+__all__ = ["WORTH_IT_LOSS", "block_section", "inference_section"]
 
 #: Most quality a block size may cost, in the metric's own points (top-1 percentage points
 #: or BLEU), to count as "worth it" in the block section's sentence.
@@ -75,15 +82,15 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
     if scope.source != "ours":
         return None
     structured = ctx.scope_runs(scope, structured=True)
-    runs = [r for r in _sections._finished(structured) if r.metric_value is not None]
+    runs = [r for r in finished(structured) if r.metric_value is not None]
     if not runs:
         return None
     lost = [r for r in structured if r.status in ("diverged", "failed")]
-    plain = _sections._finished(ctx.scope_runs(scope))
+    plain = finished(ctx.scope_runs(scope))
     dense = [r for r in plain if r.technique == "dense" and r.metric_value is not None]
     baseline = P.dense_baseline(plain)
     dense_width = _width(dense[0]) if dense else None
-    metric, higher = _metric_of(runs)
+    metric, higher = metric_of(runs)
     timings = _timings(ctx, runs + dense)
     batches = sorted({b for t in timings.values() for b in t})
     same_width = [r for r in runs if _width(r) == dense_width]
@@ -95,80 +102,17 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
                     key=lambda r: (block_of(r)[0] * block_of(r)[1], block_of(r)))
         if not at:
             continue
-        unstructured = next((r for r in at if block_of(r) == (1, 1)), None)
-        labels = [_block_label(block_of(r)) for r in at]
-        fig = Figure(figsize=(11.0, 4.0))
-        left, right = fig.subplots(1, 2)
-        left.bar(range(len(at)), [_points(metric, r.metric_value) for r in at], color="#4c72b0")
-        if baseline is not None:
-            left.axhline(_points(metric, baseline.mean), color="black", ls="--", lw=1,
-                         label=f"dense ({P.format_metric(baseline.mean, metric)})")
-            left.legend(fontsize=8, loc="lower left")
-        values = [_points(metric, r.metric_value) for r in at]
-        spread = max(values) - min(values)
-        # Accuracy and BLEU are never negative: a collapsed run must not push the axis below 0.
-        left.set_ylim(max(0.0, min(values) - max(0.15 * spread, 1.0)), max(values + [
-            _points(metric, baseline.mean) if baseline else max(values)]) + 0.5)
-        left.set_xticks(range(len(at)), labels)
-        left.set_xlabel("block (rows x columns)")
-        left.set_ylabel(P.metric_label(metric))
-        left.set_title(f"quality at {100 * target:g}% sparsity")
-        left.grid(True, axis="y", alpha=0.3)
-        for batch in batches:
-            ys = [timings.get(r.id, {}).get(batch) for r in at]
-            right.plot([i for i, y in enumerate(ys) if y], [y.speedup for y in ys if y], "o-",
-                       label=f"batch {batch}")
-        right.axhline(1.0, color="black", ls="--", lw=1)
-        right.set_xticks(range(len(at)), labels)
-        right.set_xlabel("block (rows x columns)")
-        right.set_ylabel("dense time / sparse time (this model)")
-        right.set_title("inference speed-up on this machine")
-        right.grid(True, alpha=0.3)
-        if batches:
-            right.legend(fontsize=8)
-        fig.suptitle(f"{scope.title}: the price and reward of block sparsity at "
-                     f"{100 * target:g}%")
-        fig.tight_layout()
         name = f"{scope.key}_blocks_{100 * target:g}.png"
-        _sections._save(fig, ctx.out_dir / name)
+        block_figure([_block_label(block_of(r)) for r in at], [r.metric_value for r in at],
+                     {b: [t.speedup if (t := timings.get(r.id, {}).get(b)) else None
+                          for r in at] for b in batches},
+                     ctx.out_dir / name, metric=metric, target=target, baseline=baseline,
+                     title=f"{scope.title}: the price and reward of block sparsity at "
+                           f"{100 * target:g}%")
         figs.append((name, f"quality and speed vs block size at {100 * target:g}%"))
-        worth = []
-        for run, label in zip(at, labels, strict=True):
-            t = timings.get(run.id, {})
-            loss = (_points(metric, unstructured.metric_value) - _points(metric, run.metric_value)
-                    ) * (1 if higher else -1) if unstructured else None
-            empty = _empty_layers(run)
-            block_rows.append([f"{100 * target:g}", label, run.id,
-                               f"{100 * (run.achieved_sparsity or 0):.2f}",
-                               _cell(run.metric_value, metric),
-                               "–" if loss is None else f"{(-loss) + 0.0:+.2f}",
-                               f"{empty}/{_pruned_layers(run)}" if run.layers else "–",
-                               *[f"{t[b].speedup:.2f}" if b in t else "–" for b in batches]])
-            if empty:
-                sentences.append(
-                    f"With {label} blocks at {100 * target:g}%, {empty} of {_pruned_layers(run)} "
-                    "layers lost every weight: a layer only one or two blocks tall or wide "
-                    "cannot keep a tenth of them, so its whole block goes.")
-            if loss is not None and run is not unstructured and t:
-                gain = max(t.values(), key=lambda x: x.batch)
-                sentences.append(
-                    f"At {100 * target:g}%, {label} blocks "
-                    + (f"cost {loss:.2f} points" if loss > 0 else f"gain {-loss:.2f} points")
-                    + f" of {P.metric_label(metric)} against unstructured pruning and run "
-                    f"{gain.speedup:.2f}x dense at batch {gain.batch}.")
-                if loss <= WORTH_IT_LOSS:
-                    worth.append((gain.speedup, label, gain.batch))
-        base_t = timings.get(unstructured.id, {}) if unstructured else {}
-        if worth and base_t:
-            speed, label, batch = max(worth)
-            ref = base_t.get(batch)
-            sentences.append(
-                f"Worth it on this machine at {100 * target:g}%: {label} blocks, the fastest "
-                f"block size losing at most {WORTH_IT_LOSS:g} point ({speed:.2f}x dense at batch "
-                f"{batch}" + (f" against {ref.speedup:.2f}x unstructured)." if ref else ")."))
-        elif unstructured is not None and len(at) > 1:
-            sentences.append(f"At {100 * target:g}%, every block size measured so far loses "
-                             f"more than {WORTH_IT_LOSS:g} point or is not timed yet.")
+        rows, said = _blocks_at(target, at, timings, batches, metric, higher)
+        block_rows += rows
+        sentences += said
 
     if untouched := _untouched_layers(same_width):
         sentences.append("Left dense in these block runs (not in their pruned selection): "
@@ -177,7 +121,71 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
         sentences.append(f"{_block_label(block_of(run))} blocks at "
                          f"{100 * (run.target_sparsity or 0):g}% ({run.id}) {run.status}"
                          + (f": {run.error.splitlines()[0]}" if run.error else "") + ".")
-    wide_rows = []
+    wide_rows, said = _wider(wider, dense, baseline, timings, batches, metric, higher)
+    sentences += said
+    tables = _block_tables(scope, metric, batches, block_rows, wide_rows)
+    if not tables:
+        return None
+    return Section(
+        id=f"{scope.key}-blocks", title=f"{scope.title}: block sparsity, price and reward",
+        question="What does block structure cost in quality and gain in speed, and is a wider "
+                 "block-sparse model better at the same number of weights?",
+        sentences=sentences, figures=figs, tables=tables)
+
+
+def _blocks_at(target: float, at: Sequence[Run], timings: dict[str, dict[int, InferenceResult]],
+               batches: Sequence[int], metric: str, higher: bool
+               ) -> tuple[list[list[str]], list[str]]:
+    """Returns the table rows and sentences of the block sizes trained at one ``target``
+    sparsity (``at``, smallest block first): each one's quality against unstructured pruning
+    and its speed-up, and the fastest block size worth its loss."""
+    rows, sentences, worth = [], [], []
+    unstructured = next((r for r in at if block_of(r) == (1, 1)), None)
+    for run in at:
+        label = _block_label(block_of(run))
+        t = timings.get(run.id, {})
+        loss = (_points(metric, unstructured.metric_value) - _points(metric, run.metric_value)
+                ) * (1 if higher else -1) if unstructured else None
+        empty = _empty_layers(run)
+        rows.append([f"{100 * target:g}", label, run.id,
+                     f"{100 * (run.achieved_sparsity or 0):.2f}", cell(run.metric_value, metric),
+                     "–" if loss is None else f"{(-loss) + 0.0:+.2f}",
+                     f"{empty}/{_pruned_layers(run)}" if run.layers else "–",
+                     *[f"{t[b].speedup:.2f}" if b in t else "–" for b in batches]])
+        if empty:
+            sentences.append(
+                f"With {label} blocks at {100 * target:g}%, {empty} of {_pruned_layers(run)} "
+                "layers lost every weight: a layer only one or two blocks tall or wide "
+                "cannot keep a tenth of them, so its whole block goes.")
+        if loss is not None and run is not unstructured and t:
+            gain = max(t.values(), key=lambda x: x.batch)
+            sentences.append(
+                f"At {100 * target:g}%, {label} blocks "
+                + (f"cost {loss:.2f} points" if loss > 0 else f"gain {-loss:.2f} points")
+                + f" of {P.metric_label(metric)} against unstructured pruning and run "
+                f"{gain.speedup:.2f}x dense at batch {gain.batch}.")
+            if loss <= WORTH_IT_LOSS:
+                worth.append((gain.speedup, label, gain.batch))
+    base_t = timings.get(unstructured.id, {}) if unstructured else {}
+    if worth and base_t:
+        speed, label, batch = max(worth)
+        ref = base_t.get(batch)
+        sentences.append(
+            f"Worth it on this machine at {100 * target:g}%: {label} blocks, the fastest "
+            f"block size losing at most {WORTH_IT_LOSS:g} point ({speed:.2f}x dense at batch "
+            f"{batch}" + (f" against {ref.speedup:.2f}x unstructured)." if ref else ")."))
+    elif unstructured is not None and len(at) > 1:
+        sentences.append(f"At {100 * target:g}%, every block size measured so far loses "
+                         f"more than {WORTH_IT_LOSS:g} point or is not timed yet.")
+    return rows, sentences
+
+
+def _wider(wider: Sequence[Run], dense: Sequence[Run], baseline: P.Summary | None,
+           timings: dict[str, dict[int, InferenceResult]], batches: Sequence[int], metric: str,
+           higher: bool) -> tuple[list[list[str]], list[str]]:
+    """Returns the table rows and sentences of the wider block-sparse models, each against
+    the dense model of the same number of weights (its quality and its time)."""
+    rows, sentences = [], []
     for run in wider:
         t = timings.get(run.id, {})
         nonzero = sum(la.get("nonzeros", 0) for la in run.layers) or None
@@ -185,16 +193,12 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
         narrow = next((r for r in dense if r.id in timings), dense[0] if dense else None)
         dense_params = sum(la.get("size", 0) for la in narrow.layers) if narrow else None
         narrow_t = timings.get(narrow.id, {}) if narrow else {}
-        cells = []
-        for b in batches:
-            if b in t and b in narrow_t:
-                cells.append(f"{narrow_t[b].dense_seconds / t[b].sparse_seconds:.2f}")
-            else:
-                cells.append("–")
-        wide_rows.append([_block_label(block_of(run)), f"width {_width(run)}", run.id,
-                          f"{100 * (run.achieved_sparsity or 0):.2f}", nonzero or "–",
-                          dense_params or "–", _cell(run.metric_value, metric),
-                          _cell(baseline.mean, metric) if baseline else "–", *cells])
+        cells = [f"{narrow_t[b].dense_seconds / t[b].sparse_seconds:.2f}"
+                 if b in t and b in narrow_t else "–" for b in batches]
+        rows.append([_block_label(block_of(run)), f"width {_width(run)}", run.id,
+                     f"{100 * (run.achieved_sparsity or 0):.2f}", nonzero or "–",
+                     dense_params or "–", cell(run.metric_value, metric),
+                     cell(baseline.mean, metric) if baseline else "–", *cells])
         if baseline is not None:
             better = (run.metric_value > baseline.mean) == higher
             sentences.append(
@@ -206,6 +210,13 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
                 f"{P.format_metric(baseline.mean, metric)}: "
                 + ("the wider sparse model is better." if better
                    else "the wider sparse model is not better here."))
+    return rows, sentences
+
+
+def _block_tables(scope: Scope, metric: str, batches: Sequence[int],
+                  block_rows: list[list[str]], wide_rows: list[list[str]]) -> list[Table]:
+    """Returns the block section's tables: the block sizes, and the wider models (each only
+    when it has rows)."""
     tables = []
     if block_rows:
         tables.append(Table(
@@ -223,25 +234,19 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
                                                          for b in batches]], wide_rows,
             "A model twice as wide, pruned to the dense model's number of weights; time ratio "
             "of the narrow dense model to the wide sparse one."))
-    if not tables:
-        return None
-    return Section(
-        id=f"{scope.key}-blocks", title=f"{scope.title}: block sparsity, price and reward",
-        question="What does block structure cost in quality and gain in speed, and is a wider "
-                 "block-sparse model better at the same number of weights?",
-        sentences=sentences, figures=figs, tables=tables)
+    return tables
 
 
 def inference_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """The timed unstructured models: the best of each technique at 90% and 95%."""
     if scope.source != "ours":
         return None
-    runs = [r for r in _sections._finished(ctx.scope_runs(scope)) if r.technique != "dense"]
+    runs = [r for r in finished(ctx.scope_runs(scope)) if r.technique != "dense"]
     timings = _timings(ctx, runs)
     timed = [r for r in runs if r.id in timings]
     if not timed:
         return None
-    metric, _ = _metric_of(timed)
+    metric, _ = metric_of(timed)
     batches = sorted({b for t in timings.values() for b in t})
     timed.sort(key=lambda r: (r.achieved_sparsity or 0, r.technique))
     rows, sentences = [], []
@@ -252,30 +257,16 @@ def inference_section(ctx: ReportContext, scope: Scope) -> Section | None:
                 continue
             rows.append([P.display_name(run.technique), run.id,
                          f"{100 * (run.achieved_sparsity or 0):.2f}",
-                         _cell(run.metric_value, metric), batch, f"{1e3 * t.dense_seconds:.2f}",
+                         cell(run.metric_value, metric), batch, f"{1e3 * t.dense_seconds:.2f}",
                          f"{1e3 * t.sparse_seconds:.2f}", f"{t.speedup:.2f}",
                          f"{t.sparse_layers}/{t.layers}"])
     any_t = next(iter(timings[timed[0].id].values()))
-    fig = Figure(figsize=(max(6.5, 0.9 * len(timed) + 3), 4.0))
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(batches))
-    for i, batch in enumerate(batches):
-        xs = [j + (i - (len(batches) - 1) / 2) * width for j in range(len(timed))]
-        ax.bar(xs, [timings[r.id][batch].speedup if batch in timings[r.id] else 0 for r in timed],
-               width=width, label=f"batch {batch}")
-    ax.axhline(1.0, color="black", ls="--", lw=1)
-    # Wrapped: "magnitude pruning v2" beside its neighbour would run into it.
-    ax.set_xticks(range(len(timed)), [f"{textwrap.fill(P.display_name(r.technique), 12)}\n"
-                                      f"{100 * (r.achieved_sparsity or 0):.1f}%" for r in timed],
-                  fontsize=8)
-    ax.set_ylabel("dense time / sparse time")
-    ax.set_title(f"{scope.title}: inference speed-up of the best sparse models "
-                 f"({any_t.threads} thread{'s' if any_t.threads > 1 else ''})")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     name = f"{scope.key}_inference.png"
-    _sections._save(fig, ctx.out_dir / name)
+    inference_figure([(r.technique, r.achieved_sparsity or 0) for r in timed],
+                     {b: [timings[r.id][b].speedup if b in timings[r.id] else 0 for r in timed]
+                      for b in batches}, ctx.out_dir / name,
+                     title=f"{scope.title}: inference speed-up of the best sparse models "
+                           f"({any_t.threads} thread{'s' if any_t.threads > 1 else ''})")
     for level in HEADLINE_LEVELS:
         at = [r for r in timed if P.nearest_level(r.achieved_sparsity or 0,
                                                   tolerance_pp=ctx.tolerance_pp) == level]
@@ -290,8 +281,8 @@ def inference_section(ctx: ReportContext, scope: Scope) -> Section | None:
     focus = _focus_run(timed, timings, ctx.tolerance_pp)
     if focus is not None:
         sweet = f"{scope.key}_break_even.png"
-        sentences.append(_break_even_figure(focus, timings[focus.id], ctx.out_dir / sweet,
-                                            scope.title))
+        sentences.append(_break_even(focus, timings[focus.id], ctx.out_dir / sweet,
+                                     scope.title))
         figs.append((sweet, "layer density against the performance model's break-even"))
     return Section(
         id=f"{scope.key}-inference", title=f"{scope.title}: inference speed of the sparse models",
@@ -315,45 +306,20 @@ def _focus_run(timed: Sequence[Run], timings: dict[str, dict[int, InferenceResul
     return (mp or with_plan or [None])[0]
 
 
-def _break_even_figure(run: Run, by_batch: dict[int, InferenceResult], path, title: str) -> str:
+def _break_even(run: Run, by_batch: dict[int, InferenceResult], path: Path, title: str) -> str:
     """Draws each layer's density against the performance model's break-even density (the
-    density under which its sparse kernel wins, Park et al.'s "sweet spot") at each batch;
-    returns a sentence on how many layers went sparse."""
+    density under which its sparse kernel wins) at each batch; returns a sentence on how many
+    layers went sparse."""
     batches = sorted(b for b, t in by_batch.items() if t.plan)
-    names = [row["name"] for row in by_batch[batches[0]].plan]
-    fig = Figure(figsize=(max(7.0, 0.28 * len(names) + 3), 4.2))
-    ax = fig.subplots()
-    xs = range(len(names))
-    first = by_batch[batches[0]].plan
-    ax.plot(xs, [row["density"] for row in first], "ko", ms=4, label="layer density")
-    for batch in batches:
-        ax.plot(xs, [row["break_even"] for row in by_batch[batch].plan], "-", marker=".",
-                label=f"break-even at batch {batch}")
-    ax.set_xticks(list(xs), [n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
-    ax.set_ylabel("density (fraction of nonzeros)")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"{title}: where the sparse kernel wins ({P.display_name(run.technique)}, "
-                 f"{100 * (run.achieved_sparsity or 0):.1f}%); below a line: sparse is faster")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    _sections._save(fig, path)
-    counts = ", ".join(f"{sum(r['sparse'] for r in by_batch[b].plan)} of {len(names)} at batch "
-                       f"{b}" for b in batches)
+    plans = {b: by_batch[b].plan for b in batches}
+    break_even_figure(plans, path,
+                      title=f"{title}: where the sparse kernel wins "
+                            f"({P.display_name(run.technique)}, "
+                            f"{100 * (run.achieved_sparsity or 0):.1f}%); below a line: sparse "
+                            "is faster")
+    layers = len(plans[batches[0]])
+    counts = ", ".join(f"{sum(r['sparse'] for r in plans[b])} of {layers} at batch {b}"
+                       for b in batches)
     return (f"Per layer, the performance model's break-even density decides the kernel; for the "
             f"{P.display_name(run.technique)} model at {100 * (run.achieved_sparsity or 0):.1f}% "
             f"the sparse kernel was chosen for {counts}.")
-
-
-#: Appended to the report's builders after the sections of :mod:`.sections`.
-SPEED_SECTION_BUILDERS = [inference_section, block_section]
-
-
-def _register() -> None:
-    from .report import register_section
-
-    for index, builder in enumerate(SPEED_SECTION_BUILDERS):  # after .sections' (50-56)
-        register_section(builder, order=70 + index)
-
-
-_register()

@@ -1,0 +1,213 @@
+"""The sections of the study's two questions, for every scope (published and ours): the dense
+baseline, the techniques' frontiers against magnitude pruning (question 1), training the sparse
+architecture from scratch (question 2), and our frontiers beside the study's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .. import figures
+from .. import pareto as P
+from ..store import Run
+from .shared import (
+    HEADLINE_LEVELS,
+    ReportContext,
+    Scope,
+    Section,
+    Table,
+    cell,
+    family_name,
+    metric_of,
+    run_test_loss,
+    with_replicas,
+)
+
+__all__ = ["dense_section", "published_comparison_section", "retraining_section",
+           "technique_section"]
+
+
+def dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """The dense baseline: mean, min and max over replicas."""
+    runs = ctx.scope_runs(scope)
+    baseline = P.dense_baseline(runs)
+    if baseline is None:
+        return None
+    metric, _ = metric_of([r for r in runs if r.technique == "dense"])
+    row = [metric, cell(baseline.mean, metric), cell(baseline.min, metric),
+           cell(baseline.max, metric), baseline.n]
+    return Section(
+        id=f"{scope.key}-dense", title=f"{scope.title}: dense baseline",
+        sentences=[P.dense_sentence(baseline, metric)],
+        tables=[Table(f"{scope.key}_dense_baseline", ["metric", "mean", "min", "max", "runs"],
+                      [row], f"Dense replicas, {P.metric_label(metric)}.")],
+    )
+
+
+def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """Question 1: the frontier of every sparsification technique, all runs, and who leads."""
+    family_runs = ctx.scope_runs(scope)
+    runs = [r for r in family_runs if r.technique in (*P.SPARSIFIERS, "mp-v2")]
+    if not runs:
+        return None
+    metric, higher = metric_of(runs)
+    points = P.points_from_runs(runs)
+    if not points:  # only pending or failed runs so far
+        return None
+    table = P.frontiers(points, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
+    baseline = P.dense_baseline(family_runs)
+    name = f"{scope.key}_frontiers.png"
+    figures.frontier_figure(table, points, ctx.out_dir / name, metric_name=metric,
+                            baseline=baseline, collapsed=_collapsed(family_runs),
+                            title=f"{scope.title}: Pareto frontier per technique")
+    sentences = [P.leaders_sentence(table, higher_is_better=higher)]
+    sentences += [P.best_at_level_sentence(table, lv, metric, higher_is_better=higher)
+                  for lv in HEADLINE_LEVELS]
+    if baseline is not None:
+        for lv in HEADLINE_LEVELS:
+            ranked = P.leaders(table, lv, higher_is_better=higher)
+            if ranked:
+                best_name, best = ranked[0]
+                sentences.append(
+                    f"At {100 * lv:g}% sparsity the best frontier point "
+                    f"({P.display_name(best_name)}) keeps {100 * best.value / baseline.mean:.1f}%"
+                    " of the dense baseline.")
+        for series, frontier in sorted(table.items()):
+            if frontier and max(fp.value for fp in frontier.values()) < 0.5 * baseline.mean:
+                top = max(fp.value for fp in frontier.values())
+                sentences.append(
+                    f"{P.display_name(series).capitalize()} stays under half of the dense "
+                    f"baseline at every level (best {P.format_metric(top, metric)}): it did not "
+                    f"produce a usable sparse {family_name(scope.family)} in these runs.")
+    outside = {s: sum(P.nearest_level(p.sparsity, tolerance_pp=ctx.tolerance_pp) is None
+                      for p in points if p.series == s) for s in table}
+    if any(outside.values()):
+        sentences.append(
+            f"Points more than {ctx.tolerance_pp:g} pp from every level are left out of the "
+            "frontier (VD and L0 only reach the sparsity their regularization gives): "
+            + ", ".join(f"{P.display_name(s)} {n}" for s, n in sorted(outside.items()) if n)
+            + ".")
+    missed = P.off_target(runs)
+    if missed:
+        sentences.append(f"{len(missed)} runs miss their target sparsity by more than 1 pp; "
+                         "they are placed at their achieved sparsity.")
+    names = sorted(table, key=figures.series_order)
+    rows = []
+    for lv in P.LEVELS:
+        cells = [f"{cell(table[n][lv].value, metric)} ({table[n][lv].n})" if lv in table[n]
+                 else "–" for n in names]
+        ranked = P.leaders(table, lv, higher_is_better=higher)
+        rows.append([f"{100 * lv:g}", *cells, P.display_name(ranked[0][0]) if ranked else "–"])
+    return Section(
+        id=f"{scope.key}-techniques",
+        title=f"{scope.title}: sparsification techniques vs magnitude pruning",
+        question="Do the popular sparsification techniques beat plain magnitude pruning?",
+        sentences=sentences,
+        figures=[(name, f"{scope.title} frontiers and all runs")],
+        tables=[Table(f"{scope.key}_frontiers",
+                      ["sparsity %", *[P.display_name(n) for n in names], "best"], rows,
+                      f"Best {P.metric_label(metric)} within ±{ctx.tolerance_pp:g} pp of each "
+                      "level (number of trained models in the bin).")],
+    )
+
+
+def _collapsed(runs: Sequence[Run]) -> set[str]:
+    """Returns the train ids of the finished runs that collapsed in training, told by their
+    test loss as the loss figure tells them (:func:`figures.collapsed_runs`); none for runs
+    without one (the published runs)."""
+    finished = [r for r in runs if r.status == "finished" and run_test_loss(r) is not None]
+    dense = [run_test_loss(r) for r in finished if r.technique == "dense"]
+    return figures.collapsed_runs({r.train_id: run_test_loss(r) for r in finished},
+                                  sum(dense) / len(dense) if dense else None)
+
+
+def retraining_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """Question 2: scratch-e / scratch-b / lottery / augmented against the MP frontier."""
+    family_runs = ctx.scope_runs(scope)
+    planned = [r for r in family_runs if r.technique in P.RETRAINING]
+    runs = [r for r in planned if r.metric_value is not None]
+    reference_runs = [r for r in family_runs if r.technique == "magnitude"]
+    if not planned or not reference_runs:
+        return None
+    heading = dict(
+        id=f"{scope.key}-retraining",
+        title=f"{scope.title}: training the sparse architecture from scratch",
+        question="Can a sparse architecture found by pruning be trained from scratch to the "
+                 "same quality (scratch-e, scratch-b, lottery ticket, augmented init)?")
+    if not P.points_from_runs(runs):  # a study under way: say so rather than draw empty axes
+        return Section(**heading, sentences=[
+            f"No retraining run has a result yet ({len(planned)} in the store)."])
+    metric, higher = metric_of(runs)
+    summaries = P.replica_summaries(P.points_from_runs(runs), tolerance_pp=ctx.tolerance_pp)
+    reference = P.binned_frontier(P.points_from_runs(reference_runs),
+                                  tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
+    baseline = P.dense_baseline(family_runs)
+    drawn = with_replicas(summaries)
+    name = f"{scope.key}_retraining.png"
+    figures.retraining_figure(drawn, reference, ctx.out_dir / name, metric_name=metric,
+                              baseline=baseline,
+                              title=f"{scope.title}: retraining the sparse architecture "
+                                    "(mean, min/max bars)")
+    sentences = P.retraining_sentences(summaries, reference, metric, higher_is_better=higher)
+    if len(drawn) < len(summaries):
+        sentences.append("Series with fewer than 3 replicas per level are in the table only: "
+                         + ", ".join(sorted(set(summaries) - set(drawn))) + ".")
+    rows = [[series, f"{100 * lv:g}", cell(s.max, metric), cell(s.min, metric),
+             cell(s.mean, metric), s.n]
+            for series in sorted(summaries, key=figures.series_order)
+            for lv, s in sorted(summaries[series].items())]
+    return Section(
+        **heading,
+        sentences=sentences,
+        figures=[(name, f"{scope.title} retraining vs magnitude pruning")],
+        tables=[Table(f"{scope.key}_retraining",
+                      ["series", "sparsity %", "best (max)", "min", "mean", "replicas"], rows,
+                      f"{P.metric_label(metric)} over replicas.")],
+    )
+
+
+def published_comparison_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """Our frontiers beside the published ones of the same family, both as fractions of their
+    own dense baseline (the tasks differ; the shapes compare). Read from the whole store, so
+    a report filtered to our runs still shows the study's frontier."""
+    if scope.source != "ours":
+        return None
+    ours = ctx.scope_runs(scope)
+    published = ctx.store.runs(source="published", model_family=scope.family)
+    base_ours, base_pub = P.dense_baseline(ours), P.dense_baseline(published)
+    if not published or base_ours is None or base_pub is None:
+        return None
+
+    def table(runs: list[Run]) -> dict[str, P.Frontier]:
+        _, higher = metric_of(runs)
+        pts = P.points_from_runs([r for r in runs if r.technique in P.SPARSIFIERS])
+        return P.frontiers(pts, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
+
+    ours_t, pub_t = table(ours), table(published)
+    if not any(ours_t.values()):  # nothing of ours finished yet beside the dense baseline
+        return None
+    name = f"{scope.key}_relative.png"
+    figures.relative_frontiers_figure(pub_t, base_pub, ours_t, base_ours, ctx.out_dir / name,
+                                      title=f"{family_name(scope.family)}: our frontiers beside "
+                                            "the study's, as a fraction of dense")
+    rows, sentences = [], []
+    for series in sorted(set(ours_t) & set(pub_t), key=figures.series_order):
+        for lv in P.LEVELS:
+            if lv in ours_t[series] and lv in pub_t[series]:
+                a = ours_t[series][lv].value / base_ours.mean
+                b = pub_t[series][lv].value / base_pub.mean
+                rows.append([P.display_name(series), f"{100 * lv:g}", f"{a:.3f}", f"{b:.3f}"])
+    for lv in HEADLINE_LEVELS:
+        ours_rank, pub_rank = P.leaders(ours_t, lv), P.leaders(pub_t, lv)
+        if ours_rank and pub_rank:
+            same = ours_rank[0][0] == pub_rank[0][0]
+            sentences.append(
+                f"At {100 * lv:g}%, {P.display_name(ours_rank[0][0])} leads in our runs and "
+                f"{P.display_name(pub_rank[0][0])} in the study's: the findings "
+                + ("agree." if same else "differ."))
+    return Section(
+        id=f"{scope.key}-relative",
+        title=f"{family_name(scope.family)}: our frontiers beside the study's",
+        sentences=sentences, figures=[(name, "frontiers relative to dense")],
+        tables=[Table(f"{scope.key}_relative",
+                      ["technique", "sparsity %", "ours / dense", "published / dense"], rows)],
+    )

@@ -1,0 +1,139 @@
+"""The report's sections on variations of magnitude pruning in our runs: MP v2 (a non-uniform
+layer distribution with longer training), what masked weights do during pruning, and a sparse
+model against a small dense one of equal parameter count."""
+
+from __future__ import annotations
+
+from .. import figures
+from .. import pareto as P
+from ..our_figures import small_dense_figure
+from .shared import ReportContext, Scope, Section, Table, cell, finished, metric_of
+
+__all__ = ["mp_v2_section", "pruned_weights_section", "small_dense_section"]
+
+
+def mp_v2_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """MP v2 (first layer dense, last 80%, the rest filled; 1.5x steps) against uniform
+    magnitude pruning and variational dropout, frontier by frontier."""
+    if scope.source != "ours":
+        return None
+    runs = [r for r in ctx.scope_runs(scope)
+            if r.technique in ("mp-v2", "magnitude", "variational_dropout")]
+    if not any(r.technique == "mp-v2" for r in runs):
+        return None
+    metric, higher = metric_of(runs)
+    points = P.points_from_runs(runs)
+    table = P.frontiers(points, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
+    name = f"{scope.key}_mpv2.png"
+    figures.frontier_figure(table, points, ctx.out_dir / name, metric_name=metric,
+                            baseline=P.dense_baseline(ctx.scope_runs(scope)),
+                            title=f"{scope.title}: MP v2 vs uniform magnitude pruning and VD")
+    rows, sentences = [], []
+    for level in sorted(table.get("mp-v2", {})):
+        v2 = table["mp-v2"][level].value
+        cells = [cell(table[t][level].value, metric) if level in table.get(t, {}) else "–"
+                 for t in ("magnitude", "variational_dropout")]
+        rows.append([f"{100 * level:g}", cell(v2, metric), *cells])
+        mp = table.get("magnitude", {}).get(level)
+        if mp is not None:
+            better = (v2 > mp.value) == higher and v2 != mp.value
+            sentences.append(
+                f"At {100 * level:g}%, MP v2 reaches {P.format_metric(v2, metric)} vs uniform "
+                f"magnitude pruning {P.format_metric(mp.value, metric)}: "
+                + ("the non-uniform distribution with longer training helps."
+                   if better else "no gain from the non-uniform distribution here."))
+    return Section(
+        id=f"{scope.key}-mpv2", title=f"{scope.title}: magnitude pruning v2",
+        question="Does a non-uniform layer distribution with 1.5x the steps improve "
+                 "magnitude pruning?",
+        sentences=sentences, figures=[(name, "MP v2 frontier")],
+        tables=[Table(f"{scope.key}_mpv2", ["sparsity %", "MP v2", "magnitude pruning",
+                                            "variational dropout"], rows,
+                      f"Best {P.metric_label(metric)} within ±{ctx.tolerance_pp:g} pp.")])
+
+
+def pruned_weights_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """Magnitude pruning's frontier per ``pruned_weights`` mode, when the runs tried more than
+    one: "update" (masked weights get a straight-through gradient and may regrow) against
+    "keep" (TF model_pruning: no gradient, values kept) or "drop"."""
+    if scope.source != "ours":
+        return None
+    runs = [r for r in finished(ctx.scope_runs(scope)) if r.technique == "magnitude"]
+    modes = {r.hyperparameters.get("pruned_weights", "update") for r in runs}
+    if len(modes) < 2:
+        return None
+    metric, higher = metric_of(runs)
+    points = P.points_from_runs(
+        runs, series=lambda r: f"magnitude ({r.hyperparameters.get('pruned_weights', 'update')})")
+    table = P.frontiers(points, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
+    name = f"{scope.key}_pruned_weights.png"
+    figures.frontier_figure(table, points, ctx.out_dir / name, metric_name=metric,
+                            baseline=P.dense_baseline(ctx.scope_runs(scope)),
+                            title=f"{scope.title}: what masked weights do during pruning")
+    names = sorted(table)
+    rows, sentences = [], []
+    for level in P.LEVELS:
+        cells = {n: table[n][level].value for n in names if level in table[n]}
+        if not cells:
+            continue
+        rows.append([f"{100 * level:g}", *[cell(cells[n], metric) if n in cells else "–"
+                                           for n in names]])
+        if len(cells) == len(names):
+            best = max(cells, key=lambda n: cells[n] if higher else -cells[n])
+            sentences.append(f"At {100 * level:g}%: " + ", ".join(
+                f"{n.split('(')[1].rstrip(')')} {P.format_metric(cells[n], metric)}"
+                for n in names) + f"; best: {best.split('(')[1].rstrip(')')}.")
+    return Section(
+        id=f"{scope.key}-pruned-weights", title=f"{scope.title}: what masked weights do",
+        question="Should masked weights keep getting gradient (and may regrow) or be frozen "
+                 "until the mask changes?",
+        sentences=sentences, figures=[(name, "magnitude pruning frontier per mode")],
+        tables=[Table(f"{scope.key}_pruned_weights",
+                      ["sparsity %", *[n.split("(")[1].rstrip(")") for n in names]], rows,
+                      f"Best {P.metric_label(metric)} of magnitude pruning within "
+                      f"±{ctx.tolerance_pp:g} pp, per pruned_weights mode.")])
+
+
+def small_dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
+    """Each small dense model beside the sparse model whose nonzero count it matches."""
+    if scope.source != "ours":
+        return None
+    runs = finished(ctx.scope_runs(scope))
+    small = [r for r in runs if r.technique == "small-dense"]
+    if not small:
+        return None
+    by_id = {r.id: r for r in runs}
+    metric, higher = metric_of(runs)
+    rows, sentences, pairs = [], [], []
+    for run in sorted(small, key=lambda r: r.hyperparameters.get("matched_sparsity", 0)):
+        sparse = by_id.get(run.hyperparameters.get("matched_run", ""))
+        if sparse is None or sparse.metric_value is None or run.metric_value is None:
+            continue
+        hp = run.hyperparameters
+        nonzero, params = hp.get("matched_nonzero"), hp.get("parameters")
+        rows.append([f"{100 * (sparse.achieved_sparsity or 0):.1f}", sparse.id, nonzero,
+                     cell(sparse.metric_value, metric), run.variant, params,
+                     cell(run.metric_value, metric)])
+        pairs.append((nonzero, sparse.metric_value, params, run.metric_value))
+        wins = (sparse.metric_value > run.metric_value) == higher
+        sentences.append(
+            f"With {nonzero:,} nonzero parameters, the {100 * sparse.achieved_sparsity:.0f}% "
+            f"sparse model reaches {P.format_metric(sparse.metric_value, metric)}; the dense "
+            f"model at {run.variant} ({params:,} parameters) reaches "
+            f"{P.format_metric(run.metric_value, metric)}: "
+            + ("the sparse model is better." if wins else "the small dense model is as good "
+                                                          "or better."))
+    if not rows:
+        return None
+    name = f"{scope.key}_small_dense.png"
+    small_dense_figure(pairs, ctx.out_dir / name, metric=metric,
+                       title=f"{scope.title}: sparse vs small dense at equal parameters")
+    return Section(
+        id=f"{scope.key}-small-dense", title=f"{scope.title}: sparse vs small dense",
+        question="At equal parameter count, is a large sparse model better than a small dense "
+                 "one?",
+        sentences=sentences, figures=[(name, "sparse vs small dense")],
+        tables=[Table(f"{scope.key}_small_dense", ["sparsity %", "sparse run", "nonzeros",
+                                                   "sparse", "small dense", "parameters",
+                                                   "dense"], rows,
+                      f"{P.metric_label(metric)}; nonzeros counted on the finalized weights.")])
