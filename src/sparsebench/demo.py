@@ -84,11 +84,11 @@ techniques:
 
 def _spec(text: str, steps: int):
     """Returns the sweep of ``text`` at ``steps`` steps (its text says so too, as stored)."""
-    from .train.config import _yaml_number
+    from .train.config import yaml_number
 
     values = yaml.safe_load(text)
     values["steps"] = steps
-    return parse_sweep(_yaml_number(values), text=text.replace("steps: 600", f"steps: {steps}"))
+    return parse_sweep(yaml_number(values), text=text.replace("steps: 600", f"steps: {steps}"))
 
 
 def main(argv: list[str] | None = None) -> int:

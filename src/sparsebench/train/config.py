@@ -32,6 +32,7 @@ __all__ = [
     "apply_overrides",
     "parse_set",
     "read_yaml",
+    "yaml_number",
     "yaml_problem",
 ]
 
@@ -422,7 +423,7 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as error:
             raise ValueError(f"--set {item!r}: the value is not valid YAML "
                              f"({yaml_problem(error, raw)}).") from None
-        value = _yaml_number(value)
+        value = yaml_number(value)
         node = result
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -430,7 +431,7 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
     return result
 
 
-def _yaml_number(value: Any) -> Any:
+def yaml_number(value: Any) -> Any:
     """Returns "1e-5" as 1e-5: YAML 1.1 reads exponents without a dot as strings."""
     if isinstance(value, str):
         try:
@@ -438,9 +439,9 @@ def _yaml_number(value: Any) -> Any:
         except ValueError:
             return value
     if isinstance(value, dict):
-        return {k: _yaml_number(v) for k, v in value.items()}
+        return {k: yaml_number(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_yaml_number(v) for v in value]
+        return [yaml_number(v) for v in value]
     return value
 
 
@@ -494,4 +495,4 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, Mapping):
         raise ValueError(f"{path} must hold a mapping of config sections (model, data, optim, "
                          f"sparsity, eval, run), not {type(values).__name__} {values!r:.40}.")
-    return _yaml_number(dict(values))
+    return yaml_number(dict(values))

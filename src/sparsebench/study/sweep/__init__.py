@@ -50,6 +50,7 @@ from .in_store import (
     save_sweep_text,
     sweep_definitions,
 )
+from .load import load_sweep, parse_sweep
 from .plan import (
     Point,
     _read_parameters,  # noqa: F401  (the tests read a run's nonzero count through it)
@@ -72,8 +73,6 @@ from .spec import (
     SmallDenseSpec,
     SweepError,
     SweepSpec,
-    load_sweep,
-    parse_sweep,
 )
 
 __all__ = [

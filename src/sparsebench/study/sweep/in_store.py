@@ -10,6 +10,7 @@ import yaml
 
 from ...train import build_config
 from ..store import Run, RunStore, model_family_of
+from .load import parse_sweep
 from .plan import (
     Point,
     best_magnitude_runs_among,
@@ -18,7 +19,7 @@ from .plan import (
     plan_phase1,
     plan_phase2_from_runs,
 )
-from .spec import SweepSpec, parse_sweep
+from .spec import SweepSpec
 
 
 def pending_row(point: Point, spec: SweepSpec, run_dir: Path, model_family: str) -> Run:

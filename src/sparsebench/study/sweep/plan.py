@@ -16,7 +16,7 @@ from ... import methods, models
 from ...train import build_config
 from ...train.config import RunConfig
 from ..store import Run, read_result
-from .spec import RETRAINING_KINDS, SearchSpec, SweepSpec, _fail
+from .spec import RETRAINING_KINDS, SearchSpec, SweepSpec, fail
 
 # ---- points ---------------------------------------------------------------------------------
 
@@ -178,13 +178,13 @@ def mp_v2_layer_targets(spec: SweepSpec, target: float) -> dict[str, float]:
     first, last = spec.mp_v2.first or names[0], spec.mp_v2.last or names[-1]
     for key, value in (("first", first), ("last", last)):
         if value not in names:
-            _fail(f"mp_v2.{key}", f"{value!r} is not a sparsified weight of {config.model.name}; "
+            fail(f"mp_v2.{key}", f"{value!r} is not a sparsified weight of {config.model.name}; "
                                   f"they are {names[:12]}.")
     fixed = {first: spec.mp_v2.first_sparsity, last: spec.mp_v2.last_sparsity}
     try:
         fill({layer.name: layer.shape for layer in layers}, target, fixed)
     except ValueError as error:
-        _fail("mp_v2.sparsities", f"{target:g} is unreachable on {config.model.name} "
+        fail("mp_v2.sparsities", f"{target:g} is unreachable on {config.model.name} "
                                   f"({error}) MP v2 needs a first layer small next to the rest.")
     return fixed
 
@@ -203,17 +203,17 @@ def validate_points(spec: SweepSpec) -> None:
         except ValueError as error:
             where = ("overrides" if point.technique == "dense"
                      else f"techniques.{point.method}" if point.technique != "mp-v2" else "mp_v2")
-            _fail(where, f"{error}".rstrip("."))
+            fail(where, f"{error}".rstrip("."))
     if spec.small_dense is not None:
         config, _ = _model_of(spec)
         options = models.defaults(config.model.name)
         option = spec.small_dense.option
         if option not in options:
-            _fail("small_dense.option", f"model {config.model.name} has no option {option!r}; "
+            fail("small_dense.option", f"model {config.model.name} has no option {option!r}; "
                                         f"its options are {sorted(options)}.")
         current = config.model.options.get(option, options[option])
         if isinstance(current, bool) or not isinstance(current, int):
-            _fail("small_dense.option", f"{option!r} of {config.model.name} is "
+            fail("small_dense.option", f"{option!r} of {config.model.name} is "
                                         f"{current!r}, not an integer size to narrow.")
 
 

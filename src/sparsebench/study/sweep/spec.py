@@ -9,12 +9,11 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ... import methods
 from ...train import build_config
-from ...train.config import RunConfig, _yaml_number, read_yaml
+from ...train.config import RunConfig
 
 RETRAINING_KINDS = ("scratch-e", "scratch-b", "lottery", "augmented")
 _TOP_KEYS = ("name", "task", "steps", "replicas", "sparsities", "dense", "overrides", "resources",
@@ -27,7 +26,7 @@ class SweepError(ValueError):
     """A sweep file that cannot be run, with one sentence naming the field and the fix."""
 
 
-def _fail(where: str, message: str) -> None:
+def fail(where: str, message: str) -> None:
     raise SweepError(f"{where}: {message}")
 
 
@@ -147,34 +146,34 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        _fail(where, f"must be a mapping, got {value!r}.")
+        fail(where, f"must be a mapping, got {value!r}.")
     return dict(value)
 
 
 def _int(value: Any, where: str, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        _fail(where, f"must be an integer >= {low}, got {value!r}.")
+        fail(where, f"must be an integer >= {low}, got {value!r}.")
     return value
 
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(where, f"must be a number, got {value!r}.")
+        fail(where, f"must be a number, got {value!r}.")
     return float(value)
 
 
 def _sparsities(value: Any, where: str) -> tuple[float, ...]:
     if not isinstance(value, list) or not value:
-        _fail(where, f"must be a non-empty list of fractions such as [0.5, 0.9], got {value!r}.")
+        fail(where, f"must be a non-empty list of fractions such as [0.5, 0.9], got {value!r}.")
     out = []
     for item in value:
         s = _number(item, where)
         if not 0.0 < s < 1.0:
             hint = f"; write {s / 100:g} for {s:g}%" if 1.0 < s < 100.0 else ""
-            _fail(where, f"{item!r} is not a sparsity fraction in (0, 1){hint}.")
+            fail(where, f"{item!r} is not a sparsity fraction in (0, 1){hint}.")
         out.append(s)
     if len(set(out)) != len(out):
-        _fail(where, f"lists a sparsity twice: {value!r}.")
+        fail(where, f"lists a sparsity twice: {value!r}.")
     return tuple(out)
 
 
@@ -184,9 +183,9 @@ def _overrides(value: Any, where: str) -> dict[str, Any]:
     for key, item in _mapping(value, where).items():
         parts = str(key).split(".")
         if len(parts) < 2 or not all(parts):
-            _fail(where, f"key {key!r} must be a dotted config key such as optim.lr.")
+            fail(where, f"key {key!r} must be a dotted config key such as optim.lr.")
         if parts[0] not in RunConfig.SECTIONS:
-            _fail(where, f"key {key!r} names no config section; the sections are "
+            fail(where, f"key {key!r} names no config section; the sections are "
                          f"{list(RunConfig.SECTIONS)}.")
         node = nested
         for part in parts[:-1]:
@@ -211,78 +210,78 @@ def _search(name: str, value: Any, where: str | None = None) -> SearchSpec:
     raw = _mapping(value, where)
     unknown = sorted(set(raw) - {"grid", "random", "fixed", "overrides"})
     if unknown:
-        _fail(where, f"unknown key(s) {unknown}; a technique has grid, random, fixed and "
+        fail(where, f"unknown key(s) {unknown}; a technique has grid, random, fixed and "
                      "overrides.")
     if "grid" in raw and "random" in raw:
-        _fail(where, "has both grid and random; choose one search per technique.")
+        fail(where, "has both grid and random; choose one search per technique.")
     allowed = _technique_keys(name)
     grid = {}
     for key, values in _mapping(raw.get("grid"), f"{where}.grid").items():
         if key not in allowed:
-            _fail(f"{where}.grid", f"{key!r} is not a hyperparameter of {name}; it has "
+            fail(f"{where}.grid", f"{key!r} is not a hyperparameter of {name}; it has "
                                    f"{sorted(allowed)}.")
         if not isinstance(values, list) or not values:
-            _fail(f"{where}.grid.{key}", f"must be a non-empty list of values, got {values!r}.")
+            fail(f"{where}.grid.{key}", f"must be a non-empty list of values, got {values!r}.")
         grid[key] = list(values)
     space, samples, seed = {}, 0, 0
     if "random" in raw:
         rnd = _mapping(raw["random"], f"{where}.random")
         bad = sorted(set(rnd) - {"samples", "seed", "space"})
         if bad:
-            _fail(f"{where}.random", f"unknown key(s) {bad}; it has samples, seed and space.")
+            fail(f"{where}.random", f"unknown key(s) {bad}; it has samples, seed and space.")
         samples = _int(rnd.get("samples"), f"{where}.random.samples")
         seed = _int(rnd.get("seed", 0), f"{where}.random.seed", low=0)
         for key, dist in _mapping(rnd.get("space"), f"{where}.random.space").items():
             at = f"{where}.random.space.{key}"
             if key not in allowed:
-                _fail(at, f"{key!r} is not a hyperparameter of {name}; it has {sorted(allowed)}.")
+                fail(at, f"{key!r} is not a hyperparameter of {name}; it has {sorted(allowed)}.")
             dist = _mapping(dist, at)
             if len(dist) != 1 or next(iter(dist)) not in _DISTRIBUTIONS:
-                _fail(at, f"must be one of {{{', '.join(_DISTRIBUTIONS)}: [...]}}, got {dist!r}.")
+                fail(at, f"must be one of {{{', '.join(_DISTRIBUTIONS)}: [...]}}, got {dist!r}.")
             (kind, args), = dist.items()
             if not isinstance(args, list) or not args:
-                _fail(at, f"{kind} needs a list, got {args!r}.")
+                fail(at, f"{kind} needs a list, got {args!r}.")
             if kind != "choice":
                 if len(args) != 2:
-                    _fail(at, f"{kind} needs [low, high], got {args!r}.")
+                    fail(at, f"{kind} needs [low, high], got {args!r}.")
                 low, high = (_number(a, at) for a in args)
                 if not low < high:
-                    _fail(at, f"{kind} needs low < high, got {args!r}.")
+                    fail(at, f"{kind} needs low < high, got {args!r}.")
                 if kind == "log_uniform" and low <= 0:
-                    _fail(at, f"log_uniform needs positive bounds, got {args!r}.")
+                    fail(at, f"log_uniform needs positive bounds, got {args!r}.")
             space[key] = {kind: list(args)}
         if not space:
-            _fail(f"{where}.random.space", "is empty; name at least one hyperparameter.")
+            fail(f"{where}.random.space", "is empty; name at least one hyperparameter.")
     fixed = _mapping(raw.get("fixed"), f"{where}.fixed")
     for key in fixed:
         if key not in allowed:
-            _fail(f"{where}.fixed", f"{key!r} is not a hyperparameter of {name}; it has "
+            fail(f"{where}.fixed", f"{key!r} is not a hyperparameter of {name}; it has "
                                     f"{sorted(allowed)}.")
     return SearchSpec(grid, space, samples, seed, fixed,
                       _overrides(raw.get("overrides"), f"{where}.overrides"))
 
 
-def parse_sweep(values: Mapping[str, Any], *, name: str = "sweep", text: str = "") -> SweepSpec:
-    """Returns the validated sweep of a parsed YAML mapping; every point is resolved to a run
-    configuration once here, so a bad value fails before anything trains.
+def parse_spec(values: Mapping[str, Any], *, name: str = "sweep", text: str = "") -> SweepSpec:
+    """Returns the sweep of a parsed YAML mapping, each field checked; ``load.parse_sweep``
+    then resolves every point to a run configuration.
 
     Raises:
         SweepError: one sentence naming the field, the value and what is allowed.
     """
     if not isinstance(values, Mapping):
-        _fail("sweep", "the file must hold a mapping of sweep fields, got "
+        fail("sweep", "the file must hold a mapping of sweep fields, got "
                        f"{type(values).__name__}.")
     unknown = sorted(set(values) - set(_TOP_KEYS))
     if unknown:
-        _fail("sweep", f"unknown field(s) {unknown}; a sweep has {list(_TOP_KEYS)}.")
+        fail("sweep", f"unknown field(s) {unknown}; a sweep has {list(_TOP_KEYS)}.")
     for required in ("task", "steps", "techniques"):
         if required not in values:
-            _fail(required, "is required.")
+            fail(required, "is required.")
     from ...train.tasks import PRESETS
 
     task = values["task"]
     if task not in PRESETS:
-        _fail("task", f"{task!r} is not a task; choose one of {sorted(PRESETS)}.")
+        fail("task", f"{task!r} is not a task; choose one of {sorted(PRESETS)}.")
     steps = _int(values["steps"], "steps")
     replicas = _int(values.get("replicas", 1), "replicas")
     techniques = _techniques(values["techniques"])
@@ -303,9 +302,6 @@ def parse_sweep(values: Mapping[str, Any], *, name: str = "sweep", text: str = "
         overrides=_overrides(values.get("overrides"), "overrides"),
         techniques=techniques, retraining=retraining, mp_v2=mp_v2, small_dense=small_dense,
         select_by=select_by, cpus=cpus, gpus=gpus, text=text)
-    from .plan import validate_points  # here, not at the top: plan builds on this module
-
-    validate_points(spec)
     return spec
 
 
@@ -313,14 +309,14 @@ def _techniques(value: Any) -> dict[str, SearchSpec]:
     """Returns the ``techniques`` block's searches, by the registry's name of each technique."""
     raw_techniques = _mapping(value, "techniques")
     if not raw_techniques:
-        _fail("techniques", "is empty; name at least one of "
+        fail("techniques", "is empty; name at least one of "
                             f"{sorted(methods.REGISTRY)}.")
     techniques = {}
     for key, spec in raw_techniques.items():
         try:
             canonical = methods.get(str(key)).name
         except ValueError:
-            _fail("techniques", f"{key!r} is not a technique; choose from "
+            fail("techniques", f"{key!r} is not a technique; choose from "
                                 f"{sorted(methods.REGISTRY)} (the dense baseline is "
                                 "'dense: true').")
         techniques[canonical] = _search(canonical, spec)
@@ -332,11 +328,11 @@ def _resources(value: Any) -> tuple[float, float]:
     resources = _mapping(value, "resources")
     bad = sorted(set(resources) - {"cpus", "gpus"})
     if bad:
-        _fail("resources", f"unknown key(s) {bad}; it has cpus and gpus (per run).")
+        fail("resources", f"unknown key(s) {bad}; it has cpus and gpus (per run).")
     cpus = _number(resources.get("cpus", 1), "resources.cpus")
     gpus = _number(resources.get("gpus", 0), "resources.gpus")
     if cpus <= 0 or gpus < 0:
-        _fail("resources", f"cpus must be > 0 and gpus >= 0, got {resources!r}.")
+        fail("resources", f"cpus must be > 0 and gpus >= 0, got {resources!r}.")
     return cpus, gpus
 
 
@@ -346,11 +342,11 @@ def _dense(value: Any, replicas: int) -> tuple[bool, int | None]:
     if isinstance(dense, Mapping):
         bad = sorted(set(dense) - {"replicas"})
         if bad:
-            _fail("dense", f"unknown key(s) {bad}; it has replicas.")
+            fail("dense", f"unknown key(s) {bad}; it has replicas.")
         dense_replicas = _int(dense.get("replicas", replicas), "dense.replicas")
         dense = True
     if not isinstance(dense, bool):
-        _fail("dense", f"must be true, false or {{replicas: N}}, got {dense!r}.")
+        fail("dense", f"must be true, false or {{replicas: N}}, got {dense!r}.")
     return dense, dense_replicas
 
 
@@ -362,13 +358,13 @@ def _retraining(value: Any, techniques: Mapping[str, SearchSpec],
     raw = _mapping(value, "retraining")
     bad = sorted(set(raw) - {"kinds", "sparsities", "replicas"})
     if bad:
-        _fail("retraining", f"unknown key(s) {bad}; it has kinds, sparsities and replicas.")
+        fail("retraining", f"unknown key(s) {bad}; it has kinds, sparsities and replicas.")
     kinds = raw.get("kinds", list(RETRAINING_KINDS))
     if not isinstance(kinds, list) or not kinds or any(k not in RETRAINING_KINDS
                                                        for k in kinds):
-        _fail("retraining.kinds", f"must list some of {list(RETRAINING_KINDS)}, got {kinds!r}.")
+        fail("retraining.kinds", f"must list some of {list(RETRAINING_KINDS)}, got {kinds!r}.")
     if "magnitude" not in techniques:
-        _fail("retraining", "retrains the best magnitude-pruning run, so techniques must "
+        fail("retraining", "retrains the best magnitude-pruning run, so techniques must "
                             "include magnitude.")
     retraining = RetrainingSpec(tuple(kinds),
                                 _sparsities(raw.get("sparsities"), "retraining.sparsities"),
@@ -385,10 +381,10 @@ def _mp_v2(value: Any, techniques: Mapping[str, SearchSpec]) -> MPv2Spec | None:
     bad = sorted(set(raw) - {"sparsities", "first", "last", "first_sparsity",
                              "last_sparsity", "steps_factor", "grid"})
     if bad:
-        _fail("mp_v2", f"unknown key(s) {bad}; it has sparsities, first, last, "
+        fail("mp_v2", f"unknown key(s) {bad}; it has sparsities, first, last, "
                        "first_sparsity, last_sparsity, steps_factor and grid.")
     if "magnitude" not in techniques:
-        _fail("mp_v2", "is a variant of magnitude pruning, so techniques must include "
+        fail("mp_v2", "is a variant of magnitude pruning, so techniques must include "
                        "magnitude.")
     # MP v2's own settings (e.g. the best begin/end only), else magnitude's whole search.
     mp_v2_search = None
@@ -398,13 +394,13 @@ def _mp_v2(value: Any, techniques: Mapping[str, SearchSpec]) -> MPv2Spec | None:
                                            samples=0)
     factor = _number(raw.get("steps_factor", 1.5), "mp_v2.steps_factor")
     if factor <= 0:
-        _fail("mp_v2.steps_factor", f"must be positive, got {factor}.")
+        fail("mp_v2.steps_factor", f"must be positive, got {factor}.")
     layer_values = {}
     for key in ("first_sparsity", "last_sparsity"):
         layer_values[key] = _number(raw.get(key, 0.0 if key.startswith("first") else 0.8),
                                     f"mp_v2.{key}")
         if not 0.0 <= layer_values[key] < 1.0:
-            _fail(f"mp_v2.{key}", f"must be in [0, 1), got {layer_values[key]}.")
+            fail(f"mp_v2.{key}", f"must be in [0, 1), got {layer_values[key]}.")
     return MPv2Spec(_sparsities(raw.get("sparsities"), "mp_v2.sparsities"),
                     raw.get("first"), raw.get("last"), **layer_values, steps_factor=factor,
                     search=mp_v2_search)
@@ -418,9 +414,9 @@ def _small_dense(value: Any, techniques: Mapping[str, SearchSpec],
     raw = _mapping(value, "small_dense")
     bad = sorted(set(raw) - {"option", "sparsities", "replicas"})
     if bad:
-        _fail("small_dense", f"unknown key(s) {bad}; it has option, sparsities and replicas.")
+        fail("small_dense", f"unknown key(s) {bad}; it has option, sparsities and replicas.")
     if "magnitude" not in techniques:
-        _fail("small_dense", "matches the best magnitude-pruning run's nonzeros, so "
+        fail("small_dense", "matches the best magnitude-pruning run's nonzeros, so "
                              "techniques must include magnitude.")
     small_dense = SmallDenseSpec(str(raw.get("option", "width")),
                                  _sparsities(raw.get("sparsities"), "small_dense.sparsities"),
@@ -435,13 +431,13 @@ def _select_by(value: Any, task: str, steps: int) -> str | None:
         return None
     split, _, measure = str(value).partition(".")
     if split not in _SELECT_SPLITS or not measure:
-        _fail("select_by", f"must be <split>.<measure> with split one of "
+        fail("select_by", f"must be <split>.<measure> with split one of "
                            f"{list(_SELECT_SPLITS)} (e.g. valid.loss), got {value!r}.")
     from ...train.tasks import task_class
 
     measures = task_class(build_config(task, steps=steps)).eval_metrics
     if measure not in measures:
-        _fail("select_by", f"{measure!r} is not measured on task {task}; it has "
+        fail("select_by", f"{measure!r} is not measured on task {task}; it has "
                            f"{list(measures)}.")
     return str(value)
 
@@ -449,23 +445,5 @@ def _select_by(value: Any, task: str, steps: int) -> str | None:
 def _check_subset(chosen: Sequence[float], sparsities: Sequence[float], where: str) -> None:
     missing = [s for s in chosen if not any(abs(s - t) < 1e-9 for t in sparsities)]
     if missing:
-        _fail(where, f"{missing} are not among the sweep's sparsities {list(sparsities)}; "
+        fail(where, f"{missing} are not among the sweep's sparsities {list(sparsities)}; "
                      "magnitude pruning must run there first.")
-
-
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Returns the validated sweep in a YAML file (its name defaults to the file's stem).
-
-    Raises:
-        SweepError: for a missing file, bad YAML or a bad field (one sentence).
-    """
-    path = Path(path)
-    try:
-        values, text = read_yaml(path, "sweep file")
-    except (OSError, ValueError) as error:
-        raise SweepError(str(error)) from None
-    try:
-        return parse_sweep(_yaml_number(values), name=path.stem, text=text)
-    except SweepError as error:
-        raise SweepError(f"{path}: {error}") from None
-
