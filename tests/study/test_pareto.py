@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sparsebench.methods import catalogue
 from sparsebench.study import pareto as P
 from sparsebench.study.pareto import Point
 
@@ -77,7 +78,8 @@ def _family(runs, family):
 
 
 def _table(runs):
-    return P.frontiers(P.points_from_runs(r for r in runs if r.technique in P.SPARSIFIERS))
+    sparsifiers = catalogue.sparsifiers()
+    return P.frontiers(P.points_from_runs(r for r in runs if r.technique in sparsifiers))
 
 
 def test_dense_baselines_match_frontiers_md(published_runs):
@@ -131,7 +133,8 @@ def test_resnet50_frontier_matches_frontiers_md(published_runs):
 
 
 def test_retraining_summaries_match_frontiers_md(published_runs):
-    t = [r for r in _family(published_runs, "transformer") if r.technique in P.RETRAINING]
+    kinds = catalogue.retraining_kinds()
+    t = [r for r in _family(published_runs, "transformer") if r.technique in kinds]
     reps = P.replica_summaries(P.points_from_runs(t))
     # best (max), min, mean, n
     e80 = reps["scratch-e"][0.8]
@@ -140,7 +143,8 @@ def test_retraining_summaries_match_frontiers_md(published_runs):
     assert round(reps["lottery"][0.6].mean, 2) == 22.54
     assert round(reps["augmented (scratch-b)"][0.98].max, 2) == 13.58
     assert round(reps["scratch-b"][0.5].max, 2) == 26.24
-    r = [x for x in _family(published_runs, "resnet50") if x.technique in P.RETRAINING]
+    kinds = catalogue.retraining_kinds()
+    r = [x for x in _family(published_runs, "resnet50") if x.technique in kinds]
     rn = P.replica_summaries(P.points_from_runs(r))
     s = rn["scratch-b (lr_scaled)"][0.5]  # scratch_lr_scaled, time multiplier 2, init baseline
     assert (round(100 * s.max, 2), round(100 * s.min, 2), round(100 * s.mean, 2), s.n) == \

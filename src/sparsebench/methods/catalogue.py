@@ -26,9 +26,14 @@ if TYPE_CHECKING:
     from .base import Method, MethodConfig
 
 __all__ = [
+    "AUGMENTED",
     "BASELINE",
     "DENSE",
+    "FRESH",
+    "MP_V2",
     "RETRAINING",
+    "SMALL_DENSE",
+    "SOURCE_INIT",
     "SPARSIFIER",
     "VARIANT",
     "Technique",
@@ -51,6 +56,14 @@ _ROLES = (SPARSIFIER, RETRAINING, VARIANT, BASELINE)
 
 #: The dense baseline's name (a run with no technique).
 DENSE = "dense"
+#: Magnitude pruning v2: the study's non-uniform layer distribution and longer schedule.
+MP_V2 = "mp-v2"
+#: A dense model narrowed to a sparse model's nonzero count (never part of the dense baseline).
+SMALL_DENSE = "small-dense"
+#: How a retraining kind initializes the weights under the source run's fixed mask: afresh,
+#: with the source run's own initial weights (the lottery ticket), or afresh and rescaled for
+#: each unit's sparse fan-in (the study's augmented init).
+FRESH, SOURCE_INIT, AUGMENTED = "fresh", "source", "augmented"
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,15 @@ class Technique:
             beside (magnitude pruning).
         fixed_mask: True when its Method can train with a given fixed mask (``mask_from``).
         prose: its name inside a sentence, when not ``display`` ("the lottery ticket").
-        paper_file: the stem of the study's published CSV of its runs, if the study has one.
+        paper_files: the stems of the study's published CSVs of its runs.
         paper_cost_ratio: the training cost relative to magnitude pruning the study reports.
+        init: for a retraining kind, how it initializes (``FRESH``, ``SOURCE_INIT`` or
+            ``AUGMENTED``).
+        steps_factor: for a retraining kind, its steps as a multiple of the source run's.
+        compare_with: for a variant, the techniques its report section sets it beside.
+        from_source: True when its runs derive from a finished run of ``reference()`` (the
+            retraining kinds, and the small dense model matched to a sparse one's size), so a
+            sweep plans them in its second phase.
     """
 
     name: str
@@ -91,8 +111,12 @@ class Technique:
     retrains_from: bool = False
     fixed_mask: bool = False
     prose: str | None = None
-    paper_file: str | None = None
+    paper_files: tuple[str, ...] = ()
     paper_cost_ratio: float | None = None
+    init: str | None = None
+    steps_factor: float = 1.0
+    compare_with: tuple[str, ...] = ()
+    from_source: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in _ROLES:
@@ -103,6 +127,9 @@ class Technique:
         if self.role in (RETRAINING, VARIANT) and self.trained_by is None:
             raise ValueError(f"Technique {self.name!r} ({self.role}) must say which technique "
                              f"trains it (trained_by=).")
+        if self.role == RETRAINING and self.init not in (FRESH, SOURCE_INIT, AUGMENTED):
+            raise ValueError(f"Retraining kind {self.name!r} must say how it initializes "
+                             f"(init= one of {(FRESH, SOURCE_INIT, AUGMENTED)}).")
 
     @property
     def method_class(self) -> type[Method]:
@@ -216,14 +243,50 @@ def retraining_kinds() -> list[str]:
     return [t.name for t in entries(RETRAINING)]
 
 
+def variants() -> list[str]:
+    """Returns the variants of a technique trained differently (MP v2), in the study's order."""
+    return [t.name for t in entries(VARIANT)]
+
+
+def trained() -> list[str]:
+    """Returns the techniques and variants that sparsify while training, in the study's order
+    (the sparsifiers and their variants; not retraining, not the dense arms)."""
+    return [t.name for t in entries() if t.role in (SPARSIFIER, VARIANT)]
+
+
+def plain_retraining() -> str | None:
+    """Returns the retraining kind with a fresh init and the source run's steps (scratch-e):
+    the one the report quotes beside the best retrained run."""
+    return next((t.name for t in entries(RETRAINING)
+                 if t.init == FRESH and t.steps_factor == 1), None)
+
+
+def from_source() -> list[str]:
+    """Returns the arms whose runs derive from a finished run of ``reference()``."""
+    return [t.name for t in entries() if t.from_source]
+
+
+def of_paper_file(stem: str) -> str:
+    """Returns the technique whose published runs are in the study's CSV ``stem``.
+
+    Raises:
+        ValueError: for a file no technique names.
+    """
+    found = [t.name for t in entries() if stem in t.paper_files]
+    if len(found) != 1:
+        raise ValueError(f"No technique's published runs are in {stem}.csv.")
+    return found[0]
+
+
 def reference() -> str:
     """Returns the technique every other arm is set beside (the one retraining starts from)."""
     return next(t.name for t in entries() if t.retrains_from)
 
 
 def trains_as(name: str) -> str | None:
-    """Returns the sparsifier whose Method trains ``name`` (itself for a sparsifier; the
-    technique it borrows for a retraining kind or variant; None for the dense arms)."""
+    """Returns the technique that trains ``name``: itself for a sparsifier, the sparsifier it
+    borrows for a retraining kind or variant, the dense baseline for a small dense model,
+    None for the dense baseline and unknown names."""
     technique = find(name)
     if technique is None:
         return None
@@ -248,24 +311,31 @@ _METHODS = "sparsebench.methods."
 _ENTRIES = (
     Technique("magnitude", SPARSIFIER, "magnitude pruning", "#1f77b4",
               method=_METHODS + "magnitude:MagnitudePruning", takes_target=True,
-              retrains_from=True, fixed_mask=True, paper_file="magnitude_pruning"),
-    Technique("mp-v2", VARIANT, "magnitude pruning v2", "#9467bd", trained_by="magnitude"),
+              retrains_from=True, fixed_mask=True, paper_files=("magnitude_pruning",)),
+    Technique(MP_V2, VARIANT, "magnitude pruning v2", "#9467bd", trained_by="magnitude",
+              compare_with=("magnitude", "variational_dropout")),
     Technique("variational_dropout", SPARSIFIER, "variational dropout", "#ff7f0e",
               method=_METHODS + "variational_dropout:VariationalDropout", aliases=("vd",),
-              trains_with_noise=True, paper_file="variational_dropout", paper_cost_ratio=1.65),
+              trains_with_noise=True, paper_files=("variational_dropout",),
+              paper_cost_ratio=1.65),
     Technique("l0", SPARSIFIER, "L0 regularization", "#2ca02c",
               method=_METHODS + "l0:L0Regularization", aliases=("l0_regularization",),
-              trains_with_noise=True, paper_file="l0_regularization", paper_cost_ratio=1.24),
+              trains_with_noise=True, paper_files=("l0_regularization",), paper_cost_ratio=1.24),
     Technique("random", SPARSIFIER, "random pruning", "#d62728",
               method=_METHODS + "random:RandomPruning", takes_target=True,
-              paper_file="random_pruning"),
-    Technique("scratch-e", RETRAINING, "scratch-e", "#8c564b", trained_by="magnitude"),
-    Technique("scratch-b", RETRAINING, "scratch-b", "#e377c2", trained_by="magnitude"),
+              paper_files=("random_pruning",)),
+    Technique("scratch-e", RETRAINING, "scratch-e", "#8c564b", trained_by="magnitude",
+              init=FRESH, from_source=True, paper_files=("scratche",)),
+    Technique("scratch-b", RETRAINING, "scratch-b", "#e377c2", trained_by="magnitude",
+              init=FRESH, steps_factor=2.0, from_source=True, paper_files=("scratchb",)),
     Technique("lottery", RETRAINING, "lottery", "#17becf", trained_by="magnitude",
-              prose="the lottery ticket"),
-    Technique("augmented", RETRAINING, "augmented", "#bcbd22", trained_by="magnitude"),
-    Technique(DENSE, BASELINE, "dense", "#333333", aliases=("none",)),
-    Technique("small-dense", BASELINE, "small-dense"),
+              init=SOURCE_INIT, prose="the lottery ticket", from_source=True,
+              paper_files=("lottery_ticket",)),
+    Technique("augmented", RETRAINING, "augmented", "#bcbd22", trained_by="magnitude",
+              init=AUGMENTED, from_source=True,
+              paper_files=("scratche_augmented_init", "scratchb_augmented_init")),
+    Technique(DENSE, BASELINE, "dense", "#333333", aliases=("none",), paper_files=("baselines",)),
+    Technique(SMALL_DENSE, BASELINE, "small-dense", trained_by=DENSE, from_source=True),
 )
 for _entry in _ENTRIES:
     register(_entry)

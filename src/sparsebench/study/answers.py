@@ -16,15 +16,26 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..methods import catalogue
 from . import pareto as P
 from .seeds import SeedSpread, seed_spread
 from .store import Run
 
-__all__ = ["TECHNIQUES", "Gap", "gap_verdict", "measure_answers", "pair_gaps"]
+__all__ = ["Gap", "compared_techniques", "gap_verdict", "measure_answers", "pair_gaps"]
 
-#: The techniques whose frontiers the first question compares (MP v2 trains 1.5x the steps,
-#: so it is no peer here; its own section compares it).
-TECHNIQUES = P.SPARSIFIERS
+
+def compared_techniques() -> list[str]:
+    """Returns the techniques whose frontiers the first question compares: the sparsifiers
+    (MP v2 trains 1.5x the steps, so it is no peer here; its own section compares it)."""
+    return catalogue.sparsifiers()
+
+
+def _challengers() -> list[str]:
+    """Returns the sparsifiers set against the reference: the other pruning ones first (same
+    target, same schedule), then those a regularization weight steers."""
+    others = [t for t in catalogue.entries(catalogue.SPARSIFIER)
+              if t.name != catalogue.reference()]
+    return [t.name for t in sorted(others, key=lambda t: not t.takes_target)]
 _UNITS = {"top1": "points", "bleu": "BLEU", "loss": "nats"}
 
 
@@ -81,7 +92,7 @@ def _spread_words(spread: SeedSpread, metric: str) -> str:
 
 def _frontiers(runs: Sequence[Run], tolerance_pp: float, higher: bool
                ) -> dict[str, P.Frontier]:
-    points = P.points_from_runs([r for r in runs if r.technique in TECHNIQUES],
+    points = P.points_from_runs([r for r in runs if r.technique in compared_techniques()],
                                 series=lambda r: r.technique)
     return P.frontiers(points, tolerance_pp=tolerance_pp, higher_is_better=higher)
 
@@ -149,18 +160,20 @@ def _retraining_gaps(runs: Sequence[Run], reference: P.Frontier, tolerance_pp: f
                      ) -> dict[str, tuple[list[Gap], int]]:
     """Returns, per retraining kind, its mean over replicas against the magnitude-pruning
     frontier at each level both have, and its most replicas at a level."""
-    points = P.points_from_runs([r for r in runs if r.technique in P.RETRAINING],
+    kinds = catalogue.retraining_kinds()
+    points = P.points_from_runs([r for r in runs if r.technique in kinds],
                                 series=lambda r: r.technique)
     summaries = P.replica_summaries(points, tolerance_pp=tolerance_pp)
     sign = 1.0 if higher else -1.0
     out = {}
-    for kind in P.RETRAINING:
+    for kind in kinds:
         cells = summaries.get(kind, {})
         gaps = []
         for level, summary in sorted(cells.items()):
             if level in reference:
                 gap = sign * (summary.mean - reference[level].value)
-                gaps.append(Gap(level, kind, "magnitude", gap, gap_verdict(gap, spread)))
+                gaps.append(Gap(level, kind, catalogue.reference(), gap,
+                                gap_verdict(gap, spread)))
         if gaps:
             out[kind] = (gaps, max(summary.n for summary in cells.values()))
     return out
@@ -194,18 +207,20 @@ def measure_answers(runs: Sequence[Run], metric: str, higher: bool, *, tolerance
     if winners:
         sentences.append(winners)
         rows += [row("best technique vs runner-up", g) for g in gaps]
-    for technique in ("random", "variational_dropout", "l0"):
-        if technique not in table or "magnitude" not in table:
+    reference = catalogue.reference()
+    against = P.display_name(reference)
+    for technique in _challengers():
+        if technique not in table or reference not in table:
             continue
-        pairs = pair_gaps(table, technique, "magnitude", higher=higher, spread=spread)
+        pairs = pair_gaps(table, technique, reference, higher=higher, spread=spread)
         if pairs:
-            sentences.append(_pair_sentence(P.display_name(technique), "magnitude pruning",
+            sentences.append(_pair_sentence(P.display_name(technique), against,
                                             pairs, metric, spread))
-            rows += [row(f"{P.display_name(technique)} vs magnitude pruning", g) for g in pairs]
+            rows += [row(f"{P.display_name(technique)} vs {against}", g) for g in pairs]
         else:
             sentences.append(f"{P.display_name(technique)} has no frontier point at a "
-                             "level magnitude pruning reaches.")
-    retrained = _retraining_gaps(runs, table.get("magnitude", {}), tolerance_pp, higher, spread)
+                             f"level {against} reaches.")
+    retrained = _retraining_gaps(runs, table.get(reference, {}), tolerance_pp, higher, spread)
     for kind, (gaps, n) in retrained.items():
         sentences.append(_pair_sentence(
             f"{kind} ({'one run' if n == 1 else f'mean of {n}'})",

@@ -22,17 +22,32 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..methods import catalogue
 from .pareto import Summary, summarise
 from .store import Run
 
-__all__ = ["BudgetGap", "budget_gaps", "budget_of", "dense_by_budget", "gap_sentence",
+__all__ = ["BudgetGap", "budget_gaps", "budget_of", "compared", "dense_by_budget", "gap_sentence",
            "paper_gaps"]
 
-#: The arms set against magnitude pruning, in the order the report shows them.
-COMPARED = ("random", "scratch-e", "lottery", "scratch-b")
-#: Runs that train twice their budget's steps (the study's scratch-b).
-_DOUBLE_STEPS = ("scratch-b",)
 MEASURES = ("top1", "loss")
+
+
+def _pruning_arms() -> list[str]:
+    """The other techniques pruning to the same targets: each counts at its best setting."""
+    return [t.name for t in catalogue.entries(catalogue.SPARSIFIER)
+            if t.takes_target and t.name != catalogue.reference()]
+
+
+def _retraining_arms() -> list[str]:
+    """The retraining kinds, the source's step budget first (scratch-e, lottery, ...), those
+    training longer after: each counts on the masks of the reference's best-by-valid run."""
+    kinds = catalogue.entries(catalogue.RETRAINING)
+    return [t.name for t in sorted(kinds, key=lambda t: t.steps_factor)]
+
+
+def compared() -> list[str]:
+    """Returns the arms set against magnitude pruning, in the order the report shows them."""
+    return [*_pruning_arms(), *_retraining_arms()]
 
 
 def budget_of(run: Run) -> int | None:
@@ -40,7 +55,9 @@ def budget_of(run: Run) -> int | None:
     steps = (run.config.get("run") or {}).get("steps")
     if steps is None:
         return None
-    return int(steps) // 2 if run.technique in _DOUBLE_STEPS else int(steps)
+    technique = catalogue.find(run.technique)
+    factor = technique.steps_factor if technique is not None else 1.0
+    return int(round(int(steps) / factor))
 
 
 def _value(run: Run, measure: str, split: str = "test") -> float | None:
@@ -131,17 +148,17 @@ def budget_gaps(runs: Iterable[Run]) -> list[BudgetGap]:
             cells.setdefault((budget_of(run), run.target_sparsity), []).append(run)
     gaps = []
     for (budget, target), cell in sorted(cells.items()):
-        magnitude = [r for r in cell if r.technique == "magnitude"]
+        magnitude = [r for r in cell if r.technique == catalogue.reference()]
         scored = [r for r in magnitude if _value(r, "top1", "valid") is not None]
         if not scored:
             continue
         source = max(scored, key=lambda r: _value(r, "top1", "valid"))
         reference = [r for r in magnitude if _setting(r) == _setting(source)]
-        arms = {"random": _best_setting([r for r in cell if r.technique == "random"])}
-        for kind in COMPARED[1:]:
+        arms = {t: _best_setting([r for r in cell if r.technique == t]) for t in _pruning_arms()}
+        for kind in _retraining_arms():
             arms[kind] = [r for r in cell if r.technique == kind
                           and r.hyperparameters.get("source") == source.id]
-        for comparison in COMPARED:
+        for comparison in compared():
             for measure in MEASURES:
                 arm = _summary(arms[comparison], measure) if arms[comparison] else None
                 ref = _summary(reference, measure)
@@ -154,7 +171,7 @@ def dense_by_budget(runs: Iterable[Run], measure: str = "top1") -> dict[int, Sum
     """Returns the dense baseline's test ``measure`` over seeds at each budget."""
     by_budget: dict[int, list[Run]] = {}
     for run in _finished(runs):
-        if run.technique == "dense" and not run.variant:
+        if run.technique == catalogue.DENSE and not run.variant:
             by_budget.setdefault(budget_of(run), []).append(run)
     return {b: s for b, group in sorted(by_budget.items())
             if (s := _summary(group, measure)) is not None}
@@ -171,13 +188,10 @@ def paper_gaps(published: Iterable[Run], target: float, family: str = "resnet50"
                 and run.target_sparsity is not None and abs(run.target_sparsity - target) < 1e-9
                 and run.metric_value is not None):
             best[run.technique] = max(best.get(run.technique, -1.0), run.metric_value)
-    if "magnitude" not in best:
+    reference = catalogue.reference()
+    if reference not in best:
         return {}
-    return {k: 100.0 * (best[k] - best["magnitude"]) for k in COMPARED if k in best}
-
-
-_NAMES = {"random": "Random pruning", "scratch-e": "Scratch-e", "lottery": "The lottery ticket",
-          "scratch-b": "Scratch-b"}
+    return {k: 100.0 * (best[k] - best[reference]) for k in compared() if k in best}
 
 
 def _unit(measure: str, value: float) -> str:
@@ -206,7 +220,9 @@ def gap_sentence(gaps: Sequence[BudgetGap]) -> str:
                        + ("decisive" if g.decisive else "a tie"))
         parts.append(f"{side} by {_unit(g.measure, abs(g.gap))} at {g.budget:,} steps "
                      f"({verdict})")
-    return (f"{_NAMES[gaps[0].comparison]} against magnitude pruning at "
+    arm = catalogue.get(gaps[0].comparison).in_sentence
+    reference = catalogue.display(catalogue.reference())
+    return (f"{arm[:1].upper() + arm[1:]} against {reference} at "
             f"{100 * gaps[0].target:g}%, {where}: " + "; ".join(parts) + f"; {_trend(gaps)}.")
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..methods import catalogue
 from ..rundir import INIT_FILE, MASK_FILE
 from .executors import Executor
 from .source_masks import archive_path, archive_source, restore_source
@@ -196,7 +197,8 @@ class _Driver:
         try:
             if point.source is not None:
                 source_dir = self._source_dir(point.source)
-                if point.technique == "lottery" and not (source_dir / INIT_FILE).is_file():
+                if (catalogue.get(point.technique).init == catalogue.SOURCE_INIT
+                        and not (source_dir / INIT_FILE).is_file()):
                     from ..train.loop import write_initial_weights
 
                     self.say(f"  writing {source_dir / INIT_FILE} again from its config")

@@ -24,6 +24,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .._io import atomic_write_bytes
+from ..methods import catalogue
 from .pareto import Frontier, Point, Summary, display_name, metric_label
 
 __all__ = [
@@ -39,18 +40,6 @@ __all__ = [
     "series_order",
 ]
 
-_COLOURS = {
-    "magnitude": "#1f77b4",
-    "variational_dropout": "#ff7f0e",
-    "l0": "#2ca02c",
-    "random": "#d62728",
-    "mp-v2": "#9467bd",
-    "scratch-e": "#8c564b",
-    "scratch-b": "#e377c2",
-    "lottery": "#17becf",
-    "augmented": "#bcbd22",
-    "dense": "#333333",
-}
 _EXTRA = ("#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
@@ -62,7 +51,8 @@ def colours(series: Sequence[str]) -> dict[str, str]:
     used: set[str] = set()
     spare = iter(_EXTRA * 4)
     for name in series:
-        colour = _COLOURS.get(name.split(" ", 1)[0])
+        technique = catalogue.find(name.split(" ", 1)[0])
+        colour = technique.colour if technique is not None else None
         if colour is None or colour in used:
             colour = next(spare)
         used.add(colour)
@@ -330,17 +320,19 @@ def retraining_figure(
     *,
     metric_name: str,
     baseline: Summary | None = None,
-    reference_name: str = "magnitude",
+    reference_name: str | None = None,
     title: str = "",
     higher_is_better: bool = True,
     unit: str = "nats",
 ) -> Path:
     """Draws retraining series as mean markers with min/max bars over replicas, beside the
-    ``reference`` frontier (magnitude pruning) and the dense baseline. A measure where lower
+    ``reference`` frontier (of ``reference_name``, by default the catalogue's reference,
+    magnitude pruning) and the dense baseline. A measure where lower
     is better (a test loss, in ``unit``) is drawn on an inverted axis, so that better is up
     as in every other figure. Returns the PNG path."""
     k = _scale(metric_name)
     names = sorted(summaries, key=series_order)
+    reference_name = reference_name or catalogue.reference()
     colour_of = colours([reference_name, *names])
     fig = Figure(figsize=(10.0, 4.8))
     ax = fig.subplots()
@@ -434,8 +426,8 @@ def relative_frontiers_figure(
 
 
 def series_order(series: str) -> tuple[int, str]:
-    """Sorts series in the study's order (MP, VD, L0, random, then retraining kinds)."""
-    order = ("magnitude", "mp-v2", "variational_dropout", "l0", "random", "scratch-e",
-             "scratch-b", "lottery", "augmented")
+    """Sorts series in the catalogue's order (MP, MP v2, VD, L0, random, then retraining
+    kinds); the dense arms and unknown names come last, by name."""
+    order = [t.name for t in catalogue.entries() if t.role != catalogue.BASELINE]
     technique = series.split(" ", 1)[0]
     return (order.index(technique) if technique in order else len(order), series)

@@ -23,6 +23,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from ..methods.catalogue import DENSE
 from .budget import BudgetGap
 from .figures import MARKERS, colours, save_png, series_order
 from .pareto import Summary, display_name, format_metric, metric_label
@@ -302,7 +303,7 @@ def budget_figure(
         means = [100 * s.mean for _, s in points]
         converge.errorbar(xs, means, yerr=[[100 * (s.mean - s.min) for _, s in points],
                                            [100 * (s.max - s.mean) for _, s in points]],
-                          fmt="o-", color=colours(["dense"])["dense"], capsize=3,
+                          fmt="o-", color=colours([DENSE])[DENSE], capsize=3,
                           label="dense (mean, seed range)")
         converge.set_xscale("log", base=2)
         converge.set_xticks(xs, [f"{b:,}" for b in xs])

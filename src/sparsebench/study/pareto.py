@@ -14,15 +14,16 @@ throughout: VD and L0 only reach the sparsity their regularization happens to gi
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..methods import catalogue
+
 __all__ = [
     "LEVELS",
-    "RETRAINING",
-    "SPARSIFIERS",
     "Frontier",
     "FrontierPoint",
     "Point",
@@ -50,19 +51,17 @@ __all__ = [
 
 #: The study's sparsity levels, as fractions.
 LEVELS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
-#: The techniques of the study's first question, in the order its figures draw them.
-SPARSIFIERS = ("magnitude", "variational_dropout", "l0", "random")
-#: The retraining kinds of its second question.
-RETRAINING = ("scratch-e", "scratch-b", "lottery", "augmented")
+#: Names kept for code written against them: the catalogue answers these now.
+_DEPRECATED = {"SPARSIFIERS": catalogue.sparsifiers, "RETRAINING": catalogue.retraining_kinds}
 
-_NAMES = {
-    "magnitude": "magnitude pruning",
-    "random": "random pruning",
-    "variational_dropout": "variational dropout",
-    "l0": "L0 regularization",
-    "dense": "dense",
-    "mp-v2": "magnitude pruning v2",
-}
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        warnings.warn(f"sparsebench.study.pareto.{name} is deprecated; ask "
+                      f"sparsebench.methods.catalogue ({_DEPRECATED[name].__name__}()).",
+                      DeprecationWarning, stacklevel=2)
+        return tuple(_DEPRECATED[name]())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -105,8 +104,7 @@ class Summary:
 
 def display_name(series: str) -> str:
     """Returns the readable name of a technique or series ("l0" -> "L0 regularization")."""
-    technique, _, rest = series.partition(" ")
-    return (_NAMES.get(technique, technique) + (" " + rest if rest else "")).strip()
+    return catalogue.display(series)
 
 
 def metric_label(metric_name: str) -> str:
@@ -228,10 +226,10 @@ def summarise(values: Iterable[float]) -> Summary:
 
 
 def dense_baseline(runs: Iterable[Any]) -> Summary | None:
-    """Returns the summary over replicas of the dense runs among ``runs`` (technique "dense",
+    """Returns the summary over replicas of the dense runs among ``runs`` (the dense baseline,
     finished, with a metric), or None when there are none."""
     values = [run.metric_value for run in runs
-              if run.technique == "dense" and run.status == "finished"
+              if run.technique == catalogue.DENSE and run.status == "finished"
               and run.metric_value is not None]
     return summarise(values) if values else None
 
@@ -340,14 +338,18 @@ def retraining_sentences(
     reference: Frontier,
     metric_name: str,
     *,
-    reference_name: str = "magnitude pruning",
+    reference_name: str | None = None,
     higher_is_better: bool = True,
 ) -> list[str]:
     """Returns sentences comparing retraining series (best replica per level) with the
     ``reference`` frontier: where any reaches it, and the best one at each shared level.
-    Where that best is not scratch-e, scratch-e's mean follows: it is the comparison at the
-    pruning run's own step budget (scratch-b trains twice as long). A lower-is-better metric
-    (a loss) reads "worse than" / "better than" rather than "below" / "above"."""
+    Where that best is not the plain retraining kind (scratch-e), its mean follows: it is the
+    comparison at the pruning run's own step budget (scratch-b trains twice as long). A
+    lower-is-better metric (a loss) reads "worse than" / "better than" rather than "below" /
+    "above". ``reference_name`` defaults to the catalogue's reference technique."""
+    if reference_name is None:
+        reference_name = catalogue.display(catalogue.reference())
+    plain = catalogue.plain_retraining()
     sign = 1.0 if higher_is_better else -1.0
     sentences, reached = [], []
 
@@ -375,10 +377,10 @@ def retraining_sentences(
             f"{against(best_of(best), ref.value)} the {reference_name} frontier "
             f"({format_metric(ref.value, metric_name)})."
         )
-        same_steps = summaries.get("scratch-e", {}).get(level)
-        if same_steps is not None and name != "scratch-e":
+        same_steps = summaries.get(plain, {}).get(level) if plain else None
+        if same_steps is not None and name != plain:
             sentences.append(
-                f"At {_pct(level)}, scratch-e, with the pruning run's steps, averages "
+                f"At {_pct(level)}, {plain}, with the pruning run's steps, averages "
                 f"{format_metric(same_steps.mean, metric_name)} over {same_steps.n}: "
                 f"{against(same_steps.mean, ref.value)} the frontier.")
     if sentences:
@@ -387,10 +389,18 @@ def retraining_sentences(
                 f"Retraining reaches the {reference_name} frontier at "
                 + ", ".join(_pct(lv) for lv in reached) + ".")
         sentences.insert(0, head)
-        if any("scratch-b" in series for series in summaries):
-            sentences.append("The series marked scratch-b train twice the steps of the "
-                             "pruning run they retrain; the others train as many.")
+        for kind in catalogue.entries(catalogue.RETRAINING):
+            # A series name may carry the kind in its variant (published "augmented (scratch-b,
+            # ...)"), so a substring marks it.
+            if kind.steps_factor != 1 and any(kind.name in series for series in summaries):
+                sentences.append(f"The series marked {kind.name} train {_times(kind.steps_factor)} "
+                                 "the steps of the pruning run they retrain; the others train "
+                                 "as many.")
     return sentences
+
+
+def _times(factor: float) -> str:
+    return "twice" if factor == 2 else f"{factor:g} times"
 
 
 def _gap(value: float, metric_name: str) -> str:

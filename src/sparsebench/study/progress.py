@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
+from ..methods import catalogue
 from ..rundir import CHECKPOINT_DIR, CHECKPOINT_FILE, PROGRESS_FILE
 from .store import Run, RunStore, device_kind
 from .sweep import (
-    RETRAINING_KINDS,
     SweepError,
     SweepSpec,
     current_phase2_sources,
@@ -40,10 +40,6 @@ __all__ = ["LATEST", "StudyProgress", "SweepProgress", "format_progress", "study
 #: code gets faster, and older runs would make the estimate too long).
 LATEST = 5
 _OPEN = ("pending", "running")
-_PHASE2 = (*RETRAINING_KINDS, "small-dense")
-#: Whose measured speed a technique without finished runs borrows.
-_BORROWS = {**{kind: "magnitude" for kind in RETRAINING_KINDS}, "mp-v2": "magnitude",
-            "small-dense": "dense"}
 
 
 @dataclass
@@ -139,6 +135,11 @@ def _finished_budget(runs: Sequence[Run]) -> int | None:
     return statistics.mode(budgets) if budgets else None
 
 
+def _steps_factor(technique: str) -> float:
+    entry = catalogue.find(technique)
+    return entry.steps_factor if entry is not None else 1.0
+
+
 def _phase2_wanted(spec: SweepSpec | None) -> list[tuple[str, int]]:
     """Returns (technique, steps) of every retraining and small-dense point ``spec`` asks for."""
     if spec is None:
@@ -146,12 +147,12 @@ def _phase2_wanted(spec: SweepSpec | None) -> list[tuple[str, int]]:
     wanted = []
     if spec.retraining is not None:
         for kind in spec.retraining.kinds:
-            steps = 2 * spec.steps if kind == "scratch-b" else spec.steps
+            steps = int(round(catalogue.get(kind).steps_factor * spec.steps))
             wanted += [(kind, steps)] * (len(spec.retraining.sparsities)
                                          * spec.retraining.replicas)
     if spec.small_dense is not None:
-        wanted += [("small-dense", spec.steps)] * (len(spec.small_dense.sparsities)
-                                                   * spec.small_dense.replicas)
+        wanted += [(catalogue.SMALL_DENSE, spec.steps)] * (len(spec.small_dense.sparsities)
+                                                           * spec.small_dense.replicas)
     return wanted
 
 
@@ -183,7 +184,7 @@ def study_progress(store: RunStore, now: float | None = None, device: str = "cpu
                 continue
             steps = steps_of.get(run.id)
             if steps is None and budget is not None:
-                steps = 2 * budget if run.technique == "scratch-b" else budget
+                steps = int(round(_steps_factor(run.technique) * budget))
             done = None
             if run.status == "running":
                 done, rate = _progress_step(run.run_dir)
@@ -195,7 +196,7 @@ def study_progress(store: RunStore, now: float | None = None, device: str = "cpu
         for run in runs:
             source = phase2_source_of(run)
             current = sources is None or source is None or source in sources
-            if run.technique in _PHASE2 and current:
+            if run.technique in catalogue.from_source() and current:
                 planned[run.technique] = planned.get(run.technique, 0) + 1
         for technique, steps in _phase2_wanted(spec):
             if planned.get(technique, 0) > 0:
@@ -209,7 +210,8 @@ def study_progress(store: RunStore, now: float | None = None, device: str = "cpu
     left, unmeasured = 0.0, set()
     for progress in sweeps:
         for technique, steps in progress.open_steps:
-            speed = speeds.get(technique, speeds.get(_BORROWS.get(technique, ""), None))
+            # A technique without finished runs borrows the speed of the one that trains it.
+            speed = speeds.get(technique, speeds.get(catalogue.trains_as(technique) or "", None))
             if speed is None:
                 unmeasured.add(technique)
             else:

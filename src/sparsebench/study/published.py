@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..methods import catalogue
+from .pareto import LEVELS
 from .store import Run, RunStore
 
 __all__ = [
@@ -57,8 +59,10 @@ __all__ = [
 #: The package's copy of the published CSV files (and their provenance/licence note).
 DATA_ROOT = Path(__file__).resolve().parent / "published_data"
 
-#: Study sparsity levels; Transformer MP/RP runs land within 0.1 pp of one (e.g. 0.4994994).
-_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+
+
+#: A file whose rows are of several retraining kinds, told by each row's hyperparameters.
+PER_ROW = "per-row"
 
 
 class PublishedDataError(ValueError):
@@ -76,7 +80,6 @@ class FileSpec:
 
     path: str
     model_family: str
-    technique: str
     metric_unit: str
     layout: str = "long"
     #: Whether the sparsity column is a target the run hits exactly (pruning) or only achieved.
@@ -84,6 +87,14 @@ class FileSpec:
     #: Name given to a column with an empty header (None: an empty header is an error).
     empty_header: str | None = None
     extra_flags: tuple[tuple[str, Any], ...] = ()
+    #: The technique of its rows: by default the catalogue's for the file's name (its stem
+    #: after the model prefix, e.g. "magnitude_pruning"); ``PER_ROW`` when each row says.
+    technique: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.technique:
+            stem = self.sweep.split("_", 1)[1]  # "rn50_magnitude_pruning" -> "magnitude_pruning"
+            object.__setattr__(self, "technique", catalogue.of_paper_file(stem))
 
     @property
     def sweep(self) -> str:
@@ -97,38 +108,35 @@ _T = "sparse_transformer/technique_comparison/transformer_"
 _T_RETRAIN = "sparse_transformer/scratch_lotto/transformer_"
 
 FILES: tuple[FileSpec, ...] = (
-    FileSpec(_RN50 + "baselines.csv", "resnet50", "dense", "percent"),
-    FileSpec(_RN50 + "magnitude_pruning.csv", "resnet50", "magnitude", "fraction",
+    FileSpec(_RN50 + "baselines.csv", "resnet50", "percent"),
+    FileSpec(_RN50 + "magnitude_pruning.csv", "resnet50", "fraction",
              has_target=True, extra_flags=(("sparsity_is_nominal", True),)),
-    FileSpec(_RN50 + "random_pruning.csv", "resnet50", "random", "fraction",
+    FileSpec(_RN50 + "random_pruning.csv", "resnet50", "fraction",
              has_target=True, extra_flags=(("sparsity_is_nominal", True),)),
-    FileSpec(_RN50 + "variational_dropout.csv", "resnet50", "variational_dropout", "fraction"),
-    FileSpec(_RN50 + "l0_regularization.csv", "resnet50", "l0", "fraction",
+    FileSpec(_RN50 + "variational_dropout.csv", "resnet50", "fraction"),
+    FileSpec(_RN50 + "l0_regularization.csv", "resnet50", "fraction",
              extra_flags=(("columns_possibly_swapped", "label_smoothing/weight_decay"),)),
-    FileSpec(_RN50_RETRAIN + "lottery_ticket.csv", "resnet50", "lottery", "fraction",
+    FileSpec(_RN50_RETRAIN + "lottery_ticket.csv", "resnet50", "fraction", has_target=True),
+    FileSpec(_RN50_RETRAIN + "scratch_lr_scaled.csv", "resnet50", "fraction",
+             layout="replicas", has_target=True, technique=PER_ROW),
+    FileSpec(_RN50_RETRAIN + "scratch_lr_constant_final.csv", "resnet50", "fraction",
+             layout="replicas", has_target=True, technique=PER_ROW),
+    FileSpec(_RN50_RETRAIN + "scratch_lr_constant_decay.csv", "resnet50", "fraction",
+             has_target=True, empty_header="init_method", technique=PER_ROW),
+    FileSpec(_RN50_RETRAIN + "scratch_lr_continual_decay.csv", "resnet50", "fraction",
+             has_target=True, technique=PER_ROW),
+    FileSpec(_T + "baselines.csv", "transformer", "bleu"),
+    FileSpec(_T + "magnitude_pruning.csv", "transformer", "bleu", has_target=True),
+    FileSpec(_T + "random_pruning.csv", "transformer", "bleu", has_target=True),
+    FileSpec(_T + "variational_dropout.csv", "transformer", "bleu", layout="wide_vd"),
+    FileSpec(_T + "l0_regularization.csv", "transformer", "bleu"),
+    FileSpec(_T_RETRAIN + "scratche.csv", "transformer", "bleu", has_target=True),
+    FileSpec(_T_RETRAIN + "scratchb.csv", "transformer", "bleu", has_target=True),
+    FileSpec(_T_RETRAIN + "scratche_augmented_init.csv", "transformer", "bleu",
              has_target=True),
-    FileSpec(_RN50_RETRAIN + "scratch_lr_scaled.csv", "resnet50", "scratch", "fraction",
-             layout="replicas", has_target=True),
-    FileSpec(_RN50_RETRAIN + "scratch_lr_constant_final.csv", "resnet50", "scratch", "fraction",
-             layout="replicas", has_target=True),
-    FileSpec(_RN50_RETRAIN + "scratch_lr_constant_decay.csv", "resnet50", "scratch", "fraction",
-             has_target=True, empty_header="init_method"),
-    FileSpec(_RN50_RETRAIN + "scratch_lr_continual_decay.csv", "resnet50", "scratch", "fraction",
+    FileSpec(_T_RETRAIN + "scratchb_augmented_init.csv", "transformer", "bleu",
              has_target=True),
-    FileSpec(_T + "baselines.csv", "transformer", "dense", "bleu"),
-    FileSpec(_T + "magnitude_pruning.csv", "transformer", "magnitude", "bleu", has_target=True),
-    FileSpec(_T + "random_pruning.csv", "transformer", "random", "bleu", has_target=True),
-    FileSpec(_T + "variational_dropout.csv", "transformer", "variational_dropout", "bleu",
-             layout="wide_vd"),
-    FileSpec(_T + "l0_regularization.csv", "transformer", "l0", "bleu"),
-    FileSpec(_T_RETRAIN + "scratche.csv", "transformer", "scratch-e", "bleu", has_target=True),
-    FileSpec(_T_RETRAIN + "scratchb.csv", "transformer", "scratch-b", "bleu", has_target=True),
-    FileSpec(_T_RETRAIN + "scratche_augmented_init.csv", "transformer", "augmented", "bleu",
-             has_target=True),
-    FileSpec(_T_RETRAIN + "scratchb_augmented_init.csv", "transformer", "augmented", "bleu",
-             has_target=True),
-    FileSpec(_T_RETRAIN + "lottery_ticket.csv", "transformer", "lottery", "bleu",
-             has_target=True),
+    FileSpec(_T_RETRAIN + "lottery_ticket.csv", "transformer", "bleu", has_target=True),
 )
 _BY_PATH = {spec.path: spec for spec in FILES}
 
@@ -179,7 +187,8 @@ def _number(text: str) -> int | float | str:
 
 
 def _nearest_level(sparsity: float) -> float | None:
-    level = min(_LEVELS, key=lambda lv: abs(lv - sparsity))
+    # Transformer MP/RP runs land within 0.1 pp of one of the study's levels (e.g. 0.4994994).
+    level = min(LEVELS, key=lambda lv: abs(lv - sparsity))
     return level if abs(level - sparsity) <= 0.001 else None
 
 
@@ -271,9 +280,9 @@ def _retraining_kind(spec: FileSpec, hyper: dict[str, Any], reader: _Reader,
                      line: int) -> tuple[str, str]:
     """Returns (technique, variant) of a retraining row (see the module docstring)."""
     name = spec.sweep
-    if spec.technique != "scratch":
-        if spec.technique == "augmented":
-            return "augmented", "scratch-e" if "scratche" in name else "scratch-b"
+    if spec.technique != PER_ROW:
+        if catalogue.get(spec.technique).init == catalogue.AUGMENTED:
+            return spec.technique, _fresh_kind(1 if "scratche" in name else 2)
         return spec.technique, ""
     schedule = name.removeprefix("rn50_scratch_")  # e.g. "lr_scaled"
     multiplier, init = hyper.get("time_multiplier"), hyper.get("init_method")
@@ -282,10 +291,19 @@ def _retraining_kind(spec: FileSpec, hyper: dict[str, Any], reader: _Reader,
             line, f"expected time multiplier 1 or 2 and init method 'baseline' or 'sparse', "
             f"got {multiplier!r} and {init!r}."
         )
-    steps = "scratch-e" if multiplier == 1 else "scratch-b"
+    steps = _fresh_kind(multiplier)
     if init == "sparse":
-        return "augmented", f"{steps}, {schedule}"
+        augmented = next(t.name for t in catalogue.entries(catalogue.RETRAINING)
+                         if t.init == catalogue.AUGMENTED)
+        return augmented, f"{steps}, {schedule}"
     return steps, schedule
+
+
+def _fresh_kind(steps_factor: float) -> str:
+    """Returns the retraining kind with a fresh init and ``steps_factor`` times the source
+    run's steps (the study's scratch-e for 1, scratch-b for 2)."""
+    return next(t.name for t in catalogue.entries(catalogue.RETRAINING)
+                if t.init == catalogue.FRESH and t.steps_factor == steps_factor)
 
 
 def _flags(spec: FileSpec, value: float) -> dict[str, Any]:
@@ -341,12 +359,12 @@ def read_published_file(path: str | Path, spec: FileSpec) -> tuple[int, list[Run
                 ))
             continue
 
-        if spec.technique == "dense":
+        if spec.technique == catalogue.DENSE:
             _require(reader, header, "metric")
             value = reader.metric(line, "metric", cells["metric"])
             hyper = {k: _number(v) for k, v in cells.items() if k != "metric"}
             runs.append(Run(
-                id=row_id, technique="dense", target_sparsity=0.0, achieved_sparsity=0.0,
+                id=row_id, technique=catalogue.DENSE, target_sparsity=0.0, achieved_sparsity=0.0,
                 metric_value=value, hyperparameters=hyper, replica=csv_rows,
                 flags=_flags(spec, value), **common,
             ))

@@ -13,12 +13,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..methods import catalogue
 from . import pareto as P
 from .store import Run
 
 __all__ = ["SeedSpread", "repeated_settings", "seed_spread", "setting_name"]
 
-_SERIES = ("dense", *P.SPARSIFIERS, "mp-v2")
 #: Sweep bookkeeping, not a hyperparameter of the training.
 _NOT_SETTINGS = ("warmup_end",)
 
@@ -28,7 +28,8 @@ def repeated_settings(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
     hyperparameters), only the settings trained at least twice (different seeds)."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        if run.status != "finished" or run.metric_value is None or run.technique not in _SERIES:
+        if (run.status != "finished" or run.metric_value is None
+                or run.technique not in (catalogue.DENSE, *catalogue.trained())):
             continue
         key = (run.technique, run.variant, run.target_sparsity,
                json.dumps(run.hyperparameters, sort_keys=True))
@@ -54,7 +55,7 @@ def seed_spread(runs: Sequence[Run]) -> SeedSpread | None:
     task, so the dense range is the fallback, not a peer); None when nothing was repeated.
     A gap between two techniques no larger than this cannot be told from the seed."""
     groups = repeated_settings(runs)
-    pool = {k: v for k, v in groups.items() if k[0] != "dense"} or groups
+    pool = {k: v for k, v in groups.items() if k[0] != catalogue.DENSE} or groups
     if not pool:
         return None
 

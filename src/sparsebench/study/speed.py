@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import rundir
+from ..methods import catalogue
 from . import pareto as P
 from .store import InferenceResult, Run, RunStore
 
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["block_of", "runs_to_time", "time_run", "time_runs"]
 
-#: Techniques whose best model per headline level is timed (they all end with masks).
-TIMED_TECHNIQUES = ("magnitude", "mp-v2", "random", "variational_dropout", "l0")
 
 
 def block_of(run: Run) -> tuple[int, int]:
@@ -59,12 +58,14 @@ def runs_to_time(store: RunStore, *, levels: Sequence[float] = (0.9, 0.95),
     chosen: dict[str, Run] = {}
     for family in sorted({r.model_family for r in finished}):
         runs = [r for r in finished if r.model_family == family]
-        dense = [r for r in runs if r.technique == "dense" and r.metric_value is not None]
+        dense = [r for r in runs if r.technique == catalogue.DENSE and r.metric_value is not None]
         if dense:
             best = max(dense, key=lambda r: r.metric_value if r.higher_is_better
                        else -r.metric_value)
             chosen[best.id] = best
-        for technique in TIMED_TECHNIQUES:
+        # The techniques that sparsify while training: their best model per headline level
+        # (they all end with masks).
+        for technique in catalogue.trained():
             # The study's own runs; the block experiments (even 1x1) are timed below.
             mine = [r for r in runs if r.technique == technique
                     and "block" not in r.hyperparameters]
@@ -73,7 +74,7 @@ def runs_to_time(store: RunStore, *, levels: Sequence[float] = (0.9, 0.95),
                 if best is not None:
                     chosen[best.id] = best
         for run in runs:
-            if run.technique == "magnitude" and "block" in run.hyperparameters:
+            if run.technique == catalogue.reference() and "block" in run.hyperparameters:
                 chosen[run.id] = run
     return list(chosen.values())
 

@@ -4,7 +4,7 @@ comparisons of :mod:`sparsebench.study.answers`), in the headline metric and in 
 from __future__ import annotations
 
 from .. import pareto as P
-from ..answers import TECHNIQUES, measure_answers
+from ..answers import compared_techniques, measure_answers
 from .loss import LOSS, with_test_loss
 from .shared import ReportContext, Scope, Section, Table, metric_of
 
@@ -19,12 +19,12 @@ def answers_section(ctx: ReportContext, scope: Scope) -> Section | None:
         return None
     runs = [r for r in ctx.scope_runs(scope) if r.status == "finished"]
     metric, higher = metric_of(runs)
-    if not P.points_from_runs([r for r in runs if r.technique in TECHNIQUES]):
+    if not P.points_from_runs([r for r in runs if r.technique in compared_techniques()]):
         return None
     sentences, rows = measure_answers(runs, metric, higher, tolerance_pp=ctx.tolerance_pp)
     lossy = with_test_loss(runs)
     if metric not in ("", LOSS) and P.points_from_runs(
-            [r for r in lossy if r.technique in TECHNIQUES]):
+            [r for r in lossy if r.technique in compared_techniques()]):
         more, loss_rows = measure_answers(lossy, LOSS, False, tolerance_pp=ctx.tolerance_pp,
                                           prefix="In test loss, ")
         sentences += more

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..budget import COMPARED, MEASURES, budget_gaps, dense_by_budget, gap_sentence, paper_gaps
+from ..budget import MEASURES, budget_gaps, compared, dense_by_budget, gap_sentence, paper_gaps
 from ..our_figures import budget_figure
 from ..store import Run
 from .shared import Section, Table
@@ -40,7 +40,7 @@ def budget_section(runs: Sequence[Run], published: Sequence[Run], out_dir: Path
         budget_figure(at, dense, out_dir / name, paper=paper)
         section.figures.append((name, f"Gap to magnitude pruning against the budget at "
                                       f"{100 * target:g}%"))
-        for comparison in COMPARED:
+        for comparison in compared():
             for measure in MEASURES:
                 cells = [g for g in at if g.comparison == comparison and g.measure == measure]
                 if cells:

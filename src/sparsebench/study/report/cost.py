@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import statistics
 
+from ...methods import catalogue
 from .. import figures
 from .. import pareto as P
 from ..our_figures import training_cost_figure
 from ..store import Run
 from .shared import ReportContext, Scope, Section, Table, finished, run_layers
 
-__all__ = ["STUDY_COST_RATIOS", "training_cost_section"]
+__all__ = ["training_cost_section"]
 
 #: Training cost relative to magnitude pruning as the study reports it for the Transformer
 #: (Gale et al. 2019, section 4.1): quoted from the paper's text, not measured here.
-STUDY_COST_RATIOS = {"l0": 1.24, "variational_dropout": 1.65}
 
 #: How the store names a run's activation layout (runs before the option were NCHW).
 _LAYOUT_NAMES = {"contiguous_format": "NCHW", "channels_last": "channels-last"}
@@ -40,6 +40,13 @@ _WHAT_TIMES_INCLUDE = ("Each ratio is of medians over whole runs' wall-clock tim
                        "machine at the time are included; evaluation is not.")
 
 
+def _paper_cost_ratios() -> dict[str, float]:
+    """Returns the training cost relative to magnitude pruning the study reports (its
+    Transformer), per technique: the cheapest first."""
+    ratios = {t.name: t.paper_cost_ratio for t in catalogue.entries() if t.paper_cost_ratio}
+    return dict(sorted(ratios.items(), key=lambda item: item[1]))
+
+
 def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """Seconds per step and total training time per technique (medians over runs), as ratios
     to magnitude pruning, beside the study's Transformer ratios. Runs trained in different
@@ -51,7 +58,8 @@ def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
     for run in finished(ctx.scope_runs(scope)):
         if run.seconds_per_step and run.train_seconds:
             groups.setdefault(_layout(run), {}).setdefault(run.technique, []).append(run)
-    groups = {layout: by for layout, by in groups.items() if "magnitude" in by and len(by) > 1}
+    reference = catalogue.reference()
+    groups = {layout: by for layout, by in groups.items() if reference in by and len(by) > 1}
     if not groups:
         return None
     step = {layout: {t: statistics.median(r.seconds_per_step for r in rs)
@@ -59,18 +67,19 @@ def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
     total = {layout: {t: statistics.median(r.train_seconds for r in rs)
                       for t, rs in by.items()} for layout, by in groups.items()}
     techniques = {t for by in groups.values() for t in by}
-    order = sorted(techniques, key=lambda t: (t != "dense", figures.series_order(t)))
+    order = sorted(techniques, key=lambda t: (t != catalogue.DENSE, figures.series_order(t)))
+    paper = _paper_cost_ratios()
     layouts = sorted(groups, key=lambda layout: -sum(len(rs) for rs in groups[layout].values()))
     rows, sentences = [], []
     for layout in layouts:
         by, st, tot = groups[layout], step[layout], total[layout]
         for t in (t for t in order if t in by):
-            study = STUDY_COST_RATIOS.get(t)
+            study = paper.get(t)
             rows.append([P.display_name(t), layout, len(by[t]), f"{1000 * st[t]:.2f}",
-                         f"{st[t] / st['magnitude']:.2f}", f"{tot[t]:.1f}",
-                         f"{tot[t] / tot['magnitude']:.2f}", f"{study:.2f}" if study else "–"])
-    for t, study in STUDY_COST_RATIOS.items():
-        here = [f"{step[layout][t] / step[layout]['magnitude']:.2f}x ({layout} runs, median "
+                         f"{st[t] / st[reference]:.2f}", f"{tot[t]:.1f}",
+                         f"{tot[t] / tot[reference]:.2f}", f"{study:.2f}" if study else "–"])
+    for t, study in paper.items():
+        here = [f"{step[layout][t] / step[layout][reference]:.2f}x ({layout} runs, median "
                 f"of {len(groups[layout][t])})" for layout in layouts if t in groups[layout]]
         if here:
             listed = ", ".join(here[:-1]) + (" and " if len(here) > 1 else "") + here[-1]
@@ -85,9 +94,9 @@ def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
                      "alone: benchmarks/training_step_cost.py --tasks times the steps side by "
                      "side in one process, in interleaved rounds, and is the measure to quote.")
     name = f"{scope.key}_cost.png"
-    ratios = {layout: {t: s / step[layout]["magnitude"] for t, s in step[layout].items()}
+    ratios = {layout: {t: s / step[layout][reference] for t, s in step[layout].items()}
               for layout in layouts}
-    training_cost_figure(order, ratios, STUDY_COST_RATIOS, ctx.out_dir / name,
+    training_cost_figure(order, ratios, paper, ctx.out_dir / name,
                          title=f"{scope.title}: training cost relative to magnitude pruning",
                          note=_WHAT_TIMES_INCLUDE)
     return Section(

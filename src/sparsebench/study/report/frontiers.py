@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ...methods import catalogue
 from .. import figures
 from .. import pareto as P
 from ..store import Run
@@ -32,7 +33,7 @@ def dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
     baseline = P.dense_baseline(runs)
     if baseline is None:
         return None
-    metric, _ = metric_of([r for r in runs if r.technique == "dense"])
+    metric, _ = metric_of([r for r in runs if r.technique == catalogue.DENSE])
     row = [metric, cell(baseline.mean, metric), cell(baseline.min, metric),
            cell(baseline.max, metric), baseline.n]
     return Section(
@@ -46,7 +47,7 @@ def dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
 def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """Question 1: the frontier of every sparsification technique, all runs, and who leads."""
     family_runs = ctx.scope_runs(scope)
-    runs = [r for r in family_runs if r.technique in (*P.SPARSIFIERS, "mp-v2")]
+    runs = [r for r in family_runs if r.technique in catalogue.trained()]
     if not runs:
         return None
     metric, higher = metric_of(runs)
@@ -115,7 +116,7 @@ def _collapsed(runs: Sequence[Run]) -> set[str]:
     test loss as the loss figure tells them (:func:`figures.collapsed_runs`); none for runs
     without one (the published runs)."""
     finished = [r for r in runs if r.status == "finished" and run_test_loss(r) is not None]
-    dense = [run_test_loss(r) for r in finished if r.technique == "dense"]
+    dense = [run_test_loss(r) for r in finished if r.technique == catalogue.DENSE]
     return figures.collapsed_runs({r.train_id: run_test_loss(r) for r in finished},
                                   sum(dense) / len(dense) if dense else None)
 
@@ -123,9 +124,9 @@ def _collapsed(runs: Sequence[Run]) -> set[str]:
 def retraining_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """Question 2: scratch-e / scratch-b / lottery / augmented against the MP frontier."""
     family_runs = ctx.scope_runs(scope)
-    planned = [r for r in family_runs if r.technique in P.RETRAINING]
+    planned = [r for r in family_runs if r.technique in catalogue.retraining_kinds()]
     runs = [r for r in planned if r.metric_value is not None]
-    reference_runs = [r for r in family_runs if r.technique == "magnitude"]
+    reference_runs = [r for r in family_runs if r.technique == catalogue.reference()]
     if not planned or not reference_runs:
         return None
     heading = dict(
@@ -179,7 +180,7 @@ def published_comparison_section(ctx: ReportContext, scope: Scope) -> Section | 
 
     def table(runs: list[Run]) -> dict[str, P.Frontier]:
         _, higher = metric_of(runs)
-        pts = P.points_from_runs([r for r in runs if r.technique in P.SPARSIFIERS])
+        pts = P.points_from_runs([r for r in runs if r.technique in catalogue.sparsifiers()])
         return P.frontiers(pts, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
 
     ours_t, pub_t = table(ours), table(published)

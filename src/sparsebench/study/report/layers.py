@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ...methods import catalogue
 from .. import pareto as P
 from ..our_figures import per_layer_figure
 from ..store import Run
@@ -22,8 +23,6 @@ from .shared import (
 
 __all__ = ["per_layer_section"]
 
-#: The techniques that sparsify during training (their best models per level are compared).
-_TRAINED = ("magnitude", "mp-v2", "variational_dropout", "l0", "random")
 
 
 def _best_per_level(runs: Sequence[Run], level: float, tolerance_pp: float,
@@ -40,7 +39,8 @@ def _best_models(runs: Sequence[Run], level: float, tolerance_pp: float, higher:
     """Returns, per technique with a model at ``level``, its best model and the layers it
     sparsifies: biases and norms stay dense, so only weights (and anything sparse) count."""
     chosen: dict[str, tuple[Run, list[dict[str, Any]]]] = {}
-    for technique in _TRAINED:
+    # The techniques that sparsify during training, in the catalogue's order.
+    for technique in catalogue.trained():
         best = _best_per_level([r for r in runs if r.technique == technique], level,
                                tolerance_pp, higher)
         all_layers = run_layers(best) if best else []

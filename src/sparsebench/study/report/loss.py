@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from ...methods import catalogue
 from .. import figures
 from .. import pareto as P
 from ..store import Run
@@ -21,7 +22,6 @@ from .shared import ReportContext, Scope, Section, Table, metric_of, with_replic
 __all__ = ["LOSS", "loss_section", "retraining_loss_section", "with_test_loss"]
 
 LOSS = "loss"
-_SERIES = (*P.SPARSIFIERS, "mp-v2")
 _SHORT = {"top1": "top-1", "bleu": "BLEU"}
 
 
@@ -50,7 +50,7 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     runs = ctx.scope_runs(scope)
     metric, higher = metric_of(runs)
     lossy = with_test_loss(runs)
-    sparse = [r for r in lossy if r.technique in _SERIES]
+    sparse = [r for r in lossy if r.technique in catalogue.trained()]
     if metric in ("", LOSS) or not sparse:
         return None
     # Both measures over the same runs: a run without a loss (not rescored) would otherwise
@@ -59,7 +59,8 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     same = [r for r in runs if r.id in measured]
     table = P.frontiers(P.points_from_runs(sparse), tolerance_pp=ctx.tolerance_pp,
                         higher_is_better=False)
-    headline = P.frontiers(P.points_from_runs([r for r in same if r.technique in _SERIES]),
+    trained = catalogue.trained()
+    headline = P.frontiers(P.points_from_runs([r for r in same if r.technique in trained]),
                            tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
     baseline = P.dense_baseline(lossy)
     dense_metric = P.dense_baseline(same)
@@ -123,8 +124,8 @@ def retraining_loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     if metric in ("", LOSS):
         return None
     lossy = with_test_loss(runs)
-    retrained = [r for r in lossy if r.technique in P.RETRAINING]
-    reference = [r for r in lossy if r.technique == "magnitude"]
+    retrained = [r for r in lossy if r.technique in catalogue.retraining_kinds()]
+    reference = [r for r in lossy if r.technique == catalogue.reference()]
     if not retrained or not reference:
         return None
     summaries = P.replica_summaries(P.points_from_runs(retrained), tolerance_pp=ctx.tolerance_pp)

@@ -4,6 +4,7 @@ model against a small dense one of equal parameter count."""
 
 from __future__ import annotations
 
+from ...methods import catalogue
 from .. import figures
 from .. import pareto as P
 from ..our_figures import small_dense_figure
@@ -17,9 +18,10 @@ def mp_v2_section(ctx: ReportContext, scope: Scope) -> Section | None:
     magnitude pruning and variational dropout, frontier by frontier."""
     if scope.source != "ours":
         return None
-    runs = [r for r in ctx.scope_runs(scope)
-            if r.technique in ("mp-v2", "magnitude", "variational_dropout")]
-    if not any(r.technique == "mp-v2" for r in runs):
+    variant = catalogue.get(catalogue.MP_V2)
+    beside = variant.compare_with  # uniform magnitude pruning and VD
+    runs = [r for r in ctx.scope_runs(scope) if r.technique in (variant.name, *beside)]
+    if not any(r.technique == variant.name for r in runs):
         return None
     metric, higher = metric_of(runs)
     points = P.points_from_runs(runs)
@@ -29,12 +31,12 @@ def mp_v2_section(ctx: ReportContext, scope: Scope) -> Section | None:
                             baseline=P.dense_baseline(ctx.scope_runs(scope)),
                             title=f"{scope.title}: MP v2 vs uniform magnitude pruning and VD")
     rows, sentences = [], []
-    for level in sorted(table.get("mp-v2", {})):
-        v2 = table["mp-v2"][level].value
+    for level in sorted(table.get(variant.name, {})):
+        v2 = table[variant.name][level].value
         cells = [cell(table[t][level].value, metric) if level in table.get(t, {}) else "–"
-                 for t in ("magnitude", "variational_dropout")]
+                 for t in beside]
         rows.append([f"{100 * level:g}", cell(v2, metric), *cells])
-        mp = table.get("magnitude", {}).get(level)
+        mp = table.get(variant.trained_by, {}).get(level)
         if mp is not None:
             better = (v2 > mp.value) == higher and v2 != mp.value
             sentences.append(
@@ -47,8 +49,8 @@ def mp_v2_section(ctx: ReportContext, scope: Scope) -> Section | None:
         question="Does a non-uniform layer distribution with 1.5x the steps improve "
                  "magnitude pruning?",
         sentences=sentences, figures=[(name, "MP v2 frontier")],
-        tables=[Table(f"{scope.key}_mpv2", ["sparsity %", "MP v2", "magnitude pruning",
-                                            "variational dropout"], rows,
+        tables=[Table(f"{scope.key}_mpv2", ["sparsity %", "MP v2",
+                                            *(P.display_name(t) for t in beside)], rows,
                       f"Best {P.metric_label(metric)} within ±{ctx.tolerance_pp:g} pp.")])
 
 
@@ -58,7 +60,7 @@ def pruned_weights_section(ctx: ReportContext, scope: Scope) -> Section | None:
     "keep" (TF model_pruning: no gradient, values kept) or "drop"."""
     if scope.source != "ours":
         return None
-    runs = [r for r in finished(ctx.scope_runs(scope)) if r.technique == "magnitude"]
+    runs = [r for r in finished(ctx.scope_runs(scope)) if r.technique == catalogue.reference()]
     modes = {r.hyperparameters.get("pruned_weights", "update") for r in runs}
     if len(modes) < 2:
         return None
@@ -99,7 +101,7 @@ def small_dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
     if scope.source != "ours":
         return None
     runs = finished(ctx.scope_runs(scope))
-    small = [r for r in runs if r.technique == "small-dense"]
+    small = [r for r in runs if r.technique == catalogue.SMALL_DENSE]
     if not small:
         return None
     by_id = {r.id: r for r in runs}
@@ -135,5 +137,5 @@ def small_dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
         sentences=sentences, figures=[(name, "sparse vs small dense")],
         tables=[Table(f"{scope.key}_small_dense", ["sparsity %", "sparse run", "nonzeros",
                                                    "sparse", "small dense", "parameters",
-                                                   "dense"], rows,
+                                                   P.display_name(catalogue.DENSE)], rows,
                       f"{P.metric_label(metric)}; nonzeros counted on the finalized weights.")])

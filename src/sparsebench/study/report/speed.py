@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ...methods import catalogue
 from .. import pareto as P
 from ..our_figures import block_figure, break_even_figure, inference_figure
 from ..speed import block_of
@@ -87,7 +88,7 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
         return None
     lost = [r for r in structured if r.status in ("diverged", "failed")]
     plain = finished(ctx.scope_runs(scope))
-    dense = [r for r in plain if r.technique == "dense" and r.metric_value is not None]
+    dense = [r for r in plain if r.technique == catalogue.DENSE and r.metric_value is not None]
     baseline = P.dense_baseline(plain)
     dense_width = _width(dense[0]) if dense else None
     metric, higher = metric_of(runs)
@@ -241,7 +242,7 @@ def inference_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """The timed unstructured models: the best of each technique at 90% and 95%."""
     if scope.source != "ours":
         return None
-    runs = [r for r in finished(ctx.scope_runs(scope)) if r.technique != "dense"]
+    runs = [r for r in finished(ctx.scope_runs(scope)) if r.technique != catalogue.DENSE]
     timings = _timings(ctx, runs)
     timed = [r for r in runs if r.id in timings]
     if not timed:
@@ -301,7 +302,7 @@ def _focus_run(timed: Sequence[Run], timings: dict[str, dict[int, InferenceResul
     """Returns the model whose layers the break-even figure shows: the timed magnitude model
     nearest 90%, else the first timed model with a per-layer plan."""
     with_plan = [r for r in timed if any(t.plan for t in timings[r.id].values())]
-    mp = [r for r in with_plan if r.technique == "magnitude"
+    mp = [r for r in with_plan if r.technique == catalogue.reference()
           and P.nearest_level(r.achieved_sparsity or 0, tolerance_pp=tolerance_pp) == 0.9]
     return (mp or with_plan or [None])[0]
 

@@ -22,7 +22,6 @@ from .inference import InferenceResult, InferenceTable
 from .results import (
     SOURCES,
     STATUSES,
-    TECHNIQUES,
     Run,
     device_kind,
     metrics_of_result,
@@ -38,7 +37,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "SOURCES",
     "STATUSES",
-    "TECHNIQUES",
     "InferenceResult",
     "Run",
     "RunStore",

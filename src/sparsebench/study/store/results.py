@@ -11,26 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ...methods import catalogue
+
 STATUSES = ("pending", "running", "finished", "failed", "diverged")
 SOURCES = ("ours", "published")
-#: The techniques a row may name: the library's four, the dense baseline, the retraining kinds
-#: of the study's second question, MP v2 (non-uniform layer distribution, 1.5x steps) and a
-#: dense model narrowed to a sparse model's nonzero count (never part of the dense baseline).
-TECHNIQUES = (
-    "dense",
-    "magnitude",
-    "random",
-    "variational_dropout",
-    "l0",
-    "scratch-e",
-    "scratch-b",
-    "lottery",
-    "augmented",
-    "mp-v2",
-    "small-dense",
-)
-#: Our method registry's aliases, so a result.json naming one still lands on one technique.
-_TECHNIQUE_ALIASES = {"vd": "variational_dropout", "l0_regularization": "l0", "none": "dense"}
 
 
 _JSON_COLUMNS = ("hyperparameters", "config", "flags", "layers", "metrics")
@@ -80,12 +64,12 @@ class Run:
     def __post_init__(self) -> None:
         if not self.train_id:
             self.train_id = self.id
-        self.technique = _TECHNIQUE_ALIASES.get(self.technique, self.technique)
+        # An alias (a result.json naming "vd") lands on the catalogue's one name.
+        self.technique = catalogue.canonical(self.technique)
         # Validated here so a bad value is one sentence naming the field, not a CHECK failure.
-        if self.technique not in TECHNIQUES:
-            raise ValueError(
-                f"run {self.id!r}: technique {self.technique!r} is not one of {TECHNIQUES}."
-            )
+        if catalogue.find(self.technique) is None:
+            raise ValueError(f"run {self.id!r}: technique {self.technique!r} is not one of "
+                             f"{catalogue.names()}.")
         if self.status not in STATUSES:
             raise ValueError(f"run {self.id!r}: status {self.status!r} is not one of {STATUSES}.")
         if self.source not in SOURCES:
@@ -124,15 +108,9 @@ def model_family_of(model_name: str) -> str:
 
 def _uses_target(method: str | None) -> bool:
     """Returns whether the runner's method hits a sparsity target (pruning) rather than
-    reaching whatever its regularization gives (VD, L0), as the method registry says."""
-    if not method or method == "dense":
-        return True
-    from ... import methods  # here, not at the top: reading a store should not need torch
-
-    try:
-        return bool(methods.get(method).uses_sparsity_target)
-    except ValueError:
-        return True
+    reaching whatever its regularization gives (VD, L0), as the catalogue says."""
+    technique = catalogue.find(method)
+    return technique is None or technique.role != catalogue.SPARSIFIER or technique.takes_target
 
 
 def device_kind(device: str) -> str:
@@ -208,7 +186,7 @@ def run_of_result(
     value = metric.get("test")
     if value is None:
         value = metric.get("valid")
-    method = technique or result.get("technique") or result.get("method") or "dense"
+    method = technique or result.get("technique") or result.get("method") or catalogue.DENSE
     base = existing or Run(id=run_id, technique=method)
     target = result.get("target_sparsity", base.target_sparsity)
     if not _uses_target(result.get("method")):

@@ -66,7 +66,6 @@ from .plan import (
     width_for_parameters,
 )
 from .spec import (
-    RETRAINING_KINDS,
     MPv2Spec,
     RetrainingSpec,
     SearchSpec,
@@ -76,7 +75,6 @@ from .spec import (
 )
 
 __all__ = [
-    "RETRAINING_KINDS",
     "MPv2Spec",
     "Point",
     "RetrainingSpec",
@@ -106,3 +104,16 @@ __all__ = [
     "sweep_definitions",
     "width_for_parameters",
 ]
+
+
+def __getattr__(name: str):
+    if name == "RETRAINING_KINDS":  # kept for code written against it
+        import warnings
+
+        from ...methods import catalogue
+
+        warnings.warn("sparsebench.study.sweep.RETRAINING_KINDS is deprecated; ask "
+                      "sparsebench.methods.catalogue.retraining_kinds().", DeprecationWarning,
+                      stacklevel=2)
+        return tuple(catalogue.retraining_kinds())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ... import methods, models
+from ... import models
+from ...methods import catalogue
+from ...methods.catalogue import DENSE, MP_V2, SMALL_DENSE
 from ...train import build_config
 from ...train.config import RunConfig
 from ..store import Run, read_result
-from .spec import RETRAINING_KINDS, SearchSpec, SweepSpec, fail
+from .spec import SearchSpec, SweepSpec, fail
 
 # ---- points ---------------------------------------------------------------------------------
 
@@ -58,13 +60,14 @@ class Point:
         """Returns the validated run configuration; ``source_dir`` is the run directory of
         :attr:`source` (its mask and initial weights), needed by retraining points."""
         values = self.values
-        if self.technique in RETRAINING_KINDS:
+        technique = catalogue.find(self.technique)
+        if technique is not None and technique.role == catalogue.RETRAINING:
             if source_dir is None:
                 raise ValueError(f"{self.technique} point needs its source run's directory.")
             extra: dict[str, Any] = {"mask_from": str(Path(source_dir) / "mask.safetensors")}
-            if self.technique == "lottery":
+            if technique.init == catalogue.SOURCE_INIT:
                 extra["init_from"] = str(Path(source_dir) / "init.safetensors")
-            if self.technique == "augmented":
+            if technique.init == catalogue.AUGMENTED:
                 extra["augmented_init"] = True
             values = _merge(values, {"sparsity": extra})
         return build_config(task, method=self.method, sparsity=self.target, steps=self.steps,
@@ -126,11 +129,11 @@ def plan_phase1(spec: SweepSpec) -> list[Point]:
     over the whole sparsity range rather than finishing one technique first.
     """
     common = spec.overrides
-    points = [Point("dense", "dense", None, seed, seed, spec.steps, {}, common)
+    points = [Point(DENSE, DENSE, None, seed, seed, spec.steps, {}, common)
               for seed in spec.dense_seeds]
     groups: list[list[Point]] = []
     for name, search in spec.techniques.items():
-        targeted = methods.get(name).uses_sparsity_target
+        targeted = catalogue.get(name).takes_target
         group = []
         for target in (coarse_to_fine(spec.sparsities) if targeted else (None,)):
             for seed in spec.seeds:
@@ -140,7 +143,8 @@ def plan_phase1(spec: SweepSpec) -> list[Point]:
                                        dict(hparams), values))
         groups.append(group)
     if spec.mp_v2 is not None:
-        search = spec.mp_v2.search or spec.techniques.get("magnitude", SearchSpec())
+        reference = catalogue.reference()
+        search = spec.mp_v2.search or spec.techniques.get(reference, SearchSpec())
         steps = int(round(spec.mp_v2.steps_factor * spec.steps))
         group = []
         for target in coarse_to_fine(spec.mp_v2.sparsities):
@@ -150,7 +154,7 @@ def plan_phase1(spec: SweepSpec) -> list[Point]:
                     values = _merge(common, search.overrides, _sparsity_values(hparams),
                                     {"sparsity": {"layer_sparsity": layers,
                                                   "distribution": "fill"}})
-                    group.append(Point("mp-v2", "magnitude", target, seed, seed, steps,
+                    group.append(Point(MP_V2, reference, target, seed, seed, steps,
                                        dict(hparams), values))
         groups.append(group)
     return points + _interleave(groups)
@@ -201,8 +205,8 @@ def validate_points(spec: SweepSpec) -> None:
         try:
             point.config(spec.task)
         except ValueError as error:
-            where = ("overrides" if point.technique == "dense"
-                     else f"techniques.{point.method}" if point.technique != "mp-v2" else "mp_v2")
+            where = ("overrides" if point.technique == DENSE
+                     else f"techniques.{point.method}" if point.technique != MP_V2 else "mp_v2")
             fail(where, f"{error}".rstrip("."))
     if spec.small_dense is not None:
         config, _ = _model_of(spec)
@@ -221,7 +225,7 @@ def validate_points(spec: SweepSpec) -> None:
 
 def magnitude_run_ids(spec: SweepSpec, phase1: Sequence[Point]) -> list[str]:
     """Returns the ids of the magnitude-pruning runs of the sweep's first phase ``phase1``."""
-    return [p.run_id(spec.task) for p in phase1 if p.technique == "magnitude"]
+    return [p.run_id(spec.task) for p in phase1 if p.technique == catalogue.reference()]
 
 
 def best_magnitude_runs_among(runs: Iterable[Run], spec: SweepSpec, phase1: Sequence[Point]
@@ -256,7 +260,7 @@ def best_magnitude_runs_among(runs: Iterable[Run], spec: SweepSpec, phase1: Sequ
 def phase2_source_of(run: Run) -> str | None:
     """Returns the id of the magnitude run a retraining or small-dense run derives from, or
     None for any other run."""
-    if run.technique not in (*RETRAINING_KINDS, "small-dense"):
+    if run.technique not in catalogue.from_source():
         return None
     source = run.hyperparameters.get("source") or run.hyperparameters.get("matched_run")
     return str(source) if source else None
@@ -341,7 +345,7 @@ def plan_phase2_from_runs(spec: SweepSpec, runs: Iterable[Run], phase1: Sequence
             hparams = {option: value, "parameters": count, "matched_run": source.id,
                        "matched_nonzero": nonzero, "matched_sparsity": target}
             for replica in range(spec.small_dense.replicas):
-                points.append(Point("small-dense", "dense", None, replica, replica, spec.steps,
+                points.append(Point(SMALL_DENSE, DENSE, None, replica, replica, spec.steps,
                                     hparams, values, variant=f"{option}={value}",
                                     source=source.id, phase=2))
     return points
@@ -352,14 +356,16 @@ def retraining_points(spec: SweepSpec, target: float, source_id: str, source_see
     """Returns the retraining points of ``spec`` at ``target`` that derive from the magnitude
     run ``source_id`` (trained with seed ``source_seed``)."""
     assert spec.retraining is not None
-    values = _merge(spec.overrides, spec.techniques.get("magnitude", SearchSpec()).overrides)
+    reference = catalogue.reference()
+    values = _merge(spec.overrides, spec.techniques.get(reference, SearchSpec()).overrides)
     points = []
     for kind in spec.retraining.kinds:
-        steps = 2 * spec.steps if kind == "scratch-b" else spec.steps
+        steps = int(round(catalogue.get(kind).steps_factor * spec.steps))
         for replica in range(spec.retraining.replicas):
             # A seed the pruning run did not use: a fresh init and data order (the lottery
             # ticket loads the pruning run's init over it).
-            points.append(Point(kind, "magnitude", target, source_seed + 1 + replica, replica,
+            points.append(Point(kind, catalogue.trains_as(kind), target, source_seed + 1 + replica,
+                                replica,
                                 steps, {"source": source_id}, values, source=source_id,
                                 phase=2))
     return points
@@ -375,7 +381,8 @@ def reusable_run_ids(spec: SweepSpec) -> set[str]:
     ids = {point.run_id(spec.task) for point in phase1}
     if spec.retraining is not None:
         for point in phase1:
-            if point.technique == "magnitude" and point.target in spec.retraining.sparsities:
+            if (point.technique == catalogue.reference()
+                    and point.target in spec.retraining.sparsities):
                 source = point.run_id(spec.task)
                 ids |= {p.run_id(spec.task) for p in
                         retraining_points(spec, point.target, source, point.seed)}

@@ -11,11 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ... import methods
+from ...methods import catalogue
 from ...train import build_config
 from ...train.config import RunConfig
 
-RETRAINING_KINDS = ("scratch-e", "scratch-b", "lottery", "augmented")
 _TOP_KEYS = ("name", "task", "steps", "replicas", "sparsities", "dense", "overrides", "resources",
              "techniques", "retraining", "mp_v2", "small_dense", "select_by")
 _SELECT_SPLITS = ("valid", "test")
@@ -76,7 +75,7 @@ def _draw(rng: random.Random, dist: Mapping[str, list[Any]]) -> Any:
 class RetrainingSpec:
     """Retraining with the final mask of the best magnitude run at each of ``sparsities``."""
 
-    kinds: tuple[str, ...] = RETRAINING_KINDS
+    kinds: tuple[str, ...] = field(default_factory=lambda: tuple(catalogue.retraining_kinds()))
     sparsities: tuple[float, ...] = ()
     replicas: int = 1
 
@@ -196,11 +195,9 @@ def _overrides(value: Any, where: str) -> dict[str, Any]:
 def _technique_keys(method: str) -> set[str]:
     """Returns the hyperparameter names a technique accepts: its Config's fields, plus the
     schedule of the pruning methods."""
-    import dataclasses
-
-    cls = methods.get(method)
-    keys = {f.name for f in dataclasses.fields(cls.config_class)}
-    if cls.uses_sparsity_target:
+    technique = catalogue.get(method, role=catalogue.SPARSIFIER)
+    keys = technique.config_fields()
+    if technique.takes_target:
         keys |= {"begin", "end", "frequency"}
     return keys
 
@@ -285,7 +282,7 @@ def parse_spec(values: Mapping[str, Any], *, name: str = "sweep", text: str = ""
     steps = _int(values["steps"], "steps")
     replicas = _int(values.get("replicas", 1), "replicas")
     techniques = _techniques(values["techniques"])
-    targeted = [t for t in techniques if methods.get(t).uses_sparsity_target]
+    targeted = [t for t in techniques if catalogue.get(t).takes_target]
     sparsities: tuple[float, ...] = ()
     if targeted or "sparsities" in values:
         sparsities = _sparsities(values.get("sparsities"), "sparsities")
@@ -310,15 +307,15 @@ def _techniques(value: Any) -> dict[str, SearchSpec]:
     raw_techniques = _mapping(value, "techniques")
     if not raw_techniques:
         fail("techniques", "is empty; name at least one of "
-                            f"{sorted(methods.REGISTRY)}.")
+                            f"{catalogue.names(catalogue.SPARSIFIER)}.")
     techniques = {}
     for key, spec in raw_techniques.items():
         try:
-            canonical = methods.get(str(key)).name
+            canonical = catalogue.get(str(key), role=catalogue.SPARSIFIER).name
         except ValueError:
             fail("techniques", f"{key!r} is not a technique; choose from "
-                                f"{sorted(methods.REGISTRY)} (the dense baseline is "
-                                "'dense: true').")
+                                f"{catalogue.names(catalogue.SPARSIFIER)} (the dense baseline "
+                                "is 'dense: true').")
         techniques[canonical] = _search(canonical, spec)
     return techniques
 
@@ -359,13 +356,11 @@ def _retraining(value: Any, techniques: Mapping[str, SearchSpec],
     bad = sorted(set(raw) - {"kinds", "sparsities", "replicas"})
     if bad:
         fail("retraining", f"unknown key(s) {bad}; it has kinds, sparsities and replicas.")
-    kinds = raw.get("kinds", list(RETRAINING_KINDS))
-    if not isinstance(kinds, list) or not kinds or any(k not in RETRAINING_KINDS
-                                                       for k in kinds):
-        fail("retraining.kinds", f"must list some of {list(RETRAINING_KINDS)}, got {kinds!r}.")
-    if "magnitude" not in techniques:
-        fail("retraining", "retrains the best magnitude-pruning run, so techniques must "
-                            "include magnitude.")
+    known = catalogue.retraining_kinds()
+    kinds = raw.get("kinds", known)
+    if not isinstance(kinds, list) or not kinds or any(k not in known for k in kinds):
+        fail("retraining.kinds", f"must list some of {known}, got {kinds!r}.")
+    _needs_reference(techniques, "retraining", "retrains the best {} run")
     retraining = RetrainingSpec(tuple(kinds),
                                 _sparsities(raw.get("sparsities"), "retraining.sparsities"),
                                 _int(raw.get("replicas", 1), "retraining.replicas"))
@@ -383,15 +378,13 @@ def _mp_v2(value: Any, techniques: Mapping[str, SearchSpec]) -> MPv2Spec | None:
     if bad:
         fail("mp_v2", f"unknown key(s) {bad}; it has sparsities, first, last, "
                        "first_sparsity, last_sparsity, steps_factor and grid.")
-    if "magnitude" not in techniques:
-        fail("mp_v2", "is a variant of magnitude pruning, so techniques must include "
-                       "magnitude.")
+    _needs_reference(techniques, "mp_v2", "is a variant of {}")
     # MP v2's own settings (e.g. the best begin/end only), else magnitude's whole search.
     mp_v2_search = None
     if raw.get("grid") is not None:
-        grid = _search("magnitude", {"grid": raw["grid"]}, where="mp_v2").grid
-        mp_v2_search = dataclasses.replace(techniques["magnitude"], grid=grid, space={},
-                                           samples=0)
+        grid = _search(catalogue.reference(), {"grid": raw["grid"]}, where="mp_v2").grid
+        mp_v2_search = dataclasses.replace(techniques[catalogue.reference()], grid=grid,
+                                           space={}, samples=0)
     factor = _number(raw.get("steps_factor", 1.5), "mp_v2.steps_factor")
     if factor <= 0:
         fail("mp_v2.steps_factor", f"must be positive, got {factor}.")
@@ -415,14 +408,20 @@ def _small_dense(value: Any, techniques: Mapping[str, SearchSpec],
     bad = sorted(set(raw) - {"option", "sparsities", "replicas"})
     if bad:
         fail("small_dense", f"unknown key(s) {bad}; it has option, sparsities and replicas.")
-    if "magnitude" not in techniques:
-        fail("small_dense", "matches the best magnitude-pruning run's nonzeros, so "
-                             "techniques must include magnitude.")
+    _needs_reference(techniques, "small_dense", "matches the best {} run's nonzeros")
     small_dense = SmallDenseSpec(str(raw.get("option", "width")),
                                  _sparsities(raw.get("sparsities"), "small_dense.sparsities"),
                                  _int(raw.get("replicas", 1), "small_dense.replicas"))
     _check_subset(small_dense.sparsities, sparsities, "small_dense.sparsities")
     return small_dense
+
+
+def _needs_reference(techniques: Mapping[str, SearchSpec], block: str, what: str) -> None:
+    """Fails unless the sweep trains the technique a second-phase block builds on."""
+    reference = catalogue.reference()
+    if reference not in techniques:
+        fail(block, what.format(catalogue.display(reference)) + ", so techniques must "
+             f"include {reference}.")
 
 
 def _select_by(value: Any, task: str, steps: int) -> str | None:
@@ -446,4 +445,4 @@ def _check_subset(chosen: Sequence[float], sparsities: Sequence[float], where: s
     missing = [s for s in chosen if not any(abs(s - t) < 1e-9 for t in sparsities)]
     if missing:
         fail(where, f"{missing} are not among the sweep's sparsities {list(sparsities)}; "
-                     "magnitude pruning must run there first.")
+                     f"{catalogue.display(catalogue.reference())} must run there first.")
