@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._values import coerce
+
 __all__ = ["Layer", "Method", "MethodConfig", "WeightParametrization"]
 
 
@@ -94,7 +96,8 @@ class MethodConfig:
                 f"Unknown hyperparameter(s) {unknown} for {cls.__name__}; "
                 f"allowed: {sorted(fields)}."
             )
-        return cls(**{k: _coerce(cls.__name__, k, v, fields[k].type) for k, v in values.items()})
+        return cls(**{k: coerce(f"{cls.__name__}.{k}", v, fields[k].type)
+                      for k, v in values.items()})
 
     def _require(self, condition: bool, field: str, allowed: str) -> None:
         if not condition:
@@ -102,24 +105,6 @@ class MethodConfig:
                 f"{type(self).__name__}.{field} = {getattr(self, field)!r} is invalid: "
                 f"it must be {allowed}."
             )
-
-
-def _coerce(owner: str, name: str, value: Any, annotation: Any) -> Any:
-    """Returns ``value`` as the field's type (an int is a fine float), or one clear sentence."""
-    kind = str(annotation)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "float" and is_number:
-        return float(value)
-    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind == "int" and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if kind == "str" and isinstance(value, str):
-        return value
-    expected = {"float": "a number", "int": "an integer", "str": "a string"}
-    if kind in expected:
-        raise ValueError(f"{owner}.{name} = {value!r} is invalid: it must be {expected[kind]}.")
-    return value
 
 
 class WeightParametrization(nn.Module):

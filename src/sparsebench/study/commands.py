@@ -18,6 +18,12 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds the study's subcommands (see the module docstring) to ``sparsebench``."""
+    for add in (_add_sweep, _add_status, _add_import_runs, _add_import_published, _add_report,
+                _add_bench_runs, _add_rescore):
+        add(subparsers)
+
+
+def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
     swp = subparsers.add_parser(
         "sweep",
         help="run a sweep file's points into a run store (resumable, several processes safe)",
@@ -56,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "over (default 600)")
     swp.set_defaults(func=_sweep)
 
+
+def _add_status(subparsers: argparse._SubParsersAction) -> None:
     stat = subparsers.add_parser(
         "status",
         help="where a study stands: runs by status, runs in progress, training time left",
@@ -70,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "from the finished runs that trained there (default cpu)")
     stat.set_defaults(func=_status)
 
+
+def _add_import_runs(subparsers: argparse._SubParsersAction) -> None:
     merge = subparsers.add_parser(
         "import-runs",
         help="copy the runs another store of ours finished (a study continued elsewhere)",
@@ -91,6 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "store of their own")
     merge.set_defaults(func=_import_runs)
 
+
+def _add_import_published(subparsers: argparse._SubParsersAction) -> None:
     imp = subparsers.add_parser(
         "import-published",
         help="read the study's published runs (shipped with sparsebench) into a run store",
@@ -105,6 +117,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "package's copy)")
     imp.set_defaults(func=_import_published)
 
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
     rep = subparsers.add_parser(
         "report",
         help="write the study's report (HTML, figures, CSVs) from a run store",
@@ -129,6 +143,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "(default 1, as the study's tables)")
     rep.set_defaults(func=_report)
 
+
+def _add_bench_runs(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
         "bench-runs",
         help="time a store's best sparse models dense vs compiled-sparse, into the store",
@@ -157,6 +173,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "bench-inference --recalibrate)")
     bench.set_defaults(func=_bench_runs)
 
+
+def _add_rescore(subparsers: argparse._SubParsersAction) -> None:
     resc = subparsers.add_parser(
         "rescore",
         help="add the metrics a task reports now to runs that finished without them",

@@ -336,68 +336,90 @@ def read_published_file(path: str | Path, spec: FileSpec) -> tuple[int, list[Run
     )
     for line, header, fields in reader.rows():
         csv_rows += 1
-        cells = dict(zip(header, fields, strict=True))
-        row_id = f"{base_id}:{line}"
-
+        row = _Row(line, header, dict(zip(header, fields, strict=True)), f"{base_id}:{line}")
         if spec.layout == "wide_vd":
-            thresholds = [m.group(1) for h in header if (m := _WIDE_BLEU.match(h))]
-            if not thresholds:
-                raise reader.error(1, "no 'MOSES BLEU:<threshold>' columns in a wide VD file.")
-            pairs = {f"moses_bleu:{t}" for t in thresholds} | {f"sparsity:{t}" for t in thresholds}
-            hyper = {k: _number(v) for k, v in cells.items() if k not in pairs}
-            for t in thresholds:
-                if f"sparsity:{t}" not in cells:
-                    raise reader.error(1, f"'MOSES BLEU:{t}' has no matching 'Sparsity:{t}'.")
-                value = reader.metric(line, f"MOSES BLEU:{t}", cells[f"moses_bleu:{t}"])
-                runs.append(Run(
-                    id=f"{row_id}@t={t}", train_id=row_id, technique=spec.technique,
-                    achieved_sparsity=reader.sparsity(line, f"Sparsity:{t}",
-                                                      cells[f"sparsity:{t}"]),
-                    metric_value=value,
-                    hyperparameters={**hyper, "log_alpha_threshold": float(t)},
-                    flags=_flags(spec, value), **common,
-                ))
-            continue
-
-        if spec.technique == catalogue.DENSE:
-            _require(reader, header, "metric")
-            value = reader.metric(line, "metric", cells["metric"])
-            hyper = {k: _number(v) for k, v in cells.items() if k != "metric"}
-            runs.append(Run(
-                id=row_id, technique=catalogue.DENSE, target_sparsity=0.0, achieved_sparsity=0.0,
-                metric_value=value, hyperparameters=hyper, replica=csv_rows,
-                flags=_flags(spec, value), **common,
-            ))
-            continue
-
-        replica_columns = {int(m.group(1)): h for h in header if (m := _RUN_COLUMN.match(h))}
-        if spec.layout == "replicas":
-            if not replica_columns:
-                raise reader.error(1, "no 'Run N' columns in a file read as replicas.")
-            _require(reader, header, "sparsity")
+            runs += _wide_vd_runs(reader, spec, row, common)
+        elif spec.technique == catalogue.DENSE:
+            runs += _dense_runs(reader, spec, row, csv_rows, common)
         else:
-            _require(reader, header, "sparsity", "metric")
-        sparsity = reader.sparsity(line, "sparsity", cells["sparsity"])
-        hyper = {k: _number(v) for k, v in cells.items()
-                 if k not in ("sparsity", "metric") and k not in replica_columns.values()}
-        technique, variant = _retraining_kind(spec, hyper, reader, line)
-        target = (_nearest_level(sparsity) or sparsity) if spec.has_target else None
-        values = (
-            [(n, reader.metric(line, f"Run {n}", cells[h]))
-             for n, h in sorted(replica_columns.items())]
-            if spec.layout == "replicas"
-            else [(None, reader.metric(line, "metric", cells["metric"]))]
-        )
-        for replica, value in values:
-            run_id = row_id if replica is None else f"{row_id}/run{replica}"
-            runs.append(Run(
-                id=run_id, technique=technique, variant=variant, target_sparsity=target,
-                achieved_sparsity=sparsity, metric_value=value, hyperparameters=hyper,
-                replica=replica, flags=_flags(spec, value), **common,
-            ))
+            runs += _sparse_runs(reader, spec, row, common)
     if csv_rows == 0:
         raise reader.error(2, "the file has a header but no data rows.")
     return csv_rows, runs
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int
+    header: list[str]
+    cells: dict[str, str]
+    id: str
+
+
+def _wide_vd_runs(reader: _Reader, spec: FileSpec, row: _Row, common: dict[str, Any]
+                  ) -> list[Run]:
+    """One run per VD threshold column pair of a row (one trained model evaluated at each)."""
+    cells = row.cells
+    thresholds = [m.group(1) for h in row.header if (m := _WIDE_BLEU.match(h))]
+    if not thresholds:
+        raise reader.error(1, "no 'MOSES BLEU:<threshold>' columns in a wide VD file.")
+    pairs = {f"moses_bleu:{t}" for t in thresholds} | {f"sparsity:{t}" for t in thresholds}
+    hyper = {k: _number(v) for k, v in cells.items() if k not in pairs}
+    runs = []
+    for t in thresholds:
+        if f"sparsity:{t}" not in cells:
+            raise reader.error(1, f"'MOSES BLEU:{t}' has no matching 'Sparsity:{t}'.")
+        value = reader.metric(row.line, f"MOSES BLEU:{t}", cells[f"moses_bleu:{t}"])
+        runs.append(Run(
+            id=f"{row.id}@t={t}", train_id=row.id, technique=spec.technique,
+            achieved_sparsity=reader.sparsity(row.line, f"Sparsity:{t}", cells[f"sparsity:{t}"]),
+            metric_value=value,
+            hyperparameters={**hyper, "log_alpha_threshold": float(t)},
+            flags=_flags(spec, value), **common,
+        ))
+    return runs
+
+
+def _dense_runs(reader: _Reader, spec: FileSpec, row: _Row, replica: int,
+                common: dict[str, Any]) -> list[Run]:
+    _require(reader, row.header, "metric")
+    value = reader.metric(row.line, "metric", row.cells["metric"])
+    hyper = {k: _number(v) for k, v in row.cells.items() if k != "metric"}
+    return [Run(
+        id=row.id, technique=catalogue.DENSE, target_sparsity=0.0, achieved_sparsity=0.0,
+        metric_value=value, hyperparameters=hyper, replica=replica,
+        flags=_flags(spec, value), **common,
+    )]
+
+
+def _sparse_runs(reader: _Reader, spec: FileSpec, row: _Row, common: dict[str, Any]
+                 ) -> list[Run]:
+    """The runs of a sparse row: one, or one per ``Run N`` column of a replicas file."""
+    header, cells, line = row.header, row.cells, row.line
+    replica_columns = {int(m.group(1)): h for h in header if (m := _RUN_COLUMN.match(h))}
+    if spec.layout == "replicas":
+        if not replica_columns:
+            raise reader.error(1, "no 'Run N' columns in a file read as replicas.")
+        _require(reader, header, "sparsity")
+    else:
+        _require(reader, header, "sparsity", "metric")
+    sparsity = reader.sparsity(line, "sparsity", cells["sparsity"])
+    hyper = {k: _number(v) for k, v in cells.items()
+             if k not in ("sparsity", "metric") and k not in replica_columns.values()}
+    technique, variant = _retraining_kind(spec, hyper, reader, line)
+    target = (_nearest_level(sparsity) or sparsity) if spec.has_target else None
+    values = (
+        [(n, reader.metric(line, f"Run {n}", cells[h]))
+         for n, h in sorted(replica_columns.items())]
+        if spec.layout == "replicas"
+        else [(None, reader.metric(line, "metric", cells["metric"]))]
+    )
+    return [Run(
+        id=row.id if replica is None else f"{row.id}/run{replica}", technique=technique,
+        variant=variant, target_sparsity=target, achieved_sparsity=sparsity,
+        metric_value=value, hyperparameters=hyper, replica=replica,
+        flags=_flags(spec, value), **common,
+    ) for replica, value in values]
 
 
 def _spec_for(path: Path, root: Path) -> FileSpec:

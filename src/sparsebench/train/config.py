@@ -18,6 +18,7 @@ import yaml
 if TYPE_CHECKING:
     from ..methods import MethodConfig
 
+from .._values import coerce, fail
 from ..methods import catalogue
 from ..methods.catalogue import DENSE
 
@@ -41,17 +42,13 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step", "inverse_sqrt")
 
 
-def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{key} = {value!r} is invalid: it must be {allowed}.")
-
-
 #: Layouts of ``run.memory_format``.
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
 
 def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
     if not condition:
-        _fail(key, value, allowed)
+        fail(key, value, allowed)
 
 
 @dataclass
@@ -194,7 +191,7 @@ class SparsityConfig:
                 _check(self.sparsity is None, "sparsity.sparsity", self.sparsity,
                        f"null for {self.method} (its regularization weight sets the sparsity)")
         elif self.sparsity not in (None, 0, 0.0):
-            _fail("sparsity.sparsity", self.sparsity, "null for a dense run")
+            fail("sparsity.sparsity", self.sparsity, "null for a dense run")
         _check(self.frequency > 0, "sparsity.frequency", self.frequency,
                "a positive step count (integer) or fraction of the run (float)")
         for key in ("begin", "end", "frequency"):
@@ -319,60 +316,6 @@ class RunConfig:
         return int(value)
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Returns ``value`` converted to the field's declared type, or raises one sentence."""
-    text = str(annotation)
-    if value is None:
-        if "None" in text:
-            return None
-        _fail(key, value, f"a value of type {text}")
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        _fail(key, value, "true or false")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        _fail(key, value, "an integer")
-    if annotation is float or text in ("float | None", "typing.Optional[float]"):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        _fail(key, value, "a number")
-    if text == "int | float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value
-        _fail(key, value, "a step (integer) or a fraction of the run (float)")
-    if text.startswith("int | None"):
-        return _coerce(key, value, int)
-    if text.startswith("str"):
-        if isinstance(value, str):
-            return value
-        if "dict" in text and isinstance(value, Mapping):
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       for v in value.values()):
-                _fail(key, value, "a distribution name or a mapping of patterns to sparsities")
-            return {str(k): float(v) for k, v in value.items()}
-        _fail(key, value, "a string")
-    if text.startswith("tuple"):
-        if isinstance(value, (list, tuple)) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return tuple(float(v) for v in value)
-        _fail(key, value, "a list of numbers")
-    if text.startswith("list"):
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        _fail(key, value, "a list of name patterns")
-    if text.startswith("dict"):
-        if isinstance(value, Mapping):
-            return dict(value)
-        _fail(key, value, "a mapping")
-    return value
-
-
 def apply_overrides(config: RunConfig, values: Mapping[str, Any], prefix: str = "") -> None:
     """Sets nested ``values`` on ``config`` in place, converting and checking each field.
 
@@ -394,10 +337,10 @@ def apply_overrides(config: RunConfig, values: Mapping[str, Any], prefix: str = 
             full = f"{section}.{key}"
             if (section, key) in (("model", "options"), ("sparsity", "hparams")):
                 if not isinstance(value, Mapping):
-                    _fail(full, value, "a mapping of names to values")
+                    fail(full, value, "a mapping of names to values")
                 getattr(target, key).update(value)
             elif key in hints:
-                setattr(target, key, _coerce(full, value, hints[key]))
+                setattr(target, key, coerce(full, value, hints[key]))
             elif section == "sparsity":
                 target.hparams[key] = value
             else:

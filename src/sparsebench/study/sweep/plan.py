@@ -25,11 +25,11 @@ from .spec import SearchSpec, SweepSpec, fail
 @dataclass
 class Point:
     """One run of a sweep: what the store records (``technique``, ``variant``, target,
-    ``hyperparameters``, ``replica``) and what the runner needs (``method``, ``seed``,
-    ``steps``, nested config ``values``). ``source`` names the run it derives from."""
+    ``hyperparameters``, ``replica``) and what the runner needs (``seed``, ``steps``, nested
+    config ``values``; the ``method`` follows from the technique). ``source`` names the run it
+    derives from."""
 
     technique: str
-    method: str
     target: float | None
     seed: int
     replica: int
@@ -39,6 +39,12 @@ class Point:
     variant: str = ""
     source: str | None = None
     phase: int = 1
+
+    @property
+    def method(self) -> str:
+        """Returns the technique the runner trains: the point's own, or the one a retraining
+        kind or variant borrows (magnitude), or the dense baseline (small dense models)."""
+        return catalogue.trains_as(self.technique) or DENSE
 
     def identity(self, task: str) -> dict[str, Any]:
         """Returns what defines the run (and its id): no paths, no sweep name."""
@@ -129,7 +135,7 @@ def plan_phase1(spec: SweepSpec) -> list[Point]:
     over the whole sparsity range rather than finishing one technique first.
     """
     common = spec.overrides
-    points = [Point(DENSE, DENSE, None, seed, seed, spec.steps, {}, common)
+    points = [Point(DENSE, None, seed, seed, spec.steps, {}, common)
               for seed in spec.dense_seeds]
     groups: list[list[Point]] = []
     for name, search in spec.techniques.items():
@@ -139,7 +145,7 @@ def plan_phase1(spec: SweepSpec) -> list[Point]:
             for seed in spec.seeds:
                 for hparams in search.settings():
                     values = _merge(common, search.overrides, _sparsity_values(hparams))
-                    group.append(Point(name, name, target, seed, seed, spec.steps,
+                    group.append(Point(name, target, seed, seed, spec.steps,
                                        dict(hparams), values))
         groups.append(group)
     if spec.mp_v2 is not None:
@@ -154,7 +160,7 @@ def plan_phase1(spec: SweepSpec) -> list[Point]:
                     values = _merge(common, search.overrides, _sparsity_values(hparams),
                                     {"sparsity": {"layer_sparsity": layers,
                                                   "distribution": "fill"}})
-                    group.append(Point(MP_V2, reference, target, seed, seed, steps,
+                    group.append(Point(MP_V2, target, seed, seed, steps,
                                        dict(hparams), values))
         groups.append(group)
     return points + _interleave(groups)
@@ -345,7 +351,7 @@ def plan_phase2_from_runs(spec: SweepSpec, runs: Iterable[Run], phase1: Sequence
             hparams = {option: value, "parameters": count, "matched_run": source.id,
                        "matched_nonzero": nonzero, "matched_sparsity": target}
             for replica in range(spec.small_dense.replicas):
-                points.append(Point(SMALL_DENSE, DENSE, None, replica, replica, spec.steps,
+                points.append(Point(SMALL_DENSE, None, replica, replica, spec.steps,
                                     hparams, values, variant=f"{option}={value}",
                                     source=source.id, phase=2))
     return points
@@ -364,8 +370,7 @@ def retraining_points(spec: SweepSpec, target: float, source_id: str, source_see
         for replica in range(spec.retraining.replicas):
             # A seed the pruning run did not use: a fresh init and data order (the lottery
             # ticket loads the pruning run's init over it).
-            points.append(Point(kind, catalogue.trains_as(kind), target, source_seed + 1 + replica,
-                                replica,
+            points.append(Point(kind, target, source_seed + 1 + replica, replica,
                                 steps, {"source": source_id}, values, source=source_id,
                                 phase=2))
     return points
