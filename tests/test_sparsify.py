@@ -239,3 +239,23 @@ def test_a_tied_embedding_is_sparse_in_both_uses(method, kwargs):
     # transpose, and the finalized model computes what the sparsified one did.
     assert torch.equal(plain.emb(tokens), weight[tokens])
     assert torch.allclose(plain(tokens), expected, atol=1e-5)
+
+
+def test_a_typed_config_is_the_same_as_its_keywords():
+    from sparsebench.methods import MagnitudeConfig, VariationalDropoutConfig
+
+    def masks(method, **kwargs):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        sp = sb.sparsify(model, method, **kwargs)
+        return sp, [m.clone() for m in sp.masks().values()]
+
+    sp_typed, typed = masks(MagnitudeConfig(pruned_weights="drop"), sparsity=0.5)
+    sp_kw, keywords = masks("magnitude", sparsity=0.5, pruned_weights="drop")
+    assert sp_typed.method == sp_kw.method == "magnitude"
+    assert sp_typed.technique.config == sp_kw.technique.config
+    assert all(torch.equal(a, b) for a, b in zip(typed, keywords, strict=True))
+    vd, _ = masks(VariationalDropoutConfig(kl_weight=1e-4))
+    assert vd.method == "variational_dropout" and vd.technique.config.kl_weight == 1e-4
+    with pytest.raises(ValueError, match="either as a Config or as keywords"):
+        sb.sparsify(nn.Linear(2, 2), MagnitudeConfig(), sparsity=0.5, pruned_weights="keep")
