@@ -7,7 +7,14 @@ shared machine hits all methods alike. Prints ratios of medians with their range
 sides' quartiles, never raw times alone, and one warning line when the spread of the rounds or
 the machine's load makes a ratio unreliable. Threads default to the idle cores.
 
+The techniques are the catalogue's sparsifiers (``catalogue.sparsifiers()``), each with its
+Config's defaults; those that take a target are at 90% from step 0. By default their masks
+never change during the timed steps (the cost between mask updates); ``--update-every N``
+updates them every N steps, so a per-step cost includes 1/N of an update (with N = ``--steps``
+each timed block holds exactly one).
+
     .venv/bin/python benchmarks/training_step_cost.py [--rounds 7] [--steps 5] [--markdown]
+        [--update-every N] [--only linear|transformer|resnet]
         [--tasks]   # also the runner's fmnist-resnet and ding-transformer presets, real batches
 """
 
@@ -23,14 +30,30 @@ from torch import nn
 import sparsebench as sb
 from sparsebench import models
 from sparsebench.inference.timing import Comparison, LoadWatch, interleaved_rounds, unreliable_line
+from sparsebench.methods import catalogue
 
-METHODS = {
-    "dense": None,
-    "magnitude": dict(sparsity=0.9),
-    "random": dict(sparsity=0.9),
-    "vd": dict(kl_weight=1e-6),
-    "l0": dict(l0_weight=1e-6),
-}
+DENSE = catalogue.DENSE
+TARGET = 0.9  # the sparsity of every technique that takes a target
+#: Never reached: with --update-every, the timed steps all fall inside the update window.
+END_STEP = 10**9
+
+
+def techniques() -> list[str]:
+    """Returns the techniques timed, in the study's order: the catalogue's sparsifiers."""
+    return catalogue.sparsifiers()
+
+
+def sparsify_options(name: str, update_every: int | None) -> dict:
+    """Returns ``sparsify``'s arguments for technique ``name``: its Config's defaults, and,
+    when it takes a target, 90% from step 0 with masks updated every ``update_every`` steps
+    (None: a schedule that ends at step 0, so the masks never change while timed)."""
+    if not catalogue.get(name).takes_target:
+        return {}
+    if update_every is None:
+        schedule = sb.GradualSchedule(begin_step=0, end_step=0, frequency=1)
+    else:
+        schedule = sb.GradualSchedule(begin_step=0, end_step=END_STEP, frequency=update_every)
+    return dict(sparsity=TARGET, schedule=schedule)
 
 
 def linear_stack():
@@ -54,39 +77,33 @@ def small_resnet():
     return "ResNet-20 (28x28x1, batch 32)", model, lambda m: F.cross_entropy(m(x), y)
 
 
-TASK_SETTINGS = {  # the runner's --set values for each method (one budget, 90% target)
-    "dense": ("dense", None, []),
-    "magnitude": ("magnitude", 0.9, []),
-    "random": ("random", 0.9, []),
-    "vd": ("variational_dropout", None, ["sparsity.kl_weight=1e-6"]),
-    "l0": ("l0", None, ["sparsity.l0_weight=1e-6"]),
-}
-
-
 def task_workload(task: str):
     """Returns a builder timing the runner's own preset: its model, optimizer, technique
-    attachment and loss, on one fixed batch of the task's real data."""
+    attachment (the preset's schedule, a 90% target where one is taken) and loss, on one
+    fixed batch of the task's real data."""
     from sparsebench.train import build_config
     from sparsebench.train.loop import prepare
 
     def build():
         runs = {}
         batch = None
-        for key, (method, sparsity, extra) in TASK_SETTINGS.items():
-            config = build_config(task, method=method, sparsity=sparsity, overrides=extra)
+        for name in [DENSE, *techniques()]:
+            targeted = name != DENSE and catalogue.get(name).takes_target
+            config = build_config(task, method=name, sparsity=TARGET if targeted else None)
             prepared = prepare(config)
             if batch is None:
                 batch = prepared.task.next_batch(torch.device("cpu"))
-            runs[key] = prepared
-        name = f"{task} preset ({runs['dense'].model.__class__.__name__})"
-        return name, runs, lambda p: p.task.loss(p.model, batch)
+            runs[name] = prepared
+        title = f"{task} preset ({runs[DENSE].model.__class__.__name__})"
+        return title, runs, lambda p: p.task.loss(p.model, batch)
 
     return build
 
 
-def _prepare(base: nn.Module, method: str):
+def _prepare(base: nn.Module, method: str, update_every: int | None):
     model = copy.deepcopy(base)
-    sp = None if METHODS[method] is None else sb.sparsify(model, method, **METHODS[method])
+    sp = (None if method == DENSE
+          else sb.sparsify(model, method, **sparsify_options(method, update_every)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     return model, sp, opt
 
@@ -102,13 +119,15 @@ def _step(model, sp, opt, loss_fn):
         sp.step()
 
 
-def measure(builder, rounds: int, steps: int) -> tuple[str, dict[str, list[float]]]:
+def measure(builder, rounds: int, steps: int, update_every: int | None
+            ) -> tuple[str, dict[str, list[float]]]:
     """Returns the workload's name and each method's seconds per step, one value per round."""
     name, base, loss_fn = builder()
+    methods = [DENSE, *techniques()]
     if isinstance(base, dict):  # a runner preset: prepared runs, loss takes the Prepared
         runs = {m: (p, p.sparsifier, p.optimizer) for m, p in base.items()}
     else:
-        runs = {method: _prepare(base, method) for method in METHODS}
+        runs = {method: _prepare(base, method, update_every) for method in methods}
     for model, sp, opt in runs.values():  # warm-up: allocator, lazy init, first Adam state
         for _ in range(2):
             _step(model, sp, opt, loss_fn)
@@ -123,8 +142,11 @@ def measure(builder, rounds: int, steps: int) -> tuple[str, dict[str, list[float
 
         return call
 
-    samples = interleaved_rounds({m: steps_of(m) for m in METHODS}, repeats=rounds, warmup=0)
+    samples = interleaved_rounds({m: steps_of(m) for m in methods}, repeats=rounds, warmup=0)
     return name, {m: [t / steps for t in values] for m, values in samples.items()}
+
+
+WORKLOADS = {"linear": linear_stack, "transformer": transformer_block, "resnet": small_resnet}
 
 
 def main() -> None:
@@ -136,26 +158,35 @@ def main() -> None:
                         help="torch threads (default: torch's own choice)")
     parser.add_argument("--tasks", action="store_true",
                         help="also time the fmnist-resnet and ding-transformer presets")
+    parser.add_argument("--update-every", type=int, default=None,
+                        help="steps between mask updates of the techniques that take a target "
+                             "(default: none while timed)")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), action="append",
+                        help="time only these synthetic workloads (repeatable)")
     args = parser.parse_args()
+    update_every = args.update_every
+    updates = f"masks updated every {update_every} steps" if update_every else "masks fixed"
     watch = LoadWatch(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}; {watch.choice.describe()}; median of {args.rounds} "
-          f"interleaved rounds x {args.steps} steps; ratios [range over quartiles]")
-    header = ["workload", "dense ms/step (iqr)", "magnitude", "random", "VD", "L0", "VD/MP",
-              "L0/MP"]
+          f"interleaved rounds x {args.steps} steps; {updates}; ratios [range over quartiles]")
+    reference = catalogue.reference()
+    others = [m for m in techniques() if m != reference]
+    short = {m: catalogue.get(m).display for m in techniques()}
+    header = ["workload", "dense ms/step (iqr)", *(short[m] for m in techniques()),
+              *(f"{short[m]} / {short[reference]}" for m in others)]
     rows = []
-    builders = [linear_stack, transformer_block, small_resnet]
+    builders = [WORKLOADS[w] for w in (args.only or WORKLOADS)]
     if args.tasks:
         builders += [task_workload("fmnist-resnet"), task_workload("ding-transformer")]
     problems: dict[str, list[str]] = {}
     for builder in builders:
-        name, t = measure(builder, args.rounds, args.steps)
-        vs = {m: Comparison.of(t[m], t["dense"], (m, "dense"))
-              for m in ("magnitude", "random", "vd", "l0")}
-        vs |= {f"{m}/MP": Comparison.of(t[m], t["magnitude"], (m, "magnitude"))
-               for m in ("vd", "l0")}
+        name, t = measure(builder, args.rounds, args.steps, update_every)
+        vs = {m: Comparison.of(t[m], t[DENSE], (m, DENSE)) for m in techniques()}
+        vs |= {f"{m}/{reference}": Comparison.of(t[m], t[reference], (m, reference))
+               for m in others}
         problems.update({f"{name}: {m}": c.problems() for m, c in vs.items()})
-        dense = vs["magnitude"].candidate
+        dense = vs[reference].candidate
         rows.append([name, f"{dense.median * 1e3:.1f} ({dense.relative:.0%})",
                      *(c.cell() for c in vs.values())])
         print(" | ".join(rows[-1]), flush=True)

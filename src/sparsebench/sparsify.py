@@ -247,7 +247,9 @@ def sparsify(
         if sparsity is None:
             raise ValueError(f"{method_class.name} pruning needs a target: pass sparsity=… in "
                              f"[0, 1).")
-        spec = LayerSparsity.coerce(layer_sparsity)
+        # A technique's own distribution (RigL's ERK) when the caller names none.
+        spec = LayerSparsity.coerce(layer_sparsity if layer_sparsity is not None
+                                    else technique_entry.distribution)
         if schedule is not None and not isinstance(schedule, GradualSchedule):
             raise ValueError(f"schedule must be a GradualSchedule or None, got {schedule!r}.")
     else:

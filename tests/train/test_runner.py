@@ -187,6 +187,11 @@ class _Interrupt(Exception):
     ("vd", None, ["sparsity.kl_weight=1e-5", "sparsity.warmup_end=0.5"]),
     ("l0", None, ["sparsity.l0_weight=1e-5"]),
     ("magnitude", 0.8, []),
+    # Mask updates every 5 steps to the end, so some fall after the cut at step 20 (RigL's
+    # from the gradients of the resumed run's own backward passes).
+    ("set", 0.8, ["sparsity.begin=0", "sparsity.end=1.0", "sparsity.frequency=5"]),
+    ("rigl", 0.8, ["sparsity.begin=0", "sparsity.end=1.0", "sparsity.frequency=5"]),
+    ("dns", None, []),
 ])
 def test_a_cut_run_resumes_bit_identically(tmp_path, monkeypatch, method, sparsity, extra,
                                           device):

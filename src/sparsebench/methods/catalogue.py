@@ -31,6 +31,7 @@ __all__ = [
     "DENSE",
     "FRESH",
     "MP_V2",
+    "ONE_SHOT",
     "RETRAINING",
     "SMALL_DENSE",
     "SOURCE_INIT",
@@ -52,7 +53,11 @@ __all__ = [
 #: second question: a fixed mask taken from another technique's run); a variant of a
 #: technique trained differently (MP v2); a dense baseline.
 SPARSIFIER, RETRAINING, VARIANT, BASELINE = "sparsifier", "retraining", "variant", "baseline"
-_ROLES = (SPARSIFIER, RETRAINING, VARIANT, BASELINE)
+#: A one-shot technique prunes a trained model once, from calibration data, without training
+#: (``methods.one_shot.prune_one_shot``); its ``method`` is a ``OneShotPruner`` class, not a
+#: ``Method``, and ``sparsify`` does not run it.
+ONE_SHOT = "one-shot"
+_ROLES = (SPARSIFIER, RETRAINING, VARIANT, BASELINE, ONE_SHOT)
 
 #: The dense baseline's name (a run with no technique).
 DENSE = "dense"
@@ -94,6 +99,8 @@ class Technique:
             ``AUGMENTED``).
         steps_factor: for a retraining kind, its steps as a multiple of the source run's.
         compare_with: for a variant, the techniques its report section sets it beside.
+        distribution: the layer distribution it uses when none is asked for (RigL: "erk");
+            None for uniform.
         from_source: True when its runs derive from a finished run of ``reference()`` (the
             retraining kinds, and the small dense model matched to a sparse one's size), so a
             sweep plans them in its second phase.
@@ -117,6 +124,7 @@ class Technique:
     steps_factor: float = 1.0
     compare_with: tuple[str, ...] = ()
     from_source: bool = False
+    distribution: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in _ROLES:
@@ -336,6 +344,21 @@ _ENTRIES = (
               paper_files=("scratche_augmented_init", "scratchb_augmented_init")),
     Technique(DENSE, BASELINE, "dense", "#333333", aliases=("none",), paper_files=("baselines",)),
     Technique(SMALL_DENSE, BASELINE, "small-dense", trained_by=DENSE, from_source=True),
+    Technique("one-shot-magnitude", ONE_SHOT, "one-shot magnitude pruning", "#636363",
+              method=_METHODS + "one_shot:OneShotMagnitude", aliases=("omp",),
+              takes_target=True),
+    Technique("wanda", ONE_SHOT, "Wanda", "#637939", method=_METHODS + "wanda:Wanda",
+              takes_target=True),
+    Technique("sparsegpt", ONE_SHOT, "SparseGPT", "#393b79",
+              method=_METHODS + "sparsegpt:SparseGPT", takes_target=True),
+    Technique("dns", SPARSIFIER, "dynamic network surgery", "#bd9e39",
+              method=_METHODS + "dns:DynamicNetworkSurgery",
+              aliases=("dynamic_network_surgery",)),
+    Technique("set", SPARSIFIER, "SET", "#a55194",
+              method=_METHODS + "sparse_evolutionary:SparseEvolutionaryTraining",
+              aliases=("sparse_evolutionary_training",), takes_target=True),
+    Technique("rigl", SPARSIFIER, "RigL", "#843c39", method=_METHODS + "rigl:RigL",
+              takes_target=True, distribution="erk"),
 )
 for _entry in _ENTRIES:
     register(_entry)

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 
 from ..blocks import BLOCK_SCORES, block_keep, block_scores, check_block, expand_blocks
+from ..nm import as_matrix, check_nm, check_nm_width, from_matrix, nm_mask, nm_sparsity
 from ..schedules import GradualSchedule, exact_zero_count
 from .base import Layer, Method, MethodConfig, WeightParametrization
 
@@ -72,11 +73,18 @@ class PruningConfig(MethodConfig):
             them zero. ``(1, 1)`` is unstructured pruning.
         block_score: how a block is ranked: ``"l2"`` (norm of its scores, default) or
             ``"mean_abs"`` (their mean).
+        nm: ``(N, M)``: N:M structured sparsity (see ``sparsebench.nm``), N weights kept in
+            every group of M consecutive inputs, ranked by the method's score. It fixes every
+            layer's sparsity at 1 − N/M: the target must be that value (any other is refused,
+            not ignored, so a run never reports a target it did not prune to). Under a
+            gradual schedule each group prunes ``round(s_t·M)`` of its weights (at most M − N),
+            so intermediate sparsities move in steps of 1/M. Not combined with ``block``.
     """
 
     pruned_weights: str = "update"
     block: tuple[int, int] = (1, 1)
     block_score: str = "l2"
+    nm: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self._require(
@@ -91,6 +99,11 @@ class PruningConfig(MethodConfig):
         object.__setattr__(self, "block", tuple(block))  # YAML and JSON give lists
         self._require(self.block_score in BLOCK_SCORES, "block_score",
                       f"one of {list(BLOCK_SCORES)}")
+        if self.nm is not None:
+            nm = check_nm(self.nm, f"{type(self).__name__}.nm")
+            object.__setattr__(self, "nm", nm)  # YAML and JSON give lists
+            self._require(self.block == (1, 1), "block",
+                          "(1, 1) when nm is set (N:M groups and blocks are two structures)")
 
 
 class PruningMethod(Method):
@@ -113,6 +126,21 @@ class PruningMethod(Method):
         if config.block != (1, 1):
             for layer in layers:  # before any parametrization is attached
                 check_block(layer.name, layer.shape, self._block_of(layer))
+        if config.nm is not None:
+            self._check_nm_targets()
+
+    def _check_nm_targets(self) -> None:
+        """Refuses layers N:M cannot hold: a width not a multiple of M, or a target other
+        than the 1 − N/M that N:M fixes."""
+        nm = self.config.nm
+        fixed = nm_sparsity(nm)
+        for layer in self.layers:
+            check_nm_width(layer.name, layer.shape, nm, layer.transposed)
+            target = self.targets[layer.name]
+            if abs(target - fixed) > 1e-9:
+                raise ValueError(f"nm={nm} fixes every layer's sparsity at {fixed:g}, but layer "
+                                 f"{layer.name} has target {target:g}; pass sparsity={fixed:g} "
+                                 f"and no other layer_sparsity.")
 
     def score(self, index: int, layer: Layer) -> torch.Tensor:
         """Returns a tensor of ``layer.shape``: higher scores are kept."""
@@ -178,6 +206,9 @@ class PruningMethod(Method):
             if drop:
                 # Already-pruned weights (or blocks) rank lowest, so they stay pruned.
                 scores = scores.masked_fill(~kept_before, float("-inf"))
+            if self.config.nm is not None:
+                self._update_nm_mask(layer, scores, step)
+                continue
             zeros = exact_zero_count(self.sparsity_at(step, layer), scores.numel())
             order = torch.sort(scores.flatten(), stable=True).indices
             mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
@@ -188,6 +219,16 @@ class PruningMethod(Method):
             parametrization.mask.copy_(mask.view(layer.shape))
             if drop:
                 layer.original.mul_(parametrization.mask)
+
+    def _update_nm_mask(self, layer: Layer, scores: torch.Tensor, step: int) -> None:
+        """Sets ``layer``'s mask to N:M over its (out, in) view, ``round(s_t·M)`` pruned in
+        every group of M (M − N at the target)."""
+        m = self.config.nm[1]
+        pruned = exact_zero_count(self.sparsity_at(step, layer), m)
+        keep = nm_mask(as_matrix(scores, layer.transposed), self.config.nm, pruned)
+        layer.parametrization.mask.copy_(from_matrix(keep, layer.shape, layer.transposed))
+        if self.config.pruned_weights == "drop":
+            layer.original.mul_(layer.parametrization.mask)
 
     def block_sparsity(self) -> dict[str, float]:
         """Returns each layer's fraction of zero blocks (of weights when unstructured)."""

@@ -167,7 +167,8 @@ class SparsityConfig:
     end: int | float = 0.6
     frequency: int | float = 0.01
     layer_sparsity: str | dict[str, float] | None = None
-    distribution: str = "uniform"
+    #: How the layers share the target; None: the technique's own (RigL: "erk"), else uniform.
+    distribution: str | None = None
     include: list[str] | None = None
     exclude: list[str] | None = None
     hparams: dict[str, Any] = field(default_factory=dict)

@@ -140,7 +140,8 @@ def _attach(config: RunConfig, model: torch.nn.Module) -> Sparsifier | None:
     if s.sparsity is not None:
         kwargs["sparsity"] = s.sparsity
         overrides = s.layer_sparsity if isinstance(s.layer_sparsity, dict) else {}
-        distribution = s.layer_sparsity if isinstance(s.layer_sparsity, str) else s.distribution
+        distribution = (s.layer_sparsity if isinstance(s.layer_sparsity, str)
+                        else s.distribution or catalogue.get(s.method).distribution or "uniform")
         kwargs["layer_sparsity"] = LayerSparsity(overrides=overrides, distribution=distribution)
         if s.mask_from is None:
             begin, end = config.step_of(s.begin), config.step_of(s.end)
