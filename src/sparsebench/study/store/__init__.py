@@ -57,3 +57,15 @@ class RunStore(RunRows, RunClaims, InferenceTable, StoreFile):
         StoreError: when the file is a database without our ``meta`` table, or was written by a
             newer schema than :data:`SCHEMA_VERSION`.
     """
+
+
+def __getattr__(name: str):
+    if name == "TECHNIQUES":  # kept for code written against it
+        import warnings
+
+        from ...methods import catalogue
+
+        warnings.warn("sparsebench.study.store.TECHNIQUES is deprecated; ask "
+                      "sparsebench.methods.catalogue.names().", DeprecationWarning, stacklevel=2)
+        return tuple(catalogue.names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
