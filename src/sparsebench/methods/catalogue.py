@@ -262,6 +262,12 @@ def trained() -> list[str]:
     return [t.name for t in entries() if t.role in (SPARSIFIER, VARIANT)]
 
 
+def on_frontiers() -> list[str]:
+    """Returns the techniques drawn on the study's technique frontiers, in its order: those
+    that sparsify while training, then those that prune a trained model once."""
+    return [*trained(), *(t.name for t in entries(ONE_SHOT))]
+
+
 def plain_retraining() -> str | None:
     """Returns the retraining kind with a fresh init and the source run's steps (scratch-e):
     the one the report quotes beside the best retrained run."""

@@ -19,7 +19,7 @@ __all__ = ["register"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds the study's subcommands (see the module docstring) to ``sparsebench``."""
     for add in (_add_sweep, _add_status, _add_import_runs, _add_import_published, _add_report,
-                _add_bench_runs, _add_rescore):
+                _add_bench_runs, _add_rescore, _add_one_shot):
         add(subparsers)
 
 
@@ -350,3 +350,46 @@ def _rescore(args: argparse.Namespace) -> int:
           f"to add, {counts.no_files} without their run directory or model and "
           f"{counts.unreadable} unreadable (both left as they are)")
     return 0
+
+
+def _add_one_shot(subparsers: argparse._SubParsersAction) -> None:
+    one = subparsers.add_parser(
+        "one-shot",
+        help="prune a store's trained dense models once (Wanda, SparseGPT, magnitude), as runs",
+        description="For each finished dense run of the store whose model is on disk, prunes a "
+                    "copy at each sparsity with each one-shot technique, from calibration "
+                    "batches of the run's own training data, optionally fine-tunes it a few "
+                    "steps with the mask fixed, evaluates it on the run's validation and test "
+                    "splits and stores the result as a run (the report draws them on the "
+                    "frontiers). Rows already stored are skipped.",
+    )
+    one.add_argument("--store", type=Path, required=True, help="SQLite run store")
+    one.add_argument("--method", nargs="+", required=True,
+                     help="one-shot techniques (e.g. wanda sparsegpt omp)")
+    one.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9],
+                     help="targets (default 0.5 0.7 0.8 0.9)")
+    one.add_argument("--calibration-batches", type=int, default=8,
+                     help="training batches to calibrate on (default 8)")
+    one.add_argument("--fine-tune-steps", type=int, default=0,
+                     help="steps of training with the mask fixed after pruning (default 0)")
+    one.add_argument("--runs-dir", type=Path, default=None,
+                     help="where the run directories are (default: each run's own run_dir)")
+    one.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    one.add_argument("--threads", type=int, default=None, help="torch threads")
+    one.set_defaults(func=_one_shot)
+
+
+def _one_shot(args: argparse.Namespace) -> int:
+    from .one_shot import one_shot_runs
+
+    if not args.store.is_file():
+        raise FileNotFoundError(f"no run store at {args.store}.")
+    with RunStore(args.store) as store:
+        counts = one_shot_runs(store, methods=args.method, sparsities=args.sparsity,
+                               calibration_batches=args.calibration_batches,
+                               fine_tune_steps=args.fine_tune_steps, runs_dir=args.runs_dir,
+                               device=args.device, threads=args.threads)
+    print(f"{args.store}: {counts.stored} one-shot runs stored, {counts.present} already there, "
+          f"{counts.no_model} dense runs without their model file")
+    return 0
+

@@ -47,7 +47,7 @@ def dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
 def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """Question 1: the frontier of every sparsification technique, all runs, and who leads."""
     family_runs = ctx.scope_runs(scope)
-    runs = [r for r in family_runs if r.technique in catalogue.trained()]
+    runs = [r for r in family_runs if r.technique in catalogue.on_frontiers()]
     if not runs:
         return None
     metric, higher = metric_of(runs)

@@ -1,0 +1,160 @@
+"""One-shot pruning of a store's trained dense models, as runs of the study (issue 25).
+
+One-shot techniques (the catalogue's ``ONE_SHOT`` role: magnitude, Wanda, SparseGPT) need no
+training: :func:`one_shot_runs` takes every finished dense run of ours whose finalized model is
+on disk, prunes a copy at each target with calibration batches drawn from the run's own task
+(its training data, in the run's batch order), optionally fine-tunes it a few steps with the
+mask fixed, evaluates it on the run's validation and test splits with the run's evaluation
+settings, and stores one row per (dense run, technique, target). The report then draws them
+on the frontiers beside the techniques that prune while training: how far pruning without
+training is from joint pruning and training, at each sparsity.
+
+    sparsebench one-shot --store results/study/fmnist-resnet.db --method wanda sparsegpt
+
+A row's id hashes what defines it (source run, technique, target, calibration batches,
+fine-tuning steps), so running the command again skips what is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..methods import catalogue
+from ..rundir import MODEL_FILE, RESULT_FILE
+from .store import Run, RunStore
+
+__all__ = ["OneShotCounts", "one_shot_run_id", "one_shot_runs"]
+
+#: The sweep name of the rows this writes.
+SWEEP = "one-shot"
+
+
+@dataclass
+class OneShotCounts:
+    """What :func:`one_shot_runs` did: rows stored, rows already there, dense runs without
+    their model file."""
+
+    stored: int = 0
+    present: int = 0
+    no_model: int = 0
+
+
+def one_shot_run_id(source: str, technique: str, target: float, calibration_batches: int,
+                    fine_tune_steps: int) -> str:
+    """Returns the row id of one one-shot pruning of run ``source`` (readable prefix, hash)."""
+    identity = [source, technique, target, calibration_batches, fine_tune_steps]
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
+    return f"{technique}-s{100 * target:g}-{digest}"
+
+
+def one_shot_runs(store: RunStore, *, methods: Sequence[str], sparsities: Sequence[float],
+                  calibration_batches: int = 8, fine_tune_steps: int = 0,
+                  runs_dir: str | Path | None = None, device: str = "cpu",
+                  threads: int | None = None, say: Callable[[str], None] | None = None
+                  ) -> OneShotCounts:
+    """Prunes every finished dense run of ours at each of ``sparsities`` with each of
+    ``methods`` (see the module docstring) and stores the results.
+
+    Raises:
+        ValueError: one sentence for a technique that is not one-shot, a target outside
+            (0, 1), or fewer than one calibration batch.
+    """
+    import torch
+
+    techniques = [catalogue.get(m, role=catalogue.ONE_SHOT).name for m in methods]
+    if not sparsities or any(not 0 < s < 1 for s in sparsities):
+        raise ValueError(f"sparsities must be in (0, 1), got {list(sparsities)}.")
+    if calibration_batches < 1 or fine_tune_steps < 0:
+        raise ValueError(f"calibration_batches must be >= 1 and fine_tune_steps >= 0, got "
+                         f"{calibration_batches} and {fine_tune_steps}.")
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    if threads:
+        torch.set_num_threads(threads)
+    counts = OneShotCounts()
+    for dense in store.runs(source="ours", status="finished", technique=catalogue.DENSE):
+        if dense.variant:  # a wider or narrower model than the study's: not a baseline
+            continue
+        run_dir = Path(runs_dir) / dense.id if runs_dir is not None else (
+            Path(dense.run_dir) if dense.run_dir else None)
+        if run_dir is None or not (run_dir / MODEL_FILE).is_file():
+            counts.no_model += 1
+            continue
+        wanted = [(t, s) for t in techniques for s in sparsities
+                  if not _stored(store, one_shot_run_id(dense.id, t, s, calibration_batches,
+                                                        fine_tune_steps))]
+        counts.present += len(techniques) * len(sparsities) - len(wanted)
+        if not wanted:
+            continue
+        source = _Source(run_dir, torch.device(device), calibration_batches)
+        for technique, target in wanted:
+            row = source.prune(dense, technique, target, fine_tune_steps)
+            store.upsert([row])
+            counts.stored += 1
+            say(f"{row.id}: {row.metric_name} {row.metric_value:.4f} at sparsity "
+                f"{row.achieved_sparsity:.3f} ({row.train_seconds:.1f}s)")
+    return counts
+
+
+def _stored(store: RunStore, run_id: str) -> bool:
+    run = store.get(run_id)
+    return run is not None and run.status == "finished"
+
+
+class _Source:
+    """A dense run's task, calibration batches and finalized weights, loaded once."""
+
+    def __init__(self, run_dir: Path, device, calibration_batches: int) -> None:
+        from ..train.config import RunConfig
+        from ..train.tasks import make_task
+
+        self.run_dir, self.device = run_dir, device
+        self.result = json.loads((run_dir / RESULT_FILE).read_text())
+        self.config = RunConfig.from_dict(self.result["config"])
+        self.task = make_task(self.config)
+        self.calibration = [self.task.next_batch(device) for _ in range(calibration_batches)]
+
+    def prune(self, dense: Run, technique: str, target: float, fine_tune_steps: int) -> Run:
+        from ..methods.one_shot import fine_tune, prune_one_shot
+        from ..rundir import load_finalized_model
+
+        start = time.monotonic()
+        model = load_finalized_model(self.run_dir).to(self.device)
+        # The default selection (no embeddings: one-shot methods calibrate on a layer's
+        # inputs, and an embedding's are token ids).
+        report = prune_one_shot(model, self.calibration, technique, target,
+                                forward=lambda m, batch: self.task.loss(m, batch))
+        if fine_tune_steps:
+            data = [self.task.next_batch(self.device) for _ in range(fine_tune_steps)]
+            lr = self.config.optim.lr * 0.01  # a short, gentle repair, not a second schedule
+            fine_tune(model, report.masks, data, steps=fine_tune_steps, lr=lr,
+                      loss=lambda m, batch: self.task.loss(m, batch))
+        metrics = {split: {k: float(v) for k, v in
+                           self.task.evaluate(model, split, self.device).items()}
+                   for split in ("valid", "test")}
+        metric = self.task.metric_name
+        return Run(
+            id=one_shot_run_id(dense.id, technique, target, len(self.calibration),
+                               fine_tune_steps),
+            technique=technique, sweep=SWEEP, task=dense.task, model_family=dense.model_family,
+            variant=f"fine-tuned {fine_tune_steps} steps" if fine_tune_steps else "",
+            target_sparsity=target, achieved_sparsity=report.sparsity, metric_name=metric,
+            metric_value=(metrics["test"] or metrics["valid"]).get(metric),
+            higher_is_better=self.task.higher_is_better,
+            hyperparameters=_hyperparameters(dense, len(self.calibration), fine_tune_steps),
+            config=self.result["config"], status="finished", source="ours",
+            train_seconds=time.monotonic() - start, metrics=metrics, seed=dense.seed,
+            replica=dense.replica,
+        )
+
+
+def _hyperparameters(dense: Run, calibration_batches: int, fine_tune_steps: int
+                     ) -> dict[str, Any]:
+    return {"source": dense.id, "calibration_batches": calibration_batches,
+            "fine_tune_steps": fine_tune_steps}

@@ -1,0 +1,66 @@
+"""One-shot pruning of a store's trained dense runs, stored as runs of the study (issue 25): a
+real dense LeNet-300-100 trained a few steps, pruned by Wanda and one-shot magnitude."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sparsebench.study.one_shot import one_shot_run_id, one_shot_runs
+from sparsebench.study.store import RunStore
+from sparsebench.train import build_config, train
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(not FMNIST.is_dir(), reason=f"no Fashion-MNIST at {FMNIST}")
+TINY = ["data.limit_train=300", "data.valid_size=500", "eval.batch_size=2000",
+        "eval.max_valid=500", "run.threads=1", "run.log_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def dense_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one-shot")
+    config = build_config("fmnist-lenet300", steps=20, seed=0, overrides=TINY)
+    run_dir = root / "runs" / "dense-r0"
+    train(config, run_dir, progress=False)
+    store = RunStore(root / "store.db")
+    store.record_result("dense-r0", json.loads((run_dir / "result.json").read_text()), run_dir,
+                        sweep="tiny")
+    yield store
+    store.close()
+
+
+def test_each_dense_run_is_pruned_evaluated_and_stored_once(dense_store):
+    said = []
+    counts = one_shot_runs(dense_store, methods=["wanda", "omp"], sparsities=[0.5, 0.9],
+                           calibration_batches=2, say=said.append)
+    assert (counts.stored, counts.present, counts.no_model) == (4, 0, 0)
+    rows = [r for r in dense_store.runs(sweep="one-shot")]
+    assert sorted((r.technique, r.target_sparsity) for r in rows) == [
+        ("one-shot-magnitude", 0.5), ("one-shot-magnitude", 0.9), ("wanda", 0.5), ("wanda", 0.9)]
+    dense = dense_store.get("dense-r0")
+    for row in rows:
+        assert row.status == "finished" and row.hyperparameters["source"] == "dense-r0"
+        # Every selected layer holds round(s·n) zeros: the achieved sparsity is the target.
+        assert row.achieved_sparsity == pytest.approx(row.target_sparsity, abs=1e-3)
+        assert 0 <= row.metric_value <= 1 and set(row.metrics) == {"valid", "test"}
+        assert row.metrics["test"]["top1"] == row.metric_value
+        assert row.id == one_shot_run_id("dense-r0", row.technique, row.target_sparsity, 2, 0)
+    # Pruning half the weights of a trained model costs less accuracy than pruning 90%.
+    by = {(r.technique, r.target_sparsity): r.metric_value for r in rows}
+    assert by[("wanda", 0.5)] >= by[("wanda", 0.9)] - 0.02
+    assert by[("wanda", 0.5)] <= dense.metric_value + 0.05
+    again = one_shot_runs(dense_store, methods=["wanda"], sparsities=[0.5, 0.9],
+                          calibration_batches=2, say=said.append)
+    assert (again.stored, again.present) == (0, 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(methods=["magnitude"], sparsities=[0.5]), "Unknown sparsification method"),
+    (dict(methods=["wanda"], sparsities=[1.0]), r"sparsities must be in \(0, 1\)"),
+    (dict(methods=["wanda"], sparsities=[0.5], calibration_batches=0), "calibration_batches"),
+])
+def test_bad_requests_get_one_sentence(dense_store, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        one_shot_runs(dense_store, **kwargs)
