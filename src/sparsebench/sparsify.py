@@ -29,6 +29,10 @@ from .schedules import GradualSchedule
 
 __all__ = ["Sparsifier", "load_masks", "select_layers", "sparsify"]
 
+#: Prefix of the technique-wide entries (``Method.extra_state``) in ``Sparsifier.state_dict``:
+#: a "/" is in no module name, so they never meet a layer's ``<weight name>.<key>``.
+_TECHNIQUE_STATE = "technique/"
+
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 #: Sparsified only when an ``include`` pattern names them: a lookup table is not a layer most
 #: users mean by "the model's weights", but the study prunes the Transformer's shared
@@ -273,6 +277,7 @@ def sparsify(
         technique = method_class(config, layers, targets, schedule)
     else:
         technique = method_class(config, layers, {})
+    technique.model = model
     for layer in layers:
         parametrization = technique.make_parametrization(layer)
         for module, attr in layer.uses:
@@ -338,6 +343,22 @@ class Sparsifier:
         self._check_live()
         self._step += 1
         self.technique.on_step(self._step)
+
+    def plan_rounds(self, total_steps: int) -> tuple[int, ...]:
+        """Tells the technique the run has ``total_steps`` optimizer steps and returns the
+        steps (0-based, ascending) at which a new round of training starts: empty for every
+        technique that trains in one piece; for iterative magnitude pruning, its rounds. Call
+        it once before training. A training loop restarts there, as a separate run would:
+        a fresh optimizer (no momentum or Adam moments carried over), and the learning-rate
+        schedule from its start, over the round's length (up to the next start or the end).
+        ``sparsebench.train`` does both; the technique itself prunes and rewinds in
+        ``step()``.
+
+        Raises:
+            ValueError: one sentence when the technique's options do not fit the run's length.
+        """
+        self._check_live()
+        return tuple(self.technique.plan_rounds(total_steps))
 
     def fix_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
         """Installs ``masks`` (weight name -> bool tensor, e.g. from ``load_masks``) and keeps
@@ -412,13 +433,16 @@ class Sparsifier:
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Returns the step counter and every layer's method state (masks, log σ², log α) as
-        a flat map of tensors, ready for safetensors."""
+        """Returns the step counter, every layer's method state (masks, log σ², log α) and
+        the technique's own (IMP's rewind point, under ``technique/``) as a flat map of
+        tensors, ready for safetensors."""
         self._check_live()
         state = {"step": torch.tensor(self._step, dtype=torch.int64)}
         for layer in self.layers:
             for key, value in layer.parametrization.state_dict().items():
                 state[f"{layer.name}.{key}"] = value.detach().clone()
+        for key, value in self.technique.extra_state().items():
+            state[_TECHNIQUE_STATE + key] = value.detach().clone()
         return state
 
     @torch.no_grad()
@@ -439,6 +463,9 @@ class Sparsifier:
             layer.parametrization.load_state_dict(
                 {key: state[f"{layer.name}.{key}"] for key in own}
             )
+        self.technique.load_extra_state({key.removeprefix(_TECHNIQUE_STATE): value
+                                         for key, value in state.items()
+                                         if key.startswith(_TECHNIQUE_STATE)})
         self._step = int(state["step"])
 
     def save(self, path: str | Path) -> None:

@@ -192,6 +192,9 @@ class _Interrupt(Exception):
     ("set", 0.8, ["sparsity.begin=0", "sparsity.end=1.0", "sparsity.frequency=5"]),
     ("rigl", 0.8, ["sparsity.begin=0", "sparsity.end=1.0", "sparsity.frequency=5"]),
     ("dns", None, []),
+    # Four trainings (starts 7, 15, 22): cut at step 20, after the rewind point (step 3) and
+    # two prunings, so the round starting at 22 rewinds to the point the checkpoint carried.
+    ("imp", 0.8, ["sparsity.rounds=3", "sparsity.rewind_step=3"]),
 ])
 def test_a_cut_run_resumes_bit_identically(tmp_path, monkeypatch, method, sparsity, extra,
                                           device):

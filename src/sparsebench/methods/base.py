@@ -131,6 +131,10 @@ class Method:
     #: True for techniques that hit a given sparsity exactly (magnitude, random).
     uses_sparsity_target: ClassVar[bool]
 
+    #: The whole model, set by ``sparsify()`` before ``on_attach``: for a technique that acts
+    #: on every parameter and buffer, not only on its layers' weights (IMP rewinds them all).
+    model: nn.Module | None = None
+
     def __init__(self, config: MethodConfig, layers: list[Layer], targets: dict[str, float]):
         self.config = config
         self.layers = layers
@@ -152,3 +156,28 @@ class Method:
     def penalty(self, step: int) -> torch.Tensor:
         """Returns the regularizer to add to a mean loss (0 for pruning methods)."""
         return torch.zeros(())
+
+    def plan_rounds(self, total_steps: int) -> tuple[int, ...]:
+        """Tells the technique the run's length in optimizer steps and returns the steps at
+        which a new round of training starts (ascending, each in ``(0, total_steps)``).
+
+        A technique that trains in rounds (iterative magnitude pruning: train, prune, rewind,
+        train again) makes each round a training run of its own: at the start of a round the
+        training loop restarts the learning-rate schedule (the round from start ``b`` to the
+        next start ``e``, or the run's end, sees the schedule of a run of ``e − b`` steps) and
+        the optimizer's state, and the technique does the rest (pruning, rewinding) in its
+        ``on_step``. The default, one round, changes nothing.
+
+        Raises:
+            ValueError: one sentence when the technique's options do not fit ``total_steps``.
+        """
+        return ()
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Returns the technique's state beyond its parametrizations' buffers (IMP's rewind
+        point), for the Sparsifier's state_dict; the keys must be the same at every step, so a
+        checkpoint loads into a freshly attached technique. The default: none."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restores what ``extra_state()`` returned (the keys already checked)."""

@@ -365,6 +365,9 @@ _ENTRIES = (
               aliases=("sparse_evolutionary_training",), takes_target=True),
     Technique("rigl", SPARSIFIER, "RigL", "#843c39", method=_METHODS + "rigl:RigL",
               takes_target=True, distribution="erk"),
+    Technique("imp", SPARSIFIER, "iterative magnitude pruning", "#31a354",
+              method=_METHODS + "imp:IterativeMagnitudePruning",
+              aliases=("iterative_magnitude_pruning",), takes_target=True),
 )
 for _entry in _ENTRIES:
     register(_entry)

@@ -50,7 +50,7 @@ from .checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat,
 from .config import DENSE, OptimConfig, RunConfig, load_yaml
 from .tasks import make_task, seed_everything
 
-__all__ = ["Diverged", "Prepared", "learning_rate_factor", "prepare", "train",
+__all__ = ["Diverged", "Prepared", "learning_rate_factor", "prepare", "round_bounds", "train",
            "write_initial_weights"]
 
 log = logging.getLogger("sparsebench.train")
@@ -104,6 +104,15 @@ def learning_rate_factor(optim: OptimConfig, step: int, total: int) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     passed = sum(step >= int(fraction * total) for fraction in optim.decay_at)
     return optim.decay_factor**passed
+
+
+def round_bounds(step: int, starts: tuple[int, ...], total: int) -> tuple[int, int]:
+    """Returns ``(begin, end)`` of the round of training that holds ``step``: ``starts`` are
+    the steps where rounds begin after the first (``Sparsifier.plan_rounds``), ``total`` the
+    run's steps. With no starts the whole run is one round, ``(0, total)``."""
+    begin = max((s for s in starts if s <= step), default=0)
+    end = min((s for s in starts if s > step), default=total)
+    return begin, end
 
 
 def _build_optimizer(optim: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -296,6 +305,9 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
     prepared = prepare(config, device, dist.rank, dist.world)
     task, model, sp, optimizer = (prepared.task, prepared.model, prepared.sparsifier,
                                   prepared.optimizer)
+    # Where a technique that trains in rounds starts each round after the first (none for
+    # most): checked before anything is written, so a bad option fails the run at once.
+    starts = sp.plan_rounds(config.run.steps) if sp is not None else ()
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / INIT_FILE).exists():
@@ -340,7 +352,12 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
     tick = time.perf_counter()
     try:
         for step in range(start, steps):
-            lr_factor = learning_rate_factor(config.optim, step, steps)
+            if step in starts:
+                # A round is a training run of its own: a fresh optimizer (no momentum or
+                # moments carried over) and the schedule from its start, over its length.
+                optimizer = _build_optimizer(config.optim, model)
+            begin, end = round_bounds(step, starts, steps)
+            lr_factor = learning_rate_factor(config.optim, step - begin, end - begin)
             for group in optimizer.param_groups:
                 group["lr"] = config.optim.lr * lr_factor * group["lr_scale"]
             batch = task.next_batch(device)
