@@ -4,7 +4,8 @@ One-shot techniques (the catalogue's ``ONE_SHOT`` role: magnitude, Wanda, Sparse
 training: :func:`one_shot_runs` takes every finished dense run of ours whose finalized model is
 on disk, prunes a copy at each target with calibration batches drawn from the run's own task
 (its training data, in the run's batch order), optionally fine-tunes it a few steps with the
-mask fixed, evaluates it on the run's validation and test splits with the run's evaluation
+mask fixed, estimates BatchNorm's running statistics again (the run's ``eval.bn_batches``, or
+50 training batches), evaluates it on the run's validation and test splits with the run's evaluation
 settings, and stores one row per (dense run, technique, target). The report then draws them
 on the frontiers beside the techniques that prune while training: how far pruning without
 training is from joint pruning and training, at each sparsity.
@@ -113,6 +114,7 @@ class _Source:
 
     def __init__(self, run_dir: Path, device, calibration_batches: int) -> None:
         from ..train.config import RunConfig
+        from ..train.loop import DEFAULT_BN_BATCHES
         from ..train.tasks import make_task
 
         self.run_dir, self.device = run_dir, device
@@ -120,10 +122,13 @@ class _Source:
         self.config = RunConfig.from_dict(self.result["config"])
         self.task = make_task(self.config)
         self.calibration = [self.task.next_batch(device) for _ in range(calibration_batches)]
+        own = self.config.eval.bn_batches  # None: the default for a perturbed network
+        self.bn_batches = DEFAULT_BN_BATCHES if own is None else own
 
     def prune(self, dense: Run, technique: str, target: float, fine_tune_steps: int) -> Run:
         from ..methods.one_shot import fine_tune, prune_one_shot
         from ..rundir import load_finalized_model
+        from ..train.loop import recalibrate_batch_norm
 
         start = time.monotonic()
         model = load_finalized_model(self.run_dir).to(self.device)
@@ -139,6 +144,12 @@ class _Source:
             lr = self.config.optim.lr * 0.01  # a short, gentle repair, not a second schedule
             fine_tune(model, report.masks, data, steps=fine_tune_steps, lr=lr,
                       loss=lambda m, batch: self.task.loss(m, batch))
+        # Pruning moves every later layer's activations, and BatchNorm's running statistics
+        # no longer fit them: measured on a 1,200-step dense ResNet-50 shape at 50%, one-shot
+        # magnitude fell from 90.6% to 24.1% valid top-1, and 89.5% once the statistics were
+        # estimated again over training batches (SparseGPT 89.8%). Models without BatchNorm
+        # are unchanged.
+        recalibrate_batch_norm(model, self.task, self.device, self.bn_batches)
         metrics = {split: {k: float(v) for k, v in
                            self.task.evaluate(model, split, self.device).items()}
                    for split in ("valid", "test")}
@@ -151,7 +162,8 @@ class _Source:
             target_sparsity=target, achieved_sparsity=report.sparsity, metric_name=metric,
             metric_value=(metrics["test"] or metrics["valid"]).get(metric),
             higher_is_better=self.task.higher_is_better,
-            hyperparameters=_hyperparameters(dense, len(self.calibration), fine_tune_steps),
+            hyperparameters={**_hyperparameters(dense, len(self.calibration), fine_tune_steps),
+                             "bn_batches": self.bn_batches},
             config=self.result["config"], status="finished", source="ours",
             train_seconds=time.monotonic() - start, metrics=metrics, seed=dense.seed,
             replica=dense.replica,
