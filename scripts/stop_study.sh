@@ -16,6 +16,14 @@ if pgrep -fa "sparsebench sweep"; then
   echo "sweeps still running after 3 minutes; not touching the stores" >&2
   exit 1
 fi
+# Whether a process has the store or its WAL open (its file descriptors, in /proc).
+_open_elsewhere() {
+  local target
+  for target in "$(realpath "$1")" "$(realpath -m "$1-wal")"; do
+    if find /proc/[0-9]*/fd -lname "$target" 2>/dev/null | grep -q .; then return 0; fi
+  done
+  return 1
+}
 for db in results/study/*.db; do
   python3 - "$db" <<'PY'
 import sqlite3, sys
@@ -26,7 +34,9 @@ db.close()
 print(sys.argv[1] + ": " + ", ".join(f"{n} {s}" for s, n in counts))
 PY
   # Leftovers of a clean close: with no process on the store and an empty WAL, the -shm
-  # index holds nothing either. A non-empty WAL would hold data, so then both stay.
-  if [ ! -s "$db-wal" ]; then rm -f "$db-wal" "$db-shm"; fi
+  # index holds nothing either. A non-empty WAL would hold data, so then both stay. Another
+  # process with the store open (e.g. `sparsebench one-shot`, which this script does not stop)
+  # keeps writing into the WAL it has open: deleting it lost that process's rows (session 12).
+  if [ ! -s "$db-wal" ] && ! _open_elsewhere "$db"; then rm -f "$db-wal" "$db-shm"; fi
 done
 exit 0
