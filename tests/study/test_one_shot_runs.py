@@ -64,3 +64,21 @@ def test_each_dense_run_is_pruned_evaluated_and_stored_once(dense_store):
 def test_bad_requests_get_one_sentence(dense_store, kwargs, message):
     with pytest.raises(ValueError, match=message):
         one_shot_runs(dense_store, **kwargs)
+
+
+def test_a_row_does_not_depend_on_the_rows_before_it(dense_store, tmp_path):
+    """Fine-tuning draws training batches: the row for 90% is the same whether 50% ran before
+    it in the same call or not (an interrupted command resumes to the same numbers)."""
+    from sparsebench.study.store import RunStore
+
+    both = one_shot_runs(dense_store, methods=["wanda"], sparsities=[0.5, 0.9],
+                         calibration_batches=2, fine_tune_steps=2, say=lambda _: None)
+    assert both.stored == 2
+    alone_store = RunStore(tmp_path / "alone.db")
+    alone_store.upsert([dense_store.get("dense-r0")])
+    one_shot_runs(alone_store, methods=["wanda"], sparsities=[0.9], calibration_batches=2,
+                  fine_tune_steps=2, say=lambda _: None)
+    row_id = one_shot_run_id("dense-r0", "wanda", 0.9, 2, 2)
+    assert alone_store.get(row_id).metrics == dense_store.get(row_id).metrics
+    alone_store.close()
+

@@ -122,6 +122,10 @@ class _Source:
         self.config = RunConfig.from_dict(self.result["config"])
         self.task = make_task(self.config)
         self.calibration = [self.task.next_batch(device) for _ in range(calibration_batches)]
+        # Every row starts from the same data position and random state, so what a row gets
+        # (fine-tuning and BatchNorm batches, augmentation) does not depend on which rows ran
+        # before it in this process or in an earlier, interrupted one.
+        self.order = self.task.order.state_dict()
         own = self.config.eval.bn_batches  # None: the default for a perturbed network
         self.bn_batches = DEFAULT_BN_BATCHES if own is None else own
 
@@ -129,8 +133,11 @@ class _Source:
         from ..methods.one_shot import fine_tune, prune_one_shot
         from ..rundir import load_finalized_model
         from ..train.loop import recalibrate_batch_norm
+        from ..train.tasks import seed_everything
 
         start = time.monotonic()
+        self.task.order.load_state_dict(self.order)
+        seed_everything(self.config.run.seed)
         model = load_finalized_model(self.run_dir).to(self.device)
         # The default selection (no embeddings: one-shot methods calibrate on a layer's
         # inputs, and an embedding's are token ids).
