@@ -251,11 +251,6 @@ def retraining_kinds() -> list[str]:
     return [t.name for t in entries(RETRAINING)]
 
 
-def variants() -> list[str]:
-    """Returns the variants of a technique trained differently (MP v2), in the study's order."""
-    return [t.name for t in entries(VARIANT)]
-
-
 def trained() -> list[str]:
     """Returns the techniques and variants that sparsify while training, in the study's order
     (the sparsifiers and their variants; not retraining, not the dense arms)."""
@@ -305,12 +300,6 @@ def trains_as(name: str) -> str | None:
     if technique is None:
         return None
     return technique.name if technique.role == SPARSIFIER else technique.trained_by
-
-
-def order(name: str) -> int:
-    """Returns ``name``'s position in the study's order (unknown names last)."""
-    position = {t.name: i for i, t in enumerate(entries())}
-    return position.get(canonical(name), len(position))
 
 
 def display(series: str) -> str:
