@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..methods import catalogue
 from ..rundir import MODEL_FILE, RESULT_FILE
@@ -169,15 +168,9 @@ class _Source:
             target_sparsity=target, achieved_sparsity=report.sparsity, metric_name=metric,
             metric_value=(metrics["test"] or metrics["valid"]).get(metric),
             higher_is_better=self.task.higher_is_better,
-            hyperparameters={**_hyperparameters(dense, len(self.calibration), fine_tune_steps),
-                             "bn_batches": self.bn_batches},
+            hyperparameters={"source": dense.id, "calibration_batches": len(self.calibration),
+                             "fine_tune_steps": fine_tune_steps, "bn_batches": self.bn_batches},
             config=self.result["config"], status="finished", source="ours",
             train_seconds=time.monotonic() - start, metrics=metrics, seed=dense.seed,
             replica=dense.replica,
         )
-
-
-def _hyperparameters(dense: Run, calibration_batches: int, fine_tune_steps: int
-                     ) -> dict[str, Any]:
-    return {"source": dense.id, "calibration_batches": calibration_batches,
-            "fine_tune_steps": fine_tune_steps}
