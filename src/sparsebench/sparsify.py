@@ -323,6 +323,7 @@ class Sparsifier:
         self.schedule = schedule
         self._step = 0
         self._finalized = False
+        self._step_hooks: list[Any] = []
 
     # -- training ------------------------------------------------------------------------
     @property
@@ -342,7 +343,28 @@ class Sparsifier:
         """Advances the step counter by one optimizer step and updates masks when due."""
         self._check_live()
         self._step += 1
+        for hook in self._step_hooks:
+            hook.before_update(self._step)
         self.technique.on_step(self._step)
+        for hook in self._step_hooks:
+            hook.after_update(self._step)
+
+    def add_step_hook(self, hook: Any) -> None:
+        """Registers an object whose ``before_update(step)`` and ``after_update(step)`` run
+        around the technique's work in every ``step()`` (a sparse training step writes its
+        weights back before a mask update and rebuilds its layout after)."""
+        self._step_hooks.append(hook)
+
+    def remove_step_hook(self, hook: Any) -> None:
+        """Unregisters a hook added with ``add_step_hook``."""
+        self._step_hooks.remove(hook)
+
+    def use_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Tells the technique which optimizer trains the model: SET and RigL then start each
+        connection they grow with a zero optimizer state (no momentum from the weight that
+        held the position before). Call it again when the loop builds a new optimizer."""
+        self._check_live()
+        self.technique.use_optimizer(optimizer)
 
     def plan_rounds(self, total_steps: int) -> tuple[int, ...]:
         """Tells the technique the run has ``total_steps`` optimizer steps and returns the

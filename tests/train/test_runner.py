@@ -195,6 +195,13 @@ class _Interrupt(Exception):
     # Four trainings (starts 7, 15, 22): cut at step 20, after the rewind point (step 3) and
     # two prunings, so the round starting at 22 rewinds to the point the checkpoint carried.
     ("imp", 0.8, ["sparsity.rounds=3", "sparsity.rewind_step=3"]),
+    # The sparse training step: layouts rebuilt at mask updates, around the checkpoints.
+    ("set", 0.8, ["sparsity.begin=0", "sparsity.end=1.0", "sparsity.frequency=5",
+                  "run.sparse_step=on"]),
+    ("rigl", 0.8, ["sparsity.begin=0", "sparsity.end=1.0", "sparsity.frequency=5",
+                   "run.sparse_step=on"]),
+    ("imp", 0.8, ["sparsity.rounds=3", "sparsity.rewind_step=3", "run.sparse_step=on"]),
+    ("magnitude", 0.8, ["sparsity.end=0.5", "run.sparse_step=on"]),
 ])
 def test_a_cut_run_resumes_bit_identically(tmp_path, monkeypatch, method, sparsity, extra,
                                           device):
@@ -268,6 +275,40 @@ def _assert_cut_run_resumes_bit_identically(config, tmp_path, monkeypatch) -> No
     whole = load_file(tmp_path / "whole" / "model.safetensors")
     cut = load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("method, extra, sparse_steps", [
+    # Gradual pruning to step 12 of 24 ("update": pruned weights train until then).
+    ("magnitude", ["sparsity.end=0.5"], 12),
+    # SET from the first step, its masks moving every 4 steps; checkpoints every 6 steps.
+    ("set", ["sparsity.begin=0", "sparsity.end=1.0", "sparsity.frequency=4"], 24),
+])
+def test_the_sparse_step_trains_what_the_dense_path_trains(tmp_path, method, extra,
+                                                           sparse_steps):
+    extra = [*extra, "run.checkpoint_every=6", "eval.every=8"]
+    results = {mode: train(_config(method, 0.9, 24, [*extra, f"run.sparse_step={mode}"]),
+                           tmp_path / mode, progress=False) for mode in ("off", "on")}
+    on, off = results["on"], results["off"]
+    assert "sparse_step" not in off
+    assert on["sparse_step"]["steps"] == sparse_steps
+    assert on["sparse_step"]["layers"] == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    for split in ("valid", "test"):
+        assert on["metrics"][split]["loss"] == pytest.approx(off["metrics"][split]["loss"],
+                                                             rel=1e-4)
+    a, b = (load_file(tmp_path / mode / "model.safetensors") for mode in ("off", "on"))
+    for name, tensor in a.items():
+        assert torch.equal(tensor != 0, b[name] != 0), name  # the same masks
+        assert torch.allclose(tensor, b[name], rtol=1e-3, atol=1e-5), name
+
+
+def test_a_bad_sparse_step_is_refused():
+    with pytest.raises(ValueError, match="run.sparse_step = 'maybe' is invalid: it must be "
+                                         "'off' or 'on' or 'auto'"):
+        build_config("fmnist-lenet300", overrides=["run.sparse_step=maybe"])
+    # A bare on/off (YAML's true/false) means the mode of that name.
+    assert build_config("fmnist-lenet300", overrides=["run.sparse_step=on"]).run.sparse_step \
+        == "on"
 
 
 @needs_fmnist

@@ -134,6 +134,8 @@ class Method:
     #: The whole model, set by ``sparsify()`` before ``on_attach``: for a technique that acts
     #: on every parameter and buffer, not only on its layers' weights (IMP rewinds them all).
     model: nn.Module | None = None
+    #: The optimizer training the model, once the loop has said (``use_optimizer``); else None.
+    optimizer: torch.optim.Optimizer | None = None
 
     def __init__(self, config: MethodConfig, layers: list[Layer], targets: dict[str, float]):
         self.config = config
@@ -172,6 +174,43 @@ class Method:
             ValueError: one sentence when the technique's options do not fit ``total_steps``.
         """
         return ()
+
+    # -- training on the active weights only (sparsebench.train.sparse_step) -----------------
+    def sparse_step_allowed(self, step: int) -> bool:
+        """Returns True when the training step that ends in optimizer step ``step`` may run on
+        the kept weights alone, as a sparse training step does: every mask stays as it is
+        through that step, the pruned weights' values and gradients change nothing that
+        follows (they get no gradient in the dense path either, or can never come back), and
+        ``on_step(step)`` needs no dense gradient. Then training that step with sparse kernels
+        gives the dense path's result up to float rounding. The default, False, suits every
+        technique that trains all weights at every step (VD, L0, DNS)."""
+        return False
+
+    def updates_at(self, step: int) -> bool:
+        """Returns True when ``on_step(step)`` may read or change weights or masks (a mask
+        update, IMP's rewind): a sparse training step writes its weights back before. The
+        default, True, is always safe."""
+        return True
+
+    def use_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Tells the technique which optimizer trains the model, for techniques that give
+        weights they grow a fresh optimizer state (SET, RigL). ``Sparsifier.use_optimizer``
+        calls it; the default keeps a reference."""
+        self.optimizer = optimizer
+
+    @torch.no_grad()
+    def reset_optimizer_state(self, layer: Layer, positions: torch.Tensor) -> bool:
+        """Zeroes the optimizer's per-weight state (momentum, Adam's moments) of ``layer``'s
+        weight at the boolean ``positions``: a connection grown there starts afresh, as it
+        would in a sparse optimizer that never held it. Returns False when no optimizer is
+        known (``use_optimizer`` not called), True otherwise."""
+        if self.optimizer is None:
+            return False
+        original = layer.original
+        for value in self.optimizer.state.get(original, {}).values():
+            if torch.is_tensor(value) and value.shape == original.shape:
+                value.masked_fill_(positions, 0)
+        return True
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Returns the technique's state beyond its parametrizations' buffers (IMP's rewind

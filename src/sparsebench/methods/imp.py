@@ -205,6 +205,13 @@ class IterativeMagnitudePruning(MagnitudePruning):
             self.prune(step)
             self.rewind()
 
+    def updates_at(self, step: int) -> bool:
+        return step == self.config.rewind_step or step in (self._starts or ())
+
+    def sparse_step_allowed(self, step: int) -> bool:
+        # The pruned rounds ("drop": pruned weights zero, no gradient); the first is dense.
+        return self._starts is not None and self.round_at(step - 1) >= 1
+
     @torch.no_grad()
     def prune(self, step: int) -> None:
         """Prunes to the sparsity of the round starting at ``step``: the smallest |w| among the

@@ -158,6 +158,18 @@ class PruningMethod(Method):
     def on_attach(self) -> None:
         self.update_masks(0)
 
+    def updates_at(self, step: int) -> bool:
+        return not self.fixed and self.schedule is not None and self.schedule.is_update_step(step)
+
+    def sparse_step_allowed(self, step: int) -> bool:
+        # Fixed masks (retraining, no schedule) and "drop" (pruned weights are zero and rank
+        # lowest at every update) never need the pruned weights. With "update" or "keep" the
+        # pruned weights move in the dense path and may come back at a later update, so only
+        # the steps after the schedule's last update can run sparse.
+        if self.fixed or self.schedule is None or self.config.pruned_weights == "drop":
+            return True
+        return step > self.schedule.end_step
+
     def on_step(self, step: int) -> None:
         if not self.fixed and self.schedule is not None and self.schedule.is_update_step(step):
             self.update_masks(step)

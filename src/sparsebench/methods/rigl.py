@@ -119,6 +119,9 @@ class RigL(SparseEvolutionaryTraining):
                                f"optimizer step, before the next zero_grad/forward.")
         return grad.abs()
 
+    def sparse_step_allowed(self, step: int) -> bool:
+        return not self.updates_at(step)  # an update ranks growth by the dense gradient
+
     def on_step(self, step: int) -> None:
         try:
             if not self.fixed and self.schedule.is_update_step(step):

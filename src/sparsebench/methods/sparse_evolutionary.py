@@ -26,6 +26,7 @@ its target from the start.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -169,6 +170,18 @@ class SparseEvolutionaryTraining(RandomPruning):
         if not self.fixed and self.schedule.is_update_step(step):
             self.evolve(step)
 
+    def sparse_step_allowed(self, step: int) -> bool:
+        # Inactive weights get no gradient, and a grown one restarts at zero with a fresh
+        # optimizer state: nothing of them survives, at any step.
+        return True
+
+    def _warn_no_optimizer(self) -> None:
+        if not getattr(self, "_warned_no_optimizer", False):
+            self._warned_no_optimizer = True
+            warnings.warn(f"{self.name}: grown connections keep the optimizer state their "
+                          f"position had before; call Sparsifier.use_optimizer(optimizer) "
+                          f"so they start afresh (sparsebench.train does).", stacklevel=3)
+
     @torch.no_grad()
     def evolve(self, step: int) -> None:
         """Drops and grows ``drop_fraction_at(step)`` of every sparse layer's active weights."""
@@ -183,7 +196,10 @@ class SparseEvolutionaryTraining(RandomPruning):
                 continue
             score = self.grow_score(index, layer, step, generator)
             new = drop_and_grow(mask, layer.original, score, count)
-            layer.original.masked_fill_(new & ~mask, 0.0)  # grown connections start at zero
+            grown = new & ~mask
+            layer.original.masked_fill_(grown, 0.0)  # grown connections start at zero,
+            if not self.reset_optimizer_state(layer, grown):  # and with no momentum
+                self._warn_no_optimizer()
             mask.copy_(new)
             if self.config.pruned_weights == "drop":
                 layer.original.mul_(mask)

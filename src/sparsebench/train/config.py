@@ -45,6 +45,9 @@ LR_SCHEDULES = ("constant", "cosine", "step", "inverse_sqrt")
 #: Layouts of ``run.memory_format``.
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
+#: Values of ``run.sparse_step`` (see ``sparsebench.train.sparse_step``).
+SPARSE_STEP_MODES = ("off", "on", "auto")
+
 
 def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
     if not condition:
@@ -257,6 +260,12 @@ class RunOptions:
     #: the ResNets 1.5x faster on a CPU core than "contiguous" (NCHW) with the same values;
     #: "auto" picks it for models with convolutions.
     memory_format: str = "auto"
+    #: Train Linear layers on their kept weights with sparse kernels while the technique's
+    #: masks stay fixed: "on" every eligible layer, "auto" those the performance model
+    #: predicts faster, "off" (default) the dense path with a mask. The results agree up to
+    #: float rounding (see sparsebench.train.sparse_step); off by default so that a study's
+    #: runs keep the arithmetic they started with.
+    sparse_step: str | bool = "off"  # YAML reads a bare on/off as true/false: accepted
     tensorboard: bool = False
 
     def validate(self) -> None:
@@ -271,6 +280,10 @@ class RunOptions:
                "a positive integer or null")
         _check(self.memory_format in MEMORY_FORMATS, "run.memory_format", self.memory_format,
                " or ".join(repr(f) for f in MEMORY_FORMATS))
+        if isinstance(self.sparse_step, bool):
+            self.sparse_step = "on" if self.sparse_step else "off"
+        _check(self.sparse_step in SPARSE_STEP_MODES, "run.sparse_step", self.sparse_step,
+               " or ".join(repr(m) for m in SPARSE_STEP_MODES))
 
 
 @dataclass

@@ -48,6 +48,7 @@ from ..schedules import GradualSchedule
 from ..sparsify import Sparsifier, load_masks, sparsify
 from .checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from .config import DENSE, OptimConfig, RunConfig, load_yaml
+from .sparse_step import SparseTrainingStep
 from .tasks import make_task, seed_everything
 
 __all__ = ["Diverged", "Prepared", "learning_rate_factor", "prepare", "round_bounds", "train",
@@ -315,6 +316,12 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
     wrapped = model
     if dist.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    sparse = None
+    if sp is not None:
+        sp.use_optimizer(optimizer)  # SET and RigL give grown connections a fresh state
+        if config.run.sparse_step != "off":
+            sparse = SparseTrainingStep(sp, optimizer, config.run.sparse_step,
+                                        distributed=dist.world > 1)
 
     checkpoint = out / CHECKPOINT_DIR / CHECKPOINT_FILE
     start, elapsed = 0, 0.0
@@ -331,6 +338,8 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
             task.generator.set_state(groups["rng"]["task"])
         random.setstate((meta["python_random"][0], tuple(meta["python_random"][1]), None))
         task.order.load_state_dict(meta["order"])
+        if sparse is not None:
+            sparse.load_state_dict(meta.get("sparse_step", {}))
         start, elapsed = meta["step"], meta["train_seconds"]
         log.info("Resuming %s from step %d.", out, start)
     elif dist.is_main:
@@ -349,13 +358,21 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
     bar = _Progress(steps, start, config.run.log_every, dist.is_main, bar=progress,
                     path=out / PROGRESS_FILE)
     model.train()
+    if sparse is not None:
+        sparse.resume(start)
     tick = time.perf_counter()
     try:
         for step in range(start, steps):
             if step in starts:
                 # A round is a training run of its own: a fresh optimizer (no momentum or
                 # moments carried over) and the schedule from its start, over its length.
+                if sparse is not None:
+                    sparse.dense()
                 optimizer = _build_optimizer(config.optim, model)
+                sp.use_optimizer(optimizer)
+                if sparse is not None:
+                    sparse.use_optimizer(optimizer)
+                    sparse.resume(step)
             begin, end = round_bounds(step, starts, steps)
             lr_factor = learning_rate_factor(config.optim, step - begin, end - begin)
             for group in optimizer.param_groups:
@@ -369,8 +386,9 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
                                f"(task loss {float(loss.detach())}).")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            if config.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            if config.optim.grad_clip:  # the optimizer's: a sparse step's kept weights
+                trained = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(trained, config.optim.grad_clip)
             optimizer.step()
             if sp is not None:
                 sp.step()
@@ -385,6 +403,8 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
                     writer.add_scalar("train/sparsity", sparsity_now, done)
             if config.eval.every and done % config.eval.every == 0 and done < steps:
                 elapsed += time.perf_counter() - tick
+                if sparse is not None:
+                    sparse.dense()
                 if dist.is_main:
                     metrics = task.evaluate(model, "valid", device)
                     log.info("step %d valid %s", done, _fmt(metrics))
@@ -392,12 +412,19 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
                         for key, val in metrics.items():
                             writer.add_scalar(f"valid/{key}", val, done)
                 model.train()
+                if sparse is not None:
+                    sparse.resume(done)
                 tick = time.perf_counter()
             if done % config.run.checkpoint_every == 0 and done < steps:
                 elapsed += time.perf_counter() - tick
+                if sparse is not None:
+                    sparse.dense()
                 if dist.is_main:
-                    _write_checkpoint(checkpoint, model, optimizer, sp, task, done, elapsed)
+                    _write_checkpoint(checkpoint, model, optimizer, sp, task, done, elapsed,
+                                      sparse)
                 dist.barrier()
+                if sparse is not None:
+                    sparse.resume(done)
                 tick = time.perf_counter()
     except Diverged as error:
         bar.close()
@@ -409,7 +436,13 @@ def train(config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> d
         return result
     elapsed += time.perf_counter() - tick
     bar.close()
-    return _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer)
+    sparse_summary = None
+    if sparse is not None:
+        sparse_summary = {"mode": config.run.sparse_step, "layers": sparse.sparse_layers,
+                          "steps": sparse.sparse_steps, "dense_layers": sparse.skipped}
+        sparse.close()
+    return _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer,
+                   sparse_summary)
 
 
 DEFAULT_BN_BATCHES = 50
@@ -458,7 +491,8 @@ def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-def _write_checkpoint(path: Path, model, optimizer, sp, task, step: int, elapsed: float) -> None:
+def _write_checkpoint(path: Path, model, optimizer, sp, task, step: int, elapsed: float,
+                      sparse: SparseTrainingStep | None = None) -> None:
     optim_tensors, optim_meta = optimizer_to_flat(optimizer.state_dict())
     rng = {"torch": torch.get_rng_state()}
     device = next(model.parameters()).device
@@ -472,10 +506,13 @@ def _write_checkpoint(path: Path, model, optimizer, sp, task, step: int, elapsed
     version, internal, _ = random.getstate()
     meta = {"step": step, "train_seconds": elapsed, "optim": optim_meta,
             "order": task.order.state_dict(), "python_random": [version, list(internal)]}
+    if sparse is not None:
+        meta["sparse_step"] = sparse.state_dict()
     save_checkpoint(path, groups, meta)
 
 
-def _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer):
+def _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer,
+            sparse_summary=None):
     """Finalizes, evaluates and writes the run's files; returns the result."""
     model.eval()
     masks = sp.masks() if sp is not None else None
@@ -519,6 +556,9 @@ def _finish(config, out, model, sp, task, device, dist, steps, elapsed, writer):
             "bn_recalibration_batches": bn_batches,
             "memory_format": str(memory_format(config, plain)).removeprefix("torch."),
         }
+        if sparse_summary is not None:
+            # Which layers trained sparse at the end, and how many steps had one sparse.
+            result["sparse_step"] = sparse_summary
         _save_state_dict(out / MODEL_FILE, plain.state_dict())
         if masks is not None:
             atomic_write_bytes(out / MASK_FILE, save({k: v.contiguous()

@@ -1,0 +1,309 @@
+"""Training steps on the kept weights only: ``run.sparse_step`` (issue 27).
+
+While a technique's masks stay fixed (retraining a found mask, the end of gradual pruning, SET
+and RigL between updates, IMP's pruned rounds: ``Method.sparse_step_allowed``), a Linear layer
+can train through :class:`~sparsebench.inference.sparse_training.SparseLinearFunction`: the
+forward and the input gradient run the CSR inference kernel, the weight gradient is computed
+at the kept positions only, and the optimizer holds one value per kept weight. So a step's
+cost follows the nonzeros, optimizer update included.
+
+:class:`SparseTrainingStep` switches layers in and out of that form without the rest of the
+loop noticing:
+
+- *entering* gathers the kept weights into a ``(nnz,)`` parameter, puts it in the
+  optimizer's place of the dense weight with its state gathered the same way (momentum, Adam's
+  moments, its step), and replaces the module's forward;
+- *leaving* scatters values and state back into the dense weight and its state, so the
+  model's ``state_dict``, the optimizer's and every checkpoint are exactly those of the dense
+  path (a run resumes in either mode);
+- it leaves before a mask update (``Method.updates_at``), a checkpoint, an evaluation or the
+  end, and enters again after, so a mask update rebuilds the layout at that step only.
+
+Pruned weights get no gradient while sparse. Where the dense path would have given them one
+(``pruned_weights="update"`` after the schedule's end) they can never come back, so only a
+global gradient-norm clip can tell: it then counts the kept weights' gradients alone.
+
+``mode``: ``"on"`` trains every eligible layer sparse whenever the technique allows;
+``"auto"`` only the layers the performance model predicts faster (forward and input-gradient
+products both ``min_speedup``× dense at the layer's density and rows per call); ``"off"``
+never. Eligible: an ``nn.Linear`` whose own forward runs, not tied, float32/float64 on the
+CPU, masked by a binary mask. Convolutions, embeddings and tied weights stay dense.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..inference.perf_model import PerformanceModel
+from ..inference.sparse_training import DTYPES, CsrPattern, SparseLinearFunction
+from ..methods.base import Layer, Method
+from ..methods.pruning import MaskParametrization
+from ..sparsify import Sparsifier
+from .config import SPARSE_STEP_MODES as MODES
+
+__all__ = ["MODES", "SparseTrainingStep", "eligibility"]
+
+log = logging.getLogger("sparsebench.train")
+
+#: The speed-up ``auto`` asks of both sparse products of a layer, as the inference compiler.
+AUTO_MIN_SPEEDUP = 1.3
+
+
+def eligibility(layer: Layer) -> str | None:
+    """Returns why ``layer`` cannot train with a sparse step, or None when it can."""
+    module = layer.module
+    if layer.tied:
+        return "its weight is tied to another use"
+    if not isinstance(module, nn.Linear) or layer.attr != "weight":
+        return "not an nn.Linear weight (convolutions and embeddings train dense)"
+    if type(module).forward is not nn.Linear.forward or "forward" in module.__dict__:
+        return "its module's forward is not nn.Linear's own"
+    if not layer.local_reparam or layer.transposed:
+        return "its weight is read by another module's forward"
+    if not isinstance(layer.parametrization, MaskParametrization):
+        return "its technique does not hold a binary mask"
+    original = layer.original
+    if original.device.type != "cpu" or original.dtype not in DTYPES:
+        return f"{original.dtype} on {original.device} (float32/float64 on the CPU only)"
+    if not original.requires_grad:
+        return "its weight is frozen"
+    return None
+
+
+@dataclass
+class _Active:
+    """One layer while it trains sparse."""
+
+    layer: Layer
+    mask: torch.Tensor
+    values: nn.Parameter
+    dense_state: dict[str, Any] = field(default_factory=dict)
+
+
+def _sparse_forward(module: nn.Linear, values: torch.Tensor, pattern: CsrPattern,
+                    x: torch.Tensor) -> torch.Tensor:
+    """``module``'s forward with its kept weights ``values`` in ``pattern``'s CSR order."""
+    out_f, in_f = pattern.shape
+    if x.shape[-1:] != (in_f,) or x.dtype != values.dtype or x.device.type != "cpu":
+        raise ValueError(f"a sparse training step of a Linear({in_f}, {out_f}) takes "
+                         f"{values.dtype} CPU inputs (..., {in_f}); got {x.dtype} on "
+                         f"{x.device} of shape {tuple(x.shape)}")
+    lead = x.shape[:-1]
+    y = SparseLinearFunction.apply(x.reshape(-1, in_f), values, module.bias, pattern)
+    return y.reshape(*lead, out_f)
+
+
+class SparseTrainingStep:
+    """Trains a sparsified model's eligible Linear layers on their kept weights whenever the
+    technique allows (see the module docstring). Registers itself with ``sparsifier`` so that
+    ``Sparsifier.step()`` brings layers out before mask updates and back after.
+
+    Before anything reads the dense weights or the optimizer's state (checkpoint, evaluation,
+    ``finalize``), call :meth:`dense`; afterwards :meth:`resume` with the optimizer steps done.
+
+    Args:
+        sparsifier: the attached technique.
+        optimizer: the optimizer training the model (all its parameters).
+        mode: ``"on"``, ``"auto"`` or ``"off"`` (nothing ever changes).
+        perf_model: the calibrations ``auto`` predicts from (default: this machine's cache, at
+            this process's thread count).
+        min_speedup: what ``auto`` asks of a layer's two sparse products.
+        distributed: True under DistributedDataParallel, which holds the dense parameters
+            itself: ``auto`` then stays dense, ``on`` is refused.
+
+    Raises:
+        ValueError: one sentence for a bad mode, and for ``"on"`` where it cannot act: a
+            technique that trains every weight at every step, no eligible layer, or DDP.
+    """
+
+    def __init__(self, sparsifier: Sparsifier, optimizer: torch.optim.Optimizer,
+                 mode: str = "auto", *, perf_model: PerformanceModel | None = None,
+                 min_speedup: float = AUTO_MIN_SPEEDUP, distributed: bool = False) -> None:
+        if mode not in MODES:
+            raise ValueError(f"sparse_step must be one of {list(MODES)}, got {mode!r}.")
+        self.sparsifier, self.optimizer, self.mode = sparsifier, optimizer, mode
+        self.technique = sparsifier.technique
+        self.min_speedup = min_speedup
+        self._perf_model = perf_model
+        self.skipped = {layer.name: why for layer in sparsifier.layers
+                        if (why := eligibility(layer)) is not None}
+        self.eligible = [layer for layer in sparsifier.layers if layer.name not in self.skipped]
+        never = type(self.technique).sparse_step_allowed is Method.sparse_step_allowed
+        problem = None
+        if never:
+            problem = (f"{self.technique.name} trains every weight at every step, so it has "
+                       f"no sparse step")
+        elif not self.eligible:
+            problem = "no sparsified layer can train sparse (" + "; ".join(
+                f"{name}: {why}" for name, why in list(self.skipped.items())[:3]) + ")"
+        elif distributed:
+            problem = "DistributedDataParallel holds the dense weights itself"
+        if problem is not None and mode == "on":
+            raise ValueError(f"sparse_step=on cannot act: {problem}; use off or auto.")
+        if problem is not None:
+            self.mode = "off"
+            if mode == "auto":
+                log.info("sparse_step=auto stays dense: %s.", problem)
+        #: Per layer and nonzero count, whether ``auto`` chose sparse ("name:nnz" -> bool).
+        self.decisions: dict[str, bool] = {}
+        #: Optimizer steps that ran with at least one layer sparse.
+        self.sparse_steps = 0
+        self._active: dict[str, _Active] = {}
+        self._rows: dict[str, int] = {}
+        self._row_hooks = []
+        if self.mode == "auto":  # auto needs each layer's rows per call before it decides
+            for layer in self.eligible:
+                self._row_hooks.append(layer.module.register_forward_pre_hook(
+                    functools.partial(self._record_rows, layer.name)))
+        if self.mode != "off":
+            sparsifier.add_step_hook(self)
+
+    # -- the hooks Sparsifier.step() calls ---------------------------------------------------
+    def before_update(self, step: int) -> None:
+        """Counts the step just trained; writes weights back before the technique's update."""
+        if self._active:
+            self.sparse_steps += 1
+            if self.technique.updates_at(step):
+                self.dense()
+
+    def after_update(self, step: int) -> None:
+        """Prepares the next step, ``step + 1``."""
+        self.resume(step)
+
+    # -- public ------------------------------------------------------------------------------
+    def resume(self, step: int) -> None:
+        """Sets up the step that follows ``step`` optimizer steps: sparse where allowed."""
+        if self.mode == "off":
+            return
+        if not self.technique.sparse_step_allowed(step + 1):
+            self.dense()
+            return
+        for layer in self.eligible:
+            if layer.name not in self._active and self._wanted(layer):
+                self._enter(layer)
+
+    def dense(self) -> None:
+        """Brings every sparse layer back: dense weights and optimizer state up to date."""
+        for name in list(self._active):
+            self._leave(self._active.pop(name))
+
+    def use_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Trains with a new optimizer from now on (call :meth:`dense` before building it)."""
+        if self._active:
+            raise RuntimeError("call dense() before replacing the optimizer")
+        self.optimizer = optimizer
+
+    def close(self) -> None:
+        """Brings every layer back and unregisters from the sparsifier."""
+        self.dense()
+        for hook in self._row_hooks:
+            hook.remove()
+        self._row_hooks = []
+        if self.mode != "off":
+            self.sparsifier.remove_step_hook(self)
+            self.mode = "off"
+
+    @property
+    def sparse_layers(self) -> list[str]:
+        """Returns the layers training sparse now."""
+        return list(self._active)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Returns plain data for a checkpoint: ``auto``'s decisions and the step count."""
+        return {"decisions": dict(self.decisions), "sparse_steps": self.sparse_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`, so a resumed run makes the same choices."""
+        self.decisions = {str(k): bool(v) for k, v in state.get("decisions", {}).items()}
+        self.sparse_steps = int(state.get("sparse_steps", 0))
+
+    # -- choosing ----------------------------------------------------------------------------
+    def _record_rows(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if name not in self._rows and args and torch.is_tensor(args[0]):
+            x = args[0]
+            self._rows[name] = max(1, x.numel() // max(1, x.shape[-1]))
+
+    def _wanted(self, layer: Layer) -> bool:
+        if self.mode == "on":
+            return True
+        mask = layer.parametrization.mask
+        nnz = int(mask.sum())
+        key = f"{layer.name}:{nnz}"
+        if key not in self.decisions:
+            rows = self._rows.get(layer.name)
+            if rows is None:
+                return False  # not run yet: decide once a dense step has shown its rows
+            self.decisions[key] = self._predicted_faster(layer, nnz, rows)
+        return self.decisions[key]
+
+    def _predicted_faster(self, layer: Layer, nnz: int, rows: int) -> bool:
+        if self._perf_model is None:
+            self._perf_model = PerformanceModel(thread_counts=(torch.get_num_threads(),))
+        out_f, in_f = layer.shape
+        density = nnz / max(1, out_f * in_f)
+        forward = self._perf_model.predict_speedup(out_f, in_f, rows, density)
+        grad_input = self._perf_model.predict_speedup(in_f, out_f, rows, density)
+        use = min(forward, grad_input) >= self.min_speedup
+        log.info("sparse_step=auto: %s at density %.3f, %d rows: predicted %.2fx forward, "
+                 "%.2fx input gradient -> %s", layer.name, density, rows, forward, grad_input,
+                 "sparse" if use else "dense")
+        return use
+
+    # -- moving a layer in and out -----------------------------------------------------------
+    def _optimizer_slot(self, param: torch.Tensor) -> tuple[dict[str, Any], int]:
+        for group in self.optimizer.param_groups:
+            for index, p in enumerate(group["params"]):
+                if p is param:
+                    return group, index
+        raise ValueError("a sparsified weight is not among the optimizer's parameters; "
+                         "build the optimizer from model.parameters() after sparsify()")
+
+    @torch.no_grad()
+    def _enter(self, layer: Layer) -> None:
+        original = layer.original
+        mask = layer.parametrization.mask.detach().clone()
+        pattern = CsrPattern(mask)
+        values = nn.Parameter(original.detach()[mask].clone())  # row-major: CSR order
+        group, index = self._optimizer_slot(original)
+        dense_state = self.optimizer.state.pop(original, {})
+        self.optimizer.state[values] = {
+            key: (value[mask].clone() if _per_weight(value, original) else _copy(value))
+            for key, value in dense_state.items()}
+        group["params"][index] = values
+        original.grad = None
+        layer.module.forward = functools.partial(_sparse_forward, layer.module, values, pattern)
+        self._active[layer.name] = _Active(layer, mask, values, dense_state)
+
+    @torch.no_grad()
+    def _leave(self, active: _Active) -> None:
+        layer, mask, values = active.layer, active.mask, active.values
+        original = layer.original
+        original.masked_scatter_(mask, values.detach())
+        group, index = self._optimizer_slot(values)
+        state = active.dense_state
+        for key, value in self.optimizer.state.pop(values, {}).items():
+            if torch.is_tensor(value) and value.shape == values.shape:
+                dense = state.get(key)
+                if not (torch.is_tensor(dense) and _per_weight(dense, original)):
+                    dense = torch.zeros_like(original, dtype=value.dtype)
+                state[key] = dense.masked_scatter_(mask, value)
+            else:
+                state[key] = value
+        if state:
+            self.optimizer.state[original] = state
+        group["params"][index] = original
+        del layer.module.forward
+
+
+def _per_weight(value: Any, original: torch.Tensor) -> bool:
+    return torch.is_tensor(value) and value.shape == original.shape
+
+
+def _copy(value: Any) -> Any:
+    return value.clone() if torch.is_tensor(value) else value

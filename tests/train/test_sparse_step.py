@@ -1,0 +1,176 @@
+"""run.sparse_step: training on the kept weights gives the dense masked path's result (float64:
+to rounding), counts its sparse steps as each technique's schedule says, hands back dense
+weights and optimizer state, and refuses what it cannot do with one sentence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsebench as sb
+from sparsebench.inference.perf_model import Calibration, PerformanceModel
+from sparsebench.schedules import GradualSchedule
+from sparsebench.train.sparse_step import SparseTrainingStep, eligibility
+
+STEPS = 40
+
+
+def _model(dtype: torch.dtype) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 40), nn.ReLU(),
+                         nn.Linear(40, 10)).to(dtype)
+
+
+def _train(method: str, mode: str, dtype=torch.float64, optimizer="adam", steps=STEPS,
+           perf_model=None, **kwargs):
+    """Trains the MLP on fixed random batches; returns (finalized model, controller,
+    optimizer, sparsifier)."""
+    model = _model(dtype)
+    sp = sb.sparsify(model, method, **kwargs)
+    opt = (torch.optim.Adam(model.parameters(), lr=1e-2) if optimizer == "adam" else
+           torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3))
+    sp.use_optimizer(opt)
+    step = SparseTrainingStep(sp, opt, mode, perf_model=perf_model)
+    step.resume(0)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(16, 32, generator=g, dtype=dtype)
+        y = torch.randint(0, 10, (16,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sp.step()
+    step.dense()
+    return model, step, opt, sp
+
+
+SCHEDULE = GradualSchedule(0, 20, 5)
+DST = GradualSchedule(0, 30, 5)  # updates at 5, 10, ..., 30
+
+
+# (technique, options, sparse steps worked out from its schedule)
+CASES = [
+    # "update": pruned weights train and may return until the last update (20): 21..40.
+    ("magnitude", dict(schedule=SCHEDULE), STEPS - 20),
+    ("magnitude", dict(schedule=SCHEDULE, pruned_weights="keep"), STEPS - 20),
+    # "drop": pruned weights are zero for good; every step, the layout rebuilt per update.
+    ("magnitude", dict(schedule=SCHEDULE, pruned_weights="drop"), STEPS),
+    ("random", dict(), STEPS),  # no schedule: one mask from the start
+    ("set", dict(schedule=DST), STEPS),
+    # RigL's six updates rank growth by the dense gradient: those steps run dense.
+    ("rigl", dict(schedule=DST), STEPS - 6),
+]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("method, options, sparse_steps", CASES,
+                         ids=[f"{c[0]}-{c[1].get('pruned_weights', '')}" for c in CASES])
+def test_a_technique_trains_the_same_with_the_sparse_step(method, options, sparse_steps,
+                                                          optimizer):
+    _, _, _, sp_off = _train(method, "off", optimizer=optimizer, sparsity=0.8, **options)
+    _, step, on_opt, sp = _train(method, "on", optimizer=optimizer, sparsity=0.8, **options)
+    assert step.sparse_steps == sparse_steps
+    # Handed back dense: the optimizer holds the model's own weights with full-shape state.
+    trained = {id(p) for group in on_opt.param_groups for p in group["params"]}
+    assert {id(layer.original) for layer in sp.layers} <= trained
+    for layer in sp.layers:
+        for key, value in on_opt.state[layer.original].items():
+            if torch.is_tensor(value) and value.dim():
+                assert value.shape == layer.shape, key
+    # The weights the model computes with (pruned ones zero) agree to rounding.
+    off, on = sp_off.finalize().state_dict(), sp.finalize().state_dict()
+    for name, a in off.items():
+        assert torch.allclose(a, on[name], rtol=0, atol=1e-12), name
+
+
+def test_float32_on_the_compiled_kernels_stays_within_rounding():
+    *_, sp_off = _train("magnitude", "off", dtype=torch.float32, sparsity=0.9)
+    _, step, _, sp_on = _train("magnitude", "on", dtype=torch.float32, sparsity=0.9)
+    assert step.sparse_steps == STEPS  # no schedule: one mask from the start
+    off, on = sp_off.finalize().state_dict(), sp_on.finalize().state_dict()
+    for name, a in off.items():
+        assert (a - on[name]).abs().max() <= 1e-4 * a.abs().max(), name
+
+
+def test_a_grown_connection_starts_at_zero_with_no_momentum():
+    model = _model(torch.float64)
+    sp = sb.sparsify(model, "set", sparsity=0.8, schedule=GradualSchedule(0, 10, 5))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp.use_optimizer(opt)
+    x, y = torch.randn(8, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
+    for _ in range(5):  # steps 1..5; 5 is an update
+        before = {layer.name: layer.parametrization.mask.clone() for layer in sp.layers}
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sp.step()
+    grown_somewhere = False
+    for layer in sp.layers:  # step 5 was an update
+        grown = layer.parametrization.mask & ~before[layer.name]
+        grown_somewhere |= bool(grown.any())
+        state = opt.state[layer.original]
+        assert (layer.original[grown] == 0).all()
+        assert (state["exp_avg"][grown] == 0).all() and (state["exp_avg_sq"][grown] == 0).all()
+        # ... while the weights kept through the update keep theirs.
+        kept = layer.parametrization.mask & before[layer.name]
+        assert (state["exp_avg_sq"][kept] > 0).any()
+    assert grown_somewhere
+
+
+def _calibration(out_f: int, in_f: int, rows: int, speedup: float) -> Calibration:
+    return Calibration(out_f, in_f, rows, dense_s=1.0, densities=(0.05, 0.5, 1.0),
+                       sparse_s=(1.0 / speedup,) * 3)
+
+
+def test_auto_takes_the_layers_the_performance_model_predicts_faster(tmp_path):
+    pm = PerformanceModel(tmp_path / "cache.json", densities=(0.05, 0.5, 1.0), persist=False,
+                          thread_counts=(torch.get_num_threads(),))
+    rows = 16
+    for out_f, in_f, speedup in [(48, 32, 3.0), (32, 48, 2.0),   # the first layer: both fast
+                                 (40, 48, 3.0), (48, 40, 1.1),   # the second: dX too slow
+                                 (10, 40, 1.0), (40, 10, 1.0)]:  # the last: never
+        pm.record(_calibration(out_f, in_f, rows, speedup))
+    _, step, *_ = _train("random", "auto", perf_model=pm, sparsity=0.8)
+    assert [k.split(":")[0] for k, v in step.decisions.items() if v] == ["0.weight"]
+    assert sorted(k.split(":")[0] for k in step.decisions) == ["0.weight", "2.weight",
+                                                                "4.weight"]
+    # The first step ran dense to see each layer's rows per call; the rest had one sparse.
+    assert step.sparse_steps == STEPS - 1
+
+
+def test_what_cannot_train_sparse_is_refused_in_one_sentence():
+    model = _model(torch.float32)
+    sp = sb.sparsify(model, "vd")
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="variational_dropout trains every weight at every "
+                                         "step, so it has no sparse step; use off or auto"):
+        SparseTrainingStep(sp, opt, "on")
+    assert SparseTrainingStep(sp, opt, "auto").mode == "off"  # auto just stays dense
+    with pytest.raises(ValueError, match="sparse_step must be one of"):
+        SparseTrainingStep(sp, opt, "yes")
+
+    convs = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3))
+    sp = sb.sparsify(convs, "magnitude", sparsity=0.5)
+    with pytest.raises(ValueError, match="no sparsified layer can train sparse .0.weight: "
+                                         "not an nn.Linear weight"):
+        SparseTrainingStep(sp, torch.optim.SGD(convs.parameters(), lr=0.1), "on")
+
+
+def test_tied_and_foreign_forward_layers_stay_dense():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 8)
+            self.hidden = nn.Linear(8, 8)
+            self.out = nn.Linear(8, 10, bias=False)
+            self.out.weight = self.embed.weight
+
+        def forward(self, tokens):
+            return self.out(self.hidden(self.embed(tokens)))
+
+    model = Tied()
+    sp = sb.sparsify(model, "magnitude", sparsity=0.5, include=["hidden", "out"])
+    reasons = {layer.name: eligibility(layer) for layer in sp.layers}
+    assert reasons["hidden.weight"] is None
+    assert "tied" in reasons["embed.weight"]  # the embedding and the output projection
