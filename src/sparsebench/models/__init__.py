@@ -3,6 +3,7 @@
 >>> from sparsebench import models
 >>> net = models.create("resnet50-small")                 # ResNet-50 shape for 28x28x1, width 16
 >>> mt = models.create("transformer-tiny", vocab_size=8000)
+>>> lm = models.create("gru-lm", vocab_size=85)               # character GRU, hidden 512
 
 Every model keeps its prunable weights in plain ``nn.Linear`` / ``nn.Conv2d`` modules, so
 ``sparsify()``'s default selection (every Linear and Conv2d weight) works on all of them
@@ -18,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from sparsebench.models.gru import GRULanguageModel
 from sparsebench.models.lenet import LeNet5, LeNet300100
 from sparsebench.models.resnet import ResNet, resnet18, resnet20, resnet50
 from sparsebench.models.transformer import (
@@ -30,6 +32,7 @@ from sparsebench.models.transformer import (
 )
 
 __all__ = [
+    "GRULanguageModel",
     "LeNet300100",
     "LeNet5",
     "MultiHeadAttention",
@@ -119,6 +122,12 @@ _REGISTRY: dict[str, _Entry] = {
     ),
     "transformer-tiny": _transformer_entry(
         "tiny", "CPU Transformer: 2+2 layers, d_model 128, d_ff 512, 4 heads, 8k vocab."
+    ),
+    "gru-lm": _Entry(
+        "Character GRU language model: embedding 64, one GRU layer of 512, softmax over the "
+        "vocabulary (936,853 parameters for Shakespeare's 85 ids).",
+        GRULanguageModel,
+        {"vocab_size": 256, "embed_dim": 64, "hidden_size": 512, "layers": 1, "dropout": 0.0},
     ),
 }
 

@@ -37,7 +37,7 @@ __all__ = [
     "yaml_problem",
 ]
 
-DATASETS = ("fashion-mnist", "mnist", "imagefolder", "ding", "parallel")
+DATASETS = ("fashion-mnist", "mnist", "imagefolder", "ding", "parallel", "shakespeare")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step", "inverse_sqrt")
 
@@ -77,7 +77,7 @@ class DataConfig:
 
     ``batch_size`` is the global batch (split over processes); translation batches hold up to
     ``max_tokens`` padded target tokens instead. ``limit_train`` keeps only the first N
-    training examples (for quick runs and tests).
+    training examples (characters for the language model; for quick runs and tests).
     """
 
     dataset: str = "fashion-mnist"

@@ -8,7 +8,7 @@ evaluate; the loop knows nothing about images or sentences.
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch_order import BatchOrder
 from .config import RunConfig, apply_overrides
 
 __all__ = ["PRESETS", "ClassificationTask", "TranslationTask", "make_task", "preset", "presets",
@@ -41,6 +42,19 @@ def _classification(model: str, options: dict[str, Any], steps: int, batch: int,
         "optim": {"name": optimizer, "lr": lr, "momentum": 0.9, "nesterov": True,
                   "weight_decay": weight_decay, "schedule": "cosine",
                   "warmup_steps": max(1, steps // 50), "label_smoothing": label_smoothing},
+        "sparsity": {"begin": 0.1, "end": 0.6, "frequency": 0.01},
+        "run": {"steps": steps, "checkpoint_every": max(1, steps // 10),
+                "log_every": max(1, steps // 100)},
+    }
+
+
+def _language_model(model: str, options: dict[str, Any], steps: int, batch: int,
+                    max_length: int, lr: float, dataset: str) -> dict[str, Any]:
+    return {
+        "model": {"name": model, "options": options},
+        "data": {"dataset": dataset, "batch_size": batch, "max_length": max_length},
+        "optim": {"name": "adam", "lr": lr, "schedule": "cosine",
+                  "warmup_steps": max(1, steps // 50), "grad_clip": 1.0},
         "sparsity": {"begin": 0.1, "end": 0.6, "frequency": 0.01},
         "run": {"steps": steps, "checkpoint_every": max(1, steps // 10),
                 "log_every": max(1, steps // 100)},
@@ -73,6 +87,9 @@ PRESETS: dict[str, Preset] = {
                _classification("resnet50-small", {}, 4000, 128, 0.1, True, 5e-4, 0.1)),
         Preset("ding-transformer", "CPU-size Transformer on the Ding English→German corpus",
                _translation("transformer-tiny", {}, 8000, 4096, 1e-3, 1000, "ding", 8000)),
+        Preset("shakespeare-gru", "CPU-size GRU character language model on Shakespeare",
+               _language_model("gru-lm", {"hidden_size": 512, "embed_dim": 64}, 4000, 64, 128,
+                               2e-3, "shakespeare")),
         Preset("imagenet-resnet50", "ResNet-50 on an ImageNet folder (set data.root)",
                _classification("resnet50", {}, 128_000, 1024, 0.4, True, 1e-4, 0.1,
                                dataset="imagefolder")),
@@ -99,42 +116,6 @@ def preset(name: str) -> RunConfig:
     config = RunConfig(task=name)
     apply_overrides(config, PRESETS[name].values)
     return config
-
-
-# -- resumable batch order --------------------------------------------------------------------
-class BatchOrder:
-    """Hands out the global batches of an epoch-based order, resumable from (epoch, position).
-
-    ``make_epoch(epoch)`` returns that epoch's list of index lists; it must depend only on the
-    epoch (and a seed), so a resumed run sees exactly the same batches. Under several processes
-    each rank takes every ``world``-th example of the global batch.
-    """
-
-    def __init__(self, make_epoch, rank: int = 0, world: int = 1):
-        self.make_epoch = make_epoch
-        self.rank, self.world = rank, world
-        self.epoch, self.position = 0, 0
-        self._batches: list[list[int]] | None = None
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self
-
-    def __next__(self) -> list[int]:
-        if self._batches is None:
-            self._batches = self.make_epoch(self.epoch)
-        if self.position >= len(self._batches):
-            self.epoch, self.position = self.epoch + 1, 0
-            self._batches = self.make_epoch(self.epoch)
-        batch = self._batches[self.position]
-        self.position += 1
-        return batch[self.rank :: self.world]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._batches = None
 
 
 # -- image classification ---------------------------------------------------------------------
@@ -423,8 +404,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, _DDP) else model
 
 
-def task_class(config: RunConfig) -> type[ClassificationTask] | type[TranslationTask]:
+def task_class(config: RunConfig) -> type:
     """Returns the task kind that serves ``config.data.dataset`` (not built: no data read)."""
+    if config.data.dataset == "shakespeare":
+        from .language_model import LanguageModelTask
+
+        return LanguageModelTask
     return TranslationTask if config.data.dataset in ("ding", "parallel") else ClassificationTask
 
 
