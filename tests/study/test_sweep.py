@@ -321,6 +321,24 @@ def test_select_by_picks_phase_two_sources_by_the_named_measure(tmp_path):
             best_magnitude_runs(store, by_loss, phase1)
 
 
+def test_select_by_a_lower_is_better_headline_picks_the_lowest(tmp_path):
+    """Bits per character, the language model's headline, is lower-better: of two magnitude
+    runs at 90% with validation bpc 1.9 and 1.7, select_by: valid.bpc picks the second."""
+    from sparsebench.study.store import Run, RunStore
+    from sparsebench.study.sweep import best_magnitude_runs
+
+    spec = parse_sweep({**_with(techniques={"magnitude": {"grid": {"end": [0.4, 0.6]}}}),
+                        "task": "shakespeare-gru", "select_by": "valid.bpc"})
+    phase1 = plan_phase1(spec)
+    ids = [p.run_id(spec.task) for p in phase1 if p.technique == "magnitude" and p.target == 0.9]
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert([Run(id=i, technique="magnitude", target_sparsity=0.9, status="finished",
+                          metric_name="bpc", metric_value=bpc, higher_is_better=False,
+                          metrics={"valid": {"bpc": bpc}, "test": {"bpc": bpc}})
+                      for i, bpc in zip(ids, (1.9, 1.7), strict=True)])
+        assert best_magnitude_runs(store, spec, phase1)[0.9].id == ids[1]
+
+
 @pytest.mark.parametrize("select_by, message", [
     ("loss", "select_by: must be <split>.<measure>"),
     ("train.loss", "select_by: must be <split>.<measure>"),

@@ -288,7 +288,10 @@ def _selection_score(run: Run, select_by: str | None) -> float | None:
                          "remove select_by from the sweep.")
     if not math.isfinite(float(value)):
         return None
-    return -float(value) if measure == "loss" else float(value)
+    # Losses are lower-better, and so is the headline metric of a task that says so (bits
+    # per character): the others (top-1, BLEU) are higher-better.
+    lower = measure == "loss" or (measure == run.metric_name and not run.higher_is_better)
+    return -float(value) if lower else float(value)
 
 
 def width_for_parameters(model_name: str, options: Mapping[str, Any], option: str,
