@@ -258,6 +258,54 @@ def test_a_layer_called_twice_is_calibrated_on_both_calls(recording):
     torch.testing.assert_close(recording[0], (x ** 2).sum(0) + (first_output ** 2).sum(0))
 
 
+class _ConvBatchNorm(nn.Module):
+    """conv → BatchNorm → ReLU → strided conv, channels-last: the ResNet pattern."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Conv2d(2, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.second = nn.Conv2d(6, 4, 3, stride=2, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.bn(self.first(x))))
+
+
+def test_batch_norm_normalizes_calibration_batches_by_their_own_statistics(recording):
+    # Pruning `first` moves its outputs away from the dense model's running statistics; the
+    # pruned model is used only once they are estimated again, so `second` must be calibrated
+    # on each batch normalized by its own mean and (biased) variance, not the stale running ones.
+    torch.manual_seed(0)
+    model = _ConvBatchNorm().to(memory_format=torch.channels_last)
+    x = torch.randn(16, 2, 7, 7).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        model.bn.weight.uniform_(0.5, 2.0)
+        model.bn.bias.uniform_(-0.5, 0.5)
+        model.bn.running_mean.uniform_(-1.0, 1.0)  # the dense model's statistics, say
+        model.bn.running_var.uniform_(0.5, 2.0)
+    running = [model.bn.running_mean.clone(), model.bn.running_var.clone(),
+               model.bn.num_batches_tracked.clone()]
+    batches = [x[:8], x[8:]]
+    prune_one_shot(model, batches, "recording-wanda", 0.5)
+
+    expected = torch.zeros(6 * 9)
+    for batch in batches:  # worked directly: pruned conv, batch statistics, ReLU, unfold
+        h = nn.functional.conv2d(batch, model.first.weight, padding=1)
+        mean = h.mean(dim=(0, 2, 3), keepdim=True)
+        var = h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        bn = model.bn
+        h = (h - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) \
+            + bn.bias.view(1, -1, 1, 1)
+        cols = nn.functional.unfold(torch.relu(h), 3, padding=1, stride=2)  # (B, 6·9, L)
+        expected += (cols ** 2).sum(dim=(0, 2))
+    torch.testing.assert_close(recording[1], expected)
+    # The running statistics and the mode (training, as created) are left as they were.
+    assert model.training and model.bn.training and model.bn.track_running_stats
+    for before, after in zip(running, [model.bn.running_mean, model.bn.running_var,
+                                       model.bn.num_batches_tracked], strict=True):
+        assert torch.equal(before, after)
+
+
 @pytest.mark.parametrize("conv", [
     nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=False),
     nn.Conv2d(2, 4, (3, 2), dilation=(2, 1), padding=(1, 0), bias=False),

@@ -7,11 +7,16 @@ unfold of a convolution's input into (in·kh·kw) columns, in the order of
 ``weight.reshape(out, -1)``; transformers' Conv1D as the Linear it is. Each forward stops once
 the layer has been called as many times as on the first batch: the rest of the model cannot
 change what the layer saw.
+
+BatchNorm normalizes each calibration batch by its own statistics (``batch_statistics``), not by
+the running ones: those are the dense model's and no longer fit once the layers before it are
+pruned (a pruned model with BatchNorm needs them estimated again anyway).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -21,8 +26,8 @@ from torch import nn
 from ..layer_kinds import is_transposed_linear
 from .base import Layer
 
-__all__ = ["CalibrationRunner", "Hessian", "SquaredNorms", "calibration_batches",
-           "check_calibratable", "input_rows"]
+__all__ = ["CalibrationRunner", "Hessian", "SquaredNorms", "batch_statistics",
+           "calibration_batches", "check_calibratable", "input_rows"]
 
 Forward = Callable[[nn.Module, Any], Any]
 
@@ -95,6 +100,29 @@ def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
                         (0, module.padding[0]), (1, module.stride[0]))
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     return x.reshape(-1, x.shape[-1])
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """While inside, every BatchNorm of ``model`` normalizes a batch by that batch's mean and
+    variance and leaves its running statistics (and ``num_batches_tracked``) untouched.
+
+    Calibration needs it: a layer's inputs come from the already-pruned layers before it, whose
+    outputs the dense model's running statistics no longer fit (on the study's ResNet-50 shape
+    at 50%, channels shift by a factor of 0.4 to 3), while the pruned model is evaluated only
+    after its statistics are estimated again; Wanda's norms and SparseGPT's Hessian taken
+    through stale statistics describe inputs the final model never sees. A batch must then
+    hold more than one value per channel (PyTorch refuses a single one).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    try:
+        for m in norms:
+            m.training, m.track_running_stats = True, False  # batch statistics, no update
+        yield
+    finally:
+        for m, (training, track) in zip(norms, saved, strict=True):
+            m.training, m.track_running_stats = training, track
 
 
 def calibration_batches(calibration: Iterable[Any] | None, needed: bool) -> list[Any]:

@@ -34,6 +34,7 @@ from .calibration import (
     Forward,
     Hessian,
     SquaredNorms,
+    batch_statistics,
     calibration_batches,
     check_calibratable,
 )
@@ -180,6 +181,9 @@ def prune_one_shot(
 
     Args:
         model: a plain (not sparsified) module; it runs in eval mode here and gets its mode back.
+            Its BatchNorm layers normalize each calibration batch by the batch's own statistics
+            and keep their running ones, which no longer fit the pruned weights: estimate them
+            again before evaluating (the study does, over training batches).
         calibration: an iterable of batches (held in memory, run once per layer); each is passed
             as ``model(batch)``, ``model(*batch)`` for a tuple or ``model(**batch)`` for a dict,
             or to ``forward(model, batch)``. ``None`` is allowed for one-shot magnitude.
@@ -212,15 +216,16 @@ def prune_one_shot(
     runner = CalibrationRunner(model, batches, forward)
 
     started, was_training = time.perf_counter(), model.training
-    model.eval()  # BatchNorm's running statistics and no dropout, as at inference
+    model.eval()  # no dropout, as at inference; BatchNorm uses each batch's own statistics
     try:
-        calls: dict[int, int] = {}
-        if pruner.statistic is not None:
-            layers, calls = runner.order(layers)
-        done, masks = [], {}
-        for layer in layers:
-            done.append(_prune_layer(layer, pruner, runner, targets[layer.name], nm,
-                                     calls.get(id(layer.module), 0), masks))
+        with batch_statistics(model):
+            calls: dict[int, int] = {}
+            if pruner.statistic is not None:
+                layers, calls = runner.order(layers)
+            done, masks = [], {}
+            for layer in layers:
+                done.append(_prune_layer(layer, pruner, runner, targets[layer.name], nm,
+                                         calls.get(id(layer.module), 0), masks))
     finally:
         model.train(was_training)
     return OneShotReport(technique.name, nm, done, masks, time.perf_counter() - started)
