@@ -1,0 +1,114 @@
+"""Sampling speed of a sparse GRU language model, the Sparse WaveRNN claim (issue 27): is the
+time to generate one character at batch 1 proportional to the nonzero weights, and how fast is
+a large sparse GRU against a dense one of the same size and one of the same nonzeros?
+
+Models: ``gru-lm`` (``sparsebench.models.gru``: embedding, one GRU layer whose input and
+recurrent matrices are ``nn.Linear``, a softmax layer) at ``--hidden`` with every Linear
+pruned by magnitude to each ``--sparsities`` (random weights: the time does not depend on
+their values), compiled with ``compile_sparse`` at batch 1; the dense model at ``--hidden``;
+and for each sparsity the dense model whose hidden size gives the same number of nonzero
+parameters (``width_for_parameters``, as the study's small-dense baseline). Each candidate
+generates ``--chars`` characters one at a time from the same prompt and seed
+(``GRULanguageModel.generate``), in interleaved rounds in one process.
+
+Prints characters per second and microseconds per character for each model beside its nonzero
+parameter count, the ratio to the dense model of the same size, and the least-squares line
+time = a + b · nonzeros over the sparse models and the same-size dense model: its intercept
+``a`` is the time that does not scale with the weights (Python, the gates, sampling), the share
+of ``a`` in each time says how far "time proportional to nonzeros" holds here. The load
+average before and after. Writes no files.
+
+    .venv/bin/python benchmarks/gru_sampling.py [--hidden 1024] [--sparsities 0.9 0.95 0.98]
+        [--chars 200] [--rounds 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+import sparsebench as sb
+from sparsebench.inference import compile_sparse, kernel_path
+from sparsebench.inference.timing import LoadWatch, interleaved_rounds
+from sparsebench.study.sweep import width_for_parameters
+
+VOCAB = 80  # about the corpus' characters
+EMBED = 64
+
+
+def _options(hidden: int) -> dict[str, int]:
+    return {"vocab_size": VOCAB, "embed_dim": EMBED, "hidden_size": hidden}
+
+
+def _nonzeros(model: torch.nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in model.parameters())
+
+
+def _sampler(model: torch.nn.Module, chars: int):
+    prompt = torch.tensor([1, 2, 3])
+
+    def call() -> None:
+        model.generate(prompt, chars, torch.Generator().manual_seed(0))
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.98])
+    parser.add_argument("--chars", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if any(not 0 < s < 1 for s in args.sparsities):
+        parser.error("--sparsities must lie in (0, 1)")
+    watch = LoadWatch(args.threads)
+    print(f"torch {torch.__version__}; kernels={kernel_path()}; {watch.choice.describe()}; "
+          f"loadavg(1/5/15m) before: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    torch.manual_seed(0)
+    dense = sb.models.create("gru-lm", **_options(args.hidden)).eval()
+    models = {f"dense h{args.hidden}": dense}
+    # Counted before compiling: compiled layers keep their weights in buffers, not parameters.
+    nonzeros = {f"dense h{args.hidden}": _nonzeros(dense)}
+    for s in args.sparsities:
+        pruned = sb.models.create("gru-lm", **_options(args.hidden))
+        pruned.load_state_dict(dense.state_dict())
+        plain = sb.sparsify(pruned, "magnitude", sparsity=s).finalize()
+        name = f"sparse h{args.hidden} {s:.0%}"
+        models[name] = compile_sparse(plain.eval(), batch_hint=1)
+        nonzeros[name] = _nonzeros(plain)
+        hidden, count = width_for_parameters("gru-lm", _options(args.hidden), "hidden_size",
+                                             nonzeros[name])
+        name = f"dense h{hidden} (same nonzeros as {s:.0%})"
+        models[name] = sb.models.create("gru-lm", **_options(hidden)).eval()
+        nonzeros[name] = count
+    times = interleaved_rounds({name: _sampler(m, args.chars) for name, m in models.items()},
+                               repeats=args.rounds, warmup=1)
+    per_char = {name: sorted(t)[len(t) // 2] / args.chars for name, t in times.items()}
+    base = per_char[f"dense h{args.hidden}"]
+    # time = a + b * nonzeros over the same-size models (dense and its sparse versions)
+    fit = [name for name in models if f"h{args.hidden}" in name]
+    xs = torch.tensor([float(nonzeros[n]) for n in fit], dtype=torch.float64)
+    ys = torch.tensor([per_char[n] for n in fit], dtype=torch.float64)
+    b = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
+    a = float(ys.mean() - b * xs.mean())
+    print(f"one GRU layer, vocabulary {VOCAB}, embedding {EMBED}; {args.chars} characters at "
+          f"batch 1 per call, median of {args.rounds} interleaved rounds")
+    for name in models:
+        print(f"  {name:40s} {nonzeros[name]:>10,d} nonzeros  {1e6 * per_char[name]:8.1f} "
+              f"us/char  {1 / per_char[name]:8.0f} chars/s  {base / per_char[name]:5.2f}x "
+              f"the dense h{args.hidden}")
+    print(f"  fit over the h{args.hidden} models: time/char = {1e6 * a:.1f} us + "
+          f"{1e9 * b:.3f} ns x nonzeros; the constant is "
+          + ", ".join(f"{a / per_char[n]:.0%}" for n in fit) + " of their times")
+    print("loadavg(1/5/15m) after: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    problem = watch.problem()
+    if problem:
+        print(f"WARNING: {problem}")
+    watch.restore()
+
+
+if __name__ == "__main__":
+    main()
