@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from sparse_training_step import BATCH, LAYERS, stack  # this folder's: the same stack
 from torch import nn
 
 import sparsebench as sb
@@ -43,18 +44,6 @@ from sparsebench.inference import kernel_path
 from sparsebench.inference.timing import Comparison, LoadWatch, interleaved_rounds, unreliable_line
 from sparsebench.schedules import GradualSchedule
 from sparsebench.train.sparse_step import SparseTrainingStep
-
-BATCH = 128
-LAYERS = 4
-
-
-def _stack(width: int) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for i in range(LAYERS):
-        mods.append(nn.Linear(width, width))
-        if i < LAYERS - 1:
-            mods.append(nn.ReLU())
-    return nn.Sequential(*mods)
 
 
 def _steps(model: nn.Module, opt: torch.optim.Optimizer, sp, count: int,
@@ -74,7 +63,7 @@ def _steps(model: nn.Module, opt: torch.optim.Optimizer, sp, count: int,
 def stack_candidates(width: int, sparsity: float, delta_t: int) -> dict[str, Callable[[], None]]:
     """Returns name -> call of ``delta_t`` steps, one mask update at its last step."""
     torch.manual_seed(0)
-    base = _stack(width)
+    base = stack(width)
     x, y = torch.randn(BATCH, width), torch.randn(BATCH, width)
 
     def loss_of(model: nn.Module, _: int) -> torch.Tensor:

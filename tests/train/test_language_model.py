@@ -135,37 +135,14 @@ def test_a_short_pruned_run_learns(sdist, tmp_path, caplog):
     assert set(stored["metrics"]["valid"]) == {"bpc", "loss", "characters"}
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def test_a_cut_run_resumes_bit_identically(sdist, tmp_path, monkeypatch):
+def test_a_cut_run_resumes_bit_identically(sdist, tmp_path, assert_cut_run_resumes):
     # As tests/train/test_runner.py's cut runs: stopped right after its second checkpoint,
     # across epochs of the window order, with dropout drawing from torch's generator.
     def make():
         return config(sdist, steps=30, extra=("run.checkpoint_every=10",
                                               "model.options.dropout=0.1"))
 
-    train(make(), tmp_path / "whole", progress=False)
-    from sparsebench.train import loop
-
-    original = loop._write_checkpoint
-    calls = {"n": 0}
-
-    def crash_after_second(*args, **kwargs):
-        original(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Interrupt
-
-    monkeypatch.setattr(loop, "_write_checkpoint", crash_after_second)
-    with pytest.raises(_Interrupt):
-        train(make(), tmp_path / "cut", progress=False)
-    monkeypatch.setattr(loop, "_write_checkpoint", original)
-    train(make(), tmp_path / "cut", progress=False)
-    whole = load_file(tmp_path / "whole" / "model.safetensors")
-    cut = load_file(tmp_path / "cut" / "model.safetensors")
-    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert_cut_run_resumes(make, tmp_path)
 
 
 def test_too_short_a_training_text_is_one_sentence(sdist):

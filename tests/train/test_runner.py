@@ -177,10 +177,6 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert a["metrics"] == b["metrics"]
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @needs_fmnist
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("method, sparsity, extra", [
@@ -203,12 +199,12 @@ class _Interrupt(Exception):
     ("imp", 0.8, ["sparsity.rounds=3", "sparsity.rewind_step=3", "run.sparse_step=on"]),
     ("magnitude", 0.8, ["sparsity.end=0.5", "run.sparse_step=on"]),
 ])
-def test_a_cut_run_resumes_bit_identically(tmp_path, monkeypatch, method, sparsity, extra,
-                                          device):
+def test_a_cut_run_resumes_bit_identically(tmp_path, assert_cut_run_resumes, method, sparsity,
+                                          extra, device):
     # On a GPU the noise is drawn from the CUDA generator, which the checkpoint must carry too.
     extra = [*extra, "run.checkpoint_every=10", f"run.device={device}"]
-    _assert_cut_run_resumes_bit_identically(
-        lambda: _config(method, sparsity, 30, extra), tmp_path, monkeypatch)
+    assert_cut_run_resumes(
+        lambda: _config(method, sparsity, 30, extra), tmp_path)
 
 
 @needs_fmnist
@@ -216,15 +212,15 @@ def test_a_cut_run_resumes_bit_identically(tmp_path, monkeypatch, method, sparsi
     ("vd", None, ["sparsity.kl_weight=1e-5"]),
     ("l0", None, ["sparsity.l0_weight=1e-5"]),
 ])
-def test_a_cut_channels_last_conv_run_resumes_bit_identically(tmp_path, monkeypatch, method,
-                                                             sparsity, extra):
+def test_a_cut_channels_last_conv_run_resumes_bit_identically(tmp_path, assert_cut_run_resumes,
+                                                               method, sparsity, extra):
     # LeNet-5 trains channels-last ("auto"); its checkpoint is written NCHW (safetensors) and
     # read back into the channels-last model and optimizer state.
     def config():
         return build_config("fmnist-lenet5", method=method, sparsity=sparsity, steps=30,
                             overrides=[*QUICK, *extra, "run.checkpoint_every=10"])
 
-    _assert_cut_run_resumes_bit_identically(config, tmp_path, monkeypatch)
+    assert_cut_run_resumes(config, tmp_path)
     result = json.loads((tmp_path / "whole" / "result.json").read_text())
     assert result["memory_format"] == "channels_last"
 
@@ -250,31 +246,6 @@ def test_the_layout_changes_the_speed_not_the_function(tmp_path):
 def test_an_unknown_layout_is_refused():
     with pytest.raises(ValueError, match="run.memory_format = 'nhwc' is invalid"):
         build_config("fmnist-lenet5", overrides=["run.memory_format=nhwc"])
-
-
-def _assert_cut_run_resumes_bit_identically(config, tmp_path, monkeypatch) -> None:
-    """Trains ``config()`` whole, then again cut right after its second checkpoint and
-    resumed; the two final models must be equal bit for bit."""
-    train(config(), tmp_path / "whole", progress=False)
-    from sparsebench.train import loop
-
-    original = loop._write_checkpoint
-    calls = {"n": 0}
-
-    def crash_after_second(*args, **kwargs):
-        original(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Interrupt
-
-    monkeypatch.setattr(loop, "_write_checkpoint", crash_after_second)
-    with pytest.raises(_Interrupt):
-        train(config(), tmp_path / "cut", progress=False)
-    monkeypatch.setattr(loop, "_write_checkpoint", original)
-    train(config(), tmp_path / "cut", progress=False)
-    whole = load_file(tmp_path / "whole" / "model.safetensors")
-    cut = load_file(tmp_path / "cut" / "model.safetensors")
-    assert all(torch.equal(whole[k], cut[k]) for k in whole)
 
 
 @needs_fmnist
@@ -384,11 +355,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not DING_DICT_PATH.is_file(),
                     reason="Ding dictionary not installed (apt-get install dict-freedict-eng-deu)")
-def test_a_cut_translation_run_resumes_bit_identically(tmp_path, monkeypatch):
+def test_a_cut_translation_run_resumes_bit_identically(tmp_path, assert_cut_run_resumes):
     # Token-count batches, dropout and label smoothing: the translation task's own state must
     # come back from the checkpoint as exactly as the image task's.
     extra = ["data.limit_train=3000", "run.checkpoint_every=10", "eval.max_valid=50",
              "eval.max_test=50"]
-    _assert_cut_run_resumes_bit_identically(
-        lambda: build_config("ding-transformer", steps=30, overrides=extra), tmp_path,
-        monkeypatch)
+    assert_cut_run_resumes(
+        lambda: build_config("ding-transformer", steps=30, overrides=extra), tmp_path)
