@@ -155,6 +155,9 @@ class SparseTrainingStep:
         #: Optimizer steps that ran with at least one layer sparse.
         self.sparse_steps = 0
         self._active: dict[str, _Active] = {}
+        # True once every eligible layer is placed (sparse, or decided dense) for the current
+        # masks, so that resume() between mask updates costs nothing; dense() clears it.
+        self._settled = False
         self._rows: dict[str, int] = {}
         self._row_hooks = []
         if self.mode == "auto":  # auto needs each layer's rows per call before it decides
@@ -184,12 +187,20 @@ class SparseTrainingStep:
         if not self.technique.sparse_step_allowed(step + 1):
             self.dense()
             return
+        if self._settled:
+            return  # masks unchanged since every layer was placed: nothing to look at again
+        undecided = False
         for layer in self.eligible:
-            if layer.name not in self._active and self._wanted(layer):
-                self._enter(layer)
+            if layer.name not in self._active:
+                wanted = self._wanted(layer)
+                if wanted:
+                    self._enter(layer)
+                undecided |= wanted is None
+        self._settled = not undecided
 
     def dense(self) -> None:
         """Brings every sparse layer back: dense weights and optimizer state up to date."""
+        self._settled = False
         for name in list(self._active):
             self._leave(self._active.pop(name))
 
@@ -229,7 +240,8 @@ class SparseTrainingStep:
             x = args[0]
             self._rows[name] = max(1, x.numel() // max(1, x.shape[-1]))
 
-    def _wanted(self, layer: Layer) -> bool:
+    def _wanted(self, layer: Layer) -> bool | None:
+        """Whether ``layer`` should train sparse; None while ``auto`` cannot tell yet."""
         if self.mode == "on":
             return True
         mask = layer.parametrization.mask
@@ -238,7 +250,7 @@ class SparseTrainingStep:
         if key not in self.decisions:
             rows = self._rows.get(layer.name)
             if rows is None:
-                return False  # not run yet: decide once a dense step has shown its rows
+                return None  # not run yet: decide once a dense step has shown its rows
             self.decisions[key] = self._predicted_faster(layer, nnz, rows)
         return self.decisions[key]
 
