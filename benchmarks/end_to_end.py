@@ -53,7 +53,13 @@ import torch
 from torch import nn
 
 import sparsebench as sb
-from sparsebench.inference import PerformanceModel, SparseConv2d, SparseLinear, compile_sparse
+from sparsebench.inference import (
+    PerformanceModel,
+    SparseConv2d,
+    SparseLinear,
+    compile_sparse,
+    fold_batchnorm,
+)
 from sparsebench.inference.timing import (
     Comparison,
     LoadWatch,
@@ -278,21 +284,6 @@ def build_bert(opts: Options) -> Workload:
     )
 
 
-def _fold_batchnorm(model: nn.Module) -> int:
-    """Fold each eval-mode BatchNorm into the convolution before it (transformers' ResNet
-    keeps them as ``convolution`` / ``normalization`` pairs); return how many were folded.
-    Zeros stay zeros: folding scales each output channel's weights."""
-    folded = 0
-    for module in model.modules():
-        conv = getattr(module, "convolution", None)
-        norm = getattr(module, "normalization", None)
-        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-            module.convolution = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm)
-            module.normalization = nn.Identity()
-            folded += 1
-    return folded
-
-
 def build_resnet(opts: Options) -> Workload:
     """Return the pruned ResNet workload (ResNet-50, or a tiny one in quick mode)."""
     tf = _transformers()
@@ -304,7 +295,7 @@ def build_resnet(opts: Options) -> Workload:
         side = opts.image
     resnet = tf.ResNetModel(config).eval()
     pruned = _prune(resnet, opts.sparsity, exclude=["embedder.embedder.convolution"])
-    folded = _fold_batchnorm(resnet)
+    folded = fold_batchnorm(resnet)  # for every engine alike
 
     def inputs(batch: int) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(batch)

@@ -17,6 +17,7 @@ cores.
 from __future__ import annotations
 
 import argparse
+import itertools
 import subprocess
 import warnings
 from collections.abc import Callable
@@ -54,10 +55,31 @@ def _linear_case(ext, layer: SparseLinear, x: torch.Tensor) -> Callable[[], torc
 
 
 def _conv_case(ext, conv: SparseConv2d, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The call SparseConv2d makes with this build: the CSR convolution of any stride where
+    the build has it, else the direct stride-1 kernel (1x1: subsample first) or im2col."""
+    if conv.block == (1, 1) and hasattr(ext, "csr_conv2d"):
+        geometry = [*conv.kernel_size, *conv.stride, *conv.padding, *conv.dilation]
+        offsets = ext.conv_offsets(conv.col_indices, conv.in_channels, x.shape[2], x.shape[3],
+                                   geometry)
+        return lambda: ext.csr_conv2d(x, conv.crow_indices, offsets, conv.values, conv.bias,
+                                      conv.out_channels, geometry, False, -1)
     values = conv.values if conv.values.dim() == 3 else conv.values.view(-1, 1, 1)
-    return lambda: ext.bsr_conv2d_s1(x, conv.crow_indices, conv.col_indices, values, conv.bias,
-                                     conv.out_channels, *conv.kernel_size, *conv.padding,
-                                     *conv.dilation, -1)
+    xs, stride = x, conv.stride
+    if conv.kernel_size == (1, 1) and conv.padding == (0, 0) and stride != (1, 1):
+        xs, stride = x[:, :, :: stride[0], :: stride[1]].contiguous(), (1, 1)
+    if stride == (1, 1):
+        return lambda: ext.bsr_conv2d_s1(xs, conv.crow_indices, conv.col_indices, values,
+                                         conv.bias, conv.out_channels, *conv.kernel_size,
+                                         *conv.padding, *conv.dilation, -1)
+    ho, wo = conv.output_size(x.shape[2], x.shape[3])
+
+    def im2col() -> torch.Tensor:
+        cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+        y = ext.bsr_matmul_cols(cols, conv.crow_indices, conv.col_indices, values, conv.bias,
+                                conv.out_channels, -1)
+        return y.view(x.shape[0], conv.out_channels, ho, wo)
+
+    return im2col
 
 
 def main() -> None:
@@ -71,6 +93,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--budget", type=float, default=4.0, help="max seconds of timing per case")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: idle cores)")
+    p.add_argument("--linear-shapes", nargs="+", default=["4096x1024"], metavar="OUTxIN",
+                   help="Linear weights to time (e.g. 768x3072 for BERT's FFN output)")
+    p.add_argument("--conv", nargs="+", default=["64x64x3x1x32"], metavar="CINxCOUTxKxSxHW",
+                   help="convolutions: in/out channels, kernel side, stride, input side")
     args = p.parse_args()
     watch = LoadWatch(args.threads)
     warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
@@ -85,44 +111,54 @@ def main() -> None:
     problems: dict[str, list[str]] = {}
     torch.manual_seed(0)
     blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks]
+    shapes = [tuple(int(v) for v in t.split("x")) for t in args.linear_shapes]
+    convs = [tuple(int(v) for v in t.split("x")) for t in args.conv]
     for kind in ("linear", "conv"):
         if args.only not in (None, kind):
             continue
-        for block in blocks:
-            for sparsity in args.sparsities:
-                if kind == "linear":
-                    w = torch.randn(4096, 1024) * _block_mask(4096, 1024, block, sparsity)
-                    b = torch.randn(4096)
-                    sides = [SparseLinear.from_dense(w.clone(), b.clone(), block=block)
-                             for _ in range(2)]
-                    dense = lambda x, w=w, b=b: F.linear(x, w, b)  # noqa: E731
-                    make_x = lambda n: torch.randn(n, 1024)  # noqa: E731
-                    case = _linear_case
-                else:
-                    conv = nn.Conv2d(64, 64, 3, padding=1)
-                    with torch.no_grad():
-                        conv.weight.mul_(_block_mask(64, 576, block, sparsity).view(64, 64, 3, 3))
-                    sides = [SparseConv2d.from_conv(conv, block) for _ in range(2)]
-                    dense = conv
-                    make_x = lambda n: torch.randn(n, 64, 32, 32)  # noqa: E731
-                    case = _conv_case
-                for batch in args.batches:
-                    x = make_x(batch)
-                    with torch.no_grad():
-                        ref = dense(x)
-                        got = case(new, sides[1], x)()
-                        err = ((got - ref).abs().max() / ref.abs().max()).item()
-                        r = interleaved_rounds(
-                            {"dense": lambda x=x, f=dense: f(x), "old": case(old, sides[0], x),
-                             "new": case(new, sides[1], x)},
-                            repeats=args.repeats, budget_s=args.budget)
-                    vs = {f"{a}/{b}": Comparison.of(r[a], r[b], (a, b))
-                          for a, b in (("dense", "old"), ("dense", "new"), ("old", "new"))}
-                    label = f"{kind:6} {block[0]}x{block[1]:<3} s={sparsity:.2f} b={batch:<4}"
-                    problems.update({f"{' '.join(label.split())} {k}": c.problems()
-                                     for k, c in vs.items()})
-                    cells = "  ".join(f"{k} {c.cell():<24}" for k, c in vs.items())
-                    print(f"{label} {cells} err {err:.1e}", flush=True)
+        for block, sparsity, shape in itertools.product(
+            blocks, args.sparsities, shapes if kind == "linear" else convs
+        ):
+            if kind == "linear":
+                out_f, in_f = shape
+                w = torch.randn(out_f, in_f) * _block_mask(out_f, in_f, block, sparsity)
+                b = torch.randn(out_f)
+                sides = [SparseLinear.from_dense(w.clone(), b.clone(), block=block)
+                         for _ in range(2)]
+                dense = lambda x, w=w, b=b: F.linear(x, w, b)  # noqa: E731
+                make_x = lambda n, i=in_f: torch.randn(n, i)  # noqa: E731
+                case = _linear_case
+                what = f"{out_f}x{in_f}"
+            else:
+                cin, cout, k, stride, side = shape
+                conv = nn.Conv2d(cin, cout, k, stride, padding=k // 2)
+                cols = cin * k * k
+                with torch.no_grad():
+                    conv.weight.mul_(
+                        _block_mask(cout, cols, block, sparsity).view(cout, cin, k, k))
+                sides = [SparseConv2d.from_conv(conv, block) for _ in range(2)]
+                dense = conv
+                make_x = lambda n, c=cin, s=side: torch.randn(n, c, s, s)  # noqa: E731
+                case = _conv_case
+                what = f"{cin}->{cout} {k}x{k}/{stride} {side}px"
+            for batch in args.batches:
+                x = make_x(batch)
+                with torch.no_grad():
+                    ref = dense(x)
+                    got = case(new, sides[1], x)()
+                    err = ((got - ref).abs().max() / ref.abs().max()).item()
+                    r = interleaved_rounds(
+                        {"dense": lambda x=x, f=dense: f(x), "old": case(old, sides[0], x),
+                         "new": case(new, sides[1], x)},
+                        repeats=args.repeats, budget_s=args.budget)
+                vs = {f"{a}/{b}": Comparison.of(r[a], r[b], (a, b))
+                      for a, b in (("dense", "old"), ("dense", "new"), ("old", "new"))}
+                label = (f"{kind:6} {what} {block[0]}x{block[1]:<3} s={sparsity:.2f} "
+                         f"b={batch:<4}")
+                problems.update({f"{' '.join(label.split())} {k}": c.problems()
+                                 for k, c in vs.items()})
+                cells = "  ".join(f"{k} {c.cell():<24}" for k, c in vs.items())
+                print(f"{label} {cells} err {err:.1e}", flush=True)
     warning = unreliable_line(problems, watch.problem())
     if warning is not None:
         print(warning)

@@ -26,6 +26,7 @@ from sparsebench.inference.export import (
     load_sparse,
     save_sparse,
 )
+from sparsebench.inference.fusion import fold_batchnorm, fuse_relu
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d
 from sparsebench.inference.sparse_linear import (
@@ -51,6 +52,8 @@ __all__ = [
     "compact_sparse",
     "compile_sparse",
     "dense_to_csr",
+    "fold_batchnorm",
+    "fuse_relu",
     "interleaved_medians",
     "kernel_path",
     "load_extension",

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparsebench.inference.fusion import fuse_relu
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d, conv_unsupported_reason
 from sparsebench.inference.sparse_linear import BLOCK_SIZES, SparseLinear, block_density
@@ -289,7 +290,9 @@ def compile_sparse(
     ``SparseConv2d`` (CSR or BSR, as chosen) with the same outputs (within float rounding);
     the rest stays as it was.
     The input model is not modified. The copy is put in eval mode: sparse layers are
-    inference-only.
+    inference-only. A ``ReLU`` that only a sparse convolution feeds is applied by that
+    convolution's kernel (``fusion.fuse_relu``); fold BatchNorms first with
+    ``fold_batchnorm`` to let the convolution feed its ReLU directly.
 
     Args:
         model, batch_hint, min_speedup, perf_model, example_input: as for ``plan_sparse``.
@@ -321,6 +324,8 @@ def compile_sparse(
         if not child:  # the model itself is a single supported layer
             return convert(layer, d.block)
         setattr(parent, child, convert(layer, d.block))
+    if (fused := fuse_relu(compiled)) > 0:
+        log.info("compile_sparse: %d ReLUs applied by the sparse convolutions before them", fused)
     return compiled
 
 

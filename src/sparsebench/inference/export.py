@@ -89,7 +89,7 @@ def _sparse_layer(kind: str, a: dict[str, Any], parts: list[Tensor], bias: Tenso
     """Return the sparse layer described by a tree node's args and its arrays."""
     if kind == "SparseLinear":
         return SparseLinear(a["in_features"], a["out_features"], *parts, bias)
-    return SparseConv2d(
+    conv = SparseConv2d(
         a["in_channels"],
         a["out_channels"],
         tuple(a["kernel_size"]),
@@ -99,6 +99,8 @@ def _sparse_layer(kind: str, a: dict[str, Any], parts: list[Tensor], bias: Tenso
         *parts,
         bias,
     )
+    conv.relu = bool(a.get("relu", False))  # files written before the fused ReLU lack it
+    return conv
 
 
 MODULE_CODECS: dict[str, Codec] = {
@@ -175,6 +177,7 @@ MODULE_CODECS: dict[str, Codec] = {
             "dilation": list(m.dilation),
             "bias": m.bias is not None,
             "block": list(m.block),
+            "relu": m.relu,
         },
         _sparse_stub,
     ),

@@ -2,15 +2,21 @@
 
 The weight is CSR (``block=(1, 1)``) or BSR over the ``(out, C·kh·kw)`` matrix, with the same
 buffers as ``SparseLinear``; the flattening order is PyTorch's (channel, kh, kw), so block
-columns of a BSR conv group ``bw`` consecutive (channel, tap) entries. Two ways to run it:
+columns of a BSR conv group ``bw`` consecutive (channel, tap) entries. How it runs:
 
-* stride 1 (and 1x1 convolutions of any stride, by subsampling the input first): a direct
-  sparse convolution in the spirit of Park et al. (2017): each nonzero W[o, c, i, j] adds a
-  shifted run of the zero-padded input row to the output row, so the kernel reads the input
-  itself. Measured first with im2col: ``F.unfold`` alone took longer than the whole dense
-  convolution (0.8 ms vs 0.76 ms for 64->64 3x3 on 32x32), so im2col could never win.
-* other strides: im2col: ``F.unfold`` gives columns ``(N, C·kh·kw, L)`` and the kernel
-  computes ``Y[n] = W @ cols[n] + b``, already NCHW.
+* CSR, any stride: a direct sparse convolution in the spirit of Park et al. (2017): each
+  nonzero W[o, c, i, j] adds a shifted run of the zero-padded input row to the output row, so
+  the kernel reads the input itself. Strides other than 1 split the padded input into its
+  stride phases first, which makes every tap a contiguous run again (``csr_conv2d`` in the
+  C++ source explains the layout). Each nonzero's input offset depends on the input size; it
+  is computed once per size and kept (``_offsets``). ``relu=True`` applies a ReLU as the
+  output is written (for a convolution followed by one; see ``fuse_relu``).
+* BSR, stride 1 (and 1x1 convolutions of any stride, by subsampling the input first): the same
+  direct convolution with blocks.
+* BSR, other strides: im2col: ``F.unfold`` gives columns ``(N, C·kh·kw, L)`` and the kernel
+  computes ``Y[n] = W @ cols[n] + b``, already NCHW. Measured for the direct kernels:
+  ``F.unfold`` alone took longer than the whole dense convolution (0.8 ms vs 0.76 ms for
+  64->64 3x3 on 32x32), so im2col is the slow path kept for blocks only.
 
 Only ``groups=1`` with zero padding is supported; ``from_conv`` refuses the rest with a reason,
 and the compile step leaves those layers dense. Without the compiled kernels the product runs on
@@ -81,10 +87,28 @@ class SparseConv2d(nn.Module):
         self.cols = in_channels * self.kernel_size[0] * self.kernel_size[1]
         register_sparse_weight(self, crow_indices, col_indices, values, bias, out_channels,
                                self.cols)
+        #: ReLU applied as the output is written (set by ``fuse_relu``; not part of the weight).
+        self.relu = False
+        self._offsets: dict[tuple[int, int], Tensor] = {}  # input (H, W) -> nonzeros' offsets
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self._torch_csr = None  # device/dtype moves invalidate the cached torch CSR tensor
+        self._offsets = {}
         return super()._apply(fn, recurse)
+
+    def _geometry(self) -> list[int]:
+        """Return (kh, kw, sh, sw, ph, pw, dh, dw), as the kernels take it."""
+        return [*self.kernel_size, *self.stride, *self.padding, *self.dilation]
+
+    def _input_offsets(self, ext: object, h: int, w: int) -> Tensor:
+        """Return where each nonzero reads an ``h x w`` input (computed once per size)."""
+        offsets = self._offsets.get((h, w))
+        if offsets is None:
+            offsets = ext.conv_offsets(  # type: ignore[attr-defined]
+                self.col_indices, self.in_channels, h, w, self._geometry()
+            )
+            self._offsets[(h, w)] = offsets
+        return offsets
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, block: tuple[int, int] = (1, 1)) -> SparseConv2d:
@@ -177,13 +201,31 @@ class SparseConv2d(nn.Module):
         ho, wo = self.output_size(x.shape[2], x.shape[3])
         ext = _extension.load_extension()
         if x.dtype != torch.float32 or x.device.type != "cpu" or ext is None:
-            return self._forward_torch(x)
+            y = self._forward_torch(x)
+            return y.relu_() if self.relu else y
+        if self.block == (1, 1):
+            return ext.csr_conv2d(
+                x.contiguous(),
+                self.crow_indices,
+                self._input_offsets(ext, x.shape[2], x.shape[3]),
+                self.values,
+                self.bias,
+                self.out_channels,
+                self._geometry(),
+                self.relu,
+                _options["threading"],
+            )
+        y = self._forward_blocks(ext, x, ho, wo)
+        return y.relu_() if self.relu else y
+
+    def _forward_blocks(self, ext: object, x: Tensor, ho: int, wo: int) -> Tensor:
+        """Return the convolution of ``x`` with a BSR weight (compiled kernels)."""
         values = self.values if self.values.dim() == 3 else self.values.view(-1, 1, 1)
         stride, kernel = self.stride, self.kernel_size
         if kernel == (1, 1) and self.padding == (0, 0) and stride != (1, 1):
             x, stride = x[:, :, :: stride[0], :: stride[1]], (1, 1)  # 1x1: subsample first
         if stride == (1, 1):
-            return ext.bsr_conv2d_s1(
+            return ext.bsr_conv2d_s1(  # type: ignore[attr-defined]
                 x.contiguous(),
                 self.crow_indices,
                 self.col_indices,
@@ -199,7 +241,7 @@ class SparseConv2d(nn.Module):
         pad = (-self.cols) % self.block[1]
         if pad:  # BSR reads whole block columns: give it zero rows to read
             cols = F.pad(cols, (0, 0, 0, pad))
-        y = ext.bsr_matmul_cols(
+        y = ext.bsr_matmul_cols(  # type: ignore[attr-defined]
             cols,
             self.crow_indices,
             self.col_indices,
@@ -236,5 +278,5 @@ class SparseConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
             f"bias={self.bias is not None}, density={self.density:.4f}, "
-            f"block={self.block[0]}x{self.block[1]}"
+            f"block={self.block[0]}x{self.block[1]}" + (", relu" if self.relu else "")
         )

@@ -475,10 +475,41 @@ template <int VL> struct Vec {
   typedef float u __attribute__((vector_size(4 * VL), aligned(4)));  // unaligned access
 };
 
+#if SB_HAVE_AVX512
+// Writes the 16x16 block src (16 rows, `ld` floats apart) transposed: column c goes to
+// dst + c * dst_ld as 16 consecutive floats. Three rounds of shuffles in registers, where
+// element-by-element copies took about as long as a fifth of the products they wrote out.
+inline void store_transposed16(const float* src, int64_t ld, float* dst, int64_t dst_ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld);
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3)
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + k]: lane q holds column 4q + k of rows 4i..4i+3
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    // Rows 0-7: columns (k, k+8) and (k+4, k+12); rows 8-15 likewise.
+    const __m512 a0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+    const __m512 a1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
+    const __m512 b0 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+    const __m512 b1 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+    _mm512_storeu_ps(dst + k * dst_ld, _mm512_shuffle_f32x4(a0, b0, 0x88));
+    _mm512_storeu_ps(dst + (k + 8) * dst_ld, _mm512_shuffle_f32x4(a0, b0, 0xDD));
+    _mm512_storeu_ps(dst + (k + 4) * dst_ld, _mm512_shuffle_f32x4(a1, b1, 0x88));
+    _mm512_storeu_ps(dst + (k + 12) * dst_ld, _mm512_shuffle_f32x4(a1, b1, 0xDD));
+  }
+}
+#endif
+
 // Rows [o0, o1) (at most kRowBlock) for batch columns [b0, b0 + VL*NV).
 template <typename I, int VL, int NV>
 inline void spmm_tile(int64_t o0, int64_t o1, int64_t b0, const int32_t* rp, const I* ci,
-                      const float* v, const float* xT, int64_t B, const float* bias,
+                      const float* v, const float* xT, int64_t ld, const float* bias,
                       float* y, int64_t out) {
   typedef typename Vec<VL>::t vt;
   typedef typename Vec<VL>::u vtu;
@@ -501,13 +532,13 @@ inline void spmm_tile(int64_t o0, int64_t o1, int64_t b0, const int32_t* rp, con
       for (int u = 0; u < U; ++u) {
         const float w = v[j + u];
         const vtu* xr =
-            reinterpret_cast<const vtu*>(xb + static_cast<int64_t>(ci[j + u]) * B);
+            reinterpret_cast<const vtu*>(xb + static_cast<int64_t>(ci[j + u]) * ld);
         for (int k = 0; k < NV; ++k) acc[u][k] += w * xr[k];
       }
     }
     for (; j < e; ++j) {
       const float w = v[j];
-      const vtu* xr = reinterpret_cast<const vtu*>(xb + static_cast<int64_t>(ci[j]) * B);
+      const vtu* xr = reinterpret_cast<const vtu*>(xb + static_cast<int64_t>(ci[j]) * ld);
       for (int k = 0; k < NV; ++k) acc[0][k] += w * xr[k];
     }
     for (int u = 1; u < U; ++u)
@@ -515,6 +546,15 @@ inline void spmm_tile(int64_t o0, int64_t o1, int64_t b0, const int32_t* rp, con
     for (int k = 0; k < NV; ++k) *reinterpret_cast<vt*>(&buf[o - o0][VL * k]) = acc[0][k];
   }
   const int64_t n = o1 - o0;
+#if SB_HAVE_AVX512
+  if constexpr (TB % 16 == 0 && kRowBlock == 16) {
+    if (n == 16) {
+      for (int t0 = 0; t0 < TB; t0 += 16)
+        store_transposed16(&buf[0][t0], TB, y + (b0 + t0) * out + o0, out);
+      return;
+    }
+  }
+#endif
   for (int t = 0; t < TB; ++t) {
     float* yr = y + (b0 + t) * out + o0;
     for (int64_t k = 0; k < n; ++k) yr[k] = buf[k][t];
@@ -524,7 +564,7 @@ inline void spmm_tile(int64_t o0, int64_t o1, int64_t b0, const int32_t* rp, con
 // Scalar tail for the last batch % 8 columns.
 template <typename I>
 inline void spmm_tile_tail(int64_t o0, int64_t o1, int64_t b0, int64_t nb, const int32_t* rp,
-                           const I* ci, const float* v, const float* xT, int64_t B,
+                           const I* ci, const float* v, const float* xT, int64_t ld,
                            const float* bias, float* y, int64_t out) {
   for (int64_t o = o0; o < o1; ++o) {
     float acc[8];
@@ -532,33 +572,191 @@ inline void spmm_tile_tail(int64_t o0, int64_t o1, int64_t b0, int64_t nb, const
     for (int64_t t = 0; t < nb; ++t) acc[t] = b;
     for (int64_t j = rp[o], e = rp[o + 1]; j < e; ++j) {
       const float w = v[j];
-      const float* xr = xT + static_cast<int64_t>(ci[j]) * B + b0;
+      const float* xr = xT + static_cast<int64_t>(ci[j]) * ld + b0;
       for (int64_t t = 0; t < nb; ++t) acc[t] += w * xr[t];
     }
     for (int64_t t = 0; t < nb; ++t) y[(b0 + t) * out + o] = acc[t];
   }
 }
 
+// Output rows [r0, r1) for the B batch columns of xT (in, >= B; rows ld floats apart); y's
+// batch rows are out floats apart, starting at xT's first batch column.
 template <typename I>
 void spmm_rows(int64_t r0, int64_t r1, const int32_t* rp, const I* ci, const float* v,
-               const float* xT, int64_t B, const float* bias, float* y, int64_t out) {
+               const float* xT, int64_t ld, int64_t B, const float* bias, float* y,
+               int64_t out) {
   for (int64_t o0 = r0; o0 < r1; o0 += kRowBlock) {
     const int64_t o1 = std::min(o0 + kRowBlock, r1);
     int64_t b0 = 0;
     // Widest tiles first (8 registers of 8 floats), then narrower ones and a scalar tail.
     // With AVX-512, 16-float registers: half the x loads per multiply-add of 8-float ones.
 #if SB_HAVE_AVX512
-    for (; b0 + 64 <= B; b0 += 64) spmm_tile<I, 16, 4>(o0, o1, b0, rp, ci, v, xT, B, bias, y, out);
-    if (b0 + 32 <= B) { spmm_tile<I, 16, 2>(o0, o1, b0, rp, ci, v, xT, B, bias, y, out); b0 += 32; }
-    if (b0 + 16 <= B) { spmm_tile<I, 16, 1>(o0, o1, b0, rp, ci, v, xT, B, bias, y, out); b0 += 16; }
+    for (; b0 + 64 <= B; b0 += 64) spmm_tile<I, 16, 4>(o0, o1, b0, rp, ci, v, xT, ld, bias, y, out);
+    if (b0 + 32 <= B) { spmm_tile<I, 16, 2>(o0, o1, b0, rp, ci, v, xT, ld, bias, y, out); b0 += 32; }
+    if (b0 + 16 <= B) { spmm_tile<I, 16, 1>(o0, o1, b0, rp, ci, v, xT, ld, bias, y, out); b0 += 16; }
 #else
-    for (; b0 + 64 <= B; b0 += 64) spmm_tile<I, 8, 8>(o0, o1, b0, rp, ci, v, xT, B, bias, y, out);
-    if (b0 + 32 <= B) { spmm_tile<I, 8, 4>(o0, o1, b0, rp, ci, v, xT, B, bias, y, out); b0 += 32; }
-    if (b0 + 16 <= B) { spmm_tile<I, 8, 2>(o0, o1, b0, rp, ci, v, xT, B, bias, y, out); b0 += 16; }
+    for (; b0 + 64 <= B; b0 += 64) spmm_tile<I, 8, 8>(o0, o1, b0, rp, ci, v, xT, ld, bias, y, out);
+    if (b0 + 32 <= B) { spmm_tile<I, 8, 4>(o0, o1, b0, rp, ci, v, xT, ld, bias, y, out); b0 += 32; }
+    if (b0 + 16 <= B) { spmm_tile<I, 8, 2>(o0, o1, b0, rp, ci, v, xT, ld, bias, y, out); b0 += 16; }
 #endif
-    if (b0 + 8 <= B) { spmm_tile<I, 8, 1>(o0, o1, b0, rp, ci, v, xT, B, bias, y, out); b0 += 8; }
-    if (b0 < B) spmm_tile_tail<I>(o0, o1, b0, B - b0, rp, ci, v, xT, B, bias, y, out);
+    if (b0 + 8 <= B) { spmm_tile<I, 8, 1>(o0, o1, b0, rp, ci, v, xT, ld, bias, y, out); b0 += 8; }
+    if (b0 < B) spmm_tile_tail<I>(o0, o1, b0, B - b0, rp, ci, v, xT, ld, bias, y, out);
   }
+}
+
+// One full panel of TB = VL*NV batch columns for rows [r0, r1), the input features taken in
+// blocks: kp[o * (nkb + 1) + t] is row o's first nonzero in block t (its last entry the row's
+// end), so the part of the panel one block reads (kb x TB floats) can stay in L1 while all
+// rows pass over it. Each row's partial sums wait in the thread's scratch between blocks.
+template <typename I, int VL, int NV>
+void spmm_panel_blocked(int64_t r0, int64_t r1, const int64_t* kp, int64_t nkb, const I* ci,
+                        const float* v, const float* xT, const float* bias, float* y,
+                        int64_t out) {
+  typedef typename Vec<VL>::t vt;
+  constexpr int TB = VL * NV;
+  constexpr int U = NV >= 4 ? 1 : 4 / NV;
+  const int64_t rows = r1 - r0;
+  thread_local std::vector<vt> scratch;
+  scratch.resize(rows * NV);
+  vt* acc_rows = scratch.data();
+  for (int64_t t = 0; t < nkb; ++t) {
+    for (int64_t o = r0; o < r1; ++o) {
+      const int64_t* k = kp + o * (nkb + 1) + t;
+      int64_t j = k[0];
+      const int64_t e = k[1];
+      vt* st = acc_rows + (o - r0) * NV;
+      vt a[U][NV];
+      for (int q = 0; q < NV; ++q) a[0][q] = t == 0 ? vt{} + (bias ? bias[o] : 0.f) : st[q];
+      for (int u = 1; u < U; ++u)
+        for (int q = 0; q < NV; ++q) a[u][q] = vt{};
+      for (; j + U <= e; j += U) {
+        for (int u = 0; u < U; ++u) {
+          const float w = v[j + u];
+          const vt* xr = reinterpret_cast<const vt*>(xT + static_cast<int64_t>(ci[j + u]) * TB);
+          for (int q = 0; q < NV; ++q) a[u][q] += w * xr[q];
+        }
+      }
+      for (; j < e; ++j) {
+        const float w = v[j];
+        const vt* xr = reinterpret_cast<const vt*>(xT + static_cast<int64_t>(ci[j]) * TB);
+        for (int q = 0; q < NV; ++q) a[0][q] += w * xr[q];
+      }
+      for (int u = 1; u < U; ++u)
+        for (int q = 0; q < NV; ++q) a[0][q] += a[u][q];
+      for (int q = 0; q < NV; ++q) st[q] = a[0][q];
+    }
+  }
+  // Out, transposed: 16 rows at a time, so each batch row gets one 64-byte run of y.
+  const float* af = reinterpret_cast<const float*>(acc_rows);
+  for (int64_t o0 = r0; o0 < r1; o0 += kRowBlock) {
+    const int64_t n = std::min(kRowBlock, r1 - o0);
+    for (int tt = 0; tt < TB; ++tt) {
+      float* yr = y + tt * out + o0;
+      for (int64_t q = 0; q < n; ++q) yr[q] = af[(o0 - r0 + q) * TB + tt];
+    }
+  }
+}
+
+std::atomic<int64_t> g_spmm_kblock{-1};  // features per block; -1: chosen, 0: no blocks
+
+// Large batches (a BERT encoder at batch 8 x 128 tokens multiplies 1,024 rows): xT as one
+// (in, B) matrix is megabytes, and visiting it once per block of 16 output rows streamed all
+// of it from memory again and again; with B a power of two its rows are also 4 KB apart, so
+// a tile's reads fall in the same few cache sets. Instead x is packed into panels of `panel`
+// batch columns, each a contiguous (in, panel) matrix that stays in the core's L2 while all
+// output rows of a thread's share are computed on it; the weights stream once per panel.
+// Panel width 0 turns this off (so a benchmark can time both orders side by side). Blocking
+// the features too, so that the part of a panel a block reads stays in L1, measured slower
+// at every block size from 64 to 512 (the scan for each row's next block and the partial
+// sums' round trips cost more than the L2 reads they save).
+std::atomic<int64_t> g_spmm_panel{-1};  // -1: chosen from in by spmm_panel_width
+// Below 256 rows the whole xT fits the caches well enough: panels measured 0.86-1.0x there
+// (768x3072 / 3072x768 / 768x768, batch 128, one thread), 1.05-1.13x at 256, 1.08-1.29x at 512.
+constexpr int64_t kPanelMinBatch = 256;
+
+inline int64_t spmm_panel_width(int64_t in) {
+  const int64_t set = g_spmm_panel.load(std::memory_order_relaxed);
+  if (set >= 0) return set;
+  // About 160 KB of panel, a power of two from 16 to 64 columns. Measured at 90%, batch 1024,
+  // one thread (16/32/64 columns against no panels): 3072x768 4.5/5.4/4.8x dense against
+  // 2.4x; 768x3072 3.2/2.7/2.4x against 1.3x; 768x768 3.6/4.1/3.7x against 2.0x.
+  int64_t width = 64;
+  while (width > 16 && width * 4 * in > (int64_t{160} << 10)) width /= 2;
+  return width;
+}
+
+template <typename I>
+void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float* v,
+                const float* bias, float* yp, int64_t out, int64_t panel, int64_t threading) {
+  const int64_t B = x.size(0), in = x.size(1);
+  const int64_t panels = (B + panel - 1) / panel;
+  const at::Tensor xc = x.contiguous();
+  const float* xs = xc.data_ptr<float>();
+  // Panel p holds batch rows [p * panel, + width) transposed, (in, width), width = panel
+  // except in the last one. torch's transposing copy ran at 2.5 GB/s here (1.2 ms for a
+  // 1024x768 input, 88 ms of a 560 ms BERT step); this loop transposes 64 features at a
+  // time, so the panel lines it writes stay in L1.
+  at::Tensor packed = at::empty({B * in}, x.options());
+  float* pp = packed.data_ptr<float>();
+  const int64_t threads = at::get_num_threads();
+  const bool serial = threads <= 1 || threading == kSerial;
+  parallel_chunks(serial ? 1 : panels, threading, [&](int64_t c) {
+    for (int64_t p = serial ? 0 : c, pe = serial ? panels : c + 1; p < pe; ++p) {
+      const int64_t b0 = p * panel, width = std::min(panel, B - b0);
+      float* dst = pp + b0 * in;
+      for (int64_t i0 = 0; i0 < in; i0 += 64) {
+        const int64_t i1 = std::min(i0 + 64, in);
+        for (int64_t b = 0; b < width; ++b) {
+          const float* src = xs + (b0 + b) * in;
+          for (int64_t i = i0; i < i1; ++i) dst[i * width + b] = src[i];
+        }
+      }
+    }
+  });
+  // Each panel's rows are split in `per` parts, claimed panel by panel, so the threads work
+  // on the same panel at once (it comes from memory once) and each part of W is read once per
+  // panel. Two parts per thread let a thread that finished early take another's.
+  const int64_t per = serial ? 1 : 2 * threads;
+  const auto splits = balanced_splits(rp, out, per);
+#if SB_HAVE_AVX512
+  constexpr int VL = 16;
+#else
+  constexpr int VL = 8;
+#endif
+  int64_t kb = g_spmm_kblock.load(std::memory_order_relaxed);
+  if (kb < 0) kb = std::max<int64_t>(64, (int64_t{32} << 10) / (4 * panel));
+  const bool blocked = kb > 0 && (panel == VL || panel == 2 * VL || panel == 4 * VL);
+  const int64_t nkb = blocked ? (in + kb - 1) / kb : 0;
+  std::vector<int64_t> kp(blocked ? out * (nkb + 1) : 0);
+  if (blocked) {
+    for (int64_t o = 0; o < out; ++o) {
+      int64_t* k = kp.data() + o * (nkb + 1);
+      int64_t j = rp[o];
+      const int64_t e = rp[o + 1];
+      for (int64_t t = 0; t < nkb; ++t) {
+        k[t] = j;
+        while (j < e && static_cast<int64_t>(ci[j]) < (t + 1) * kb) ++j;
+      }
+      k[nkb] = e;
+    }
+  }
+  parallel_chunks(panels * per, threading, [&](int64_t c) {
+    const int64_t p = c / per, k = c % per;
+    const int64_t width = std::min(panel, B - p * panel);
+    const float* xT = pp + p * panel * in;
+    float* yo = yp + p * panel * out;
+    if (blocked && width == panel) {
+      const int64_t* kpp = kp.data();
+      if (panel == 4 * VL)
+        spmm_panel_blocked<I, VL, 4>(splits[k], splits[k + 1], kpp, nkb, ci, v, xT, bias, yo, out);
+      else if (panel == 2 * VL)
+        spmm_panel_blocked<I, VL, 2>(splits[k], splits[k + 1], kpp, nkb, ci, v, xT, bias, yo, out);
+      else
+        spmm_panel_blocked<I, VL, 1>(splits[k], splits[k + 1], kpp, nkb, ci, v, xT, bias, yo, out);
+      return;
+    }
+    spmm_rows<I>(splits[k], splits[k + 1], rp, ci, v, xT, width, width, bias, yo, out);
+  });
 }
 
 template <typename I>
@@ -588,10 +786,15 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
     });
     return;
   }
+  const int64_t in = x.size(1);
+  const int64_t panel = spmm_panel_width(in);
+  if (panel > 0 && B >= kPanelMinBatch) {
+    run_panels<I>(x, rp, ci, v, bias, yp, out, panel, threading);
+    return;
+  }
   // x.t() is already contiguous when x came out of a previous transposed producer. Small
   // inputs are transposed by a plain loop: torch's copy costs ~6 us of dispatch for 16x300.
   at::Tensor xT;
-  const int64_t in = x.size(1);
   if (x.numel() <= kSerialWork && !x.t().is_contiguous()) {
     const at::Tensor xc = x.contiguous();
     xT = at::empty({in, B}, x.options());
@@ -604,7 +807,7 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
   }
   const float* xtp = xT.data_ptr<float>();
   parallel_chunks(chunks, threading, [&](int64_t c) {
-    spmm_rows<I>(splits[c], splits[c + 1], rp, ci, v, xtp, B, bias, yp, out);
+    spmm_rows<I>(splits[c], splits[c + 1], rp, ci, v, xtp, B, B, bias, yp, out);
   });
 }
 
@@ -1122,6 +1325,263 @@ at::Tensor bsr_conv2d_s1(const at::Tensor& x, const at::Tensor& brp, const at::T
   return Wo == Wp ? Y : Y.narrow(3, 0, Wo).contiguous();
 }
 
+// ---------------------------------------------------------------------------------------
+// CSR convolution (1x1 blocks) over a prepared input, any stride (Park et al. 2017's direct
+// sparse convolution, extended to strides by splitting the input into its stride phases).
+//
+// The zero-padded input Xp (C, Hp, Wp) of one image is rearranged into s*s phase planes of
+// (Hs, Ws) = (ceil(Hp / sh), ceil(Wp / sw)): plane (c, a, b) holds Xp[c, sh*h + a, sw*w + b].
+// Output (oh, ow) reads Xp[c, sh*oh + i*dh, sw*ow + j*dw] for tap (c, i, j); with
+// i*dh = sh*i' + a and j*dw = sw*j' + b that is plane (c, a, b) at (oh + i', ow + j'). So at
+// the output position p = oh * Ws + ow, tap (c, i, j) reads the plane at p + offset, with
+// offset = plane start + i' * Ws + j': a run of consecutive p is a contiguous run of memory
+// for every tap, at stride 2 as at stride 1 (stride 1 is one plane per channel, Xp itself).
+// The product runs over Ho * Ws positions; the last Ws - Wo of each output row read
+// wrapped-around input and are cut off. Each nonzero's offset is computed once per input size
+// (conv_offsets, cached by the caller), so the kernel does one load for an index.
+
+struct ConvGeometry {
+  int64_t C, H, W, kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t Hp() const { return H + 2 * ph; }
+  int64_t Wp() const { return W + 2 * pw; }
+  int64_t Hs() const { return (Hp() + sh - 1) / sh; }
+  int64_t Ws() const { return (Wp() + sw - 1) / sw; }
+  int64_t Ho() const { return (Hp() - dh * (kh - 1) - 1) / sh + 1; }
+  int64_t Wo() const { return (Wp() - dw * (kw - 1) - 1) / sw + 1; }
+  int64_t plane() const { return Hs() * Ws(); }
+  int64_t image() const { return C * sh * sw * plane(); }
+  // Output positions computed, a multiple of 16 so that every tile is whole vectors.
+  int64_t L() const { return (Ho() * Ws() + 15) / 16 * 16; }
+  // Reads past the last plane: wrapped columns, the rounding of L, the furthest tap.
+  int64_t slack() const { return L() - Ho() * Ws() + (kh * dh / sh + 1) * Ws() + kw * dw + 16; }
+};
+
+ConvGeometry conv_geometry(int64_t C, int64_t H, int64_t W, const std::vector<int64_t>& g) {
+  TORCH_CHECK(g.size() == 8, "conv: geometry is (kh, kw, sh, sw, ph, pw, dh, dw)");
+  ConvGeometry c{C, H, W, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
+  TORCH_CHECK(c.kh > 0 && c.kw > 0 && c.sh > 0 && c.sw > 0 && c.ph >= 0 && c.pw >= 0 &&
+                  c.dh > 0 && c.dw > 0,
+              "conv: kernel, stride and dilation must be positive, padding non-negative");
+  TORCH_CHECK(c.Hp() >= c.dh * (c.kh - 1) + 1 && c.Wp() >= c.dw * (c.kw - 1) + 1,
+              "conv: the input (", H, "x", W, ") is smaller than the kernel");
+  return c;
+}
+
+// Rearranges image x (C, H, W) into the phase planes of buf, zero where padding falls. Only
+// the phases some tap reads are written (a 1x1 convolution of stride 2 reads one in four
+// input values); the others are never read by a kept output.
+void conv_prepare(const ConvGeometry& g, const float* x, float* buf) {
+  const int64_t Hs = g.Hs(), Ws = g.Ws(), plane = g.plane();
+  std::vector<char> used(g.sh * g.sw, 0);
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t j = 0; j < g.kw; ++j) used[(i * g.dh % g.sh) * g.sw + j * g.dw % g.sw] = 1;
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t a = 0; a < g.sh; ++a)
+      for (int64_t b = 0; b < g.sw; ++b) {
+        if (!used[a * g.sw + b]) continue;
+        float* dst = buf + ((c * g.sh + a) * g.sw + b) * plane;
+        std::fill_n(dst, plane, 0.f);
+        // Plane row hs holds padded row sh*hs + a, i.e. input row sh*hs + a - ph; its column
+        // ws holds input column sw*ws + b - pw.
+        const int64_t w_first = std::max<int64_t>(0, (g.pw - b + g.sw - 1) / g.sw);
+        const int64_t w_end = std::min<int64_t>(Ws, (g.W + g.pw - b + g.sw - 1) / g.sw);
+        for (int64_t hs = 0; hs < Hs; ++hs) {
+          const int64_t h = g.sh * hs + a - g.ph;
+          if (h < 0 || h >= g.H) continue;
+          const float* src = x + (c * g.H + h) * g.W + (g.sw * w_first + b - g.pw);
+          float* row = dst + hs * Ws;
+          if (g.sw == 1) {
+            std::copy(src, src + (w_end - w_first), row + w_first);
+          } else {
+            for (int64_t ws = w_first; ws < w_end; ++ws) row[ws] = src[(ws - w_first) * g.sw];
+          }
+        }
+      }
+  std::fill_n(buf + g.image(), g.slack(), 0.f);
+}
+
+// Rows [o0, o1) of the output for positions [p0, p0 + VL*NV): Y[o, p] = act(b[o] + sum over
+// row o's nonzeros of v[j] * X[off[j] + p]).
+template <int VL, int NV>
+inline void conv_tile(int64_t o0, int64_t o1, int64_t p0, const int32_t* rp, const int32_t* off,
+                      const float* v, const float* X, const float* bias, bool relu, float* Y,
+                      int64_t ldy) {
+  typedef typename Vec<VL>::t vt;
+  typedef typename Vec<VL>::u vtu;
+  constexpr int U = NV >= 4 ? 1 : 8 / NV;
+  const float* xb = X + p0;
+  for (int64_t o = o0; o < o1; ++o) {
+    vt acc[U][NV];
+    const float b = bias ? bias[o] : 0.f;
+    for (int u = 0; u < U; ++u)
+      for (int k = 0; k < NV; ++k) acc[u][k] = vt{} + (u == 0 ? b : 0.f);
+    int64_t j = rp[o];
+    const int64_t e = rp[o + 1];
+    for (; j + U <= e; j += U) {
+      for (int u = 0; u < U; ++u) {
+        const float w = v[j + u];
+        const vtu* xr = reinterpret_cast<const vtu*>(xb + off[j + u]);
+        for (int k = 0; k < NV; ++k) acc[u][k] += w * xr[k];
+      }
+    }
+    for (; j < e; ++j) {
+      const float w = v[j];
+      const vtu* xr = reinterpret_cast<const vtu*>(xb + off[j]);
+      for (int k = 0; k < NV; ++k) acc[0][k] += w * xr[k];
+    }
+    for (int u = 1; u < U; ++u)
+      for (int k = 0; k < NV; ++k) acc[0][k] += acc[u][k];
+    vtu* yr = reinterpret_cast<vtu*>(Y + o * ldy + p0);
+    for (int k = 0; k < NV; ++k) yr[k] = relu ? (acc[0][k] > 0.f ? acc[0][k] : vt{}) : acc[0][k];
+  }
+}
+
+// All positions [0, L) of rows [o0, o1): position tiles outermost, so the part of X a tile
+// reads (C * taps runs of the tile's width) stays in cache while every row passes over it;
+// the rows' weights are small enough to stay there too.
+void conv_rows(int64_t o0, int64_t o1, int64_t L, const int32_t* rp, const int32_t* off,
+               const float* v, const float* X, const float* bias, bool relu, float* Y,
+               int64_t ldy) {
+#if SB_HAVE_AVX512
+  constexpr int VL = 16;
+#else
+  constexpr int VL = 8;
+#endif
+  int64_t p0 = 0;
+  for (; p0 + 4 * VL <= L; p0 += 4 * VL)
+    conv_tile<VL, 4>(o0, o1, p0, rp, off, v, X, bias, relu, Y, ldy);
+  for (; p0 + 16 <= L; p0 += 16)
+    conv_tile<VL, 16 / VL>(o0, o1, p0, rp, off, v, X, bias, relu, Y, ldy);
+  if (p0 == L) return;
+  // The last L % 16 positions (only when X is the caller's own input, read in place).
+  const int64_t nb = L - p0;
+  for (int64_t o = o0; o < o1; ++o) {
+    float acc[16];
+    for (int64_t t = 0; t < nb; ++t) acc[t] = bias ? bias[o] : 0.f;
+    for (int64_t j = rp[o], e = rp[o + 1]; j < e; ++j) {
+      const float w = v[j];
+      const float* xr = X + off[j] + p0;
+      for (int64_t t = 0; t < nb; ++t) acc[t] += w * xr[t];
+    }
+    for (int64_t t = 0; t < nb; ++t) Y[o * ldy + p0 + t] = relu && acc[t] < 0.f ? 0.f : acc[t];
+  }
+}
+
+// Copies the Ho x Wo valid outputs of the (out, L) buffer (rows Ws apart) to y (out, Ho, Wo).
+void conv_trim(const ConvGeometry& g, int64_t out, const float* buf, float* y) {
+  const int64_t Ho = g.Ho(), Wo = g.Wo(), Ws = g.Ws(), L = g.L();
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t h = 0; h < Ho; ++h)
+      std::copy_n(buf + o * L + h * Ws, Wo, y + (o * Ho + h) * Wo);
+}
+
+// Where each nonzero of a CSR conv weight reads its input, for images of C x H x W:
+// off[j] for the (c, i, j) tap of column col[j] (PyTorch's (channel, kh, kw) order).
+at::Tensor conv_offsets(const at::Tensor& col, int64_t C, int64_t H, int64_t W,
+                        std::vector<int64_t> geometry) {
+  const ConvGeometry g = conv_geometry(C, H, W, geometry);
+  TORCH_CHECK(col.dim() == 1 && col.is_contiguous() &&
+                  (col.scalar_type() == at::kShort || col.scalar_type() == at::kInt),
+              "conv_offsets: col must be contiguous int16/int32");
+  TORCH_CHECK(g.image() + g.slack() < (int64_t{1} << 31), "conv_offsets: image too large");
+  const at::Tensor c32 = col.to(at::kInt);
+  const int32_t* cp = c32.data_ptr<int32_t>();
+  at::Tensor off = at::empty({col.numel()}, col.options().dtype(at::kInt));
+  int32_t* op = off.data_ptr<int32_t>();
+  const int64_t taps = g.kh * g.kw;
+  for (int64_t j = 0; j < col.numel(); ++j) {
+    const int64_t k = cp[j];
+    TORCH_CHECK(k >= 0 && k < C * taps, "conv_offsets: column ", k, " out of range");
+    const int64_t c = k / taps, i = (k / g.kw) % g.kh, t = k % g.kw;
+    const int64_t ri = i * g.dh, rj = t * g.dw;
+    const int64_t plane = (c * g.sh + ri % g.sh) * g.sw + rj % g.sw;
+    op[j] = static_cast<int32_t>(plane * g.plane() + (ri / g.sh) * g.Ws() + rj / g.sw);
+  }
+  return off;
+}
+
+// y = conv2d(x, W) + b (then ReLU if relu) with W (out, C*kh*kw) in CSR, its nonzeros' input
+// offsets from conv_offsets for this input size. x: (N, C, H, W) float32, contiguous.
+at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& off,
+                      const at::Tensor& values, const c10::optional<at::Tensor>& bias,
+                      int64_t out, std::vector<int64_t> geometry, bool relu, int64_t threading) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "csr_conv2d: x must be NCHW float32");
+  const int64_t N = x.size(0);
+  const ConvGeometry g = conv_geometry(x.size(1), x.size(2), x.size(3), geometry);
+  TORCH_CHECK(crow.scalar_type() == at::kInt && crow.is_contiguous() && crow.numel() == out + 1,
+              "csr_conv2d: crow must be contiguous int32 (out + 1,)");
+  TORCH_CHECK(off.scalar_type() == at::kInt && off.is_contiguous() &&
+                  values.scalar_type() == at::kFloat && values.is_contiguous() &&
+                  off.numel() == values.numel(),
+              "csr_conv2d: offsets (int32) and values (float32) must be contiguous, one per nonzero");
+  const float* bp = nullptr;
+  at::Tensor bc;
+  if (bias.has_value() && bias->defined()) {
+    bc = bias->contiguous();
+    TORCH_CHECK(bc.scalar_type() == at::kFloat && bc.numel() == out, "csr_conv2d: bias must be float32 (out,)");
+    bp = bc.data_ptr<float>();
+  }
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty({N, out, g.Ho(), g.Wo()}, x.options());
+  if (N == 0 || out == 0) return y;
+  const int32_t* rp = crow.data_ptr<int32_t>();
+  const int32_t* op = off.data_ptr<int32_t>();
+  const float* v = values.data_ptr<float>();
+  const float* xs = xc.data_ptr<float>();
+  float* yd = y.data_ptr<float>();
+  const int64_t in_image = g.C * g.H * g.W, out_image = out * g.Ho() * g.Wo();
+  const int64_t L = g.L(), buf_in = g.image() + g.slack();
+  if (threading < 0) threading = kAdaptive;
+  const int64_t threads = at::get_num_threads();
+  // A 1x1 convolution of stride 1 without padding reads each image in place and writes the
+  // output in place: its input already is the one plane per channel, and its output rows are
+  // whole. Copying the input first took as long as the product (256->64 on 56x56 at 90%).
+  const bool in_place = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 &&
+                        g.pw == 0;
+  const bool serial = threads <= 1 || threading == kSerial ||
+                      static_cast<int64_t>(rp[out]) * L * N < kSerialWork;
+  if (in_place) {
+    const int64_t HW = g.H * g.W;
+    const int64_t per = serial ? 1 : (N >= 2 * threads ? 1 : 2 * threads);
+    const auto splits = balanced_splits(rp, out, per);
+    parallel_chunks(N * per, serial ? kSerial : threading, [&](int64_t c) {
+      const int64_t n = c / per, k = c % per;
+      conv_rows(splits[k], splits[k + 1], HW, rp, op, v, xs + n * in_image, bp, relu,
+                yd + n * out_image, HW);
+    });
+    return y;
+  }
+  if (serial || N >= 2 * threads) {
+    // Whole images per chunk: each thread prepares one image at a time in its own buffers,
+    // which stay in its L2 (see bsr_conv2d_s1 for what going through memory cost).
+    const int64_t chunks = serial ? 1 : std::min<int64_t>(N, threads * kChunksPerThread);
+    parallel_chunks(chunks, serial ? kSerial : threading, [&](int64_t c) {
+      thread_local std::vector<float> xbuf, ybuf;
+      xbuf.resize(buf_in);
+      ybuf.resize(out * L);
+      for (int64_t n = N * c / chunks, n1 = N * (c + 1) / chunks; n < n1; ++n) {
+        conv_prepare(g, xs + n * in_image, xbuf.data());
+        conv_rows(0, out, L, rp, op, v, xbuf.data(), bp, relu, ybuf.data(), L);
+        conv_trim(g, out, ybuf.data(), yd + n * out_image);
+      }
+    });
+    return y;
+  }
+  // Fewer images than threads: prepare them all, then split each image's rows.
+  std::vector<float> xbuf(N * buf_in), ybuf(N * out * L);
+  for (int64_t n = 0; n < N; ++n) conv_prepare(g, xs + n * in_image, xbuf.data() + n * buf_in);
+  const int64_t per = 2 * threads;
+  const auto splits = balanced_splits(rp, out, per);
+  parallel_chunks(N * per, threading, [&](int64_t c) {
+    const int64_t n = c / per, k = c % per;
+    conv_rows(splits[k], splits[k + 1], L, rp, op, v, xbuf.data() + n * buf_in, bp, relu,
+              ybuf.data() + n * out * L, L);
+  });
+  for (int64_t n = 0; n < N; ++n)
+    conv_trim(g, out, ybuf.data() + n * out * L, yd + n * out_image);
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_linear", &csr_linear, "y = x @ W.T + b with W in CSR (fp32)", py::arg("x"),
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("bias"),
@@ -1133,6 +1593,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           return std::make_tuple(a.jobs.load(), a.stalls.load(), a.serial_jobs.load());
         },
         "(parallel jobs, stalls detected, jobs run serially while backing off), adaptive mode");
+  m.def("set_spmm_panel", [](int64_t width) { g_spmm_panel.store(width); },
+        "Batch columns per packed panel of the CSR SpMM (0: no panels, -1: chosen from in).");
+  m.def("set_spmm_kblock", [](int64_t kb) { g_spmm_kblock.store(kb); },
+        "Input features per block of a packed panel (0: no blocks, -1: chosen from the panel).");
   m.def("set_pool_spin_us", [](int64_t us) { WorkPool::spin_us.store(us); },
         "How long an idle pool helper spins before it sleeps (microseconds).");
   m.def("bsr_linear", &bsr_linear, "y = x @ W.T + b with W in BSR (fp32)", py::arg("x"),
@@ -1145,6 +1609,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("brp"), py::arg("bci"), py::arg("values"), py::arg("bias"),
         py::arg("out"), py::arg("kh"), py::arg("kw"), py::arg("ph"), py::arg("pw"),
         py::arg("dh"), py::arg("dw"), py::arg("threading") = -1);
+  m.def("conv_offsets", &conv_offsets,
+        "Input offset of each nonzero of a CSR conv weight, for C x H x W images",
+        py::arg("col"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("geometry"));
+  m.def("csr_conv2d", &csr_conv2d, "direct convolution (any stride) with a CSR weight",
+        py::arg("x"), py::arg("crow"), py::arg("offsets"), py::arg("values"), py::arg("bias"),
+        py::arg("out"), py::arg("geometry"), py::arg("relu") = false, py::arg("threading") = -1);
   m.attr("SPMV_VARIANTS") = py::make_tuple("scalar", "gather16", "gather8");
   m.attr("THREADING") = py::make_tuple("serial", "openmp", "pool", "adaptive");
   m.attr("HAVE_AVX512") = static_cast<bool>(SB_HAVE_AVX512);

@@ -1,0 +1,124 @@
+"""Fold what follows a convolution into it: BatchNorm into the weights, ReLU into the kernel.
+
+A module's forward is Python, so which layer feeds which is read from its graph: children of an
+``nn.Sequential`` run in order; for any other module that has a convolution among its children,
+``torch.fx`` traces its forward one level deep (every child a leaf). A convolution is fused with
+what follows only when its output goes nowhere else: a chain conv -> (Identity ...) ->
+BatchNorm2d / ReLU, each module called once in the whole model. Modules whose forward cannot be
+traced are left as they are.
+
+* ``fold_batchnorm``: an eval-mode ``BatchNorm2d`` after a dense ``nn.Conv2d`` becomes part of the
+  convolution's weight and bias (each output channel scaled, so zeros stay zeros) and is
+  replaced by ``nn.Identity``. It changes the weights, so call it on the model you compile and
+  export, before ``compile_sparse``.
+* ``fuse_relu``: a ``ReLU`` after a ``SparseConv2d`` is applied by the kernel as it writes the
+  output (``SparseConv2d.relu``), and the ``ReLU`` becomes ``nn.Identity``. ``compile_sparse``
+  does this itself. A model rebuilt around the saved layers that still has its ReLU applies it
+  twice, which changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import torch
+from torch import fx, nn
+
+from sparsebench.inference.sparse_conv import SparseConv2d
+
+_CONVS = (nn.Conv2d, SparseConv2d)
+
+
+class _ChildrenAsLeaves(fx.Tracer):
+    """Traces one module's own forward: each child is a single call, not traced into."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _child_chains(parent: nn.Module) -> Iterator[list[str]]:
+    """Yield chains of child names [conv, next, ...] in which each module's output feeds only
+    the next one. Each chain ends at the first module that is not an Identity."""
+    children = dict(parent.named_children())
+    if isinstance(parent, nn.Sequential):
+        names = list(children)
+        for i, name in enumerate(names):
+            if isinstance(children[name], _CONVS):
+                chain = [name]
+                for follower in names[i + 1 :]:
+                    chain.append(follower)
+                    if not isinstance(children[follower], nn.Identity):
+                        break
+                if len(chain) > 1:
+                    yield chain
+        return
+    if not any(isinstance(c, _CONVS) for c in children.values()):
+        return
+    try:
+        graph = _ChildrenAsLeaves().trace(parent)
+    except Exception:  # noqa: BLE001 - any untraceable forward just stays unfused
+        return
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(children.get(node.target), _CONVS):
+            continue
+        chain, current = [node.target], node
+        while True:
+            users = list(current.users)
+            if len(users) != 1 or users[0].op != "call_module" or users[0].args != (current,):
+                break
+            current = users[0]
+            if "." in current.target or calls[current.target] != 1:
+                break
+            chain.append(current.target)
+            if not isinstance(children[current.target], nn.Identity):
+                break
+        if len(chain) > 1 and calls[node.target] == 1:
+            yield chain
+
+
+def _once_in_model(model: nn.Module) -> set[int]:
+    """Return the ids of modules that appear once in ``model`` (not shared between parents)."""
+    seen = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    return {k for k, n in seen.items() if n == 1}
+
+
+def _fusions(model: nn.Module, conv_type: type, follower_type: type):  # noqa: ANN202
+    """Yield (parent, conv name, follower name) for each conv -> (Identity...) -> follower."""
+    single = _once_in_model(model)
+    for parent in list(model.modules()):
+        for chain in list(_child_chains(parent)):
+            conv, last = parent.get_submodule(chain[0]), parent.get_submodule(chain[-1])
+            if (
+                isinstance(conv, conv_type)
+                and isinstance(last, follower_type)
+                and id(conv) in single
+                and id(last) in single
+            ):
+                yield parent, chain[0], chain[-1]
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold each eval-mode BatchNorm2d that directly follows an ``nn.Conv2d`` into it, in
+    place; return how many were folded. BatchNorms in training mode are left alone."""
+    folded = 0
+    for parent, conv_name, bn_name in list(_fusions(model, nn.Conv2d, nn.BatchNorm2d)):
+        conv, bn = parent.get_submodule(conv_name), parent.get_submodule(bn_name)
+        if bn.training or bn.running_mean is None or type(conv) is not nn.Conv2d:
+            continue
+        fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn)
+        setattr(parent, conv_name, fused)
+        setattr(parent, bn_name, nn.Identity())
+        folded += 1
+    return folded
+
+
+def fuse_relu(model: nn.Module) -> int:
+    """Let each ``SparseConv2d`` followed only by a ``ReLU`` apply it; return how many."""
+    fused = 0
+    for parent, conv_name, relu_name in list(_fusions(model, SparseConv2d, nn.ReLU)):
+        parent.get_submodule(conv_name).relu = True
+        setattr(parent, relu_name, nn.Identity())
+        fused += 1
+    return fused
