@@ -3,6 +3,8 @@ convolution's output goes nowhere else, and the model computes what it did befor
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,3 +169,22 @@ def test_fused_relu_applies_on_the_fallback_path(monkeypatch):
     finally:
         monkeypatch.delenv(_extension.DISABLE_ENV)
         _extension._reset_for_tests()
+
+
+def test_max_pools_are_replaced_by_an_equal_faster_one():
+    from sparsebench.inference.glue import ChannelsLastMaxPool2d, replace_glue
+
+    model = nn.Sequential(
+        nn.MaxPool2d(3, 2, 1),
+        nn.MaxPool2d((2, 3), (1, 2), (1, 0), dilation=(2, 1), ceil_mode=True),
+        nn.MaxPool2d(2, return_indices=True),  # its indices have no channels-last twin
+    )
+    fast = copy.deepcopy(model)
+    assert replace_glue(fast) == 2
+    assert [type(m) for m in fast] == [ChannelsLastMaxPool2d, ChannelsLastMaxPool2d, nn.MaxPool2d]
+    x = torch.randn(2, 5, 23, 18)
+    for a, b in zip(model[:2], fast[:2], strict=True):
+        got, ref = b(x), a(x)
+        assert torch.equal(got, ref) and got.is_contiguous()
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(b(x_cl), ref)
