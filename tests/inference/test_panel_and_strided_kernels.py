@@ -178,3 +178,15 @@ def test_conv_and_panels_under_each_threading_mode(ext, threading):
     finally:
         set_kernel_options(**old)
         torch.set_num_threads(before)
+
+
+def test_conv_kernel_refuses_offsets_of_another_input_size(ext):
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    sparse = SparseConv2d.from_conv(conv)
+    geometry = [3, 3, 1, 1, 1, 1, 1, 1]
+    small = ext.conv_offsets(sparse.col_indices, 3, 6, 6, geometry)
+    large = ext.conv_offsets(sparse.col_indices, 3, 40, 40, geometry)
+    x = torch.randn(1, 3, 6, 6)
+    ext.csr_conv2d(x, sparse.crow_indices, small, sparse.values, None, 4, geometry)
+    with pytest.raises(RuntimeError, match="another input size"):
+        ext.csr_conv2d(x, sparse.crow_indices, large, sparse.values, None, 4, geometry)

@@ -1489,7 +1489,7 @@ at::Tensor conv_offsets(const at::Tensor& col, int64_t C, int64_t H, int64_t W,
   at::Tensor off = at::empty({col.numel()}, col.options().dtype(at::kInt));
   int32_t* op = off.data_ptr<int32_t>();
   const int64_t taps = g.kh * g.kw;
-  for (int64_t j = 0; j < col.numel(); ++j) {
+  for (int64_t j = 0, nnz = col.numel(); j < nnz; ++j) {
     const int64_t k = cp[j];
     TORCH_CHECK(k >= 0 && k < C * taps, "conv_offsets: column ", k, " out of range");
     const int64_t c = k / taps, i = (k / g.kw) % g.kh, t = k % g.kw;
@@ -1538,6 +1538,14 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   // whole. Copying the input first took as long as the product (256->64 on 56x56 at 90%).
   const bool in_place = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 &&
                         g.pw == 0;
+  // Offsets computed for another input size would read outside the buffer: refuse them.
+  int32_t lowest = 0, highest = 0;
+  for (int64_t j = 0, nnz = off.numel(); j < nnz; ++j) {
+    lowest = std::min(lowest, op[j]);
+    highest = std::max(highest, op[j]);
+  }
+  TORCH_CHECK(lowest >= 0 && (in_place ? highest + g.H * g.W <= in_image : highest + L <= buf_in),
+              "csr_conv2d: the offsets were computed for another input size");
   const bool serial = threads <= 1 || threading == kSerial ||
                       static_cast<int64_t>(rp[out]) * L * N < kSerialWork;
   if (in_place) {
