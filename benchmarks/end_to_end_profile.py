@@ -1,0 +1,100 @@
+"""Where the time of one end-to-end model goes: its layers against everything between them.
+
+Builds one of ``end_to_end.py``'s workloads (random weights, pruned), compiles it with
+``compile_sparse``, and for the dense and the compiled model prints the median wall time of a
+forward, the part spent inside Linear/Conv2d layers (dense or sparse, timed by forward hooks),
+and torch's profiler table of the operations outside them, largest first. Use it to decide
+what to speed up next: the sparse kernels, or the glue around them.
+
+    .venv-bench/bin/python -W ignore benchmarks/end_to_end_profile.py --model bert --batch 8
+    .venv-bench/bin/python -W ignore benchmarks/end_to_end_profile.py --model resnet50 --batch 1
+
+Times are from one process on a machine that may be shared: read shares, not milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.profiler import profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import end_to_end as e2e  # noqa: E402
+
+from sparsebench.inference import SparseConv2d, SparseLinear, compile_sparse  # noqa: E402
+from sparsebench.inference.timing import machine_context  # noqa: E402
+
+BUILDERS = {"bert": e2e.build_bert, "resnet50": e2e.build_resnet, "gpt2-decode": e2e.build_gpt2}
+LAYERS = (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)
+
+
+def _layer_time(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int
+) -> tuple[float, float]:
+    """Return (median forward seconds, median seconds inside the model's layers)."""
+    spent = [0.0]
+    starts: dict[int, float] = {}
+    handles = []
+    for module in model.modules():
+        if isinstance(module, LAYERS):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, _i: starts.__setitem__(id(m), time.perf_counter())))
+            handles.append(module.register_forward_hook(
+                lambda m, _i, _o: spent.__setitem__(0, spent[0] + time.perf_counter()
+                                                    - starts[id(m)])))
+    totals, inside = [], []
+    try:
+        for _ in range(repeats):
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            model(*inputs)
+            totals.append(time.perf_counter() - t0)
+            inside.append(spent[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return statistics.median(totals), statistics.median(inside)
+
+
+def main() -> None:
+    """Profile the dense and the compiled model of one workload and print both."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", choices=list(BUILDERS), default="bert")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rows", type=int, default=12, help="operations listed per model")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    opts = e2e.Options(models=(args.model,), batches=(args.batch,), threads=(args.threads,),
+                       engines=("torch", "sparse"))
+    work = BUILDERS[args.model](opts)
+    inputs = work.inputs(args.batch)
+    print(f"{work.describe}; {work.pruned}; batch {args.batch}, {args.threads} thread(s)")
+    print(machine_context())
+    fast = compile_sparse(work.module, batch_hint=args.batch * work.rows_per_sample,
+                          example_input=inputs)
+    print(f"compile_sparse: {e2e._sparse_layers(work.module, fast)}")
+    with torch.no_grad():
+        for name, model in (("dense torch", work.module), ("compile_sparse", fast)):
+            model(*inputs)  # warm: kernels built, caches filled
+            total, inside = _layer_time(model, inputs, args.repeats)
+            print(f"\n== {name}: {total * 1e3:.1f} ms per forward, {inside * 1e3:.1f} ms in its "
+                  f"layers, {(total - inside) * 1e3:.1f} ms between them "
+                  f"({(total - inside) / total:.0%})")
+            with profile() as prof:
+                model(*inputs)
+            table = prof.key_averages().table(sort_by="self_cpu_time_total",
+                                              row_limit=args.rows)
+            print(table)
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
