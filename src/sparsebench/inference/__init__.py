@@ -4,6 +4,7 @@ Typical use on a finalized model (pruned weights are exact zeros)::
 
     from sparsebench import inference as sbi
 
+    sbi.fold_batchnorm(model)                               # convnets: BatchNorm into convs
     fast = sbi.compile_sparse(model, batch_hint=[1, 16],    # per-layer dense/CSR/BSR choice
                               example_input=x[:1])          # sizes the convolutions
     report = sbi.save_sparse(fast, "model.sparse.safetensors")
