@@ -531,44 +531,52 @@ inline void transpose_into(const float* src, int64_t rows, int64_t cols, int64_t
   }
 }
 
+// One output row's sums over its nonzeros [j, e): sum[k] = b + sum of v[j] * x[at(j) + VL*k
+// ..], for the VL*NV columns starting at xb; at(j) is where nonzero j's input row starts.
+// U nonzeros are in flight: with fewer than 4 registers per row (batch 16 or 32 with
+// AVX-512) a single chain of dependent FMAs would wait on the FMA latency (4 cycles on Zen 4)
+// at every nonzero; U independent partial sums keep 4 chains going. Summing them at the end
+// reorders the additions, a float-rounding difference only.
+template <int VL, int NV, typename At>
+inline void row_sums(int64_t j, int64_t e, const float* v, const float* xb, At at, float b,
+                     typename Vec<VL>::t (&sum)[NV]) {
+  typedef typename Vec<VL>::t vt;
+  typedef typename Vec<VL>::u vtu;
+  constexpr int U = NV >= 4 ? 1 : 8 / NV;
+  vt acc[U][NV];
+  for (int u = 0; u < U; ++u)
+    for (int k = 0; k < NV; ++k) acc[u][k] = vt{} + (u == 0 ? b : 0.f);
+  for (; j + U <= e; j += U) {
+    for (int u = 0; u < U; ++u) {
+      const float w = v[j + u];
+      const vtu* xr = reinterpret_cast<const vtu*>(xb + at(j + u));
+      for (int k = 0; k < NV; ++k) acc[u][k] += w * xr[k];
+    }
+  }
+  for (; j < e; ++j) {
+    const float w = v[j];
+    const vtu* xr = reinterpret_cast<const vtu*>(xb + at(j));
+    for (int k = 0; k < NV; ++k) acc[0][k] += w * xr[k];
+  }
+  for (int u = 1; u < U; ++u)
+    for (int k = 0; k < NV; ++k) acc[0][k] += acc[u][k];
+  for (int k = 0; k < NV; ++k) sum[k] = acc[0][k];
+}
+
 // Rows [o0, o1) (at most kRowBlock) for batch columns [b0, b0 + VL*NV).
 template <typename I, int VL, int NV>
 inline void spmm_tile(int64_t o0, int64_t o1, int64_t b0, const int32_t* rp, const I* ci,
                       const float* v, const float* xT, int64_t ld, const float* bias,
                       float* y, int64_t out) {
   typedef typename Vec<VL>::t vt;
-  typedef typename Vec<VL>::u vtu;
   constexpr int TB = VL * NV;
-  // U nonzeros in flight per row: with fewer than 4 registers per row (batch 16 or 32 with
-  // AVX-512) a single chain of dependent FMAs would wait on the FMA latency (4 cycles on
-  // Zen 4) at every nonzero; U independent partial sums keep 4 chains going. Summing them
-  // at the end reorders the additions, a float-rounding difference only.
-  constexpr int U = NV >= 4 ? 1 : 8 / NV;
   alignas(64) float buf[kRowBlock][TB];
   const float* xb = xT + b0;
+  const auto at = [ci, ld](int64_t j) { return static_cast<int64_t>(ci[j]) * ld; };
   for (int64_t o = o0; o < o1; ++o) {
-    vt acc[U][NV];
-    const float b = bias ? bias[o] : 0.f;
-    for (int u = 0; u < U; ++u)
-      for (int k = 0; k < NV; ++k) acc[u][k] = vt{} + (u == 0 ? b : 0.f);
-    int64_t j = rp[o];
-    const int64_t e = rp[o + 1];
-    for (; j + U <= e; j += U) {
-      for (int u = 0; u < U; ++u) {
-        const float w = v[j + u];
-        const vtu* xr =
-            reinterpret_cast<const vtu*>(xb + static_cast<int64_t>(ci[j + u]) * ld);
-        for (int k = 0; k < NV; ++k) acc[u][k] += w * xr[k];
-      }
-    }
-    for (; j < e; ++j) {
-      const float w = v[j];
-      const vtu* xr = reinterpret_cast<const vtu*>(xb + static_cast<int64_t>(ci[j]) * ld);
-      for (int k = 0; k < NV; ++k) acc[0][k] += w * xr[k];
-    }
-    for (int u = 1; u < U; ++u)
-      for (int k = 0; k < NV; ++k) acc[0][k] += acc[u][k];
-    for (int k = 0; k < NV; ++k) *reinterpret_cast<vt*>(&buf[o - o0][VL * k]) = acc[0][k];
+    vt sum[NV];
+    row_sums<VL, NV>(rp[o], rp[o + 1], v, xb, at, bias ? bias[o] : 0.f, sum);
+    for (int k = 0; k < NV; ++k) *reinterpret_cast<vt*>(&buf[o - o0][VL * k]) = sum[k];
   }
   const int64_t n = o1 - o0;
 #if SB_HAVE_AVX512
@@ -1421,31 +1429,13 @@ inline void conv_tile(int64_t o0, int64_t o1, int64_t p0, const int32_t* rp, con
                       int64_t ldy) {
   typedef typename Vec<VL>::t vt;
   typedef typename Vec<VL>::u vtu;
-  constexpr int U = NV >= 4 ? 1 : 8 / NV;
   const float* xb = X + p0;
+  const auto at = [off](int64_t j) { return static_cast<int64_t>(off[j]); };
   for (int64_t o = o0; o < o1; ++o) {
-    vt acc[U][NV];
-    const float b = bias ? bias[o] : 0.f;
-    for (int u = 0; u < U; ++u)
-      for (int k = 0; k < NV; ++k) acc[u][k] = vt{} + (u == 0 ? b : 0.f);
-    int64_t j = rp[o];
-    const int64_t e = rp[o + 1];
-    for (; j + U <= e; j += U) {
-      for (int u = 0; u < U; ++u) {
-        const float w = v[j + u];
-        const vtu* xr = reinterpret_cast<const vtu*>(xb + off[j + u]);
-        for (int k = 0; k < NV; ++k) acc[u][k] += w * xr[k];
-      }
-    }
-    for (; j < e; ++j) {
-      const float w = v[j];
-      const vtu* xr = reinterpret_cast<const vtu*>(xb + off[j]);
-      for (int k = 0; k < NV; ++k) acc[0][k] += w * xr[k];
-    }
-    for (int u = 1; u < U; ++u)
-      for (int k = 0; k < NV; ++k) acc[0][k] += acc[u][k];
+    vt sum[NV];
+    row_sums<VL, NV>(rp[o], rp[o + 1], v, xb, at, bias ? bias[o] : 0.f, sum);
     vtu* yr = reinterpret_cast<vtu*>(Y + o * ldy + p0);
-    for (int k = 0; k < NV; ++k) yr[k] = relu ? (acc[0][k] > 0.f ? acc[0][k] : vt{}) : acc[0][k];
+    for (int k = 0; k < NV; ++k) yr[k] = relu ? (sum[k] > 0.f ? sum[k] : vt{}) : sum[k];
   }
 }
 
