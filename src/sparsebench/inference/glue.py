@@ -7,8 +7,7 @@ Once the products are sparse, what torch does around them can take a large share
   again: torch's NCHW max pooling is slow on the CPU. In a 90%-sparse ResNet-50 at batch 1 on
   one core (``benchmarks/end_to_end_profile.py --model resnet50``) the stem's pooling took
   6.1 ms, about a fifth of the whole compiled model; channels-last it takes 0.65 ms, plus two
-  copies. Timed alone on the stem's 64x112x112 map, with both copies: 6.8 -> 1.2 ms at batch 1,
-  50 -> 13 ms at batch 8.
+  copies.
 """
 
 from __future__ import annotations
