@@ -6,6 +6,12 @@ forward, the part spent inside Linear/Conv2d layers (dense or sparse, timed by f
 and torch's profiler table of the operations outside them, largest first. Use it to decide
 what to speed up next: the sparse kernels, or the glue around them.
 
+It also states the bytes bound: the bytes of the layers' weights as stored (values, indices
+and biases of the sparse ones), which a forward at batch 1 must read at least once, against
+this machine's copy bandwidth (a 256 MB ``copy_``, read + write). A forward that streams its
+weights from memory cannot be faster than bytes / bandwidth; decoding one token is the case
+where that bound matters.
+
     .venv-bench/bin/python -W ignore benchmarks/end_to_end_profile.py --model bert --batch 8
     .venv-bench/bin/python -W ignore benchmarks/end_to_end_profile.py --model resnet50 --batch 1
 
@@ -29,9 +35,10 @@ import end_to_end as e2e  # noqa: E402
 
 from sparsebench.inference import SparseConv2d, SparseLinear, compile_sparse  # noqa: E402
 from sparsebench.inference.timing import machine_context  # noqa: E402
+from sparsebench.layer_kinds import is_transposed_linear  # noqa: E402
 
 BUILDERS = {"bert": e2e.build_bert, "resnet50": e2e.build_resnet, "gpt2-decode": e2e.build_gpt2}
-LAYERS = (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)
+LAYERS = (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)  # timed by hooks (and Conv1D)
 
 
 def _layer_time(
@@ -42,7 +49,7 @@ def _layer_time(
     starts: dict[int, float] = {}
     handles = []
     for module in model.modules():
-        if isinstance(module, LAYERS):
+        if isinstance(module, LAYERS) or is_transposed_linear(module):
             handles.append(module.register_forward_pre_hook(
                 lambda m, _i: starts.__setitem__(id(m), time.perf_counter())))
             handles.append(module.register_forward_hook(
@@ -60,6 +67,33 @@ def _layer_time(
         for h in handles:
             h.remove()
     return statistics.median(totals), statistics.median(inside)
+
+
+def layer_weight_bytes(model: nn.Module) -> int:
+    """Return the bytes of the Linear/Conv2d weights (and biases) as ``model`` stores them."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (SparseLinear, SparseConv2d)):
+            parts = [module.values, module.col_indices, module.crow_indices, module.bias]
+        elif isinstance(module, (nn.Linear, nn.Conv2d)) or is_transposed_linear(module):
+            parts = [module.weight, module.bias]  # transformers' Conv1D: a Linear stored (in, out)
+        else:
+            continue
+        total += sum(t.numel() * t.element_size() for t in parts if t is not None)
+    return total
+
+
+def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Return bytes per second moved by copying a buffer of ``megabytes`` (read + write)."""
+    src = torch.ones(megabytes << 18)  # 4-byte floats
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / statistics.median(times)
 
 
 def main() -> None:
@@ -81,13 +115,18 @@ def main() -> None:
     fast = compile_sparse(work.module, batch_hint=args.batch * work.rows_per_sample,
                           example_input=inputs)
     print(f"compile_sparse: {e2e._sparse_layers(work.module, fast)}")
+    bandwidth = copy_bandwidth()
+    print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write, {args.threads} thread(s))")
     with torch.no_grad():
         for name, model in (("dense torch", work.module), ("compile_sparse", fast)):
             model(*inputs)  # warm: kernels built, caches filled
             total, inside = _layer_time(model, inputs, args.repeats)
+            weights = layer_weight_bytes(model)
             print(f"\n== {name}: {total * 1e3:.1f} ms per forward, {inside * 1e3:.1f} ms in its "
                   f"layers, {(total - inside) * 1e3:.1f} ms between them "
-                  f"({(total - inside) / total:.0%})")
+                  f"({(total - inside) / total:.0%})\n   layer weights {weights / 1e6:.1f} MB: "
+                  f"read once at the copy bandwidth, {weights / bandwidth * 1e3:.1f} ms "
+                  f"({weights / bandwidth / total:.0%} of the forward)")
             with profile() as prof:
                 model(*inputs)
             table = prof.key_averages().table(sort_by="self_cpu_time_total",
