@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from sparsebench.study.driver import run_sweep
+from sparsebench.study.driver import _Driver, run_sweep
 from sparsebench.study.executors import InProcessExecutor, make_executor
 from sparsebench.study.report import write_report
 from sparsebench.study.source_masks import pack_masks
@@ -344,13 +344,31 @@ def test_retraining_finds_its_source_in_a_moved_checkout_or_says_what_is_missing
     fifth = run_sweep(spec, store, InProcessExecutor(), tmp_path / "d" / "runs", say=_quiet)
     assert fifth.failed == 1
     assert "not that run's mask" in store.runs(technique="lottery")[0].error
-    # Neither the directory nor the kept mask: the retraining run fails with the reason.
+    lottery_id = store.runs(technique="lottery")[0].id
+    # Neither the directory nor the kept mask: a retraining run fails with the reason ...
     store.delete(technique="lottery")
     kept.unlink()
-    sixth = run_sweep(spec, store, InProcessExecutor(), tmp_path / "d" / "runs", say=_quiet)
-    assert sixth.failed == 1
-    error = store.runs(technique="lottery")[0].error
-    assert "neither its run directory" in error and str(kept) in error
+    driver = _Driver(spec, store, InProcessExecutor(), tmp_path / "e" / "runs", poll=0.1,
+                     stale_after=600, retry_failed=False, say=_quiet)
+    with pytest.raises(ValueError, match="neither its run directory") as refused:
+        driver._source_dir(source.id)
+    assert str(kept) in str(refused.value)
+    # ... so the sweep trains the lost source again first (it is one of its own first-phase
+    # points: same id, same seed), and a lottery run that had failed for want of it is retried.
+    store.upsert([Run(id=lottery_id, technique="lottery", sweep="moved", status="failed",
+                      error="retraining needs the mask ... neither its run directory",
+                      hyperparameters={"source": source.id}, target_sparsity=0.9)])
+    said: list[str] = []
+    sixth = run_sweep(spec, store, InProcessExecutor(), tmp_path / "e" / "runs",
+                      say=said.append)
+    assert (sixth.ran, sixth.failed) == (2, 0)
+    assert any("training it again" in line and source.id in line for line in said)
+    assert store.get(lottery_id).status == "finished"
+    again = store.get(source.id)
+    assert again.status == "finished" and again.metric_value == source.metric_value
+    retrained = load_file(tmp_path / "e" / "runs" / source.id / "mask.safetensors")
+    assert all(torch.equal(m, retrained[k]) for k, m in mask.items())
+    assert kept.is_file()  # kept beside the store again, for the next checkout
     store.close()
 
 

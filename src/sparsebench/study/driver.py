@@ -235,6 +235,30 @@ class _Driver:
             f" nor its kept mask ({archive}) is here. Copy one of them here, or delete that run "
             "from the store so the sweep trains it again.")
 
+    def requeue_lost_sources(self, phase2: Sequence[Point]) -> bool:
+        """Puts back to pending each finished source of ``phase2`` whose mask is lost (neither
+        its run directory nor its kept mask is here: a run finished on another checkout before
+        masks were kept beside the store), and the phase-2 runs of that source that failed,
+        for want of it. Returns whether any source was put back. The source is a first-phase
+        point of this sweep, so training it again from its id reproduces it; the phase-2 plan
+        is made again once it has finished."""
+        sources = sorted({p.source for p in phase2 if p.source is not None})
+        lost = [s for s in sources if self._kept_source_dir(s) is None
+                and not archive_path(self.store.path, s).is_file()]
+        if not lost:
+            return False
+        dependants = [p.run_id(self.spec.task) for p in phase2 if p.source in lost]
+        with self.store.transaction() as db:
+            marks = ", ".join("?" * len(lost))
+            db.execute(f"UPDATE runs SET status='pending', error=NULL, worker=NULL "
+                       f"WHERE status='finished' AND id IN ({marks})", lost)
+            marks = ", ".join("?" * len(dependants))
+            db.execute(f"UPDATE runs SET status='pending', error=NULL, worker=NULL "
+                       f"WHERE status='failed' AND id IN ({marks})", dependants)
+        self.say(f"phase 2 derives from {', '.join(lost)}, whose mask and run directory are "
+                 "not here: training it again (same id, same seed) before its retraining runs")
+        return True
+
     def _source_candidates(self, source_id: str) -> list[Path]:
         source = self.store.get(source_id)
         candidates = [Path(source.run_dir)] if source and source.run_dir else []
@@ -329,6 +353,9 @@ def run_sweep(spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: st
         phase1 = plan_phase1(spec)
         driver.run_phase(phase1, f"sweep {spec.name}, phase 1")
         phase2 = plan_phase2(spec, store, phase1, driver.runs_dir)
+        if driver.requeue_lost_sources(phase2):
+            driver.run_phase(phase1, f"sweep {spec.name}, phase 1 again (lost sources)")
+            phase2 = plan_phase2(spec, store, phase1, driver.runs_dir)
         if phase2:
             driver.run_phase(phase2, f"sweep {spec.name}, phase 2 (retraining, small dense)")
         elif spec.retraining is not None or spec.small_dense is not None:
