@@ -7,16 +7,18 @@ recurrent matrices are ``nn.Linear``, a softmax layer) at ``--hidden`` with ever
 pruned by magnitude to each ``--sparsities`` (random weights: the time does not depend on
 their values), compiled with ``compile_sparse`` at batch 1; the dense model at ``--hidden``;
 and for each sparsity the dense model whose hidden size gives the same number of nonzero
-parameters (``width_for_parameters``, as the study's small-dense baseline). Each candidate
-generates ``--chars`` characters one at a time from the same prompt and seed
-(``GRULanguageModel.generate``), in interleaved rounds in one process.
+parameters (``width_for_parameters``, as the study's small-dense baseline). Each model
+generates ``--chars`` characters one at a time from the same prompt and seed two ways: the
+model's own ``generate`` (a Python loop of torch calls per character) and ``GRUSampler`` (the
+whole loop compiled, each matrix dense or CSR as the model holds it). All candidates run in
+interleaved rounds in one process, and each pair is checked to give the same ids.
 
-Prints characters per second and microseconds per character for each model beside its nonzero
-parameter count, the ratio to the dense model of the same size, and the least-squares line
-time = a + b · nonzeros over the sparse models and the same-size dense model: its intercept
-``a`` is the time that does not scale with the weights (Python, the gates, sampling), the share
-of ``a`` in each time says how far "time proportional to nonzeros" holds here. The load
-average before and after. Writes no files.
+Prints, per model and loop, microseconds and characters per second beside the nonzero count and
+the ratio to the dense model of the same size sampled the same way; and, per loop, the
+least-squares line time = a + b · nonzeros over the same-size models: the share of the
+intercept ``a`` (what does not scale with the weights: Python, the gates, the draw) in each
+time says how far "time proportional to nonzeros" holds. The load average before and after.
+Writes no files.
 
     .venv/bin/python benchmarks/gru_sampling.py [--hidden 1024] [--sparsities 0.9 0.95 0.98]
         [--chars 200] [--rounds 5] [--threads 1]
@@ -30,7 +32,7 @@ import os
 import torch
 
 import sparsebench as sb
-from sparsebench.inference import compile_sparse, kernel_path
+from sparsebench.inference import GRUSampler, compile_sparse, kernel_path
 from sparsebench.inference.timing import LoadWatch, interleaved_rounds
 from sparsebench.study.sweep import width_for_parameters
 
@@ -46,12 +48,23 @@ def _nonzeros(model: torch.nn.Module) -> int:
     return sum(int((p != 0).sum()) for p in model.parameters())
 
 
-def _sampler(model: torch.nn.Module, chars: int):
-    prompt = torch.tensor([1, 2, 3])
+PROMPT = [1, 2, 3]
+LOOPS = ("generate", "GRUSampler")
 
-    def call() -> None:
-        model.generate(prompt, chars, torch.Generator().manual_seed(0))
+
+def _sampler(model, chars: int):
+    def call() -> torch.Tensor:
+        return model.generate(PROMPT, chars, torch.Generator().manual_seed(0))
     return call
+
+
+def _fit(names: list[str], nonzeros: dict[str, int], per_char: dict[str, float]
+         ) -> tuple[float, float]:
+    """Returns (a, b) of the least-squares line time = a + b * nonzeros."""
+    xs = torch.tensor([float(nonzeros[n]) for n in names], dtype=torch.float64)
+    ys = torch.tensor([per_char[n] for n in names], dtype=torch.float64)
+    b = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
+    return float(ys.mean() - b * xs.mean()), b
 
 
 def main() -> None:
@@ -84,25 +97,40 @@ def main() -> None:
         name = f"dense h{hidden} (same nonzeros as {s:.0%})"
         models[name] = sb.models.create("gru-lm", **_options(hidden)).eval()
         nonzeros[name] = count
-    times = interleaved_rounds({name: _sampler(m, args.chars) for name, m in models.items()},
+    samplers = {}
+    for name, model in models.items():
+        compiled = GRUSampler(model)
+        same = torch.equal(_sampler(model, args.chars)(), _sampler(compiled, args.chars)())
+        if not same:
+            print(f"NOTE: {name}: the two loops drew different ids (a uniform within float "
+                  "rounding of a boundary)")
+        samplers[(name, "generate")] = _sampler(model, args.chars)
+        samplers[(name, "GRUSampler")] = _sampler(compiled, args.chars)
+    print("formats in GRUSampler: " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in GRUSampler(m).formats.items())
+        for name, m in models.items() if "sparse" in name))
+    times = interleaved_rounds({f"{n} | {loop}": fn for (n, loop), fn in samplers.items()},
                                repeats=args.rounds, warmup=1)
-    per_char = {name: sorted(t)[len(t) // 2] / args.chars for name, t in times.items()}
-    base = per_char[f"dense h{args.hidden}"]
-    # time = a + b * nonzeros over the same-size models (dense and its sparse versions)
-    fit = [name for name in models if f"h{args.hidden}" in name]
-    xs = torch.tensor([float(nonzeros[n]) for n in fit], dtype=torch.float64)
-    ys = torch.tensor([per_char[n] for n in fit], dtype=torch.float64)
-    b = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
-    a = float(ys.mean() - b * xs.mean())
     print(f"one GRU layer, vocabulary {VOCAB}, embedding {EMBED}; {args.chars} characters at "
           f"batch 1 per call, median of {args.rounds} interleaved rounds")
-    for name in models:
-        print(f"  {name:40s} {nonzeros[name]:>10,d} nonzeros  {1e6 * per_char[name]:8.1f} "
-              f"us/char  {1 / per_char[name]:8.0f} chars/s  {base / per_char[name]:5.2f}x "
-              f"the dense h{args.hidden}")
-    print(f"  fit over the h{args.hidden} models: time/char = {1e6 * a:.1f} us + "
-          f"{1e9 * b:.3f} ns x nonzeros; the constant is "
-          + ", ".join(f"{a / per_char[n]:.0%}" for n in fit) + " of their times")
+    fit = [name for name in models if f"h{args.hidden}" in name]
+    median = {key: sorted(t)[len(t) // 2] for key, t in times.items()}
+    for loop in LOOPS:
+        per_char = {name: median[f"{name} | {loop}"] / args.chars for name in models}
+        base = per_char[f"dense h{args.hidden}"]
+        print(f"{loop}:")
+        for name in models:
+            print(f"  {name:40s} {nonzeros[name]:>10,d} nonzeros  {1e6 * per_char[name]:8.1f} "
+                  f"us/char  {1 / per_char[name]:8.0f} chars/s  {base / per_char[name]:5.2f}x "
+                  f"the dense h{args.hidden}")
+        a, b = _fit(fit, nonzeros, per_char)
+        print(f"  fit over the h{args.hidden} models: time/char = {1e6 * a:.1f} us + "
+              f"{1e9 * b:.3f} ns x nonzeros; the constant is "
+              + ", ".join(f"{a / per_char[n]:.0%}" for n in fit) + " of their times")
+    ratio = {name: median[f"{name} | generate"] / median[f"{name} | GRUSampler"]
+             for name in models}
+    speedups = ", ".join(f"{name} {value:.1f}x" for name, value in ratio.items())
+    print(f"GRUSampler against generate, same model: {speedups}")
     print("loadavg(1/5/15m) after: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     problem = watch.problem()
     if problem:

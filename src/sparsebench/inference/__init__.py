@@ -28,6 +28,7 @@ from sparsebench.inference.export import (
     save_sparse,
 )
 from sparsebench.inference.fusion import fold_batchnorm, fuse_relu
+from sparsebench.inference.gru_sampler import GRUSampler
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d
 from sparsebench.inference.sparse_linear import (
@@ -46,6 +47,7 @@ __all__ = [
     "set_kernel_options",
     "Calibration",
     "ExportReport",
+    "GRUSampler",
     "LayerDecision",
     "PerformanceModel",
     "SparseFileError",

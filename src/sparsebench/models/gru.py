@@ -32,7 +32,18 @@ from torch import nn
 
 from sparsebench.models import _checks
 
-__all__ = ["GRULanguageModel", "GRULayer"]
+__all__ = ["GRULanguageModel", "GRULayer", "draw_by_inverse_cdf"]
+
+
+def draw_by_inverse_cdf(logits: torch.Tensor, temperature: float, uniform: torch.Tensor | float
+                        ) -> int:
+    """Returns the id whose cumulative probability under softmax(logits / temperature) (in
+    float64) first exceeds ``uniform`` (in [0, 1)); the last id if rounding leaves none."""
+    probs = torch.softmax(logits.detach().double().cpu() / temperature, dim=-1)
+    cdf = probs.cumsum(0)
+    index = int(torch.searchsorted(cdf, torch.as_tensor(uniform, dtype=torch.float64) * cdf[-1],
+                                   right=True))
+    return min(index, logits.numel() - 1)
 
 
 class GRULayer(nn.Module):
@@ -120,9 +131,12 @@ class GRULanguageModel(nn.Module):
         """Returns ``length`` character ids sampled one at a time after ``prompt_ids`` (batch 1,
         evaluation mode, the model's mode restored afterwards).
 
-        Each id is drawn from softmax(logits / temperature) by ``torch.multinomial`` with
-        ``generator``, on the CPU (so a CPU generator serves a model on any device): the same
-        weights, prompt and generator state give the same ids.
+        Each id is drawn from softmax(logits / temperature) by inverse CDF: ``length``
+        uniforms are drawn up front from ``generator`` (float64, on the CPU, so a CPU generator
+        serves a model on any device), and id ``i`` is the first whose cumulative probability
+        exceeds uniform ``i``. The same weights, prompt and generator state give the same ids,
+        and so does the compiled sampler (``sparsebench.inference.GRUSampler``), which draws by
+        the same rule.
 
         Raises:
             ValueError: for an empty prompt, a negative length or a temperature <= 0.
@@ -136,12 +150,12 @@ class GRULanguageModel(nn.Module):
         device = self.output.weight.device
         was_training = self.training
         self.eval()
+        uniforms = torch.rand(length, generator=generator, dtype=torch.float64)
         try:
             logits, state = self(prompt.to(device))
             sampled: list[int] = []
             for i in range(length):
-                probs = torch.softmax(logits[0, -1].double().cpu() / temperature, dim=-1)
-                sampled.append(int(torch.multinomial(probs, 1, generator=generator)))
+                sampled.append(draw_by_inverse_cdf(logits[0, -1], temperature, uniforms[i]))
                 if i + 1 < length:
                     logits, state = self(torch.tensor([[sampled[-1]]], device=device), state)
             return torch.tensor(sampled, dtype=torch.long)

@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -1593,6 +1594,240 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   return y;
 }
 
+// ---------------------------------------------------------------------------------------
+// Sampling a GRU language model at batch 1 in one call (issue 27, the Sparse WaveRNN claim).
+//
+// Called once per character from Python, a step pays for a dozen tensor ops (~280 us here)
+// whatever the weights, so sampling time could not follow the nonzeros. This loop runs the
+// whole generation: for each id, the embedding row, every layer's input and recurrent
+// matrix-vector products (CSR or dense, each as the caller gives it) and gates in torch.nn.GRU's
+// order, the output layer, then a draw by inverse CDF from the caller's uniforms. What is left
+// per step besides the products is the gates' 3 x hidden sigmoid/tanh and the vocabulary's exp.
+
+namespace {
+
+struct GruMatrix {
+  int64_t rows = 0, cols = 0;
+  const int32_t* rp = nullptr;  // CSR row pointers; nullptr: a dense (rows, cols) matrix
+  const void* ci = nullptr;
+  bool ci16 = false;
+  const float* v = nullptr;
+  const float* bias = nullptr;
+  std::vector<int64_t> splits;  // row chunks for threads, balanced by nonzeros
+};
+
+inline float dense_dot(const float* w, const float* x, int64_t n) {
+  v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 += *reinterpret_cast<const v8u*>(w + i) * *reinterpret_cast<const v8u*>(x + i);
+    a1 += *reinterpret_cast<const v8u*>(w + i + 8) * *reinterpret_cast<const v8u*>(x + i + 8);
+    a2 += *reinterpret_cast<const v8u*>(w + i + 16) * *reinterpret_cast<const v8u*>(x + i + 16);
+    a3 += *reinterpret_cast<const v8u*>(w + i + 24) * *reinterpret_cast<const v8u*>(x + i + 24);
+  }
+  for (; i + 8 <= n; i += 8)
+    a0 += *reinterpret_cast<const v8u*>(w + i) * *reinterpret_cast<const v8u*>(x + i);
+  const v8 a = (a0 + a1) + (a2 + a3);
+  float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  for (; i < n; ++i) sum += w[i] * x[i];
+  return sum;
+}
+
+void gru_matvec_rows(const GruMatrix& m, int64_t r0, int64_t r1, const float* x, float* y) {
+  if (m.rp == nullptr) {
+    for (int64_t r = r0; r < r1; ++r)
+      y[r] = dense_dot(m.v + r * m.cols, x, m.cols) + (m.bias ? m.bias[r] : 0.f);
+  } else if (m.ci16) {
+    spmv_dispatch<int16_t>(default_spmv_variant(), r0, r1, m.rp,
+                           static_cast<const int16_t*>(m.ci), m.v, x, m.bias, y);
+  } else {
+    spmv_dispatch<int32_t>(default_spmv_variant(), r0, r1, m.rp,
+                           static_cast<const int32_t*>(m.ci), m.v, x, m.bias, y);
+  }
+}
+
+void gru_matvec(const GruMatrix& m, const float* x, float* y) {
+  const int64_t chunks = static_cast<int64_t>(m.splits.size()) - 1;
+  parallel_chunks(chunks, kAdaptive, [&](int64_t c) {
+    gru_matvec_rows(m, m.splits[c], m.splits[c + 1], x, y);
+  });
+}
+
+GruMatrix gru_matrix(const std::vector<at::Tensor>& t, const c10::optional<at::Tensor>& bias,
+                     int64_t rows, int64_t cols, const char* name) {
+  TORCH_CHECK(t.size() == 1 || t.size() == 3, "gru_generate: ", name,
+              " must be [weight] (dense) or [crow, col, values] (CSR)");
+  GruMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  int64_t work = rows * cols;
+  if (t.size() == 1) {
+    TORCH_CHECK(t[0].scalar_type() == at::kFloat && t[0].is_contiguous() && t[0].dim() == 2 &&
+                    t[0].size(0) == rows && t[0].size(1) == cols,
+                "gru_generate: ", name, " must be a contiguous float32 (", rows, ", ", cols,
+                ") weight, got ", t[0].sizes());
+    m.v = t[0].data_ptr<float>();
+  } else {
+    const at::Tensor &crow = t[0], &col = t[1], &values = t[2];
+    TORCH_CHECK(crow.scalar_type() == at::kInt && crow.is_contiguous() &&
+                    crow.numel() == rows + 1,
+                "gru_generate: ", name, " crow must be int32 (", rows + 1, ",)");
+    TORCH_CHECK(values.scalar_type() == at::kFloat && values.is_contiguous() &&
+                    col.is_contiguous() && col.numel() == values.numel(),
+                "gru_generate: ", name, " col/values must be contiguous, one per nonzero");
+    TORCH_CHECK(col.scalar_type() == at::kShort || col.scalar_type() == at::kInt,
+                "gru_generate: ", name, " col must be int16 or int32");
+    m.rp = crow.data_ptr<int32_t>();
+    m.ci16 = col.scalar_type() == at::kShort;
+    m.ci = col.data_ptr();
+    m.v = values.data_ptr<float>();
+    work = values.numel() + rows;
+  }
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
+                    bias->numel() == rows,
+                "gru_generate: ", name, " bias must be contiguous float32 (", rows, ",)");
+    m.bias = bias->data_ptr<float>();
+  }
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunks = work < kSerialWork || threads <= 1
+                             ? 1
+                             : std::max<int64_t>(1, std::min(rows, threads * kChunksPerThread));
+  if (m.rp != nullptr) {
+    m.splits = balanced_splits(m.rp, rows, chunks);
+  } else {
+    for (int64_t c = 0; c <= chunks; ++c) m.splits.push_back(rows * c / chunks);
+  }
+  return m;
+}
+
+// e^x for 8 floats: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-7 polynomial
+// (Cephes' expf coefficients, relative error about 1e-7), times 2^n built in the exponent
+// bits. x is clamped to [-87, 88], where 2^n stays a normal float; the gates below only
+// need e^x to saturate correctly outside it.
+typedef int32_t v8i __attribute__((vector_size(32)));
+inline v8 exp8(v8 x) {
+  const v8 lo = v8{} - 87.f, hi = v8{} + 88.f;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const v8 shifter = v8{} + 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds
+  const v8 n = (x * 1.44269504088896341f + shifter) - shifter;
+  const v8 r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  v8 p = v8{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+  v8 scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// One GRU layer's new state from its gate pre-activations, 8 units at a time (torch.nn.GRU's
+// order: reset, update, new): r = σ(gx_r + gh_r), z = σ(gx_z + gh_z),
+// n = tanh(gx_n + r gh_n) = 1 - 2 / (e^{2a} + 1), h = (1 - z) n + z h.
+void gru_gates(const float* gx, const float* gh, float* h, int64_t H) {
+  int64_t j = 0;
+  auto load = [](const float* p) { return *reinterpret_cast<const v8u*>(p); };
+  for (; j + 8 <= H; j += 8) {
+    const v8 r = 1.f / (1.f + exp8(-(load(gx + j) + load(gh + j))));
+    const v8 z = 1.f / (1.f + exp8(-(load(gx + H + j) + load(gh + H + j))));
+    const v8 n = 1.f - 2.f / (exp8(2.f * (load(gx + 2 * H + j) + r * load(gh + 2 * H + j))) + 1.f);
+    *reinterpret_cast<v8u*>(h + j) = (1.f - z) * n + z * load(h + j);
+  }
+  for (; j < H; ++j) {
+    const float r = 1.f / (1.f + std::exp(-(gx[j] + gh[j])));
+    const float z = 1.f / (1.f + std::exp(-(gx[H + j] + gh[H + j])));
+    const float n = std::tanh(gx[2 * H + j] + r * gh[2 * H + j]);
+    h[j] = (1.f - z) * n + z * h[j];
+  }
+}
+
+// Index of the first cumulative weight above u * total (softmax(logits / temperature) in
+// double); the last id when rounding leaves none above.
+int64_t draw(const float* logits, int64_t V, double temperature, double u,
+             std::vector<double>& cdf) {
+  float top = logits[0];
+  for (int64_t j = 1; j < V; ++j) top = std::max(top, logits[j]);
+  double total = 0.0;
+  for (int64_t j = 0; j < V; ++j) {
+    total += std::exp((static_cast<double>(logits[j]) - top) / temperature);
+    cdf[j] = total;
+  }
+  const double target = u * total;
+  for (int64_t j = 0; j < V; ++j)
+    if (cdf[j] > target) return j;
+  return V - 1;
+}
+
+}  // namespace
+
+// mats: per layer [ih, hh], then the output layer; each [weight] or [crow, col, values].
+// biases: one per matrix (None allowed). embed: (V, E) float32. state: (layers, hidden)
+// float32, updated in place. prompt: int64 ids fed first; uniforms: float64 (length,), one
+// per sampled id. Returns the sampled ids (length,) int64.
+at::Tensor gru_generate(const std::vector<std::vector<at::Tensor>>& mats,
+                        const std::vector<c10::optional<at::Tensor>>& biases,
+                        const at::Tensor& embed, at::Tensor state, const at::Tensor& prompt,
+                        const at::Tensor& uniforms, double temperature) {
+  TORCH_CHECK(embed.dim() == 2 && embed.scalar_type() == at::kFloat && embed.is_contiguous(),
+              "gru_generate: embed must be a contiguous float32 (vocab, embed) table");
+  TORCH_CHECK(state.dim() == 2 && state.scalar_type() == at::kFloat && state.is_contiguous(),
+              "gru_generate: state must be a contiguous float32 (layers, hidden) tensor");
+  TORCH_CHECK(prompt.dim() == 1 && prompt.scalar_type() == at::kLong && prompt.numel() > 0,
+              "gru_generate: prompt must be a non-empty int64 (P,) tensor");
+  TORCH_CHECK(uniforms.dim() == 1 && uniforms.scalar_type() == at::kDouble &&
+                  uniforms.is_contiguous(),
+              "gru_generate: uniforms must be a contiguous float64 (length,) tensor");
+  TORCH_CHECK(temperature > 0, "gru_generate: temperature must be positive");
+  const int64_t layers = state.size(0), H = state.size(1), V = embed.size(0);
+  TORCH_CHECK(static_cast<int64_t>(mats.size()) == 2 * layers + 1 &&
+                  biases.size() == mats.size(),
+              "gru_generate: expected ", 2 * layers + 1, " matrices and biases for ", layers,
+              " layers");
+  std::vector<GruMatrix> m;
+  for (int64_t k = 0; k < layers; ++k) {
+    m.push_back(gru_matrix(mats[2 * k], biases[2 * k], 3 * H, k == 0 ? embed.size(1) : H, "ih"));
+    m.push_back(gru_matrix(mats[2 * k + 1], biases[2 * k + 1], 3 * H, H, "hh"));
+  }
+  m.push_back(gru_matrix(mats.back(), biases.back(), V, H, "output"));
+  const int64_t* ids = prompt.data_ptr<int64_t>();
+  for (int64_t i = 0; i < prompt.numel(); ++i)
+    TORCH_CHECK(ids[i] >= 0 && ids[i] < V, "gru_generate: prompt id ", ids[i],
+                " is outside the vocabulary of ", V);
+  const int64_t P = prompt.numel(), length = uniforms.numel();
+  const double* u = uniforms.data_ptr<double>();
+  const float* table = embed.data_ptr<float>();
+  float* h = state.data_ptr<float>();
+  std::vector<float> gx(3 * H), gh(3 * H), logits(V);
+  std::vector<double> cdf(V);
+  at::Tensor out = at::empty({length}, prompt.options());
+  int64_t* sampled = out.data_ptr<int64_t>();
+  int64_t id = ids[0];
+  for (int64_t step = 0; step < P - 1 + length; ++step) {
+    const float* x = table + id * embed.size(1);
+    for (int64_t k = 0; k < layers; ++k) {
+      float* hk = h + k * H;
+      gru_matvec(m[2 * k], x, gx.data());
+      gru_matvec(m[2 * k + 1], hk, gh.data());
+      gru_gates(gx.data(), gh.data(), hk, H);
+      x = hk;
+    }
+    if (step + 1 < P) {  // still reading the prompt: its next id, no draw
+      id = ids[step + 1];
+      continue;
+    }
+    gru_matvec(m.back(), x, logits.data());
+    const int64_t s = step - (P - 1);
+    id = draw(logits.data(), V, temperature, u[s], cdf);
+    sampled[s] = id;
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_linear", &csr_linear, "y = x @ W.T + b with W in CSR (fp32)", py::arg("x"),
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("bias"),
@@ -1626,6 +1861,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_conv2d", &csr_conv2d, "direct convolution (any stride) with a CSR weight",
         py::arg("x"), py::arg("crow"), py::arg("offsets"), py::arg("values"), py::arg("bias"),
         py::arg("out"), py::arg("geometry"), py::arg("relu") = false, py::arg("threading") = -1);
+  m.def("gru_generate", &gru_generate,
+        "Sample a GRU language model at batch 1: prompt, then one id per uniform",
+        py::arg("mats"), py::arg("biases"), py::arg("embed"), py::arg("state"),
+        py::arg("prompt"), py::arg("uniforms"), py::arg("temperature"));
   m.attr("SPMV_VARIANTS") = py::make_tuple("scalar", "gather16", "gather8");
   m.attr("THREADING") = py::make_tuple("serial", "openmp", "pool", "adaptive");
   m.attr("HAVE_AVX512") = static_cast<bool>(SB_HAVE_AVX512);

@@ -1,0 +1,122 @@
+"""Sampling a GRU language model one character at a time in one compiled loop (issue 27).
+
+Sparse WaveRNN's claim is that sampling time follows the nonzero weights. Through
+``GRULanguageModel.generate`` it cannot: each character costs a dozen tensor calls from Python
+(about 280 us here) whatever the weights. :class:`GRUSampler` hands the whole generation to the
+extension's ``gru_generate``: per character the embedding row, each layer's input and recurrent
+products and gates, the output layer and the draw, with no Python in between.
+
+Each matrix runs as the model holds it: a CSR ``SparseLinear`` (from
+:func:`~sparsebench.inference.compile_sparse`) through the CSR kernel, a plain ``nn.Linear``
+through a dense product in the same loop, so a dense model sampled this way is the fair
+baseline. Block (BSR) layers run as CSR of their stored weights. Ids are drawn by the rule of
+:func:`sparsebench.models.gru.draw_by_inverse_cdf` from uniforms taken up front from the
+caller's generator, so the sampler and ``generate`` give the same ids from the same generator
+(up to a uniform landing within float rounding of a boundary).
+
+    >>> plain = sb.sparsify(model, "magnitude", sparsity=0.95).finalize()   # after training
+    >>> sampler = GRUSampler(compile_sparse(plain.eval(), batch_hint=1))
+    >>> ids = sampler.generate([1, 2, 3], 200, torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..models.gru import GRULanguageModel
+from . import _extension
+from .sparse_linear import SparseLinear, dense_to_csr
+
+__all__ = ["GRUSampler"]
+
+log = logging.getLogger(__name__)
+
+
+def _matrix(module: nn.Module, name: str) -> tuple[list[torch.Tensor], torch.Tensor | None, str]:
+    """Returns what ``gru_generate`` takes for one layer: its weight as ``[dense]`` or
+    ``[crow, col, values]``, its bias, and the format's name."""
+    if isinstance(module, SparseLinear):
+        if module.values.device.type != "cpu":
+            raise ValueError(f"GRUSampler runs on the CPU; {name} is on {module.values.device}")
+        if module.block == (1, 1):
+            parts = [module.crow_indices, module.col_indices, module.values]
+            fmt = "csr"
+        else:
+            parts = list(dense_to_csr(module.dense_weight()))
+            fmt = f"csr (from {module.block[0]}x{module.block[1]} blocks)"
+        bias = module.bias
+    elif type(module) is nn.Linear:
+        if module.weight.device.type != "cpu" or module.weight.dtype != torch.float32:
+            raise ValueError(f"GRUSampler runs float32 weights on the CPU; {name} holds "
+                             f"{module.weight.dtype} on {module.weight.device}")
+        parts, bias, fmt = [module.weight.detach()], module.bias, "dense"
+    else:
+        raise ValueError(f"GRUSampler reads nn.Linear or SparseLinear layers; {name} is a "
+                         f"{type(module).__name__} (finalize() a sparsified model first)")
+    parts = [t.detach().contiguous() for t in parts]
+    if bias is not None:
+        bias = bias.detach().to(torch.float32).contiguous()
+    return parts, bias, fmt
+
+
+class GRUSampler:
+    """Generates from a :class:`~sparsebench.models.GRULanguageModel` (plain, or compiled by
+    ``compile_sparse``) at batch 1 in one compiled loop; see the module docstring.
+
+    The sampler reads the model's weights when it is built: build it again after changing them.
+
+    Raises:
+        ValueError: for a model that is not a ``GRULanguageModel``, or whose layers are
+            neither ``nn.Linear`` nor ``SparseLinear`` float32 CPU layers.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, GRULanguageModel):
+            raise ValueError(f"GRUSampler samples a GRULanguageModel, got "
+                             f"{type(model).__name__}")
+        if model.embed.weight.device.type != "cpu":
+            raise ValueError("GRUSampler runs on the CPU; move the model there first")
+        self.model = model
+        self.embed = model.embed.weight.detach().to(torch.float32).contiguous()
+        self.mats: list[list[torch.Tensor]] = []
+        self.biases: list[torch.Tensor | None] = []
+        #: Each matrix's name and how it runs (``dense``, ``csr``).
+        self.formats: dict[str, str] = {}
+        names = [f"cells.{k}.{part}" for k in range(len(model.cells)) for part in ("ih", "hh")]
+        modules = [getattr(cell, part) for cell in model.cells for part in ("ih", "hh")]
+        for name, module in zip([*names, "output"], [*modules, model.output], strict=True):
+            parts, bias, fmt = _matrix(module, name)
+            self.mats.append(parts)
+            self.biases.append(bias)
+            self.formats[name] = fmt
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled loop runs (False: ``generate`` falls back to the model's own)."""
+        return _extension.load_extension() is not None
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Sequence[int] | torch.Tensor, length: int,
+                 generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+        """Returns ``length`` ids sampled after ``prompt_ids``, as
+        ``GRULanguageModel.generate`` does (same arguments, same rule, same refusals).
+
+        Without the compiled kernels it calls the model's own ``generate``.
+        """
+        ext = _extension.load_extension()
+        prompt = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1)
+        if ext is None or prompt.numel() == 0 or not isinstance(length, int) or length < 0 \
+                or not temperature > 0:
+            # The model's generate refuses bad arguments with its own sentences.
+            return self.model.generate(prompt, length, generator, temperature)
+        vocab = self.embed.shape[0]
+        if int(prompt.min()) < 0 or int(prompt.max()) >= vocab:
+            raise ValueError(f"prompt ids must lie in [0, {vocab}), got {prompt.tolist()}")
+        uniforms = torch.rand(length, generator=generator, dtype=torch.float64)
+        state = torch.zeros(len(self.model.cells), self.model.hidden_size)
+        return ext.gru_generate(self.mats, self.biases, self.embed, state, prompt.contiguous(),
+                                uniforms, float(temperature))

@@ -1,0 +1,154 @@
+"""The compiled GRU sampling loop against the model's own ``generate`` (torch's ops step by
+step, the same inverse-CDF draw): the same ids from the same generator, for dense and CSR
+matrices, stacked layers, odd widths, saturated gates and two threads; and its refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsebench as sb
+from sparsebench.inference import (
+    GRUSampler,
+    SparseLinear,
+    _extension,
+    compile_sparse,
+    load_extension,
+)
+from sparsebench.models import GRULanguageModel
+
+needs_kernels = pytest.mark.skipif(load_extension() is None,
+                                   reason="the compiled kernels are unavailable")
+
+
+def _model(seed: int = 0, **options) -> GRULanguageModel:
+    torch.manual_seed(seed)
+    defaults = {"vocab_size": 23, "embed_dim": 9, "hidden_size": 37}
+    return GRULanguageModel(**{**defaults, **options}).eval()
+
+
+def _both(model: nn.Module, sampler: GRUSampler, length: int = 60, seed: int = 5,
+          temperature: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
+    reference = _reference_of(model).generate([2, 7, 1], length,
+                                              torch.Generator().manual_seed(seed), temperature)
+    ours = sampler.generate([2, 7, 1], length, torch.Generator().manual_seed(seed), temperature)
+    return reference, ours
+
+
+def _reference_of(model: nn.Module) -> GRULanguageModel:
+    """The same model with every compiled layer turned back into a plain nn.Linear."""
+    plain = _model(**{"vocab_size": model.vocab_size, "embed_dim": model.embed.embedding_dim,
+                      "hidden_size": model.hidden_size, "layers": len(model.cells)})
+    plain.embed.load_state_dict(model.embed.state_dict())
+    pairs = [(getattr(c, p), getattr(q, p)) for c, q in zip(plain.cells, model.cells, strict=True)
+             for p in ("ih", "hh")] + [(plain.output, model.output)]
+    with torch.no_grad():
+        for target, source in pairs:
+            dense = source.to_linear() if isinstance(source, SparseLinear) else source
+            target.weight.copy_(dense.weight)
+            target.bias.copy_(dense.bias)
+    return plain
+
+
+@needs_kernels
+@pytest.mark.parametrize("layers", [1, 2])
+def test_dense_model_samples_the_ids_generate_samples(layers):
+    model = _model(layers=layers)
+    sampler = GRUSampler(model)
+    assert set(sampler.formats.values()) == {"dense"}
+    reference, ours = _both(model, sampler)
+    assert ours.dtype == torch.long and ours.shape == (60,)
+    assert torch.equal(reference, ours)
+
+
+@needs_kernels
+def test_sparse_matrices_in_csr_sample_the_same_ids():
+    model = _model(layers=2, hidden_size=45)
+    plain = sb.sparsify(model, "magnitude", sparsity=0.9).finalize().eval()
+    for cell in plain.cells:  # every matrix of every layer in CSR, whatever the cost model says
+        cell.ih = SparseLinear.from_linear(cell.ih)
+        cell.hh = SparseLinear.from_linear(cell.hh)
+    sampler = GRUSampler(plain)
+    assert sampler.formats == {"cells.0.ih": "csr", "cells.0.hh": "csr", "cells.1.ih": "csr",
+                               "cells.1.hh": "csr", "output": "dense"}
+    assert plain.cells[0].hh.col_indices.dtype == torch.int16  # the narrow-index kernel
+    reference, ours = _both(plain, sampler, temperature=1.3)
+    assert torch.equal(reference, ours)
+
+
+@needs_kernels
+def test_block_layers_and_compile_sparse_output():
+    model = _model(hidden_size=64)
+    plain = sb.sparsify(model, "magnitude", sparsity=0.8).finalize().eval()
+    plain.cells[0].hh = SparseLinear.from_linear(plain.cells[0].hh, block=(4, 4))
+    sampler = GRUSampler(plain)
+    assert sampler.formats["cells.0.hh"] == "csr (from 4x4 blocks)"
+    assert torch.equal(*_both(plain, sampler))
+    compiled = compile_sparse(sb.sparsify(_model(hidden_size=64), "magnitude", sparsity=0.95)
+                              .finalize().eval(), batch_hint=1)
+    assert torch.equal(*_both(compiled, GRUSampler(compiled)))
+
+
+@needs_kernels
+def test_saturated_gates_and_near_zero_temperature():
+    # Pre-activations far beyond the fast exp's clamp (|x| > 88): gates at exactly 0 or 1,
+    # never NaN; near zero temperature the draw is the argmax.
+    model = _model(hidden_size=19)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(300.0)
+    sampler = GRUSampler(model)
+    reference, ours = _both(model, sampler, temperature=1e-6)
+    assert torch.equal(reference, ours)
+
+
+@needs_kernels
+def test_two_threads_split_the_rows_and_give_the_same_ids():
+    model = _model(hidden_size=160, vocab_size=300)  # 480 x 160 and 300 x 160: above the
+    sampler = GRUSampler(model)  # kernels' serial threshold, so the rows are split in chunks
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        reference, ours = _both(model, sampler, length=30)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(reference, ours)
+
+
+def test_without_the_kernels_it_is_the_model_generate(monkeypatch):
+    model = _model()
+    sampler = GRUSampler(model)
+    monkeypatch.setattr(_extension, "load_extension", lambda: None)
+    assert not sampler.compiled
+    reference, ours = _both(model, sampler)
+    assert torch.equal(reference, ours)
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: GRUSampler(nn.Linear(3, 3)), "samples a GRULanguageModel"),
+    (lambda: GRUSampler(_with(_model(), "output", nn.Identity())), "output is a Identity"),
+    (lambda: GRUSampler(_model().double()), "float32 weights on the CPU"),
+])
+def test_bad_models_get_one_sentence(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def _with(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    setattr(model, name, module)
+    return model
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: s.generate([], 3, torch.Generator()), "at least one character"),
+    (lambda s: s.generate([1], 3, torch.Generator(), temperature=0.0), "temperature"),
+    (lambda s: s.generate([1], -1, torch.Generator()), "length"),
+    (lambda s: s.generate([1, 23], 3, torch.Generator()), r"prompt ids must lie in \[0, 23\)"),
+])
+def test_bad_calls_get_one_sentence(call, match):
+    sampler = GRUSampler(_model())
+    if load_extension() is None and "prompt ids" in match:
+        pytest.skip("the range check is the compiled path's")
+    with pytest.raises(ValueError, match=match):
+        call(sampler)
