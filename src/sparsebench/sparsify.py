@@ -414,12 +414,13 @@ class Sparsifier:
 
     def layer_sparsity(self) -> dict[str, float]:
         """Returns each layer's achieved sparsity (fraction of zeros at evaluation)."""
-        return {name: 1.0 - int(mask.sum()) / mask.numel() for name, mask in self.masks().items()}
+        return {name: 1.0 - int(torch.count_nonzero(mask)) / mask.numel()
+                for name, mask in self.masks().items()}
 
     def sparsity(self) -> float:
         """Returns the achieved sparsity over all sparsified weights (zeros / size)."""
         masks = self.masks()
-        zeros = sum(int((~m).sum()) for m in masks.values())
+        zeros = sum(m.numel() - int(torch.count_nonzero(m)) for m in masks.values())
         return zeros / sum(m.numel() for m in masks.values())
 
     def block_sparsity(self) -> dict[str, float]:

@@ -48,6 +48,7 @@ class CsrPattern:
         crow, col: CSR of ``W`` (int32 row pointers; int16/int32 column indices for the
             extension, and ``col32`` in int32 for torch's kernels).
         rows: the row of each nonzero (int64, ``(nnz,)``), for densifying.
+        flat: the position of each nonzero in the flattened ``(out, in)`` weight (int64).
         crow_t, col_t, col_t32: CSR of ``Wᵀ`` (``(in, out)``), the same dtypes.
         perm: int64 ``(nnz,)`` with ``values_of_Wᵀ = values[perm]``.
     """
@@ -69,6 +70,9 @@ class CsrPattern:
         rows, cols = mask.nonzero(as_tuple=True)  # row-major: columns sorted within a row
         self.rows = rows
         self.cols = cols
+        # Flat positions in the row-major weight: gathers and scatters by index run several
+        # times faster than by boolean mask (measured on a 4096 x 4096 layer at 90%).
+        self.flat = rows * in_f + cols
         self.crow = _pointers(rows, out_f)
         self.col32 = cols.to(torch.int32)
         self.col = cols.to(index_dtype_for(in_f))

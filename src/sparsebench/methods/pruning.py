@@ -247,5 +247,5 @@ class PruningMethod(Method):
         result = {}
         for layer in self.layers:
             kept = block_keep(layer.parametrization.mask, self._block_of(layer))
-            result[layer.name] = 1.0 - int(kept.sum()) / kept.numel()
+            result[layer.name] = 1.0 - int(torch.count_nonzero(kept)) / kept.numel()
         return result

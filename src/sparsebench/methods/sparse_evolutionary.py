@@ -87,8 +87,8 @@ def _first_smallest(scores: torch.Tensor, count: int) -> torch.Tensor:
     threshold = _kth_smallest(scores, count)
     chosen = scores < threshold
     ties = scores == threshold
-    missing = count - int(chosen.sum())
-    if int(ties.sum()) == missing:  # the usual case: no tie to break
+    missing = count - int(torch.count_nonzero(chosen))
+    if int(torch.count_nonzero(ties)) == missing:  # the usual case: no tie to break
         return chosen | ties
     chosen[ties.nonzero().flatten()[:missing]] = True
     return chosen
@@ -227,7 +227,7 @@ class SparseEvolutionaryTraining(RandomPruning):
             if self.targets[layer.name] <= 0:
                 continue
             mask = layer.parametrization.mask
-            count = moved_count(fraction, int(mask.sum()))
+            count = moved_count(fraction, int(torch.count_nonzero(mask)))
             if count == 0:
                 continue
             score = self.grow_score(index, layer, step, generator)

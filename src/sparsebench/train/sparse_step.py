@@ -73,6 +73,8 @@ def eligibility(layer: Layer) -> str | None:
         return f"{original.dtype} on {original.device} (float32/float64 on the CPU only)"
     if not original.requires_grad:
         return "its weight is frozen"
+    if not original.is_contiguous():
+        return "its weight is not contiguous"
     return None
 
 
@@ -81,7 +83,7 @@ class _Active:
     """One layer while it trains sparse."""
 
     layer: Layer
-    mask: torch.Tensor
+    flat: torch.Tensor  # the kept positions in the flattened weight, CSR order
     values: nn.Parameter
     dense_state: dict[str, Any] = field(default_factory=dict)
 
@@ -245,7 +247,7 @@ class SparseTrainingStep:
         if self.mode == "on":
             return True
         mask = layer.parametrization.mask
-        nnz = int(mask.sum())
+        nnz = int(torch.count_nonzero(mask))
         key = f"{layer.name}:{nnz}"
         if key not in self.decisions:
             rows = self._rows.get(layer.name)
@@ -279,32 +281,36 @@ class SparseTrainingStep:
     @torch.no_grad()
     def _enter(self, layer: Layer) -> None:
         original = layer.original
-        mask = layer.parametrization.mask.detach().clone()
-        pattern = CsrPattern(mask)
-        values = nn.Parameter(original.detach()[mask].clone())  # row-major: CSR order
+        pattern = CsrPattern(layer.parametrization.mask.detach())
+        flat = pattern.flat  # row-major positions: CSR order
+        values = nn.Parameter(original.detach().view(-1).index_select(0, flat))
         group, index = self._optimizer_slot(original)
         dense_state = self.optimizer.state.pop(original, {})
         self.optimizer.state[values] = {
-            key: (value[mask].clone() if _per_weight(value, original) else _copy(value))
+            key: (value.reshape(-1).index_select(0, flat) if _per_weight(value, original)
+                  else _copy(value))
             for key, value in dense_state.items()}
         group["params"][index] = values
         original.grad = None
         layer.module.forward = functools.partial(_sparse_forward, layer.module, values, pattern)
-        self._active[layer.name] = _Active(layer, mask, values, dense_state)
+        self._active[layer.name] = _Active(layer, flat, values, dense_state)
 
     @torch.no_grad()
     def _leave(self, active: _Active) -> None:
-        layer, mask, values = active.layer, active.mask, active.values
+        layer, flat, values = active.layer, active.flat, active.values
         original = layer.original
-        original.masked_scatter_(mask, values.detach())
+        original.view(-1).index_copy_(0, flat, values.detach())
         group, index = self._optimizer_slot(values)
         state = active.dense_state
         for key, value in self.optimizer.state.pop(values, {}).items():
             if torch.is_tensor(value) and value.shape == values.shape:
                 dense = state.get(key)
-                if not (torch.is_tensor(dense) and _per_weight(dense, original)):
-                    dense = torch.zeros_like(original, dtype=value.dtype)
-                state[key] = dense.masked_scatter_(mask, value)
+                if not (torch.is_tensor(dense) and _per_weight(dense, original)
+                        and dense.is_contiguous()):
+                    dense = torch.zeros_like(original, dtype=value.dtype,
+                                             memory_format=torch.contiguous_format)
+                dense.view(-1).index_copy_(0, flat, value)
+                state[key] = dense
             else:
                 state[key] = value
         if state:
