@@ -13,10 +13,12 @@ initial weights:
 - ``set on`` / ``rigl on``: the same with ``SparseTrainingStep(mode="on")``.
 
 Part 2, ``--preset NAME``: the preset's model and real training batches (the task's own loss),
-magnitude pruning at ``--preset-sparsity`` with a fixed mask from the first step, over
-``--preset-steps`` steps per call: ``off`` (dense with mask), ``on`` (every eligible Linear
-sparse) and ``auto`` (the layers the performance model predicts faster; the first call
-calibrates). Embeddings, tied and convolution weights stay dense in every mode.
+magnitude pruning at ``--preset-sparsity`` of the weights ``--include`` selects (default:
+every Linear and the shared embedding, as the translation study) with a fixed mask from the
+first step, over ``--preset-steps`` steps per call: ``off`` (dense with mask), ``on`` (every
+eligible layer sparse: the Linears, and the shared embedding in its lookup and its output
+projection) and ``auto`` (the layers the performance model predicts faster; the first call
+calibrates). Convolution weights stay dense in every mode.
 
 Ratios are per step, side by side in one process (``sparsebench.inference.timing``:
 interleaved rounds, order rotating), with the range over both sides' quartiles; the load
@@ -87,7 +89,8 @@ def stack_candidates(width: int, sparsity: float, delta_t: int) -> dict[str, Cal
     return out
 
 
-def preset_candidates(name: str, sparsity: float, steps: int) -> dict[str, Callable[[], None]]:
+def preset_candidates(name: str, sparsity: float, steps: int, include: list[str] | None
+                      ) -> dict[str, Callable[[], None]]:
     """Returns name -> call of ``steps`` training steps of the preset's model, mask fixed."""
     from sparsebench.train import build_config
     from sparsebench.train.loop import _resolve_model_options
@@ -106,7 +109,8 @@ def preset_candidates(name: str, sparsity: float, steps: int) -> dict[str, Calla
     out = {}
     for mode in ("off", "on", "auto"):
         model = copy.deepcopy(base)
-        sp = sb.sparsify(model, "magnitude", sparsity=sparsity)  # no schedule: fixed from 0
+        # No schedule: the mask is fixed from step 0.
+        sp = sb.sparsify(model, "magnitude", sparsity=sparsity, include=include)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         control = SparseTrainingStep(sp, opt, mode)
         control.resume(0)
@@ -138,6 +142,10 @@ def main() -> None:
     parser.add_argument("--preset", default=None)
     parser.add_argument("--preset-sparsity", type=float, default=0.9)
     parser.add_argument("--preset-steps", type=int, default=5)
+    parser.add_argument("--include", nargs="*", default=["*"],
+                        help="the preset's sparsified weights (default '*': every Linear and "
+                             "the shared embedding, as the translation study's sweeps; give "
+                             "no pattern for the library's default, the Linears alone)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the idle cores, at least 1)")
@@ -159,7 +167,8 @@ def main() -> None:
             _report(f"{LAYERS} x {width}x{width}, batch {BATCH}, {sparsity:.0%}, one update "
                     f"per {args.delta_t} steps", times, args.delta_t, "dense", problems)
     if args.preset is not None:
-        calls = preset_candidates(args.preset, args.preset_sparsity, args.preset_steps)
+        calls = preset_candidates(args.preset, args.preset_sparsity, args.preset_steps,
+                                  args.include or None)
         times = interleaved_rounds(calls, repeats=args.rounds, warmup=1)
         _report(f"{args.preset}, magnitude {args.preset_sparsity:.0%} fixed mask", times,
                 args.preset_steps, "off", problems)

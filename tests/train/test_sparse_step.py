@@ -153,7 +153,7 @@ def test_what_cannot_train_sparse_is_refused_in_one_sentence():
     convs = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3))
     sp = sb.sparsify(convs, "magnitude", sparsity=0.5)
     with pytest.raises(ValueError, match="no sparsified layer can train sparse .0.weight: "
-                                         "not an nn.Linear weight"):
+                                         "not an nn.Linear or nn.Embedding weight"):
         SparseTrainingStep(sp, torch.optim.SGD(convs.parameters(), lr=0.1), "on")
 
 
@@ -174,3 +174,101 @@ def test_tied_and_foreign_forward_layers_stay_dense():
     reasons = {layer.name: eligibility(layer) for layer in sp.layers}
     assert reasons["hidden.weight"] is None
     assert "tied" in reasons["embed.weight"]  # the embedding and the output projection
+
+
+# ---- the Transformer's shared embedding: lookup and output projection ---------------------
+
+def _transformer(dtype: torch.dtype):
+    from sparsebench.models.transformer import Transformer, TransformerConfig
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=50, d_model=16, n_heads=2, d_ff=24,
+                               n_encoder_layers=1, n_decoder_layers=1, dropout=0.0)
+    return Transformer(config).to(dtype)
+
+
+def _train_transformer(mode: str, steps: int = 12):
+    model = _transformer(torch.float64)
+    sp = sb.sparsify(model, "random", sparsity=0.8, include=["*"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp.use_optimizer(opt)
+    control = SparseTrainingStep(sp, opt, mode)
+    control.resume(0)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        src = torch.randint(4, 50, (3, 7), generator=g)
+        tgt = torch.randint(4, 50, (3, 6), generator=g)
+        tgt[0, -2:] = 0  # padding: the pad row of the embedding gets no gradient
+        opt.zero_grad(set_to_none=True)
+        model.loss(src, tgt).backward()
+        opt.step()
+        sp.step()
+    sparse_layers = control.sparse_layers
+    control.dense()
+    return model, sparse_layers
+
+
+def test_the_shared_embedding_trains_sparse_in_both_uses_as_the_dense_path():
+    dense, _ = _train_transformer("off")
+    sparse, layers = _train_transformer("on")
+    assert "embed.weight" in layers and len(layers) == len(sb.sparsify(
+        _transformer(torch.float64), "random", sparsity=0.8, include=["*"]).layers)
+    # Compared as the model computes with them: pruned weights are zero in both (the dense
+    # path's straight-through gradient moves the stored values behind a fixed mask, which
+    # never come back).
+    with torch.no_grad():
+        for name, a in _effective(dense).items():
+            torch.testing.assert_close(a, _effective(sparse)[name], rtol=0, atol=1e-10,
+                                       msg=name)
+
+
+def _effective(model: nn.Module) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    out = {}
+    for name, value in state.items():
+        if name.endswith(".original"):
+            mask = state[name.replace(".original", ".0.mask")]
+            out[name] = value * mask
+        elif not name.endswith(".mask"):
+            out[name] = value
+    return out
+
+
+def test_a_read_of_a_sparse_embedding_outside_its_uses_raises():
+    class ReadsTheTable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(12, 6)
+
+        def forward(self, tokens):  # a projection with no module of its own
+            return nn.functional.linear(self.embed(tokens), self.embed.weight)
+
+    model = ReadsTheTable()
+    sp = sb.sparsify(model, "random", sparsity=0.5, include=["embed"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    control = SparseTrainingStep(sp, opt, "on")
+    control.resume(0)
+    with pytest.raises(RuntimeError, match="embed.weight was read while it trains sparse"):
+        model(torch.tensor([[1, 2]]))
+    control.dense()
+    assert model(torch.tensor([[1, 2]])).shape == (1, 2, 12)  # dense again: reads are fine
+    # auto has nothing to gain on a lookup alone, so it keeps it dense.
+    auto = SparseTrainingStep(sp, opt, "auto")
+    auto.resume(0)
+    assert auto.sparse_layers == []
+
+
+def test_an_embedding_read_by_an_unknown_projection_stays_dense():
+    class OtherProjection(nn.Module):
+        def __init__(self, source):
+            super().__init__()
+            object.__setattr__(self, "tied_weight_module", source)
+
+        def forward(self, x):
+            return x @ self.tied_weight_module.weight.T
+
+    model = nn.Module()
+    model.embed = nn.Embedding(12, 6)
+    model.out = OtherProjection(model.embed)
+    sp = sb.sparsify(model, "random", sparsity=0.5, include=["embed"])
+    assert "read by a OtherProjection" in eligibility(sp.layers[0], model)
+    assert "needs the model" in eligibility(sp.layers[0])

@@ -397,7 +397,10 @@ class Transformer(nn.Module):
         """Returns dropout(sqrt(D) * embedding + positions) for tokens (B, L): (B, L, D)."""
         d = self.config.d_model
         pe = sinusoidal_positions(tokens.shape[1], d, offset, tokens.device)
-        return self.dropout(self.embed(tokens) * math.sqrt(d) + pe.to(self.embed.weight.dtype))
+        # The dtype from the lookup, not embed.weight: a sparse training step keeps the
+        # embedding's weight elsewhere and refuses reads of it outside the embedding's forward.
+        embedded = self.embed(tokens)
+        return self.dropout(embedded * math.sqrt(d) + pe.to(embedded.dtype))
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (memory (B, S, D), src_mask (B, 1, 1, S)) for source tokens ``src`` (B, S).

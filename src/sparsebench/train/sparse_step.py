@@ -27,7 +27,12 @@ global gradient-norm clip can tell: it then counts the kept weights' gradients a
 ``"auto"`` only the layers the performance model predicts faster (forward and input-gradient
 products both ``min_speedup``× dense at the layer's density and rows per call); ``"off"``
 never. Eligible: an ``nn.Linear`` whose own forward runs, not tied, float32/float64 on the
-CPU, masked by a binary mask. Convolutions, embeddings and tied weights stay dense.
+CPU, masked by a binary mask; and an ``nn.Embedding`` whose weight is also read by output
+projections (``TiedProjection``, the Transformer's shared embedding): the projections run
+through the CSR kernels, the lookup from a table rebuilt from the kept values, and any other
+read of the weight while it trains sparse raises instead of reading stale values. ``auto``
+judges an embedding by its projection's product, and leaves one with no projection dense.
+Convolutions and weights tied as one Parameter in two modules stay dense.
 """
 
 from __future__ import annotations
@@ -38,16 +43,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..inference.perf_model import PerformanceModel
 from ..inference.sparse_training import DTYPES, CsrPattern, SparseLinearFunction
 from ..methods.base import Layer, Method
 from ..methods.pruning import MaskParametrization
+from ..models.transformer import TiedProjection
 from ..sparsify import Sparsifier
 from .config import SPARSE_STEP_MODES as MODES
 
-__all__ = ["MODES", "SparseTrainingStep", "eligibility"]
+__all__ = ["MODES", "SparseTrainingStep", "eligibility", "projection_readers"]
 
 log = logging.getLogger("sparsebench.train")
 
@@ -55,16 +62,29 @@ log = logging.getLogger("sparsebench.train")
 AUTO_MIN_SPEEDUP = 1.3
 
 
-def eligibility(layer: Layer) -> str | None:
-    """Returns why ``layer`` cannot train with a sparse step, or None when it can."""
+def projection_readers(layer: Layer, model: nn.Module | None) -> list[nn.Module]:
+    """Returns the modules of ``model`` that multiply by ``layer``'s weight as an output
+    projection (``tied_weight_module``, as the Transformer's ``TiedProjection``)."""
+    if model is None:
+        return []
+    return [m for m in model.modules() if getattr(m, "tied_weight_module", None) is layer.module]
+
+
+def eligibility(layer: Layer, model: nn.Module | None = None) -> str | None:
+    """Returns why ``layer`` cannot train with a sparse step, or None when it can. An
+    ``nn.Embedding`` needs ``model``, to find the output projections that read its weight."""
     module = layer.module
     if layer.tied:
         return "its weight is tied to another use"
-    if not isinstance(module, nn.Linear) or layer.attr != "weight":
-        return "not an nn.Linear weight (convolutions and embeddings train dense)"
-    if type(module).forward is not nn.Linear.forward or "forward" in module.__dict__:
+    if layer.attr != "weight" or not isinstance(module, (nn.Linear, nn.Embedding)):
+        return "not an nn.Linear or nn.Embedding weight (convolutions train dense)"
+    if isinstance(module, nn.Embedding):
+        why = _embedding_problem(module, layer, model)
+        if why is not None:
+            return why
+    elif type(module).forward is not nn.Linear.forward or "forward" in module.__dict__:
         return "its module's forward is not nn.Linear's own"
-    if not layer.local_reparam or layer.transposed:
+    elif not layer.local_reparam or layer.transposed:
         return "its weight is read by another module's forward"
     if not isinstance(layer.parametrization, MaskParametrization):
         return "its technique does not hold a binary mask"
@@ -78,6 +98,21 @@ def eligibility(layer: Layer) -> str | None:
     return None
 
 
+def _embedding_problem(module: nn.Embedding, layer: Layer, model: nn.Module | None
+                       ) -> str | None:
+    if model is None:
+        return "an embedding needs the model, to find what else reads its weight"
+    if type(module).forward is not nn.Embedding.forward or "forward" in module.__dict__:
+        return "its module's forward is not nn.Embedding's own"
+    if module.max_norm is not None or module.sparse:
+        return "an embedding with max_norm or sparse gradients"
+    for reader in projection_readers(layer, model):
+        if type(reader) is not TiedProjection or "forward" in reader.__dict__:
+            return (f"its weight is read by a {type(reader).__name__}, whose forward the "
+                    "sparse step does not know")
+    return None
+
+
 @dataclass
 class _Active:
     """One layer while it trains sparse."""
@@ -86,6 +121,10 @@ class _Active:
     flat: torch.Tensor  # the kept positions in the flattened weight, CSR order
     values: nn.Parameter
     dense_state: dict[str, Any] = field(default_factory=dict)
+    #: Modules whose forward was replaced (the layer's own, and an embedding's projections).
+    replaced: list[nn.Module] = field(default_factory=list)
+    #: Removes the guard that refuses reads of the stale dense weight (embeddings).
+    guard: Any = None
 
 
 def _sparse_forward(module: nn.Linear, values: torch.Tensor, pattern: CsrPattern,
@@ -99,6 +138,35 @@ def _sparse_forward(module: nn.Linear, values: torch.Tensor, pattern: CsrPattern
     lead = x.shape[:-1]
     y = SparseLinearFunction.apply(x.reshape(-1, in_f), values, module.bias, pattern)
     return y.reshape(*lead, out_f)
+
+
+def _sparse_embedding_forward(module: nn.Embedding, values: torch.Tensor, pattern: CsrPattern,
+                              tokens: torch.Tensor) -> torch.Tensor:
+    """``module``'s lookup from a weight rebuilt from its kept values: one scatter of the
+    ``(vocab, dim)`` table per call, whose backward gathers the kept positions' gradient."""
+    weight = values.new_zeros(pattern.shape[0] * pattern.shape[1])
+    weight = weight.index_put((pattern.flat,), values).view(pattern.shape)
+    return F.embedding(tokens, weight, module.padding_idx, None, 2.0,
+                       module.scale_grad_by_freq, False)
+
+
+def _sparse_projection_forward(values: torch.Tensor, pattern: CsrPattern,
+                               x: torch.Tensor) -> torch.Tensor:
+    """A ``TiedProjection``'s ``x @ E.T`` through the CSR kernels."""
+    vocab, dim = pattern.shape
+    if x.shape[-1:] != (dim,) or x.dtype != values.dtype or x.device.type != "cpu":
+        raise ValueError(f"a sparse training step of a projection by a ({vocab}, {dim}) "
+                         f"embedding takes {values.dtype} CPU inputs (..., {dim}); got "
+                         f"{x.dtype} on {x.device} of shape {tuple(x.shape)}")
+    y = SparseLinearFunction.apply(x.reshape(-1, dim), values, None, pattern)
+    return y.reshape(*x.shape[:-1], vocab)
+
+
+def _refuse_stale_read(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+    raise RuntimeError(
+        f"{name} was read while it trains sparse (its kept weights live outside it then), by "
+        "code other than its module's forward and its output projections': run with "
+        "sparse_step=off, or read it only through those modules.")
 
 
 class SparseTrainingStep:
@@ -133,8 +201,12 @@ class SparseTrainingStep:
         self.technique = sparsifier.technique
         self.min_speedup = min_speedup
         self._perf_model = perf_model
+        model = getattr(sparsifier, "model", None)
         self.skipped = {layer.name: why for layer in sparsifier.layers
-                        if (why := eligibility(layer)) is not None}
+                        if (why := eligibility(layer, model)) is not None}
+        #: Per embedding, the output projections that read its weight.
+        self.readers = {layer.name: projection_readers(layer, model)
+                        for layer in sparsifier.layers if isinstance(layer.module, nn.Embedding)}
         self.eligible = [layer for layer in sparsifier.layers if layer.name not in self.skipped]
         never = type(self.technique).sparse_step_allowed is Method.sparse_step_allowed
         problem = None
@@ -163,9 +235,10 @@ class SparseTrainingStep:
         self._rows: dict[str, int] = {}
         self._row_hooks = []
         if self.mode == "auto":  # auto needs each layer's rows per call before it decides
-            for layer in self.eligible:
-                self._row_hooks.append(layer.module.register_forward_pre_hook(
-                    functools.partial(self._record_rows, layer.name)))
+            for layer in self.eligible:  # an embedding's product is its projection's
+                for module in self.readers.get(layer.name, [layer.module]):
+                    self._row_hooks.append(module.register_forward_pre_hook(
+                        functools.partial(self._record_rows, layer.name)))
         if self.mode != "off":
             sparsifier.add_step_hook(self)
 
@@ -246,6 +319,8 @@ class SparseTrainingStep:
         """Whether ``layer`` should train sparse; None while ``auto`` cannot tell yet."""
         if self.mode == "on":
             return True
+        if layer.name in self.readers and not self.readers[layer.name]:
+            return False  # a lookup alone: no product for the kernels to speed up
         mask = layer.parametrization.mask
         nnz = int(torch.count_nonzero(mask))
         key = f"{layer.name}:{nnz}"
@@ -292,8 +367,19 @@ class SparseTrainingStep:
             for key, value in dense_state.items()}
         group["params"][index] = values
         original.grad = None
-        layer.module.forward = functools.partial(_sparse_forward, layer.module, values, pattern)
-        self._active[layer.name] = _Active(layer, flat, values, dense_state)
+        active = _Active(layer, flat, values, dense_state)
+        module = layer.module
+        if isinstance(module, nn.Embedding):
+            module.forward = functools.partial(_sparse_embedding_forward, module, values, pattern)
+            for reader in self.readers[layer.name]:
+                reader.forward = functools.partial(_sparse_projection_forward, values, pattern)
+                active.replaced.append(reader)
+            active.guard = layer.parametrization.register_forward_pre_hook(
+                functools.partial(_refuse_stale_read, layer.name))
+        else:
+            module.forward = functools.partial(_sparse_forward, module, values, pattern)
+        active.replaced.append(module)
+        self._active[layer.name] = active
 
     @torch.no_grad()
     def _leave(self, active: _Active) -> None:
@@ -316,7 +402,10 @@ class SparseTrainingStep:
         if state:
             self.optimizer.state[original] = state
         group["params"][index] = original
-        del layer.module.forward
+        for module in active.replaced:
+            del module.forward
+        if active.guard is not None:
+            active.guard.remove()
 
 
 def _per_weight(value: Any, original: torch.Tensor) -> bool:
