@@ -145,16 +145,20 @@ class SparseLinearFunction(torch.autograd.Function):
     """``y = x @ W.T + b`` with ``W`` given by a :class:`CsrPattern` and its ``(nnz,)`` values;
     differentiable in ``x``, ``values`` and ``bias`` (see the module docstring for the kernels).
 
-    ``apply(x, values, bias, pattern)`` with ``x`` of shape ``(batch, in)``; returns
-    ``(batch, out)``.
+    ``apply(x, values, bias, pattern[, recorder])`` with ``x`` of shape ``(batch, in)``;
+    returns ``(batch, out)``. With a ``recorder`` (an object with ``record(grad)``), the
+    backward computes the dense weight gradient ``dYᵀ·X`` (one dense product) instead of the
+    sampled one, hands it to ``recorder.record`` and gathers the kept positions from it: what
+    RigL's growth reads on its update steps.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, values: Tensor, bias: Tensor | None,
-                pattern: CsrPattern) -> Tensor:
+                pattern: CsrPattern, recorder: Any = None) -> Tensor:
         """Return ``x @ W.T + b`` (2-D ``x``) through the CSR forward kernel."""
         out_f, in_f = pattern.shape
         ctx.pattern = pattern
+        ctx.recorder = recorder
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, values)
         return _csr_product(x, pattern.crow, pattern.col, pattern.col32, values, bias, in_f,
@@ -173,11 +177,16 @@ class SparseLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _csr_product(grad_out, pattern.crow_t, pattern.col_t, pattern.col_t32,
                                   values[pattern.perm], None, out_f, in_f)
-        if ctx.needs_input_grad[1]:
+        if ctx.recorder is not None:
+            dense = grad_out.t().mm(x)  # (out, in): the gradient of the effective weight
+            ctx.recorder.record(dense)
+            if ctx.needs_input_grad[1]:
+                grad_values = dense.view(-1).index_select(0, pattern.flat)
+        elif ctx.needs_input_grad[1]:
             grad_values = pattern.sddmm(grad_out, x)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
-        return grad_x, grad_values, grad_bias, None
+        return grad_x, grad_values, grad_bias, None, None
 
 
 class SparseTrainableLinear(nn.Module):

@@ -186,6 +186,13 @@ class Method:
         technique that trains all weights at every step (VD, L0, DNS)."""
         return False
 
+    def dense_gradient_at(self, step: int) -> bool:
+        """Returns True when ``on_step(step)`` reads the dense gradient of the effective
+        weights (RigL's growth), which its parametrizations record from the backward pass
+        (``record(grad)``). A sparse training step then computes that gradient in full for
+        the step and hands it over, instead of the kept positions' alone. The default: never."""
+        return False
+
     def updates_at(self, step: int) -> bool:
         """Returns True when ``on_step(step)`` may read or change weights or masks (a mask
         update, IMP's rewind): a sparse training step writes its weights back before. The

@@ -120,7 +120,10 @@ class RigL(SparseEvolutionaryTraining):
         return grad.abs()
 
     def sparse_step_allowed(self, step: int) -> bool:
-        return not self.updates_at(step)  # an update ranks growth by the dense gradient
+        return True  # an update step too: the sparse step records the dense gradient then
+
+    def dense_gradient_at(self, step: int) -> bool:
+        return self.updates_at(step)  # an update ranks growth by the dense gradient
 
     def on_step(self, step: int) -> None:
         try:

@@ -113,6 +113,20 @@ def _embedding_problem(module: nn.Embedding, layer: Layer, model: nn.Module | No
     return None
 
 
+class _Recording:
+    """Where a sparse layer's backward hands the dense weight gradient on the steps whose
+    update reads it (``Method.dense_gradient_at``): the layer's parametrization, or None."""
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    def record(self, grad: torch.Tensor) -> None:
+        self.target.record(grad)
+
+    def active(self) -> _Recording | None:
+        return self if self.target is not None else None
+
+
 @dataclass
 class _Active:
     """One layer while it trains sparse."""
@@ -125,10 +139,11 @@ class _Active:
     replaced: list[nn.Module] = field(default_factory=list)
     #: Removes the guard that refuses reads of the stale dense weight (embeddings).
     guard: Any = None
+    recording: _Recording = field(default_factory=_Recording)
 
 
 def _sparse_forward(module: nn.Linear, values: torch.Tensor, pattern: CsrPattern,
-                    x: torch.Tensor) -> torch.Tensor:
+                    recording: _Recording, x: torch.Tensor) -> torch.Tensor:
     """``module``'s forward with its kept weights ``values`` in ``pattern``'s CSR order."""
     out_f, in_f = pattern.shape
     if x.shape[-1:] != (in_f,) or x.dtype != values.dtype or x.device.type != "cpu":
@@ -136,29 +151,33 @@ def _sparse_forward(module: nn.Linear, values: torch.Tensor, pattern: CsrPattern
                          f"{values.dtype} CPU inputs (..., {in_f}); got {x.dtype} on "
                          f"{x.device} of shape {tuple(x.shape)}")
     lead = x.shape[:-1]
-    y = SparseLinearFunction.apply(x.reshape(-1, in_f), values, module.bias, pattern)
+    y = SparseLinearFunction.apply(x.reshape(-1, in_f), values, module.bias, pattern,
+                                   recording.active())
     return y.reshape(*lead, out_f)
 
 
 def _sparse_embedding_forward(module: nn.Embedding, values: torch.Tensor, pattern: CsrPattern,
-                              tokens: torch.Tensor) -> torch.Tensor:
+                              recording: _Recording, tokens: torch.Tensor) -> torch.Tensor:
     """``module``'s lookup from a weight rebuilt from its kept values: one scatter of the
     ``(vocab, dim)`` table per call, whose backward gathers the kept positions' gradient."""
     weight = values.new_zeros(pattern.shape[0] * pattern.shape[1])
     weight = weight.index_put((pattern.flat,), values).view(pattern.shape)
+    if recording.active() is not None and weight.requires_grad:
+        weight.register_hook(recording.record)  # the lookup's share of the dense gradient
     return F.embedding(tokens, weight, module.padding_idx, None, 2.0,
                        module.scale_grad_by_freq, False)
 
 
 def _sparse_projection_forward(values: torch.Tensor, pattern: CsrPattern,
-                               x: torch.Tensor) -> torch.Tensor:
+                               recording: _Recording, x: torch.Tensor) -> torch.Tensor:
     """A ``TiedProjection``'s ``x @ E.T`` through the CSR kernels."""
     vocab, dim = pattern.shape
     if x.shape[-1:] != (dim,) or x.dtype != values.dtype or x.device.type != "cpu":
         raise ValueError(f"a sparse training step of a projection by a ({vocab}, {dim}) "
                          f"embedding takes {values.dtype} CPU inputs (..., {dim}); got "
                          f"{x.dtype} on {x.device} of shape {tuple(x.shape)}")
-    y = SparseLinearFunction.apply(x.reshape(-1, dim), values, None, pattern)
+    y = SparseLinearFunction.apply(x.reshape(-1, dim), values, None, pattern,
+                                   recording.active())
     return y.reshape(*x.shape[:-1], vocab)
 
 
@@ -262,16 +281,18 @@ class SparseTrainingStep:
         if not self.technique.sparse_step_allowed(step + 1):
             self.dense()
             return
-        if self._settled:
-            return  # masks unchanged since every layer was placed: nothing to look at again
-        undecided = False
-        for layer in self.eligible:
-            if layer.name not in self._active:
-                wanted = self._wanted(layer)
-                if wanted:
-                    self._enter(layer)
-                undecided |= wanted is None
-        self._settled = not undecided
+        if not self._settled:  # else the masks are unchanged since every layer was placed
+            undecided = False
+            for layer in self.eligible:
+                if layer.name not in self._active:
+                    wanted = self._wanted(layer)
+                    if wanted:
+                        self._enter(layer)
+                    undecided |= wanted is None
+            self._settled = not undecided
+        record = self.technique.dense_gradient_at(step + 1)
+        for active in self._active.values():
+            active.recording.target = active.layer.parametrization if record else None
 
     def dense(self) -> None:
         """Brings every sparse layer back: dense weights and optimizer state up to date."""
@@ -369,15 +390,19 @@ class SparseTrainingStep:
         original.grad = None
         active = _Active(layer, flat, values, dense_state)
         module = layer.module
+        recording = active.recording
         if isinstance(module, nn.Embedding):
-            module.forward = functools.partial(_sparse_embedding_forward, module, values, pattern)
+            module.forward = functools.partial(_sparse_embedding_forward, module, values, pattern,
+                                               recording)
             for reader in self.readers[layer.name]:
-                reader.forward = functools.partial(_sparse_projection_forward, values, pattern)
+                reader.forward = functools.partial(_sparse_projection_forward, values, pattern,
+                                                   recording)
                 active.replaced.append(reader)
             active.guard = layer.parametrization.register_forward_pre_hook(
                 functools.partial(_refuse_stale_read, layer.name))
         else:
-            module.forward = functools.partial(_sparse_forward, module, values, pattern)
+            module.forward = functools.partial(_sparse_forward, module, values, pattern,
+                                               recording)
         active.replaced.append(module)
         self._active[layer.name] = active
 
