@@ -14,14 +14,18 @@ whole loop compiled, each matrix dense or CSR as the model holds it). All candid
 interleaved rounds in one process, and each pair is checked to give the same ids.
 
 Prints, per model and loop, microseconds and characters per second beside the nonzero count and
-the ratio to the dense model of the same size sampled the same way; and, per loop, the
-least-squares line time = a + b · nonzeros over the same-size models: the share of the
-intercept ``a`` (what does not scale with the weights: Python, the gates, the draw) in each
-time says how far "time proportional to nonzeros" holds. The load average before and after.
+the ratio to the dense model of the same size sampled the same way, and the time per nonzero;
+and, per loop, the least-squares line time = a + b · nonzeros over the sparse models: the share
+of the intercept ``a`` (what does not scale with the weights: Python, the gates, the draw) in
+each time says how far "time proportional to nonzeros" holds. The load average before and
+after.
 Writes no files.
 
     .venv/bin/python benchmarks/gru_sampling.py [--hidden 1024] [--sparsities 0.9 0.95 0.98]
-        [--chars 200] [--rounds 5] [--threads 1]
+        [--chars 200] [--rounds 5] [--threads 1] [--block 16x1]
+
+``--block 16x1`` prunes whole blocks of 16 rows by 1 column, as Sparse WaveRNN did, so the
+compiled layers can run the block kernels (``compile_sparse`` picks the format).
 """
 
 from __future__ import annotations
@@ -74,7 +78,17 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--block", default=None, metavar="HxW",
+                        help="prune whole blocks (Sparse WaveRNN's 16x1), e.g. 16x1")
     args = parser.parse_args()
+    block = (1, 1)
+    if args.block is not None:
+        try:
+            block = tuple(int(v) for v in args.block.lower().split("x"))
+        except ValueError:
+            parser.error(f"--block takes HxW, e.g. 16x1; got {args.block!r}")
+        if len(block) != 2:
+            parser.error(f"--block takes HxW, e.g. 16x1; got {args.block!r}")
     if any(not 0 < s < 1 for s in args.sparsities):
         parser.error("--sparsities must lie in (0, 1)")
     watch = LoadWatch(args.threads)
@@ -88,8 +102,8 @@ def main() -> None:
     for s in args.sparsities:
         pruned = sb.models.create("gru-lm", **_options(args.hidden))
         pruned.load_state_dict(dense.state_dict())
-        plain = sb.sparsify(pruned, "magnitude", sparsity=s).finalize()
-        name = f"sparse h{args.hidden} {s:.0%}"
+        plain = sb.sparsify(pruned, "magnitude", sparsity=s, block=block).finalize()
+        name = f"sparse h{args.hidden} {s:.0%}" + (f" {args.block} blocks" if args.block else "")
         models[name] = compile_sparse(plain.eval(), batch_hint=1)
         nonzeros[name] = _nonzeros(plain)
         hidden, count = width_for_parameters("gru-lm", _options(args.hidden), "hidden_size",
@@ -113,7 +127,7 @@ def main() -> None:
                                repeats=args.rounds, warmup=1)
     print(f"one GRU layer, vocabulary {VOCAB}, embedding {EMBED}; {args.chars} characters at "
           f"batch 1 per call, median of {args.rounds} interleaved rounds")
-    fit = [name for name in models if f"h{args.hidden}" in name]
+    fit = [name for name in models if name.startswith("sparse")]
     median = {key: sorted(t)[len(t) // 2] for key, t in times.items()}
     for loop in LOOPS:
         per_char = {name: median[f"{name} | {loop}"] / args.chars for name in models}
@@ -122,11 +136,13 @@ def main() -> None:
         for name in models:
             print(f"  {name:40s} {nonzeros[name]:>10,d} nonzeros  {1e6 * per_char[name]:8.1f} "
                   f"us/char  {1 / per_char[name]:8.0f} chars/s  {base / per_char[name]:5.2f}x "
-                  f"the dense h{args.hidden}")
-        a, b = _fit(fit, nonzeros, per_char)
-        print(f"  fit over the h{args.hidden} models: time/char = {1e6 * a:.1f} us + "
-              f"{1e9 * b:.3f} ns x nonzeros; the constant is "
-              + ", ".join(f"{a / per_char[n]:.0%}" for n in fit) + " of their times")
+                  f"the dense h{args.hidden}  {1e9 * per_char[name] / nonzeros[name]:.3f} "
+                  "ns per nonzero")
+        if len(fit) >= 2:
+            a, b = _fit(fit, nonzeros, per_char)
+            print(f"  fit over the sparse models: time/char = {1e6 * a:.1f} us + "
+                  f"{1e9 * b:.3f} ns x nonzeros; the constant is "
+                  + ", ".join(f"{a / per_char[n]:.0%}" for n in fit) + " of their times")
     ratio = {name: median[f"{name} | generate"] / median[f"{name} | GRUSampler"]
              for name in models}
     speedups = ", ".join(f"{name} {value:.1f}x" for name, value in ratio.items())

@@ -62,7 +62,8 @@ def _steps(model: nn.Module, opt: torch.optim.Optimizer, sp, count: int,
     return call
 
 
-def stack_candidates(width: int, sparsity: float, delta_t: int) -> dict[str, Callable[[], None]]:
+def stack_candidates(width: int, sparsity: float, delta_t: int, modes: list[str]
+                     ) -> dict[str, Callable[[], None]]:
     """Returns name -> call of ``delta_t`` steps, one mask update at its last step."""
     torch.manual_seed(0)
     base = stack(width)
@@ -75,7 +76,7 @@ def stack_candidates(width: int, sparsity: float, delta_t: int) -> dict[str, Cal
     out = {"dense": _steps(dense, torch.optim.Adam(dense.parameters(), lr=1e-4), None, delta_t,
                            loss_of)}
     for technique in ("set", "rigl"):
-        for mode in ("off", "on"):
+        for mode in modes:
             model = copy.deepcopy(base)
             # Updates every delta_t steps for as long as the benchmark runs; RigL's drop
             # fraction decays over end_step, here far away: about its initial 0.3 throughout.
@@ -139,6 +140,9 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9])
     parser.add_argument("--delta-t", type=int, default=10,
                         help="steps per mask update (RigL's paper: 100; default 10, harsher)")
+    parser.add_argument("--modes", nargs="+", choices=["off", "on"], default=["off", "on"],
+                        help="the stack's SET/RigL candidates: on the dense path with a mask "
+                             "(off) and with the sparse step (on)")
     parser.add_argument("--preset", default=None)
     parser.add_argument("--preset-sparsity", type=float, default=0.9)
     parser.add_argument("--preset-steps", type=int, default=5)
@@ -162,7 +166,8 @@ def main() -> None:
     problems: dict[str, list[str]] = {}
     for width in args.stack:
         for sparsity in args.sparsities:
-            times = interleaved_rounds(stack_candidates(width, sparsity, args.delta_t),
+            times = interleaved_rounds(stack_candidates(width, sparsity, args.delta_t,
+                                                        args.modes),
                                        repeats=args.rounds, warmup=1)
             _report(f"{LAYERS} x {width}x{width}, batch {BATCH}, {sparsity:.0%}, one update "
                     f"per {args.delta_t} steps", times, args.delta_t, "dense", problems)

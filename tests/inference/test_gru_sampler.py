@@ -82,9 +82,17 @@ def test_block_layers_and_compile_sparse_output():
     model = _model(hidden_size=64)
     plain = sb.sparsify(model, "magnitude", sparsity=0.8).finalize().eval()
     plain.cells[0].hh = SparseLinear.from_linear(plain.cells[0].hh, block=(4, 4))
+    plain.cells[0].ih = SparseLinear.from_linear(plain.cells[0].ih, block=(16, 1))
+    plain.output = SparseLinear.from_linear(plain.output, block=(8, 8))  # 23 rows: padded
     sampler = GRUSampler(plain)
-    assert sampler.formats["cells.0.hh"] == "csr (from 4x4 blocks)"
+    assert sampler.formats == {"cells.0.ih": "bsr 16x1", "cells.0.hh": "bsr 4x4",
+                               "output": "bsr 8x8"}
     assert torch.equal(*_both(plain, sampler))
+    odd = _model(hidden_size=64, embed_dim=9)  # 9 inputs: not whole 4-wide blocks
+    odd.cells[0].ih = SparseLinear.from_linear(odd.cells[0].ih, block=(4, 4))
+    sampler = GRUSampler(odd)
+    assert sampler.formats["cells.0.ih"] == "csr (from 4x4 blocks: 9 inputs)"
+    assert torch.equal(*_both(odd, sampler))
     compiled = compile_sparse(sb.sparsify(_model(hidden_size=64), "magnitude", sparsity=0.95)
                               .finalize().eval(), batch_hint=1)
     assert torch.equal(*_both(compiled, GRUSampler(compiled)))

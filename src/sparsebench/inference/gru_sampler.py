@@ -9,7 +9,8 @@ products and gates, the output layer and the draw, with no Python in between.
 Each matrix runs as the model holds it: a CSR ``SparseLinear`` (from
 :func:`~sparsebench.inference.compile_sparse`) through the CSR kernel, a plain ``nn.Linear``
 through a dense product in the same loop, so a dense model sampled this way is the fair
-baseline. Block (BSR) layers run as CSR of their stored weights. Ids are drawn by the rule of
+baseline. Block (BSR) layers run through the block kernels (as CSR of their stored weights
+when the input width is not a multiple of the block's). Ids are drawn by the rule of
 :func:`sparsebench.models.gru.draw_by_inverse_cdf` from uniforms taken up front from the
 caller's generator, so the sampler and ``generate`` give the same ids from the same generator
 (up to a uniform landing within float rounding of a boundary).
@@ -42,12 +43,16 @@ def _matrix(module: nn.Module, name: str) -> tuple[list[torch.Tensor], torch.Ten
     if isinstance(module, SparseLinear):
         if module.values.device.type != "cpu":
             raise ValueError(f"GRUSampler runs on the CPU; {name} is on {module.values.device}")
+        bh, bw = module.block
         if module.block == (1, 1):
             parts = [module.crow_indices, module.col_indices, module.values]
             fmt = "csr"
+        elif module.in_features % bw == 0:  # the block kernels read whole blocks of inputs
+            parts = [module.crow_indices, module.col_indices, module.values]
+            fmt = f"bsr {bh}x{bw}"
         else:
             parts = list(dense_to_csr(module.dense_weight()))
-            fmt = f"csr (from {module.block[0]}x{module.block[1]} blocks)"
+            fmt = f"csr (from {bh}x{bw} blocks: {module.in_features} inputs)"
         bias = module.bias
     elif type(module) is nn.Linear:
         if module.weight.device.type != "cpu" or module.weight.dtype != torch.float32:

@@ -1608,9 +1608,10 @@ namespace {
 
 struct GruMatrix {
   int64_t rows = 0, cols = 0;
-  const int32_t* rp = nullptr;  // CSR row pointers; nullptr: a dense (rows, cols) matrix
+  const int32_t* rp = nullptr;  // CSR (block) row pointers; nullptr: a dense (rows, cols) matrix
   const void* ci = nullptr;
   bool ci16 = false;
+  int64_t bh = 1, bw = 1;  // BSR block shape; 1 x 1: CSR
   const float* v = nullptr;
   const float* bias = nullptr;
   std::vector<int64_t> splits;  // row chunks for threads, balanced by nonzeros
@@ -1647,6 +1648,18 @@ void gru_matvec_rows(const GruMatrix& m, int64_t r0, int64_t r1, const float* x,
 }
 
 void gru_matvec(const GruMatrix& m, const float* x, float* y) {
+  if (m.bh * m.bw > 1) {  // the block kernels split their block rows themselves
+    const int64_t block_rows = (m.rows + m.bh - 1) / m.bh;
+    if (m.ci16)
+      bsr_dispatch<int16_t>(m.bh, m.bw, x, nullptr, 1, 1, 0, m.rp,
+                            static_cast<const int16_t*>(m.ci), m.v, block_rows, m.bias, y,
+                            m.rows, false, 0, kAdaptive);
+    else
+      bsr_dispatch<int32_t>(m.bh, m.bw, x, nullptr, 1, 1, 0, m.rp,
+                            static_cast<const int32_t*>(m.ci), m.v, block_rows, m.bias, y,
+                            m.rows, false, 0, kAdaptive);
+    return;
+  }
   const int64_t chunks = static_cast<int64_t>(m.splits.size()) - 1;
   parallel_chunks(chunks, kAdaptive, [&](int64_t c) {
     gru_matvec_rows(m, m.splits[c], m.splits[c + 1], x, y);
@@ -1656,7 +1669,7 @@ void gru_matvec(const GruMatrix& m, const float* x, float* y) {
 GruMatrix gru_matrix(const std::vector<at::Tensor>& t, const c10::optional<at::Tensor>& bias,
                      int64_t rows, int64_t cols, const char* name) {
   TORCH_CHECK(t.size() == 1 || t.size() == 3, "gru_generate: ", name,
-              " must be [weight] (dense) or [crow, col, values] (CSR)");
+              " must be [weight] (dense) or [crow, col, values] (CSR, or BSR with 3-D values)");
   GruMatrix m;
   m.rows = rows;
   m.cols = cols;
@@ -1669,12 +1682,20 @@ GruMatrix gru_matrix(const std::vector<at::Tensor>& t, const c10::optional<at::T
     m.v = t[0].data_ptr<float>();
   } else {
     const at::Tensor &crow = t[0], &col = t[1], &values = t[2];
+    if (values.dim() == 3) {
+      m.bh = values.size(1);
+      m.bw = values.size(2);
+      // The block kernels read whole blocks of x: the width must be a multiple of theirs.
+      TORCH_CHECK(cols % m.bw == 0, "gru_generate: ", name, " has ", cols,
+                  " inputs, not a multiple of its blocks' width ", m.bw);
+    }
+    const int64_t block_rows = (rows + m.bh - 1) / m.bh;
     TORCH_CHECK(crow.scalar_type() == at::kInt && crow.is_contiguous() &&
-                    crow.numel() == rows + 1,
-                "gru_generate: ", name, " crow must be int32 (", rows + 1, ",)");
+                    crow.numel() == block_rows + 1,
+                "gru_generate: ", name, " crow must be int32 (", block_rows + 1, ",)");
     TORCH_CHECK(values.scalar_type() == at::kFloat && values.is_contiguous() &&
-                    col.is_contiguous() && col.numel() == values.numel(),
-                "gru_generate: ", name, " col/values must be contiguous, one per nonzero");
+                    col.is_contiguous() && col.numel() * m.bh * m.bw == values.numel(),
+                "gru_generate: ", name, " col/values must be contiguous, one per block");
     TORCH_CHECK(col.scalar_type() == at::kShort || col.scalar_type() == at::kInt,
                 "gru_generate: ", name, " col must be int16 or int32");
     m.rp = crow.data_ptr<int32_t>();
@@ -1693,7 +1714,9 @@ GruMatrix gru_matrix(const std::vector<at::Tensor>& t, const c10::optional<at::T
   const int64_t chunks = work < kSerialWork || threads <= 1
                              ? 1
                              : std::max<int64_t>(1, std::min(rows, threads * kChunksPerThread));
-  if (m.rp != nullptr) {
+  if (m.bh * m.bw > 1) {
+    // unused: bsr_dispatch splits the block rows
+  } else if (m.rp != nullptr) {
     m.splits = balanced_splits(m.rp, rows, chunks);
   } else {
     for (int64_t c = 0; c <= chunks; ++c) m.splits.push_back(rows * c / chunks);
