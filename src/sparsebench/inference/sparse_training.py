@@ -12,9 +12,10 @@ gradients without a dense weight:
   ``Wᵀ`` are ``values[perm]``: the values stay one tensor, and the gather costs one pass over
   the nonzeros per backward;
 - weight gradient at the kept positions only, ``dW_k = Σ_b dY[b, row_k]·X[b, col_k]`` (a
-  sampled dense-dense product, SDDMM): ``torch.sparse.sampled_addmm`` on the CPU, one dot
-  product of length ``batch`` per nonzero, parallel over rows. Its extra memory is the output
-  (``nnz`` values) plus the transposes of ``dY`` and ``X`` (the size of the inputs): no
+  sampled dense-dense product, SDDMM): the extension's ``csr_sddmm`` for float32 (``X``
+  transposed once, ``dY``'s columns 16 rows at a time, one contiguous dot product of length
+  ``batch`` per nonzero, parallel over rows), else ``torch.sparse.sampled_addmm``. Extra
+  memory: the output (``nnz`` values) and a transpose of ``X`` (torch's: of ``dY`` too), no
   ``(out, in)`` or ``(batch, nnz)`` intermediate, whatever the batch;
 - bias gradient ``dY.sum(0)``.
 
@@ -108,6 +109,10 @@ class CsrPattern:
         dtype = grad_out.dtype
         if self.nnz == 0 or grad_out.shape[0] == 0:
             return grad_out.new_zeros(self.nnz)
+        ext = _extension.load_extension() if dtype == torch.float32 else None
+        if ext is not None and grad_out.device.type == "cpu":
+            return ext.csr_sddmm(grad_out.contiguous(), x.contiguous(), self.crow, self.col,
+                                 _sl._options["threading"])
         if dtype not in self._zeros:  # sampled_addmm reads the pattern's values (times beta=0)
             self._zeros[dtype] = torch.zeros(self.nnz, dtype=dtype)
         pattern = self.torch_csr(self._zeros[dtype])
