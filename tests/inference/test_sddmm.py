@@ -1,6 +1,7 @@
-"""The sparse training step's weight gradient at the kept positions (``csr_sddmm``) against the
-dense product worked in float64 and read at the mask: odd shapes, batch 1, empty rows, both
-index widths, two threads."""
+"""The sparse training step's backward kernels against dense products worked in float64: the
+weight gradient at the kept positions (``csr_sddmm``, read at the mask) and the input gradient
+from W's own rows (``csr_matmul_scatter``); odd shapes, batch 1, empty rows, both index
+widths, two threads."""
 
 from __future__ import annotations
 
@@ -69,3 +70,26 @@ def test_batch_taken_in_passes_sums_the_same(block):
     finally:
         ext.set_sddmm_batch_block(-1)
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch, out_f, in_f, density", [
+    (1, 5, 7, 0.5),
+    (37, 33, 130, 0.2),       # a ragged last block of 16 batch rows
+    (64, 300, 16, 0.3),       # more outputs than inputs (a vocabulary projection's shape)
+    (3, 40, 40_000, 0.001),   # int32 column indices
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_input_gradient_scattered_from_the_rows_of_w(batch, out_f, in_f, density, threads):
+    pattern, grad_out, _, _ = _case(batch, out_f, in_f, density, seed=out_f + in_f)
+    values = torch.randn(pattern.nnz, generator=torch.Generator().manual_seed(2))
+    weight = torch.zeros(out_f, in_f, dtype=torch.float64)
+    weight[pattern.rows, pattern.cols] = values.double()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = load_extension().csr_matmul_scatter(grad_out, pattern.crow, pattern.col, values,
+                                                  in_f)
+    finally:
+        torch.set_num_threads(before)
+    assert got.shape == (batch, in_f) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), grad_out.double() @ weight, rtol=0, atol=1e-4)

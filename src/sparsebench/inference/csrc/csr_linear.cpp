@@ -1947,6 +1947,84 @@ at::Tensor csr_sddmm(const at::Tensor& grad_out, const at::Tensor& x, const at::
   return dst;
 }
 
+// ---------------------------------------------------------------------------------------
+// y = g @ W for W in CSR (out, in) and g (B, out): the input gradient of a sparse Linear read
+// from W's own rows (issue 27). The transposed layout (CSR of W^T) gathers: each of its rows
+// sums over up to `out` inputs, and with out in the thousands (a vocabulary projection) the
+// packed input panels no longer fit in cache. Here each nonzero W[r, c] scatters
+// g[:, r] * W[r, c] into the accumulator row c, for 16 batch rows at a time: g's block is
+// transposed to gT (out, 16), the accumulators (in, 16) stay in L1 when in is small, and the
+// block's result is transposed into y. Used where in * 16 floats fit in L1 (in <= 512).
+
+namespace {
+
+constexpr int64_t kScatterRows = 16;
+
+template <typename I>
+void scatter_block(const float* gT, const int32_t* rp, const I* ci, const float* v,
+                   int64_t out, float* acc) {
+  for (int64_t r = 0; r < out; ++r) {
+    const int64_t e = rp[r + 1];
+    int64_t j = rp[r];
+    if (j == e) continue;
+    const v8 g0 = *reinterpret_cast<const v8u*>(gT + r * kScatterRows);
+    const v8 g1 = *reinterpret_cast<const v8u*>(gT + r * kScatterRows + 8);
+    for (; j < e; ++j) {
+      float* a = acc + static_cast<int64_t>(ci[j]) * kScatterRows;
+      const float w = v[j];
+      *reinterpret_cast<v8u*>(a) = *reinterpret_cast<v8u*>(a) + w * g0;
+      *reinterpret_cast<v8u*>(a + 8) = *reinterpret_cast<v8u*>(a + 8) + w * g1;
+    }
+  }
+}
+
+}  // namespace
+
+// g: (B, out) float32; crow (out + 1,) int32; col (nnz,) int16/int32; values (nnz,) float32.
+// Returns y = g @ W: (B, in_features) float32.
+at::Tensor csr_matmul_scatter(const at::Tensor& g, const at::Tensor& crow, const at::Tensor& col,
+                              const at::Tensor& values, int64_t in_features, int64_t threading) {
+  TORCH_CHECK(g.dim() == 2 && g.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
+              "csr_matmul_scatter: g must be 2-D float32 (batch, out)");
+  TORCH_CHECK(crow.scalar_type() == at::kInt && crow.is_contiguous() &&
+                  crow.numel() == g.size(1) + 1,
+              "csr_matmul_scatter: crow must be int32 (out + 1,)");
+  TORCH_CHECK(col.is_contiguous() && values.is_contiguous() && col.numel() == values.numel() &&
+                  (col.scalar_type() == at::kShort || col.scalar_type() == at::kInt),
+              "csr_matmul_scatter: col (int16/int32) and values must be contiguous, one per "
+              "nonzero");
+  const int64_t B = g.size(0), out = g.size(1), in = in_features;
+  at::Tensor y = at::empty({B, in}, g.options());
+  if (B == 0 || in == 0) return y;
+  const at::Tensor gc = g.contiguous();
+  const int64_t blocks = (B + kScatterRows - 1) / kScatterRows;
+  if (threading < 0) threading = kAdaptive;
+  const int64_t threads = at::get_num_threads();
+  const int64_t work = (values.numel() + out) * B;
+  const int64_t chunks = work < kSerialWork || threads <= 1 || threading == kSerial
+                             ? 1
+                             : std::min<int64_t>(blocks, threads * kChunksPerThread);
+  const int32_t* rp = crow.data_ptr<int32_t>();
+  const float* v = values.data_ptr<float>();
+  const float* gp = gc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  parallel_chunks(chunks, threading, [&](int64_t c) {
+    std::vector<float> gT(static_cast<size_t>(out * kScatterRows), 0.f);
+    std::vector<float> acc(static_cast<size_t>(in * kScatterRows));
+    for (int64_t blk = blocks * c / chunks; blk < blocks * (c + 1) / chunks; ++blk) {
+      const int64_t b0 = blk * kScatterRows, nb = std::min(kScatterRows, B - b0);
+      transpose_into(gp + b0 * out, nb, out, out, gT.data(), kScatterRows);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      if (col.scalar_type() == at::kShort)
+        scatter_block<int16_t>(gT.data(), rp, col.data_ptr<int16_t>(), v, out, acc.data());
+      else
+        scatter_block<int32_t>(gT.data(), rp, col.data_ptr<int32_t>(), v, out, acc.data());
+      transpose_into(acc.data(), in, nb, kScatterRows, yp + b0 * in, in);
+    }
+  });
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_linear", &csr_linear, "y = x @ W.T + b with W in CSR (fp32)", py::arg("x"),
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("bias"),
@@ -1984,6 +2062,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(grad_out.T @ x) at the kept positions of a CSR pattern, in CSR order (fp32)",
         py::arg("grad_out"), py::arg("x"), py::arg("crow"), py::arg("col"),
         py::arg("threading") = -1);
+  m.def("csr_matmul_scatter", &csr_matmul_scatter,
+        "y = g @ W with W in CSR (out, in): each nonzero scatters into its input's column",
+        py::arg("g"), py::arg("crow"), py::arg("col"), py::arg("values"),
+        py::arg("in_features"), py::arg("threading") = -1);
   m.def("set_sddmm_batch_block", [](int64_t tb) { g_sddmm_batch_block.store(tb); },
         "Batch rows per pass of csr_sddmm (-1: chosen from the input width, 0: all).");
   m.def("gru_generate", &gru_generate,
