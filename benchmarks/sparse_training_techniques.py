@@ -15,7 +15,8 @@ initial weights:
 Part 2, ``--preset NAME``: the preset's model and real training batches (the task's own loss),
 magnitude pruning at ``--preset-sparsity`` of the weights ``--include`` selects (default:
 every Linear and the shared embedding, as the translation study) with a fixed mask from the
-first step, over ``--preset-steps`` steps per call: ``off`` (dense with mask), ``on`` (every
+first step, over ``--preset-steps`` steps per call: ``dense`` (no technique: the dense
+model's own step, the reference of the ratios), ``off`` (dense with mask), ``on`` (every
 eligible layer sparse: the Linears, and the shared embedding in its lookup and its output
 projection) and ``auto`` (the layers the performance model predicts faster; the first call
 calibrates). Convolution weights stay dense in every mode.
@@ -107,7 +108,9 @@ def preset_candidates(name: str, sparsity: float, steps: int, include: list[str]
     def loss_of(model: nn.Module, i: int) -> torch.Tensor:
         return task.loss(model, batches[i])
 
-    out = {}
+    dense = copy.deepcopy(base)  # no technique at all: the dense model's own step
+    out = {"dense": _steps(dense, torch.optim.Adam(dense.parameters(), lr=1e-4), None, steps,
+                           loss_of)}
     for mode in ("off", "on", "auto"):
         model = copy.deepcopy(base)
         # No schedule: the mask is fixed from step 0.
@@ -176,7 +179,7 @@ def main() -> None:
                                   args.include or None)
         times = interleaved_rounds(calls, repeats=args.rounds, warmup=1)
         _report(f"{args.preset}, magnitude {args.preset_sparsity:.0%} fixed mask", times,
-                args.preset_steps, "off", problems)
+                args.preset_steps, "dense", problems)
         for mode in ("on", "auto"):
             control = calls[mode].control  # type: ignore[attr-defined]
             why = ", ".join(sorted(set(control.skipped.values()))) or "none ineligible"
