@@ -149,3 +149,26 @@ def test_too_short_a_training_text_is_one_sentence(sdist):
     with pytest.raises(ValueError, match="fewer than one window") as info:
         LanguageModelTask(config(sdist, extra=("data.limit_train=10",)))
     assert "\n" not in str(info.value)
+
+
+def test_sample_command_writes_the_seeded_text_compiled_or_not(sdist, tmp_path, capsys):
+    from sparsebench.cli import main
+
+    run = tmp_path / "run"
+    train(config(sdist, sparsity=0.8), run, progress=False)
+
+    def sample(*extra: str) -> tuple[str, str]:
+        assert main(["sample", str(run), "--prompt", "Shall", "--chars", "40",
+                     *extra]) == 0
+        out = capsys.readouterr()
+        return out.out, out.err
+
+    text, err = sample("--seed", "3")
+    assert text.startswith("Shall") and len(text) == len("Shall") + 40 + 1  # print's newline
+    assert set(text[5:-1]) <= set("".join(VERSES) + "\n" + "SONETHAMLRCBIPfin" + "\ufffd")
+    assert "characters per second" in err
+    assert sample("--seed", "3")[0] == text                 # the seed decides the text
+    assert sample("--seed", "3", "--dense")[0] == text      # compiled or not, the same draws
+    assert sample("--seed", "4")[0] != text
+    assert main(["sample", str(run), "--chars", "-1"]) == 2
+    assert "--chars must be >= 0" in capsys.readouterr().err

@@ -1,9 +1,10 @@
-"""``sparsebench export`` and ``sparsebench bench-inference``: the inference subcommands.
+"""``sparsebench export``, ``bench-inference`` and ``sample``: the inference subcommands.
 
     sparsebench export RUN_DIR --out model.sparse.safetensors
     sparsebench bench-inference RUN_DIR --batch 1 16 128     # threads: the idle cores
+    sparsebench sample RUN_DIR --prompt "ROMEO:" --chars 400  # a GRU language model's text
 
-Both read a finished run directory (``sparsebench.rundir``): the model is rebuilt from
+Each reads a finished run directory (``sparsebench.rundir``): the model is rebuilt from
 ``result.json``'s ``config.model`` and loaded from ``model.safetensors``.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from sparsebench import rundir
+from sparsebench.inference import sample_command
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ def register(subparsers: Any) -> None:
         "thread, as it may get on a machine shared with other work)",
     )
     b.set_defaults(func=_bench)
+    sample_command.register(subparsers)
 
 
 def _load(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
