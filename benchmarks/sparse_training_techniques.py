@@ -95,7 +95,7 @@ def preset_candidates(name: str, sparsity: float, steps: int, include: list[str]
                       ) -> dict[str, Callable[[], None]]:
     """Returns name -> call of ``steps`` training steps of the preset's model, mask fixed."""
     from sparsebench.train import build_config
-    from sparsebench.train.loop import _resolve_model_options
+    from sparsebench.train.loop import _resolve_model_options, memory_format
     from sparsebench.train.tasks import make_task
 
     config = build_config(name)
@@ -104,6 +104,7 @@ def preset_candidates(name: str, sparsity: float, steps: int, include: list[str]
     batches = [task.next_batch(torch.device("cpu")) for _ in range(steps)]
     torch.manual_seed(0)
     base = sb.models.create(config.model.name, **config.model.options)
+    base = base.to(memory_format=memory_format(config, base))  # as the runner trains it
 
     def loss_of(model: nn.Module, i: int) -> torch.Tensor:
         return task.loss(model, batches[i])

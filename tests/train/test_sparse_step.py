@@ -156,7 +156,7 @@ def test_what_cannot_train_sparse_is_refused_in_one_sentence():
     convs = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3))
     sp = sb.sparsify(convs, "magnitude", sparsity=0.5)
     with pytest.raises(ValueError, match="no sparsified layer can train sparse .0.weight: "
-                                         "not an nn.Linear or nn.Embedding weight"):
+                                         "a 3x3 convolution .1x1 convolutions only"):
         SparseTrainingStep(sp, torch.optim.SGD(convs.parameters(), lr=0.1), "on")
 
 
@@ -281,3 +281,64 @@ def test_an_embedding_read_by_an_unknown_projection_stays_dense():
     sp = sb.sparsify(model, "random", sparsity=0.5, include=["embed"])
     assert "read by a OtherProjection" in eligibility(sp.layers[0], model)
     assert "needs the model" in eligibility(sp.layers[0])
+
+
+
+# ---- 1x1 convolutions: a Linear over pixels ---------------------------------------------
+
+class _Bottleneck(nn.Module):
+    """1x1 (stride 1), 3x3 (dense: not covered), 1x1 (stride 2), 1x1 projection with bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.reduce = nn.Conv2d(12, 8, 1, bias=False)
+        self.spatial = nn.Conv2d(8, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 1, stride=2, bias=False)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.reduce(x))
+        x = torch.relu(self.spatial(x))
+        x = torch.relu(self.down(x))
+        return self.head(x).mean((2, 3))
+
+
+def _train_convs(mode: str, technique: str, channels_last: bool, **options):
+    torch.manual_seed(0)
+    model = _Bottleneck().double()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    sp = sb.sparsify(model, technique, sparsity=0.7, **options)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp.use_optimizer(opt)
+    control = SparseTrainingStep(sp, opt, mode)
+    control.resume(0)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(12):
+        x = torch.randn(3, 12, 7, 9, generator=g, dtype=torch.float64)  # odd sizes: stride 2
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 5, (3,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sp.step()
+    layers = control.sparse_layers
+    control.dense()
+    return model, layers, control
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("technique, options", [
+    ("random", {}),
+    ("rigl", {"schedule": GradualSchedule(0, 10, 4), "layer_sparsity": "uniform"}),
+])
+def test_1x1_convolutions_train_sparse_as_the_dense_path(technique, options, channels_last):
+    dense, _, _ = _train_convs("off", technique, channels_last, **options)
+    sparse, layers, control = _train_convs("on", technique, channels_last, **options)
+    assert sorted(layers) == ["down.weight", "head.weight", "reduce.weight"]
+    assert "3x3 convolution" in control.skipped["spatial.weight"]
+    with torch.no_grad():
+        for name, a in _effective(dense).items():
+            torch.testing.assert_close(a, _effective(sparse)[name], rtol=0, atol=1e-10,
+                                       msg=name)

@@ -27,12 +27,14 @@ global gradient-norm clip can tell: it then counts the kept weights' gradients a
 ``"auto"`` only the layers the performance model predicts faster (the forward product
 ``min_speedup``× dense at the layer's density and rows per call); ``"off"``
 never. Eligible: an ``nn.Linear`` whose own forward runs, not tied, float32/float64 on the
-CPU, masked by a binary mask; and an ``nn.Embedding`` whose weight is also read by output
+CPU, masked by a binary mask; a 1x1 ``nn.Conv2d`` (no padding, one group, any stride), run as
+a Linear over its output pixels (channels-last inputs need no copy); and an ``nn.Embedding``
+whose weight is also read by output
 projections (``TiedProjection``, the Transformer's shared embedding): the projections run
 through the CSR kernels, the lookup from a table rebuilt from the kept values, and any other
 read of the weight while it trains sparse raises instead of reading stale values. ``auto``
 judges an embedding by its projection's product, and leaves one with no projection dense.
-Convolutions and weights tied as one Parameter in two modules stay dense.
+Larger convolutions and weights tied as one Parameter in two modules stay dense.
 """
 
 from __future__ import annotations
@@ -76,16 +78,21 @@ def eligibility(layer: Layer, model: nn.Module | None = None) -> str | None:
     module = layer.module
     if layer.tied:
         return "its weight is tied to another use"
-    if layer.attr != "weight" or not isinstance(module, (nn.Linear, nn.Embedding)):
-        return "not an nn.Linear or nn.Embedding weight (convolutions train dense)"
+    if layer.attr != "weight" or not isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
+        return "not an nn.Linear, nn.Conv2d or nn.Embedding weight"
     if isinstance(module, nn.Embedding):
         why = _embedding_problem(module, layer, model)
         if why is not None:
             return why
-    elif type(module).forward is not nn.Linear.forward or "forward" in module.__dict__:
-        return "its module's forward is not nn.Linear's own"
-    elif not layer.local_reparam or layer.transposed:
-        return "its weight is read by another module's forward"
+    else:
+        if isinstance(module, nn.Conv2d):
+            why = _convolution_problem(module)
+            if why is not None:
+                return why
+        elif type(module).forward is not nn.Linear.forward or "forward" in module.__dict__:
+            return "its module's forward is not nn.Linear's own"
+        if not layer.local_reparam or layer.transposed:
+            return "its weight is read by another module's forward"
     if not isinstance(layer.parametrization, MaskParametrization):
         return "its technique does not hold a binary mask"
     original = layer.original
@@ -95,6 +102,19 @@ def eligibility(layer: Layer, model: nn.Module | None = None) -> str | None:
         return "its weight is frozen"
     if not original.is_contiguous():
         return "its weight is not contiguous"
+    return None
+
+
+def _convolution_problem(module: nn.Conv2d) -> str | None:
+    """A 1x1 convolution is a Linear over pixels (any stride: the input is subsampled first);
+    larger kernels need a sparse convolution backward, which is not here."""
+    if type(module).forward is not nn.Conv2d.forward or "forward" in module.__dict__:
+        return "its module's forward is not nn.Conv2d's own"
+    if module.kernel_size != (1, 1):
+        return (f"a {module.kernel_size[0]}x{module.kernel_size[1]} convolution (1x1 "
+                "convolutions only: larger kernels train dense)")
+    if module.groups != 1 or module.padding not in ((0, 0), "valid"):
+        return "a grouped or padded 1x1 convolution"
     return None
 
 
@@ -119,9 +139,10 @@ class _Recording:
 
     def __init__(self) -> None:
         self.target: Any = None
+        self.shape: tuple[int, ...] = ()
 
     def record(self, grad: torch.Tensor) -> None:
-        self.target.record(grad)
+        self.target.record(grad.view(self.shape))  # (out, in) -> the weight's own shape
 
     def active(self) -> _Recording | None:
         return self if self.target is not None else None
@@ -154,6 +175,26 @@ def _sparse_forward(module: nn.Linear, values: torch.Tensor, pattern: CsrPattern
     y = SparseLinearFunction.apply(x.reshape(-1, in_f), values, module.bias, pattern,
                                    recording.active())
     return y.reshape(*lead, out_f)
+
+
+def _sparse_conv1x1_forward(module: nn.Conv2d, values: torch.Tensor, pattern: CsrPattern,
+                            recording: _Recording, x: torch.Tensor) -> torch.Tensor:
+    """``module``'s 1x1 convolution as a Linear over pixels: channels-last inputs need no
+    copy ((N, H, W, C) is their memory order); the output keeps the input's memory format."""
+    out_c, in_c = pattern.shape
+    if x.dim() != 4 or x.shape[1] != in_c or x.dtype != values.dtype or x.device.type != "cpu":
+        raise ValueError(f"a sparse training step of a 1x1 Conv2d({in_c}, {out_c}) takes "
+                         f"{values.dtype} CPU inputs (N, {in_c}, H, W); got {x.dtype} on "
+                         f"{x.device} of shape {tuple(x.shape)}")
+    sh, sw = module.stride
+    if (sh, sw) != (1, 1):
+        x = x[:, :, ::sh, ::sw]
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    n, _, h, w = x.shape
+    pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, in_c)
+    y = SparseLinearFunction.apply(pixels, values, module.bias, pattern, recording.active())
+    y = y.view(n, h, w, out_c).permute(0, 3, 1, 2)
+    return y if channels_last else y.contiguous()
 
 
 def _sparse_embedding_forward(module: nn.Embedding, values: torch.Tensor, pattern: CsrPattern,
@@ -334,7 +375,12 @@ class SparseTrainingStep:
     def _record_rows(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
         if name not in self._rows and args and torch.is_tensor(args[0]):
             x = args[0]
-            self._rows[name] = max(1, x.numel() // max(1, x.shape[-1]))
+            if isinstance(module, nn.Conv2d) and x.dim() == 4:  # a Linear over output pixels
+                sh, sw = module.stride
+                rows = x.shape[0] * -(-x.shape[2] // sh) * -(-x.shape[3] // sw)
+            else:
+                rows = x.numel() // max(1, x.shape[-1])
+            self._rows[name] = max(1, rows)
 
     def _wanted(self, layer: Layer) -> bool | None:
         """Whether ``layer`` should train sparse; None while ``auto`` cannot tell yet."""
@@ -355,7 +401,8 @@ class SparseTrainingStep:
     def _predicted_faster(self, layer: Layer, nnz: int, rows: int) -> bool:
         if self._perf_model is None:
             self._perf_model = PerformanceModel(thread_counts=(torch.get_num_threads(),))
-        out_f, in_f = layer.shape
+        out_f = layer.shape[0]
+        in_f = layer.numel // max(1, out_f)  # a 1x1 convolution's (out, in, 1, 1) too
         density = nnz / max(1, out_f * in_f)
         # The forward product is the one the performance model calibrates; the backward
         # kernels (the input gradient scattered from W's rows, the weight gradient at the
@@ -378,7 +425,8 @@ class SparseTrainingStep:
     @torch.no_grad()
     def _enter(self, layer: Layer) -> None:
         original = layer.original
-        pattern = CsrPattern(layer.parametrization.mask.detach())
+        mask = layer.parametrization.mask.detach()
+        pattern = CsrPattern(mask.reshape(mask.shape[0], -1))  # a 1x1 conv's (out, in, 1, 1)
         flat = pattern.flat  # row-major positions: CSR order
         values = nn.Parameter(original.detach().view(-1).index_select(0, flat))
         group, index = self._optimizer_slot(original)
@@ -392,6 +440,7 @@ class SparseTrainingStep:
         active = _Active(layer, flat, values, dense_state)
         module = layer.module
         recording = active.recording
+        recording.shape = tuple(original.shape)
         if isinstance(module, nn.Embedding):
             module.forward = functools.partial(_sparse_embedding_forward, module, values, pattern,
                                                recording)
@@ -401,6 +450,9 @@ class SparseTrainingStep:
                 active.replaced.append(reader)
             active.guard = layer.parametrization.register_forward_pre_hook(
                 functools.partial(_refuse_stale_read, layer.name))
+        elif isinstance(module, nn.Conv2d):
+            module.forward = functools.partial(_sparse_conv1x1_forward, module, values, pattern,
+                                               recording)
         else:
             module.forward = functools.partial(_sparse_forward, module, values, pattern,
                                                recording)
