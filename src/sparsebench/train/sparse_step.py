@@ -163,16 +163,17 @@ class _Active:
     recording: _Recording = field(default_factory=_Recording)
 
 
-def _sparse_forward(module: nn.Linear, values: torch.Tensor, pattern: CsrPattern,
+def _sparse_forward(bias: torch.Tensor | None, values: torch.Tensor, pattern: CsrPattern,
                     recording: _Recording, x: torch.Tensor) -> torch.Tensor:
-    """``module``'s forward with its kept weights ``values`` in ``pattern``'s CSR order."""
+    """``x @ W.T (+ bias)`` with the kept weights ``values`` in ``pattern``'s CSR order: a
+    Linear's forward, or a ``TiedProjection``'s (no bias) by its embedding's weight."""
     out_f, in_f = pattern.shape
     if x.shape[-1:] != (in_f,) or x.dtype != values.dtype or x.device.type != "cpu":
-        raise ValueError(f"a sparse training step of a Linear({in_f}, {out_f}) takes "
+        raise ValueError(f"a sparse training step of a ({out_f} x {in_f}) weight takes "
                          f"{values.dtype} CPU inputs (..., {in_f}); got {x.dtype} on "
                          f"{x.device} of shape {tuple(x.shape)}")
     lead = x.shape[:-1]
-    y = SparseLinearFunction.apply(x.reshape(-1, in_f), values, module.bias, pattern,
+    y = SparseLinearFunction.apply(x.reshape(-1, in_f), values, bias, pattern,
                                    recording.active())
     return y.reshape(*lead, out_f)
 
@@ -207,19 +208,6 @@ def _sparse_embedding_forward(module: nn.Embedding, values: torch.Tensor, patter
         weight.register_hook(recording.record)  # the lookup's share of the dense gradient
     return F.embedding(tokens, weight, module.padding_idx, None, 2.0,
                        module.scale_grad_by_freq, False)
-
-
-def _sparse_projection_forward(values: torch.Tensor, pattern: CsrPattern,
-                               recording: _Recording, x: torch.Tensor) -> torch.Tensor:
-    """A ``TiedProjection``'s ``x @ E.T`` through the CSR kernels."""
-    vocab, dim = pattern.shape
-    if x.shape[-1:] != (dim,) or x.dtype != values.dtype or x.device.type != "cpu":
-        raise ValueError(f"a sparse training step of a projection by a ({vocab}, {dim}) "
-                         f"embedding takes {values.dtype} CPU inputs (..., {dim}); got "
-                         f"{x.dtype} on {x.device} of shape {tuple(x.shape)}")
-    y = SparseLinearFunction.apply(x.reshape(-1, dim), values, None, pattern,
-                                   recording.active())
-    return y.reshape(*x.shape[:-1], vocab)
 
 
 def _refuse_stale_read(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -445,7 +433,7 @@ class SparseTrainingStep:
             module.forward = functools.partial(_sparse_embedding_forward, module, values, pattern,
                                                recording)
             for reader in self.readers[layer.name]:
-                reader.forward = functools.partial(_sparse_projection_forward, values, pattern,
+                reader.forward = functools.partial(_sparse_forward, None, values, pattern,
                                                    recording)
                 active.replaced.append(reader)
             active.guard = layer.parametrization.register_forward_pre_hook(
@@ -454,7 +442,7 @@ class SparseTrainingStep:
             module.forward = functools.partial(_sparse_conv1x1_forward, module, values, pattern,
                                                recording)
         else:
-            module.forward = functools.partial(_sparse_forward, module, values, pattern,
+            module.forward = functools.partial(_sparse_forward, module.bias, values, pattern,
                                                recording)
         active.replaced.append(module)
         self._active[layer.name] = active
