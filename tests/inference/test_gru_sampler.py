@@ -160,3 +160,19 @@ def test_bad_calls_get_one_sentence(call, match):
         pytest.skip("the range check is the compiled path's")
     with pytest.raises(ValueError, match=match):
         call(sampler)
+
+
+@needs_kernels
+def test_a_character_model_is_timed_sampling_at_batch_1():
+    from sparsebench.inference.bench import bench_model, workload_for
+    from sparsebench.inference.perf_model import PerformanceModel
+
+    model = sb.sparsify(_model(hidden_size=64), "magnitude", sparsity=0.9).finalize().eval()
+    work = workload_for(model)
+    assert "sampling" in work.describe and work.batches == (1,) and not work.per_layer
+    results = bench_model(model, work, [1, 16], repeats=2, budget_s=2.0,
+                          perf_model=PerformanceModel(budget_s=0.01, persist=False))
+    assert [r.batch for r in results] == [1]  # batch 16 is not a sampler's
+    (result,) = results
+    assert result.dense_s > 0 and result.sparse_s > 0 and len(result.plan) == 3
+    assert result.layers == {}  # the compiled loop calls no module: no per-layer times

@@ -103,9 +103,10 @@ def test_block_and_inference_sections_by_hand(tmp_path):
 def test_runs_to_time_takes_best_per_technique_and_every_block_run(tmp_path):
     with _store(tmp_path / "s.db") as store:
         store.upsert([_run("mp90b", "magnitude", 0.87, 0.9), _run("mp95", "magnitude", 0.8, 0.95),
-                      _run("mp80", "magnitude", 0.89, 0.8)])
+                      _run("mp80", "magnitude", 0.89, 0.8),
+                      _run("small", "small-dense", 0.84, 0.0)])  # every one is timed
         chosen = {r.id for r in runs_to_time(store)}
-    assert chosen == {"dense", "mp90", "mp95", "vd90", "b1", "b4", "b16", "wide"}
+    assert chosen == {"dense", "mp90", "mp95", "vd90", "b1", "b4", "b16", "wide", "small"}
     assert block_of(_run("x", "magnitude", 0.5, 0.5)) == (1, 1)
     assert block_of(_run("y", "magnitude", 0.5, 0.5, block=(16, 1))) == (16, 1)
 

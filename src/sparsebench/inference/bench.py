@@ -4,7 +4,9 @@ Used by ``sparsebench bench-inference RUN_DIR`` and ``benchmarks/inference_end_t
 For each batch size the model is compiled for that batch (the per-layer dense/CSR/BSR choice
 depends on it), then dense and sparse are timed interleaved, round by round, in this process:
 one forward of a batch of images for classifiers, greedy decoding of a batch of generated
-source sentences for a Transformer. Each batch keeps every round of both sides, so the table
+source sentences for a Transformer, and for a character language model sampling characters one
+at a time at batch 1 in :class:`GRUSampler`'s compiled loop (batch 1 only; no per-layer times:
+its layers are not called as modules). Each batch keeps every round of both sides, so the table
 prints medians with their spread, the ratio with its range over both sides' quartiles,
 and flags a ratio its rounds do not support
 (:class:`~sparsebench.inference.timing.Comparison`). Per-layer times come from separate
@@ -22,10 +24,12 @@ import torch
 from torch import nn
 
 from sparsebench.inference.compile import MIN_SPEEDUP, LayerDecision, compile_sparse, plan_sparse
+from sparsebench.inference.gru_sampler import GRUSampler
 from sparsebench.inference.perf_model import PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d
 from sparsebench.inference.sparse_linear import SparseLinear
 from sparsebench.inference.timing import Comparison, interleaved_rounds, unreliable_line
+from sparsebench.models.gru import GRULanguageModel
 
 _LAYER_TYPES = (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)
 
@@ -43,6 +47,10 @@ class Workload:
     make_input: Callable[[int], tuple[Any, ...]]
     run: Callable[[nn.Module, tuple[Any, ...]], Any]
     rows_per_sample: int = 1
+    #: The batch sizes the workload can run (None: any); ``bench_model`` skips the others.
+    batches: tuple[int, ...] | None = None
+    #: Whether a call runs the layers as modules, so that per-layer hooks can time them.
+    per_layer: bool = True
 
     def batch_hint(self, batch: int) -> list[int]:
         """Return the Linear row counts a call at ``batch`` produces (for ``compile_sparse``)."""
@@ -71,6 +79,8 @@ def workload_for(
     """
     options = dict(options or {})
     gen = torch.Generator().manual_seed(seed)
+    if isinstance(model, GRULanguageModel):
+        return _sampling_workload(seed)
     if hasattr(model, "greedy_decode") and hasattr(model, "config"):
         cfg = model.config
         first = max(cfg.pad_id, cfg.bos_id, cfg.eos_id, cfg.unk_id) + 1
@@ -101,6 +111,22 @@ def workload_for(
         lambda b: (torch.randn(b, channels, side, side, generator=gen),),
         lambda m, args: m(*args),
     )
+
+
+#: Characters a timed sampling call generates (after a one-character prompt).
+SAMPLED_CHARACTERS = 200
+
+
+def _sampling_workload(seed: int) -> Workload:
+    """A character language model is timed as it is used: sampling one character at a time at
+    batch 1, the whole generation in :class:`GRUSampler`'s compiled loop (the dense model's
+    matrices there too), from the same seed on both sides."""
+    def sample(model: nn.Module, args: tuple[Any, ...]) -> Any:
+        return GRUSampler(model).generate(args[0], SAMPLED_CHARACTERS,
+                                          torch.Generator().manual_seed(seed))
+
+    return Workload(f"sampling {SAMPLED_CHARACTERS} characters at batch 1 (GRUSampler)",
+                    lambda batch: ([1],), sample, batches=(1,), per_layer=False)
 
 
 def _first_linear_only(model: nn.Module) -> bool:
@@ -211,6 +237,8 @@ def bench_model(
     model = model.eval()
     pm = perf_model if perf_model is not None else PerformanceModel()
     results = []
+    if workload.batches is not None:
+        batches = [b for b in batches if b in workload.batches]
     for batch in batches:
         args = workload.make_input(batch)
         example = None
@@ -235,7 +263,7 @@ def bench_model(
         )
         comparison = Comparison.of(rounds["dense"], rounds["sparse"])
         spread: dict[str, Comparison] = {}
-        if layer_repeats > 0:
+        if layer_repeats > 0 and workload.per_layer:
             call = lambda m, a=args: workload.run(m, a)  # noqa: E731
             spread = per_layer_rounds(model, sparse, call, layer_repeats)
         layers = {n: (c.baseline.median, c.candidate.median) for n, c in spread.items()}

@@ -159,6 +159,14 @@ def _bench(args: argparse.Namespace) -> int:
         max_len=args.max_len,
     )
     print(f"model: {spec['name']} {spec.get('options', {})}; timed call: {workload.describe}")
+    if workload.batches is not None:
+        skipped = [b for b in args.batch if b not in workload.batches]
+        if skipped == args.batch:
+            raise ValueError(f"this model is timed at batch {list(workload.batches)} only "
+                             f"({workload.describe}); pass --batch 1")
+        if skipped:
+            print(f"skipped batch {skipped}: this model is timed at batch "
+                  f"{list(workload.batches)} only")
     watch = LoadWatch(args.threads)  # chooses and sets torch's threads; restored below
     try:
         print(watch.choice.describe())

@@ -53,7 +53,8 @@ def runs_to_time(store: RunStore, *, levels: Sequence[float] = (0.9, 0.95),
                  tolerance_pp: float = 1.0) -> list[Run]:
     """Returns the finished runs of our own worth timing, per model family: the best model of
     each technique within ``tolerance_pp`` of each level among the study's runs, every run of
-    the block experiments (a ``block`` hyperparameter, 1x1 included), and the best dense run."""
+    the block experiments (a ``block`` hyperparameter, 1x1 included), every small dense model
+    (the equal-nonzeros baselines) and the best dense run."""
     finished = [r for r in store.runs(source="ours", status="finished") if r.run_dir]
     chosen: dict[str, Run] = {}
     for family in sorted({r.model_family for r in finished}):
@@ -75,6 +76,8 @@ def runs_to_time(store: RunStore, *, levels: Sequence[float] = (0.9, 0.95),
                     chosen[best.id] = best
         for run in runs:
             if run.technique == catalogue.reference() and "block" in run.hyperparameters:
+                chosen[run.id] = run
+            if run.technique == catalogue.SMALL_DENSE:  # the dense models of equal nonzeros
                 chosen[run.id] = run
     return list(chosen.values())
 
@@ -160,6 +163,8 @@ def time_runs(store: RunStore, runs: Sequence[Run], batches: Sequence[int], *, t
                                     budget_s=budget_s, recalibrate=recalibrate)
         except FileNotFoundError as error:
             say(f"[{index}/{len(runs)}] skipped: {error}")
+            continue
+        if not measured:  # batch sizes the model's workload does not run (a sampler: b1)
             continue
         for stored, _ in measured:
             store.record_inference(stored)
