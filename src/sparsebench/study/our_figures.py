@@ -5,6 +5,7 @@
 * :func:`training_cost_figure`: wall-clock per step relative to magnitude pruning, per
   activation layout, beside the study's quoted ratios.
 * :func:`small_dense_figure`: sparse models against small dense ones of equal parameters.
+* :func:`sampling_figure`: a language model's sampling speed against its nonzero weights.
 * :func:`block_figure`: quality against block size (the price) beside each model's inference
   speed-up (the reward), at one target sparsity.
 * :func:`inference_figure`: the inference speed-up of the best sparse models per batch size.
@@ -34,6 +35,7 @@ __all__ = [
     "budget_figure",
     "inference_figure",
     "per_layer_figure",
+    "sampling_figure",
     "small_dense_figure",
     "training_cost_figure",
 ]
@@ -187,6 +189,31 @@ def block_figure(
     if speedups:
         right.legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def sampling_figure(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | Path,
+    *,
+    title: str,
+) -> Path:
+    """Draws characters per second against nonzero weights, log-log, one line per series
+    (``series``: name -> [(nonzeros, characters per second)]). Returns the PNG path."""
+    fig = Figure(figsize=(6.5, 4.0))
+    ax = fig.subplots()
+    for i, (name, points) in enumerate(series.items()):
+        points = sorted(points)
+        ax.plot([p[0] for p in points], [p[1] for p in points], MARKERS[i % len(MARKERS)] + "-",
+                label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("nonzero weights (sparsified layers)")
+    ax.set_ylabel("characters per second, batch 1")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return save_png(fig, path)
 

@@ -20,6 +20,7 @@ from .layers import per_layer_section
 from .loss import loss_section, retraining_loss_section
 from .magnitude import mp_v2_section, pruned_weights_section, small_dense_section
 from .records import off_target_section, sweep_definition_section
+from .sampling import sampling_section
 from .seeds import seed_section
 from .shared import ReportContext, Section, SectionBuilder
 from .speed import block_section, inference_section
@@ -48,6 +49,7 @@ SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
     sweep_definition_section,
     # What sparsity buys at inference.
     inference_section,
+    sampling_section,
     block_section,
 )
 
