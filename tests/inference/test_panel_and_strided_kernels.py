@@ -1,9 +1,9 @@
 """The large-batch CSR product (inputs packed into panels) and the CSR convolution of any
 stride (input split into stride phases), each against the dense layer with the same zeros.
 
-Shapes are picked so every branch runs: panel widths 16, 32 and 64 (chosen from the input
-width), a last panel narrower than the rest, output row blocks of 16 (the transposed store)
-and a partial one, convolution outputs that end in a partial 64-column tile, strides 1-3 with
+Shapes are picked so every branch runs: panel widths 16, 32 and 64 (64 by default, the others
+forced), feature blocks that split the input unevenly or not at all, a last panel narrower
+than the rest, output row blocks of 16 (the transposed store) and a partial one, convolution outputs that end in a partial 64-column tile, strides 1-3 with
 and without padding and dilation, and both ways of splitting a batch over two threads.
 """
 
@@ -30,6 +30,7 @@ def ext():
         pytest.skip("C++ extension unavailable here (no compiler or ninja)")
     yield module
     module.set_spmm_panel(-1)
+    module.set_spmm_kblock(-1)
 
 
 @pytest.fixture(params=[1, 2])
@@ -40,9 +41,10 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-# in_features 37 -> 64-column panels, 700 -> 32, 1500 -> 16 (about 160 KB of panel each).
+# Panels from 128 rows; in_features 700 and 1500 span 3 and 6 blocks of 256 features, the
+# last one partial; 37 and 9 fit in one.
 @pytest.mark.parametrize("shape", [(37, 37), (64, 700), (53, 1500), (16, 9)])
-@pytest.mark.parametrize("batch", [255, 256, 300, 1031])
+@pytest.mark.parametrize("batch", [127, 128, 300, 1031])
 def test_panelled_product_equals_dense_and_unpanelled(ext, threads, shape, batch):
     out_f, in_f = shape
     torch.manual_seed(batch + out_f)
@@ -60,17 +62,20 @@ def test_panelled_product_equals_dense_and_unpanelled(ext, threads, shape, batch
     assert _rel(whole, ref) <= 1e-5
 
 
-def test_panels_follow_the_input_width(ext):
-    """The chosen width (16-64 columns, about 160 KB of panel) only changes the tiling: every
-    forced width gives the dense result, including widths wider than the default."""
+def test_any_panel_width_and_feature_block_gives_the_dense_result(ext):
+    """Width and block size only change the tiling: widths 16 and 32 (one and two AVX-512
+    registers per row), 128 (wider than the blocked kernel takes), blocks smaller than,
+    equal to and wider than the input, and no blocks."""
     torch.manual_seed(0)
     w = torch.randn(40, 300) * (torch.rand(40, 300) < 0.1)
     layer = SparseLinear.from_dense(w, None)
     x = torch.randn(700, 300)
     ref = x @ w.t()
     for width in (16, 32, 64, 128):
-        ext.set_spmm_panel(width)
-        assert _rel(layer(x), ref) <= 1e-5, width
+        for kblock in (0, 64, 100, 300, 512):
+            ext.set_spmm_panel(width)
+            ext.set_spmm_kblock(kblock)
+            assert _rel(layer(x), ref) <= 1e-5, (width, kblock)
 
 
 def test_three_dimensional_input_is_one_large_batch(ext):
@@ -173,7 +178,7 @@ def test_conv_and_panels_under_each_threading_mode(ext, threading):
             x = torch.randn(n, 8, 20, 21)
             with torch.no_grad():
                 assert _rel(sparse(x), conv(x)) <= 1e-5, n
-        x = torch.randn(517, 80)  # panels from 256 rows
+        x = torch.randn(517, 80)  # panels from 128 rows
         assert _rel(layer(x), x @ w.t()) <= 1e-5
     finally:
         set_kernel_options(**old)

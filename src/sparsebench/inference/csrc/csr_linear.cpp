@@ -684,6 +684,15 @@ void spmm_panel_blocked(int64_t r0, int64_t r1, const int64_t* kp, int64_t nkb, 
   const float* af = reinterpret_cast<const float*>(acc_rows);
   for (int64_t o0 = r0; o0 < r1; o0 += kRowBlock) {
     const int64_t n = std::min(kRowBlock, r1 - o0);
+#if SB_HAVE_AVX512
+    if constexpr (TB % 16 == 0 && kRowBlock == 16) {
+      if (n == 16) {
+        for (int t0 = 0; t0 < TB; t0 += 16)
+          store_transposed16(af + (o0 - r0) * TB + t0, TB, y + t0 * out + o0, out);
+        continue;
+      }
+    }
+#endif
     for (int tt = 0; tt < TB; ++tt) {
       float* yr = y + tt * out + o0;
       for (int64_t q = 0; q < n; ++q) yr[q] = af[(o0 - r0 + q) * TB + tt];
@@ -691,32 +700,31 @@ void spmm_panel_blocked(int64_t r0, int64_t r1, const int64_t* kp, int64_t nkb, 
   }
 }
 
-std::atomic<int64_t> g_spmm_kblock{-1};  // features per block; -1: chosen, 0: no blocks
-
 // Large batches (a BERT encoder at batch 8 x 128 tokens multiplies 1,024 rows): xT as one
 // (in, B) matrix is megabytes, and visiting it once per block of 16 output rows streamed all
 // of it from memory again and again; with B a power of two its rows are also 4 KB apart, so
 // a tile's reads fall in the same few cache sets. Instead x is packed into panels of `panel`
 // batch columns, each a contiguous (in, panel) matrix that stays in the core's L2 while all
 // output rows of a thread's share are computed on it; the weights stream once per panel.
-// Panel width 0 turns this off (so a benchmark can time both orders side by side). Blocking
-// the features too, so that the part of a panel a block reads stays in L1, measured slower
-// at every block size from 64 to 512 (the scan for each row's next block and the partial
-// sums' round trips cost more than the L2 reads they save).
-std::atomic<int64_t> g_spmm_panel{-1};  // -1: chosen from in by spmm_panel_width
-// Below 256 rows the whole xT fits the caches well enough: panels measured 0.86-1.0x there
-// (768x3072 / 3072x768 / 768x768, batch 128, one thread), 1.05-1.13x at 256, 1.08-1.29x at 512.
-constexpr int64_t kPanelMinBatch = 256;
+// The input features are also taken in blocks of `kblock`, so that the part of a panel one
+// block reads is reused from L1 by every row before the next block; each row's partial sums
+// wait in the thread's scratch between blocks. Panel width 0 turns panels off, kblock 0 the
+// blocks (so a benchmark can time the orders side by side).
+//
+// Measured at 90%, one thread, side by side (768x768, 3072x768, 768x3072, 1024x4096; batch
+// 128-2048): 64 columns in blocks of 256 features was the best or within noise of it at every
+// shape; the earlier choice (about 160 KB of panel: 16 columns when in >= 2048, blocks of
+// 32 KB) ran 768x3072 and 1024x4096 25-35% slower. Below 128 rows the unpacked order wins
+// (batch 64: 1.1-1.2x the panels); from 128 rows the panels win by 3-18%.
+std::atomic<int64_t> g_spmm_kblock{-1};  // features per block; -1: the default, 0: no blocks
+std::atomic<int64_t> g_spmm_panel{-1};   // batch columns per panel; -1: the default, 0: none
+constexpr int64_t kPanelMinBatch = 128;
+constexpr int64_t kDefaultPanel = 64;
+constexpr int64_t kDefaultKBlock = 256;
 
-inline int64_t spmm_panel_width(int64_t in) {
+inline int64_t spmm_panel_width() {
   const int64_t set = g_spmm_panel.load(std::memory_order_relaxed);
-  if (set >= 0) return set;
-  // About 160 KB of panel, a power of two from 16 to 64 columns. Measured at 90%, batch 1024,
-  // one thread (16/32/64 columns against no panels): 3072x768 4.5/5.4/4.8x dense against
-  // 2.4x; 768x3072 3.2/2.7/2.4x against 1.3x; 768x768 3.6/4.1/3.7x against 2.0x.
-  int64_t width = 64;
-  while (width > 16 && width * 4 * in > (int64_t{160} << 10)) width /= 2;
-  return width;
+  return set >= 0 ? set : kDefaultPanel;
 }
 
 template <typename I>
@@ -750,7 +758,7 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
   constexpr int VL = 8;
 #endif
   int64_t kb = g_spmm_kblock.load(std::memory_order_relaxed);
-  if (kb < 0) kb = std::max<int64_t>(64, (int64_t{32} << 10) / (4 * panel));
+  if (kb < 0) kb = kDefaultKBlock;
   const bool blocked = kb > 0 && (panel == VL || panel == 2 * VL || panel == 4 * VL);
   const int64_t nkb = blocked ? (in + kb - 1) / kb : 0;
   std::vector<int64_t> kp(blocked ? out * (nkb + 1) : 0);
@@ -813,7 +821,7 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
     return;
   }
   const int64_t in = x.size(1);
-  const int64_t panel = spmm_panel_width(in);
+  const int64_t panel = spmm_panel_width();
   if (panel > 0 && B >= kPanelMinBatch) {
     run_panels<I>(x, rp, ci, v, bias, yp, out, panel, threading);
     return;
