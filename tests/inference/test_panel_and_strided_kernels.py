@@ -115,6 +115,28 @@ def test_csr_conv_any_stride_equals_dense(ext, threads, geometry, images):
             assert _rel(sparse(x), conv(x)) <= 1e-5, (h, w)
 
 
+# A 1x1 convolution of stride 1 reads its input in place: its last tile is 1-4 vectors of
+# 16 positions, the last one masked. 49 and 196 positions are ResNet-50's 7x7 and 14x14 maps.
+@pytest.mark.parametrize("hw", [(7, 7), (14, 14), (5, 7), (4, 5), (8, 8), (1, 1), (3, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_in_place_pointwise_conv_any_map_size(ext, threads, hw, relu):
+    torch.manual_seed(hw[0] * 31 + hw[1])
+    conv = nn.Conv2d(40, 19, 1)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) < 0.15)
+    sparse = SparseConv2d.from_conv(conv)
+    sparse.relu = relu
+    x = torch.randn(3, 40, *hw)
+    before = x.clone()
+    with torch.no_grad():
+        got, ref = sparse(x), conv(x)
+    if relu:
+        ref = ref.relu()
+    assert got.shape == ref.shape
+    assert _rel(got, ref) <= 1e-5
+    assert torch.equal(x, before)
+
+
 def test_fused_relu_equals_relu_after(ext, threads):
     conv = nn.Conv2d(5, 12, 3, stride=2, padding=1)
     with torch.no_grad():
