@@ -27,7 +27,7 @@ from sparsebench.inference.export import (
     load_sparse,
     save_sparse,
 )
-from sparsebench.inference.fusion import fold_batchnorm, fuse_relu
+from sparsebench.inference.fusion import fold_batchnorm, fuse_activations, fuse_relu
 from sparsebench.inference.gru_sampler import GRUSampler
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d
@@ -56,6 +56,7 @@ __all__ = [
     "compile_sparse",
     "dense_to_csr",
     "fold_batchnorm",
+    "fuse_activations",
     "fuse_relu",
     "interleaved_medians",
     "kernel_path",

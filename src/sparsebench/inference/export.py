@@ -88,7 +88,9 @@ def _sparse_stub(a: dict[str, Any]) -> nn.Module:
 def _sparse_layer(kind: str, a: dict[str, Any], parts: list[Tensor], bias: Tensor | None):  # noqa: ANN202
     """Return the sparse layer described by a tree node's args and its arrays."""
     if kind == "SparseLinear":
-        return SparseLinear(a["in_features"], a["out_features"], *parts, bias)
+        linear = SparseLinear(a["in_features"], a["out_features"], *parts, bias)
+        linear.activation = a.get("activation", "none")  # absent from files before it existed
+        return linear
     conv = SparseConv2d(
         a["in_channels"],
         a["out_channels"],
@@ -164,6 +166,7 @@ MODULE_CODECS: dict[str, Codec] = {
             "out_features": m.out_features,
             "bias": m.bias is not None,
             "block": list(m.block),
+            "activation": m.activation,
         },
         _sparse_stub,
     ),
@@ -308,6 +311,29 @@ def _sparse_nodes(node: dict[str, Any], prefix: str = "") -> dict[str, dict[str,
     return found
 
 
+def _identities(node: dict[str, Any], prefix: str = "") -> list[str]:
+    found = [prefix] if node["type"] == "Identity" and prefix else []
+    for name, child in node.get("children", {}).items():
+        found += _identities(child, f"{prefix}.{name}" if prefix else name)
+    return found
+
+
+def _remove_fused(tree: dict[str, Any], root: nn.Module) -> None:
+    """Where the saved model had an ``nn.Identity`` and the skeleton has a module without
+    parameters or buffers (an activation that a sparse layer applies itself since it was
+    fused), put the Identity in: a GELU applied twice would change the outputs."""
+    for prefix in _identities(tree):
+        parent_name, _, child = prefix.rpartition(".")
+        try:
+            module = root.get_submodule(prefix)
+        except AttributeError:
+            continue  # the state-dict check below names a real mismatch
+        stateless = not any(True for _ in module.parameters()) and not any(
+            True for _ in module.buffers())
+        if stateless and not isinstance(module, nn.Identity):
+            setattr(root.get_submodule(parent_name), child, nn.Identity())
+
+
 def load_sparse(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
     """Load a file written by ``save_sparse``; the result is in eval mode.
 
@@ -316,7 +342,8 @@ def load_sparse(path: str | os.PathLike[str], model: nn.Module | None = None) ->
         model: optional skeleton of the same architecture (dense ``nn.Linear``/``nn.Conv2d``
             where the file has sparse layers); needed when the tree holds classes not in
             ``MODULE_CODECS`` and the file names no registry model. It is modified in place
-            and returned.
+            and returned; an activation that the saved model's sparse layer applies itself
+            (an ``nn.Identity`` in the file) is replaced by ``nn.Identity`` in it too.
 
     Returns:
         The model with sparse layers holding exactly the saved arrays.
@@ -332,6 +359,8 @@ def load_sparse(path: str | os.PathLike[str], model: nn.Module | None = None) ->
 
         model = models.create(meta["model"]["name"], **meta["model"].get("options", {}))
     root = _build(tree, "") if model is None else model
+    if model is not None:
+        _remove_fused(tree, root)
     for prefix, node in _sparse_nodes(tree).items():
         a = node["args"]
         try:

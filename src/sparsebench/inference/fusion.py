@@ -15,6 +15,11 @@ traced are left as they are.
   output (``SparseConv2d.relu``), and the ``ReLU`` becomes ``nn.Identity``. ``compile_sparse``
   does this itself. A model rebuilt around the saved layers that still has its ReLU applies it
   twice, which changes nothing.
+* ``fuse_activations``: the same for a ``SparseLinear`` followed by ReLU or GELU (exact or
+  tanh form; ``SparseLinear.activation``). Besides ``nn.ReLU`` and ``nn.GELU``, an activation
+  module from another library (transformers' ``GELUActivation``, ``NewGELUActivation``) is
+  recognised by what it computes: a module without parameters, buffers or children whose
+  output on a probe of 2,001 points in [-10, 10] equals one of the three within 1e-6.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ from collections import Counter
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from sparsebench.inference.sparse_conv import SparseConv2d
+from sparsebench.inference.sparse_linear import SparseLinear
 
 _CONVS = (nn.Conv2d, SparseConv2d)
+_PRODUCERS = (nn.Conv2d, SparseConv2d, SparseLinear)  # layers a chain can start at
 
 
 class _ChildrenAsLeaves(fx.Tracer):
@@ -44,7 +52,7 @@ def _child_chains(parent: nn.Module) -> Iterator[list[str]]:
     if isinstance(parent, nn.Sequential):
         names = list(children)
         for i, name in enumerate(names):
-            if isinstance(children[name], _CONVS):
+            if isinstance(children[name], _PRODUCERS):
                 chain = [name]
                 for follower in names[i + 1 :]:
                     chain.append(follower)
@@ -53,7 +61,7 @@ def _child_chains(parent: nn.Module) -> Iterator[list[str]]:
                 if len(chain) > 1:
                     yield chain
         return
-    if not any(isinstance(c, _CONVS) for c in children.values()):
+    if not any(isinstance(c, _PRODUCERS) for c in children.values()):
         return
     try:
         graph = _ChildrenAsLeaves().trace(parent)
@@ -61,7 +69,7 @@ def _child_chains(parent: nn.Module) -> Iterator[list[str]]:
         return
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(children.get(node.target), _CONVS):
+        if node.op != "call_module" or not isinstance(children.get(node.target), _PRODUCERS):
             continue
         chain, current = [node.target], node
         while True:
@@ -84,26 +92,35 @@ def _once_in_model(model: nn.Module) -> set[int]:
     return {k for k, n in seen.items() if n == 1}
 
 
-def _fusions(model: nn.Module, conv_type: type, follower_type: type):  # noqa: ANN202
-    """Yield (parent, conv name, follower name) for each conv -> (Identity...) -> follower."""
+def _fusions(model: nn.Module, producer_type: type, follows):  # noqa: ANN001, ANN202
+    """Yield (parent, producer name, follower name) for each producer -> (Identity...) ->
+    follower, where ``follows(follower)`` is true."""
     single = _once_in_model(model)
     for parent in list(model.modules()):
         for chain in list(_child_chains(parent)):
-            conv, last = parent.get_submodule(chain[0]), parent.get_submodule(chain[-1])
+            first, last = parent.get_submodule(chain[0]), parent.get_submodule(chain[-1])
             if (
-                isinstance(conv, conv_type)
-                and isinstance(last, follower_type)
-                and id(conv) in single
+                isinstance(first, producer_type)
+                and id(first) in single
                 and id(last) in single
+                and follows(last)
             ):
                 yield parent, chain[0], chain[-1]
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.BatchNorm2d)
+
+
+def _is_relu(module: nn.Module) -> bool:
+    return isinstance(module, nn.ReLU)
 
 
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold each eval-mode BatchNorm2d that directly follows an ``nn.Conv2d`` into it, in
     place; return how many were folded. BatchNorms in training mode are left alone."""
     folded = 0
-    for parent, conv_name, bn_name in list(_fusions(model, nn.Conv2d, nn.BatchNorm2d)):
+    for parent, conv_name, bn_name in list(_fusions(model, nn.Conv2d, _is_batchnorm)):
         conv, bn = parent.get_submodule(conv_name), parent.get_submodule(bn_name)
         if bn.training or bn.running_mean is None or type(conv) is not nn.Conv2d:
             continue
@@ -117,8 +134,58 @@ def fold_batchnorm(model: nn.Module) -> int:
 def fuse_relu(model: nn.Module) -> int:
     """Let each ``SparseConv2d`` followed only by a ``ReLU`` apply it; return how many."""
     fused = 0
-    for parent, conv_name, relu_name in list(_fusions(model, SparseConv2d, nn.ReLU)):
+    for parent, conv_name, relu_name in list(_fusions(model, SparseConv2d, _is_relu)):
         parent.get_submodule(conv_name).relu = True
         setattr(parent, relu_name, nn.Identity())
+        fused += 1
+    return fused
+
+
+_REFERENCES = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+def activation_of(module: nn.Module) -> str | None:
+    """Return the name (in ``SparseLinear.ACTIVATIONS``) of the activation ``module`` computes,
+    or None. torch's own modules are read from their type and settings; any other module
+    without parameters, buffers or children is run on a probe and compared with each
+    activation, so that a library's own GELU class is recognised by its values, not its
+    name."""
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, nn.GELU):
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    if type(module).__module__.startswith("torch.") or any(
+        True for _ in module.parameters()) or any(True for _ in module.buffers()) or any(
+            True for _ in module.children()):
+        return None
+    probe = torch.cat([torch.linspace(-10.0, 10.0, 2001), torch.tensor([0.0, -0.0, 1e-30])])
+    try:
+        with torch.no_grad():
+            got = module(probe.clone())
+    except Exception:  # noqa: BLE001 - a module that cannot take a 1-D tensor is not one
+        return None
+    if not isinstance(got, torch.Tensor) or got.shape != probe.shape:
+        return None
+    for name, reference in _REFERENCES.items():
+        if torch.allclose(got, reference(probe), rtol=0.0, atol=1e-6):
+            return name
+    return None
+
+
+def fuse_activations(model: nn.Module) -> int:
+    """Let each ``SparseLinear`` followed only by a ReLU or GELU (see ``activation_of``) apply
+    it as its kernel writes the output; the activation module becomes ``nn.Identity``.
+    Return how many were fused."""
+    fused = 0
+    for parent, linear_name, act_name in list(_fusions(model, SparseLinear, activation_of)):
+        linear = parent.get_submodule(linear_name)
+        if linear.activation != "none":
+            continue
+        linear.activation = activation_of(parent.get_submodule(act_name))
+        setattr(parent, act_name, nn.Identity())
         fused += 1
     return fused

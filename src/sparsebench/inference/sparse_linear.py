@@ -32,6 +32,20 @@ SPMV_VARIANTS = ("default", "scalar", "gather16", "gather8")
 #: (the default): OpenMP that runs serially for a while after a region stalled on a busy core.
 THREADING = ("default", "serial", "openmp", "pool", "adaptive")
 _options = {"spmv": -1, "threading": -1}
+#: Activations a ``SparseLinear`` can apply to its output as the kernel writes it, in the
+#: extension's numbering: exact GELU (erf) and its tanh form (GPT-2's ``gelu_new``).
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
+
+
+def apply_activation(y: Tensor, activation: str) -> Tensor:
+    """Return ``activation`` applied to ``y`` with torch's own functions (in place for ReLU)."""
+    if activation == "relu":
+        return y.relu_()
+    if activation == "gelu":
+        return F.gelu(y)
+    if activation == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    return y
 
 
 def set_kernel_options(*, spmv: str | None = None, threading: str | None = None) -> dict[str, str]:
@@ -226,6 +240,20 @@ class SparseLinear(nn.Module):
         self.out_features = out_features
         register_sparse_weight(self, crow_indices, col_indices, values, bias, out_features,
                                in_features)
+        self._activation = "none"
+
+    @property
+    def activation(self) -> str:
+        """The function applied to the output as it is written, one of ``ACTIVATIONS``: set by
+        ``fusion.fuse_activations`` for a layer whose output only feeds that activation (which
+        then becomes ``nn.Identity``); not part of the weight. Default ``"none"``."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, name: str) -> None:
+        if name not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {name!r}")
+        self._activation = name
 
     @classmethod
     def from_dense(
@@ -273,7 +301,14 @@ class SparseLinear(nn.Module):
         return w
 
     def to_linear(self) -> nn.Linear:
-        """Return an equivalent dense ``nn.Linear``."""
+        """Return an equivalent dense ``nn.Linear``.
+
+        Raises:
+            ValueError: when the layer applies an activation, which a Linear cannot hold.
+        """
+        if self.activation != "none":
+            raise ValueError(f"this layer applies {self.activation} to its output, which an "
+                             "nn.Linear cannot; set .activation = 'none' and apply it after")
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         with torch.no_grad():
             lin.weight.copy_(self.dense_weight())
@@ -353,11 +388,11 @@ class SparseLinear(nn.Module):
             )
         if x.device.type != "cpu" and x.device == self.values.device \
                 and x.dtype == self.values.dtype:
-            return self.forward_torch_sparse(x)
+            return apply_activation(self.forward_torch_sparse(x), self.activation)
         if x.dtype != torch.float32 or x.device.type != "cpu":
             w = self.dense_weight().to(x.dtype)
             b = None if self.bias is None else self.bias.to(x.dtype)
-            return F.linear(x, w, b)
+            return apply_activation(F.linear(x, w, b), self.activation)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         ext = _extension.load_extension()
@@ -382,10 +417,12 @@ class SparseLinear(nn.Module):
                 self.in_features,
                 _options["spmv"],
                 _options["threading"],
+                ACTIVATIONS.index(self.activation),
             )
+            return y.reshape(*lead, self.out_features)
         else:
             y = sparse_mm_torch(self.torch_csr(), x2, self.bias)
-        return y.reshape(*lead, self.out_features)
+        return apply_activation(y, self.activation).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         """Return the summary shown by ``print(module)``."""
@@ -394,6 +431,7 @@ class SparseLinear(nn.Module):
             f"bias={self.bias is not None}, density={self.density:.4f}, "
             f"block={self.block[0]}x{self.block[1]}, "
             f"index_dtype={str(self.col_indices.dtype).removeprefix('torch.')}"
+            + (f", activation={self.activation}" if self.activation != "none" else "")
         )
 
 
