@@ -17,6 +17,12 @@ matters for speed), pruned one-shot by magnitude, exported to ONNX and timed:
   weights), though ``compile_sparse`` may run it in a block format where its kernel beats
   torch's dense product: each cell names such layers.
 
+Freed memory stays in the process (``sparsebench.inference.retain_freed_memory``, glibc's
+malloc thresholds raised, process-wide, so for every engine alike) unless ``--default-malloc``:
+at batch 8 the convolutional model's activations are tens of megabytes, and glibc's default
+returns each to the kernel when freed, so the next one faults in fresh pages. The header says
+which allocator setting a run used.
+
 The ratios are dense torch's median over each engine's, from interleaved rounds with the engine
 order rotated (``sparsebench.inference.timing``), each with its range over both sides'
 quartiles; every engine's outputs are checked against dense torch's first (largest difference
@@ -59,6 +65,7 @@ from sparsebench.inference import (
     SparseLinear,
     compile_sparse,
     fold_batchnorm,
+    retain_freed_memory,
 )
 from sparsebench.inference.timing import (
     Comparison,
@@ -103,6 +110,7 @@ class Options:
     image: int = 224
     past: int = 127
     out_dir: Path | None = None
+    default_malloc: bool = False
 
     def __post_init__(self) -> None:
         for name in self.models:
@@ -589,6 +597,12 @@ def run(opts: Options) -> list[Cell]:
     versions = [f"torch {torch.__version__}", f"numpy {np.__version__}"]
     versions += [f"{m.__name__} {m.__version__}" for m in modules.values()]
     print("versions: " + ", ".join(versions))
+    if opts.default_malloc:
+        print("allocator: the C library's defaults (--default-malloc)")
+    else:
+        kept = retain_freed_memory()
+        print("allocator: " + ("freed memory kept in the process (retain_freed_memory)" if kept
+                               else "defaults (retain_freed_memory found no glibc mallopt)"))
     with contextlib.ExitStack() as stack:
         out_dir = opts.out_dir
         if out_dir is None:
@@ -666,13 +680,15 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--past", type=int, default=127, help="GPT-2 cached tokens")
     p.add_argument("--out-dir", type=Path, default=None,
                    help="keep the ONNX files here (default: a temporary folder)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds as they are (see above)")
     a = p.parse_args(argv)
     try:
         return Options(
             models=tuple(a.models), batches=tuple(a.batches), threads=tuple(a.threads),
             sparsity=a.sparsity, rounds=a.rounds, budget_s=a.budget, engines=tuple(a.engines),
             quick=a.quick, seq_len=a.seq_len, image=a.image, past=a.past, out_dir=a.out_dir,
-            warmup=1 if a.quick else 2)
+            warmup=1 if a.quick else 2, default_malloc=a.default_malloc)
     except ValueError as exc:
         p.error(str(exc))
 

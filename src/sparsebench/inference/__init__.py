@@ -29,6 +29,7 @@ from sparsebench.inference.export import (
 )
 from sparsebench.inference.fusion import fold_batchnorm, fuse_activations, fuse_relu
 from sparsebench.inference.gru_sampler import GRUSampler
+from sparsebench.inference.memory import retain_freed_memory
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d
 from sparsebench.inference.sparse_linear import (
@@ -58,6 +59,7 @@ __all__ = [
     "fold_batchnorm",
     "fuse_activations",
     "fuse_relu",
+    "retain_freed_memory",
     "interleaved_medians",
     "kernel_path",
     "load_extension",
