@@ -33,7 +33,12 @@ from torch.profiler import profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import end_to_end as e2e  # noqa: E402
 
-from sparsebench.inference import SparseConv2d, SparseLinear, compile_sparse  # noqa: E402
+from sparsebench.inference import (  # noqa: E402
+    SparseConv2d,
+    SparseLinear,
+    compile_sparse,
+    retain_freed_memory,
+)
 from sparsebench.inference.timing import machine_context  # noqa: E402
 from sparsebench.layer_kinds import is_transposed_linear  # noqa: E402
 
@@ -104,8 +109,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rows", type=int, default=12, help="operations listed per model")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds as they are (as in end_to_end.py)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        print(f"allocator: freed memory kept in the process: {retain_freed_memory()}")
     opts = e2e.Options(models=(args.model,), batches=(args.batch,), threads=(args.threads,),
                        engines=("torch", "sparse"))
     work = BUILDERS[args.model](opts)

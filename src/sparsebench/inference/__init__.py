@@ -27,7 +27,12 @@ from sparsebench.inference.export import (
     load_sparse,
     save_sparse,
 )
-from sparsebench.inference.fusion import fold_batchnorm, fuse_activations, fuse_relu
+from sparsebench.inference.fusion import (
+    fold_batchnorm,
+    fuse_activations,
+    fuse_relu,
+    fuse_residual_relu,
+)
 from sparsebench.inference.gru_sampler import GRUSampler
 from sparsebench.inference.memory import retain_freed_memory
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
@@ -59,6 +64,7 @@ __all__ = [
     "fold_batchnorm",
     "fuse_activations",
     "fuse_relu",
+    "fuse_residual_relu",
     "retain_freed_memory",
     "interleaved_medians",
     "kernel_path",

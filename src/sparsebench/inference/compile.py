@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsebench.inference.fusion import fuse_activations, fuse_relu
+from sparsebench.inference.fusion import fuse_activations, fuse_relu, fuse_residual_relu
 from sparsebench.inference.glue import replace_glue
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d, conv_unsupported_reason
@@ -294,8 +294,10 @@ def compile_sparse(
     inference-only. A ``ReLU`` that only a sparse convolution feeds is applied by that
     convolution's kernel (``fusion.fuse_relu``); fold BatchNorms first with
     ``fold_batchnorm`` to let the convolution feed its ReLU directly. A ReLU or GELU that only
-    a sparse Linear feeds is applied by its kernel (``fusion.fuse_activations``). Max pooling
-    layers run a faster equivalent (``glue.replace_glue``).
+    a sparse Linear feeds is applied by its kernel (``fusion.fuse_activations``), and a
+    block's ``relu(conv(x) + shortcut)`` becomes one call of the sparse convolution
+    (``fusion.fuse_residual_relu``). Max pooling layers run a faster equivalent
+    (``glue.replace_glue``).
 
     Args:
         model, batch_hint, min_speedup, perf_model, example_input: as for ``plan_sparse``.
@@ -331,6 +333,9 @@ def compile_sparse(
         log.info("compile_sparse: %d ReLUs applied by the sparse convolutions before them", fused)
     if (fused := fuse_activations(compiled)) > 0:
         log.info("compile_sparse: %d activations applied by the sparse Linears before them", fused)
+    if (fused := fuse_residual_relu(compiled)) > 0:
+        log.info("compile_sparse: %d residual sums and ReLUs applied by sparse convolutions",
+                 fused)
     if (swapped := replace_glue(compiled)) > 0:
         log.info("compile_sparse: %d pooling layers replaced by faster equivalents", swapped)
     return compiled

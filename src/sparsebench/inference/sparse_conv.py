@@ -186,10 +186,19 @@ class SparseConv2d(nn.Module):
             size.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
         return size[0], size[1]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the convolution of ``x`` ``(N, C, H, W)`` (or ``(C, H, W)``)."""
+    def forward(self, x: Tensor, residual: Tensor | None = None, relu: bool | None = None
+                ) -> Tensor:
+        """Return the convolution of ``x`` ``(N, C, H, W)`` (or ``(C, H, W)``).
+
+        ``residual``, shaped as the output, is added before the ReLU, and ``relu`` (default:
+        the layer's own ``relu``) says whether one follows: a ResNet block's last convolution
+        with its shortcut (``fusion.fuse_residual_relu``), so that the sum and the ReLU are not
+        separate passes over the activations.
+        """
         if x.dim() == 3:
-            return self.forward(x[None])[0]
+            r = None if residual is None else residual[None]
+            return self.forward(x[None], r, relu)[0]
+        relu = self.relu if relu is None else relu
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"SparseConv2d expects (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
@@ -199,11 +208,14 @@ class SparseConv2d(nn.Module):
                 "SparseConv2d is inference-only (no backward); run it under torch.no_grad()"
             )
         ho, wo = self.output_size(x.shape[2], x.shape[3])
+        if residual is not None and residual.shape != (x.shape[0], self.out_channels, ho, wo):
+            raise ValueError(f"residual must have the output's shape "
+                             f"{(x.shape[0], self.out_channels, ho, wo)}, got "
+                             f"{tuple(residual.shape)}")
         ext = _extension.load_extension()
         if x.dtype != torch.float32 or x.device.type != "cpu" or ext is None:
-            y = self._forward_torch(x)
-            return y.relu_() if self.relu else y
-        if self.block == (1, 1):
+            return self._finish(self._forward_torch(x), residual, relu)
+        if self.block == (1, 1) and (residual is None or residual.dtype == torch.float32):
             return ext.csr_conv2d(
                 x.contiguous(),
                 self.crow_indices,
@@ -212,11 +224,17 @@ class SparseConv2d(nn.Module):
                 self.bias,
                 self.out_channels,
                 self._geometry(),
-                self.relu,
+                relu,
                 _options["threading"],
+                residual,
             )
-        y = self._forward_blocks(ext, x, ho, wo)
-        return y.relu_() if self.relu else y
+        return self._finish(self._forward_blocks(ext, x, ho, wo), residual, relu)
+
+    def _finish(self, y: Tensor, residual: Tensor | None, relu: bool) -> Tensor:
+        """Return ``y`` plus the residual, then the ReLU, each where asked for (in place)."""
+        if residual is not None:
+            y = y.add_(residual)
+        return y.relu_() if relu else y
 
     def _forward_blocks(self, ext: object, x: Tensor, ho: int, wo: int) -> Tensor:
         """Return the convolution of ``x`` with a BSR weight (compiled kernels)."""

@@ -1512,11 +1512,12 @@ void conv_prepare(const ConvGeometry& g, const float* x, float* buf) {
 }
 
 // Rows [o0, o1) of the output for positions [p0, p0 + VL*NV): Y[o, p] = act(b[o] + sum over
-// row o's nonzeros of v[j] * X[off[j] + p]).
+// row o's nonzeros of v[j] * X[off[j] + p] + R[o, p]), R (laid out as Y) when not null: a
+// residual connection added before the ReLU, as a ResNet block's last convolution needs.
 template <int VL, int NV>
 inline void conv_tile(int64_t o0, int64_t o1, int64_t p0, const int32_t* rp, const int32_t* off,
                       const float* v, const float* X, const float* bias, bool relu, float* Y,
-                      int64_t ldy) {
+                      int64_t ldy, const float* R) {
   typedef typename Vec<VL>::t vt;
   typedef typename Vec<VL>::u vtu;
   const float* xb = X + p0;
@@ -1525,6 +1526,10 @@ inline void conv_tile(int64_t o0, int64_t o1, int64_t p0, const int32_t* rp, con
     vt sum[NV];
     row_sums<VL, NV>(rp[o], rp[o + 1], v, xb, at, bias ? bias[o] : 0.f, sum);
     vtu* yr = reinterpret_cast<vtu*>(Y + o * ldy + p0);
+    if (R) {
+      const vtu* rr = reinterpret_cast<const vtu*>(R + o * ldy + p0);
+      for (int k = 0; k < NV; ++k) sum[k] += rr[k];
+    }
     for (int k = 0; k < NV; ++k) yr[k] = relu ? (sum[k] > 0.f ? sum[k] : vt{}) : sum[k];
   }
 }
@@ -1538,7 +1543,8 @@ inline void conv_tile(int64_t o0, int64_t o1, int64_t p0, const int32_t* rp, con
 template <int NV>
 inline void conv_tile_masked(int64_t o0, int64_t o1, int64_t p0, int64_t nb, const int32_t* rp,
                              const int32_t* off, const float* v, const float* X,
-                             const float* bias, bool relu, float* Y, int64_t ldy) {
+                             const float* bias, bool relu, float* Y, int64_t ldy,
+                             const float* R) {
   constexpr int U = NV >= 4 ? 1 : (NV == 1 ? 4 : 2);  // independent chains, as in row_sums
   const __mmask16 last = static_cast<__mmask16>((1u << (nb - 16 * (NV - 1))) - 1);
   const float* xb = X + p0;
@@ -1571,6 +1577,10 @@ inline void conv_tile_masked(int64_t o0, int64_t o1, int64_t p0, int64_t nb, con
     for (int k = 0; k < NV; ++k) {
       __m512 sum = acc[0][k];
       for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][k]);
+      if (R) {
+        const float* rr = R + o * ldy + p0 + 16 * k;
+        sum = _mm512_add_ps(sum, k < NV - 1 ? _mm512_loadu_ps(rr) : _mm512_maskz_loadu_ps(last, rr));
+      }
       if (relu) sum = _mm512_max_ps(sum, _mm512_setzero_ps());
       if (k < NV - 1)
         _mm512_storeu_ps(yr + 16 * k, sum);
@@ -1586,7 +1596,7 @@ inline void conv_tile_masked(int64_t o0, int64_t o1, int64_t p0, int64_t nb, con
 // the rows' weights are small enough to stay there too.
 void conv_rows(int64_t o0, int64_t o1, int64_t L, const int32_t* rp, const int32_t* off,
                const float* v, const float* X, const float* bias, bool relu, float* Y,
-               int64_t ldy) {
+               int64_t ldy, const float* R = nullptr) {
 #if SB_HAVE_AVX512
   constexpr int VL = 16;
 #else
@@ -1594,18 +1604,18 @@ void conv_rows(int64_t o0, int64_t o1, int64_t L, const int32_t* rp, const int32
 #endif
   int64_t p0 = 0;
   for (; p0 + 4 * VL <= L; p0 += 4 * VL)
-    conv_tile<VL, 4>(o0, o1, p0, rp, off, v, X, bias, relu, Y, ldy);
+    conv_tile<VL, 4>(o0, o1, p0, rp, off, v, X, bias, relu, Y, ldy, R);
 #if SB_HAVE_AVX512
   // At most 63 positions left: one tile of 1-4 vectors, the last one masked.
   const int64_t left = L - p0;
-  if (left > 48) conv_tile_masked<4>(o0, o1, p0, left, rp, off, v, X, bias, relu, Y, ldy);
-  else if (left > 32) conv_tile_masked<3>(o0, o1, p0, left, rp, off, v, X, bias, relu, Y, ldy);
-  else if (left > 16) conv_tile_masked<2>(o0, o1, p0, left, rp, off, v, X, bias, relu, Y, ldy);
-  else if (left > 0) conv_tile_masked<1>(o0, o1, p0, left, rp, off, v, X, bias, relu, Y, ldy);
+  if (left > 48) conv_tile_masked<4>(o0, o1, p0, left, rp, off, v, X, bias, relu, Y, ldy, R);
+  else if (left > 32) conv_tile_masked<3>(o0, o1, p0, left, rp, off, v, X, bias, relu, Y, ldy, R);
+  else if (left > 16) conv_tile_masked<2>(o0, o1, p0, left, rp, off, v, X, bias, relu, Y, ldy, R);
+  else if (left > 0) conv_tile_masked<1>(o0, o1, p0, left, rp, off, v, X, bias, relu, Y, ldy, R);
   return;
 #endif
   for (; p0 + 16 <= L; p0 += 16)
-    conv_tile<VL, 16 / VL>(o0, o1, p0, rp, off, v, X, bias, relu, Y, ldy);
+    conv_tile<VL, 16 / VL>(o0, o1, p0, rp, off, v, X, bias, relu, Y, ldy, R);
   if (p0 == L) return;
   // The last L % 16 positions (only when X is the caller's own input, read in place).
   const int64_t nb = L - p0;
@@ -1617,16 +1627,33 @@ void conv_rows(int64_t o0, int64_t o1, int64_t L, const int32_t* rp, const int32
       const float* xr = X + off[j] + p0;
       for (int64_t t = 0; t < nb; ++t) acc[t] += w * xr[t];
     }
-    for (int64_t t = 0; t < nb; ++t) Y[o * ldy + p0 + t] = relu && acc[t] < 0.f ? 0.f : acc[t];
+    for (int64_t t = 0; t < nb; ++t) {
+      const float y = acc[t] + (R ? R[o * ldy + p0 + t] : 0.f);
+      Y[o * ldy + p0 + t] = relu && y < 0.f ? 0.f : y;
+    }
   }
 }
 
-// Copies the Ho x Wo valid outputs of the (out, L) buffer (rows Ws apart) to y (out, Ho, Wo).
-void conv_trim(const ConvGeometry& g, int64_t out, const float* buf, float* y) {
+// Copies the Ho x Wo valid outputs of the (out, L) buffer (rows Ws apart) to y (out, Ho, Wo);
+// with a residual R (laid out as y), writes act(buf + R) instead (the buffer then holds the
+// sums before the ReLU).
+void conv_trim(const ConvGeometry& g, int64_t out, const float* buf, float* y,
+               const float* R = nullptr, bool relu = false) {
   const int64_t Ho = g.Ho(), Wo = g.Wo(), Ws = g.Ws(), L = g.L();
   for (int64_t o = 0; o < out; ++o)
-    for (int64_t h = 0; h < Ho; ++h)
-      std::copy_n(buf + o * L + h * Ws, Wo, y + (o * Ho + h) * Wo);
+    for (int64_t h = 0; h < Ho; ++h) {
+      const float* src = buf + o * L + h * Ws;
+      float* dst = y + (o * Ho + h) * Wo;
+      if (!R) {
+        std::copy_n(src, Wo, dst);
+        continue;
+      }
+      const float* r = R + (o * Ho + h) * Wo;
+      for (int64_t w = 0; w < Wo; ++w) {
+        const float sum = src[w] + r[w];
+        dst[w] = relu && sum < 0.f ? 0.f : sum;
+      }
+    }
 }
 
 // Where each nonzero of a CSR conv weight reads its input, for images of C x H x W:
@@ -1658,7 +1685,8 @@ at::Tensor conv_offsets(const at::Tensor& col, int64_t C, int64_t H, int64_t W,
 // offsets from conv_offsets for this input size. x: (N, C, H, W) float32, contiguous.
 at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& off,
                       const at::Tensor& values, const c10::optional<at::Tensor>& bias,
-                      int64_t out, std::vector<int64_t> geometry, bool relu, int64_t threading) {
+                      int64_t out, std::vector<int64_t> geometry, bool relu, int64_t threading,
+                      const c10::optional<at::Tensor>& residual) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "csr_conv2d: x must be NCHW float32");
   const int64_t N = x.size(0);
   const ConvGeometry g = conv_geometry(x.size(1), x.size(2), x.size(3), geometry);
@@ -1677,6 +1705,15 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   }
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty({N, out, g.Ho(), g.Wo()}, x.options());
+  // A residual added before the ReLU: y = act(conv(x) + residual), residual shaped as y.
+  at::Tensor rc;
+  const float* rs = nullptr;
+  if (residual.has_value() && residual->defined()) {
+    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->sizes() == y.sizes(),
+                "csr_conv2d: residual must be float32 of the output's shape ", y.sizes());
+    rc = residual->contiguous();
+    rs = rc.data_ptr<float>();
+  }
   if (N == 0 || out == 0) return y;
   const int32_t* rp = crow.data_ptr<int32_t>();
   const int32_t* op = off.data_ptr<int32_t>();
@@ -1709,7 +1746,7 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
     parallel_chunks(N * per, serial ? kSerial : threading, [&](int64_t c) {
       const int64_t n = c / per, k = c % per;
       conv_rows(splits[k], splits[k + 1], HW, rp, op, v, xs + n * in_image, bp, relu,
-                yd + n * out_image, HW);
+                yd + n * out_image, HW, rs ? rs + n * out_image : nullptr);
     });
     return y;
   }
@@ -1723,8 +1760,9 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
       ybuf.resize(out * L);
       for (int64_t n = N * c / chunks, n1 = N * (c + 1) / chunks; n < n1; ++n) {
         conv_prepare(g, xs + n * in_image, xbuf.data());
-        conv_rows(0, out, L, rp, op, v, xbuf.data(), bp, relu, ybuf.data(), L);
-        conv_trim(g, out, ybuf.data(), yd + n * out_image);
+        conv_rows(0, out, L, rp, op, v, xbuf.data(), bp, relu && !rs, ybuf.data(), L);
+        conv_trim(g, out, ybuf.data(), yd + n * out_image, rs ? rs + n * out_image : nullptr,
+                  relu);
       }
     });
     return y;
@@ -1736,11 +1774,12 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   const auto splits = balanced_splits(rp, out, per);
   parallel_chunks(N * per, threading, [&](int64_t c) {
     const int64_t n = c / per, k = c % per;
-    conv_rows(splits[k], splits[k + 1], L, rp, op, v, xbuf.data() + n * buf_in, bp, relu,
+    conv_rows(splits[k], splits[k + 1], L, rp, op, v, xbuf.data() + n * buf_in, bp, relu && !rs,
               ybuf.data() + n * out * L, L);
   });
   for (int64_t n = 0; n < N; ++n)
-    conv_trim(g, out, ybuf.data() + n * out * L, yd + n * out_image);
+    conv_trim(g, out, ybuf.data() + n * out * L, yd + n * out_image,
+              rs ? rs + n * out_image : nullptr, relu);
   return y;
 }
 
@@ -2183,7 +2222,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("col"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("geometry"));
   m.def("csr_conv2d", &csr_conv2d, "direct convolution (any stride) with a CSR weight",
         py::arg("x"), py::arg("crow"), py::arg("offsets"), py::arg("values"), py::arg("bias"),
-        py::arg("out"), py::arg("geometry"), py::arg("relu") = false, py::arg("threading") = -1);
+        py::arg("out"), py::arg("geometry"), py::arg("relu") = false, py::arg("threading") = -1,
+        py::arg("residual") = py::none());
   m.def("csr_sddmm", &csr_sddmm,
         "(grad_out.T @ x) at the kept positions of a CSR pattern, in CSR order (fp32)",
         py::arg("grad_out"), py::arg("x"), py::arg("crow"), py::arg("col"),
