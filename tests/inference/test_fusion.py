@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -183,8 +184,29 @@ def test_max_pools_are_replaced_by_an_equal_faster_one():
     assert replace_glue(fast) == 2
     assert [type(m) for m in fast] == [ChannelsLastMaxPool2d, ChannelsLastMaxPool2d, nn.MaxPool2d]
     x = torch.randn(2, 5, 23, 18)
+    x[0, 1, 4, 5] = float("nan")  # a NaN is its windows' maximum, as in torch
     for a, b in zip(model[:2], fast[:2], strict=True):
         got, ref = b(x), a(x)
-        assert torch.equal(got, ref) and got.is_contiguous()
+        assert torch.equal(got.nan_to_num(), ref.nan_to_num()) and got.is_contiguous()
+        assert torch.equal(got.isnan(), ref.isnan()) and got.isnan().any()
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        assert torch.equal(b(x_cl), ref)
+        assert torch.equal(b(x_cl).nan_to_num(), ref.nan_to_num())
+
+
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (1, 1, 0), (5, 3, 2),
+                                    (4, 4, 2)])
+@pytest.mark.parametrize("size", [(112, 112), (7, 9), (1, 1), (5, 17)])
+def test_nchw_pooling_kernel_equals_torch(window, size):
+    from sparsebench.inference import _extension
+
+    ext = _extension.load_extension()
+    if ext is None:
+        pytest.skip("C++ extension unavailable here")
+    k, s, p = window
+    if size[0] + 2 * p < k or size[1] + 2 * p < k:
+        pytest.skip("window larger than the padded input")
+    torch.manual_seed(size[0] + k)
+    x = torch.randn(3, 4, *size)
+    assert torch.equal(ext.max_pool2d_nchw(x, k, s, p), F.max_pool2d(x, k, s, p))
+    with pytest.raises(RuntimeError, match="padding at most half"):
+        ext.max_pool2d_nchw(x, 2, 1, 2)

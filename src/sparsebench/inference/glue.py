@@ -3,11 +3,13 @@
 Once the products are sparse, what torch does around them can take a large share of the time.
 ``compile_sparse`` swaps in the replacements here; each computes exactly what it replaces.
 
-* ``nn.MaxPool2d`` (without indices) pools a channels-last copy of its input and returns NCHW
-  again: torch's NCHW max pooling is slow on the CPU. In a 90%-sparse ResNet-50 at batch 1 on
-  one core (``benchmarks/end_to_end_profile.py --model resnet50``) the stem's pooling took
-  6.1 ms, about a fifth of the whole compiled model; channels-last it takes 0.65 ms, plus two
-  copies.
+* ``nn.MaxPool2d`` (without indices): torch's NCHW max pooling is slow on the CPU. In a
+  90%-sparse ResNet-50 at batch 1 on one core (``benchmarks/end_to_end_profile.py --model
+  resnet50``) the stem's pooling took 6.1 ms, about a fifth of the whole compiled model.
+  Square windows without dilation or ceil mode run the extension's NCHW kernel
+  (``max_pool2d_nchw``: 0.41 ms at batch 1, 3.4 ms at batch 8, one thread); other settings,
+  or no compiled kernels, pool a channels-last copy and return NCHW again (1.2 ms and 13 ms:
+  the pooling is fast there, the two copies are not).
 """
 
 from __future__ import annotations
@@ -16,12 +18,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sparsebench.inference import _extension
+
+
+def _square(value: int | tuple[int, ...]) -> int | None:
+    """Return the common value of a pooling argument given as an int or a pair, else None."""
+    if isinstance(value, int):
+        return value
+    return value[0] if len(set(value)) == 1 else None
+
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d`` computed on a channels-last copy of a 4-D input (same result)."""
+    """``nn.MaxPool2d`` computed by the extension's NCHW kernel where it applies, else on a
+    channels-last copy of a 4-D input (same result either way)."""
+
+    def _nchw_kernel_args(self, x: Tensor) -> tuple[int, int, int] | None:
+        k, s = _square(self.kernel_size), _square(self.stride)
+        p, d = _square(self.padding), _square(self.dilation)
+        if (x.dtype != torch.float32 or x.device.type != "cpu" or self.ceil_mode or d != 1
+                or None in (k, s, p) or 2 * p > k or not x.is_contiguous()):
+            return None
+        if x.shape[2] + 2 * p < k or x.shape[3] + 2 * p < k:
+            return None
+        return k, s, p
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the max pooling of ``x``, in ``x``'s memory format."""
+        if x.dim() == 4 and (args := self._nchw_kernel_args(x)) is not None:
+            ext = _extension.load_extension()
+            if ext is not None and hasattr(ext, "max_pool2d_nchw"):
+                return ext.max_pool2d_nchw(x, *args)
         if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
         nhwc = x.contiguous(memory_format=torch.channels_last)

@@ -33,6 +33,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <tuple>
@@ -1784,6 +1785,86 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
 }
 
 // ---------------------------------------------------------------------------------------
+// Max pooling of NCHW images, in place of torch's NCHW kernel, which is slow on the CPU (a
+// ResNet stem's 3x3/2 pooling of 64 x 112 x 112: 6 ms an image here, a fifth of a 90%-sparse
+// ResNet-50's forward; through channels-last copies 2 ms). Each output row is the maximum over
+// its window's input rows, taken 8 columns at a time, then over each output's columns. As in
+// torch, a NaN in a window is the window's maximum.
+namespace {
+
+inline float nan_max(float m, float x) { return (x > m || std::isnan(x)) ? x : m; }
+inline v8 nan_max8(v8 m, v8 x) { return (x > m || x != x) ? x : m; }
+
+// One plane. `row` holds W + 2p + k + 8 floats: an output row's column maxima, between p
+// columns of -inf on each side; `win` the maxima of each k consecutive of those, of which
+// every s-th is an output.
+void pool_plane(const float* x, int64_t H, int64_t W, int64_t k, int64_t s, int64_t p,
+                int64_t Ho, int64_t Wo, float* y, float* row, float* win) {
+  const float lowest = -std::numeric_limits<float>::infinity();
+  const int64_t starts = (Wo - 1) * s + 1;  // window starts that some output uses
+  auto ld = [](const float* q) { return *reinterpret_cast<const v8u*>(q); };
+  auto st = [](float* q, v8 v) { *reinterpret_cast<v8u*>(q) = v; };
+  std::fill_n(row, W + 2 * p + k + 8, lowest);
+  for (int64_t oh = 0; oh < Ho; ++oh) {
+    const int64_t h0 = std::max<int64_t>(0, oh * s - p), h1 = std::min(H, oh * s - p + k);
+    float* mid = row + p;
+    std::copy_n(x + h0 * W, W, mid);
+    for (int64_t h = h0 + 1; h < h1; ++h) {
+      const float* xr = x + h * W;
+      int64_t w = 0;
+      for (; w + 8 <= W; w += 8) st(mid + w, nan_max8(ld(mid + w), ld(xr + w)));
+      for (; w < W; ++w) mid[w] = nan_max(mid[w], xr[w]);
+    }
+    int64_t i = 0;
+    for (; i + 8 <= starts; i += 8) {
+      v8 m = ld(row + i);
+      for (int64_t t = 1; t < k; ++t) m = nan_max8(m, ld(row + i + t));
+      st(win + i, m);
+    }
+    for (; i < starts; ++i) {
+      float m = row[i];
+      for (int64_t t = 1; t < k; ++t) m = nan_max(m, row[i + t]);
+      win[i] = m;
+    }
+    float* yr = y + oh * Wo;
+    for (int64_t ow = 0; ow < Wo; ++ow) yr[ow] = win[ow * s];
+  }
+}
+
+}  // namespace
+
+// y = max_pool2d(x, kernel, stride, padding) for x (N, C, H, W) float32: square windows,
+// dilation 1, floor rounding; the padding counts as -inf, as in torch.
+at::Tensor max_pool2d_nchw(const at::Tensor& x, int64_t kernel, int64_t stride,
+                           int64_t padding, int64_t threading) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "max_pool2d_nchw: x must be NCHW float32");
+  TORCH_CHECK(kernel > 0 && stride > 0 && padding >= 0 && 2 * padding <= kernel,
+              "max_pool2d_nchw: kernel and stride must be positive, padding at most half the kernel");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = (H + 2 * padding - kernel) / stride + 1;
+  const int64_t Wo = (W + 2 * padding - kernel) / stride + 1;
+  TORCH_CHECK(Ho > 0 && Wo > 0, "max_pool2d_nchw: the input is smaller than the window");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty({N, C, Ho, Wo}, x.options());
+  const int64_t planes = N * C;
+  if (planes == 0) return y;
+  const float* xs = xc.data_ptr<float>();
+  float* ys = y.data_ptr<float>();
+  if (threading < 0) threading = kAdaptive;
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunks = threads <= 1 ? 1 : std::min<int64_t>(planes, threads * kChunksPerThread);
+  parallel_chunks(chunks, threading, [&](int64_t c) {
+    thread_local std::vector<float> row, win;
+    row.resize(W + 2 * padding + kernel + 8);
+    win.resize((Wo - 1) * stride + 1);
+    for (int64_t pl = planes * c / chunks, pe = planes * (c + 1) / chunks; pl < pe; ++pl)
+      pool_plane(xs + pl * H * W, H, W, kernel, stride, padding, Ho, Wo, ys + pl * Ho * Wo,
+                 row.data(), win.data());
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------
 // Sampling a GRU language model at batch 1 in one call (issue 27, the Sparse WaveRNN claim).
 //
 // Called once per character from Python, a step pays for a dozen tensor ops (~280 us here)
@@ -2220,6 +2301,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_offsets", &conv_offsets,
         "Input offset of each nonzero of a CSR conv weight, for C x H x W images",
         py::arg("col"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("geometry"));
+  m.def("max_pool2d_nchw", &max_pool2d_nchw, "max pooling of NCHW float32 images",
+        py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
+        py::arg("threading") = -1);
   m.def("csr_conv2d", &csr_conv2d, "direct convolution (any stride) with a CSR weight",
         py::arg("x"), py::arg("crow"), py::arg("offsets"), py::arg("values"), py::arg("bias"),
         py::arg("out"), py::arg("geometry"), py::arg("relu") = false, py::arg("threading") = -1,
