@@ -792,10 +792,13 @@ void spmm_panel_blocked(int64_t r0, int64_t r1, const int64_t* kp, int64_t nkb, 
 // 128-2048): 64 columns in blocks of 256 features was the best or within noise of it at every
 // shape; the earlier choice (about 160 KB of panel: 16 columns when in >= 2048, blocks of
 // 32 KB) ran 768x3072 and 1024x4096 25-35% slower. Below 128 rows the unpacked order wins
-// (batch 64: 1.1-1.2x the panels); from 128 rows the panels win by 3-18%.
+// (batch 64: 1.1-1.2x the panels); from 128 rows the panels win by 3-18% on one thread. On
+// two threads, at 128 rows, they won 1.09x on 768x3072 but lost 0.89x on 4096x1024, so with
+// more than one thread they start at 256 rows, as before.
 std::atomic<int64_t> g_spmm_kblock{-1};  // features per block; -1: the default, 0: no blocks
 std::atomic<int64_t> g_spmm_panel{-1};   // batch columns per panel; -1: the default, 0: none
-constexpr int64_t kPanelMinBatch = 128;
+constexpr int64_t kPanelMinBatch = 128;  // one thread; kPanelMinBatchThreaded with more
+constexpr int64_t kPanelMinBatchThreaded = 256;
 constexpr int64_t kDefaultPanel = 64;
 constexpr int64_t kDefaultKBlock = 256;
 
@@ -901,7 +904,7 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
   }
   const int64_t in = x.size(1);
   const int64_t panel = spmm_panel_width();
-  if (panel > 0 && B >= kPanelMinBatch) {
+  if (panel > 0 && B >= (threads > 1 ? kPanelMinBatchThreaded : kPanelMinBatch)) {
     run_panels<I>(x, rp, ci, v, bias, yp, out, panel, threading, act);
     return;
   }
