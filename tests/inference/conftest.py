@@ -1,10 +1,12 @@
-"""Fixtures for the inference tests: run a test on both kernel paths."""
+"""Fixtures for the inference tests: run a test on both kernel paths, or on one and two
+threads."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from sparsebench.inference import _extension
 
@@ -21,3 +23,12 @@ def kernel(request, monkeypatch) -> Iterator[str]:
         pytest.skip("C++ extension unavailable here (no compiler or ninja)")
     yield request.param
     _extension._reset_for_tests()
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request) -> Iterator[int]:
+    """Run a test with torch (and so the kernels) on one thread, then on two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)

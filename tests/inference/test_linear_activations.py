@@ -29,14 +29,6 @@ REFERENCE = {
 }
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def test_gelu_approximations_over_a_wide_range():
     """The identity as a 1x1 weight, so the layer's output before the activation is exactly
     x: the kernel's GELU against torch's in float64, from -12 to 12 (both tails saturated),

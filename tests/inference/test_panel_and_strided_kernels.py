@@ -33,14 +33,6 @@ def ext():
     module.set_spmm_kblock(-1)
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 # Panels from 128 rows; in_features 700 and 1500 span 3 and 6 blocks of 256 features, the
 # last one partial; 37 and 9 fit in one.
 @pytest.mark.parametrize("shape", [(37, 37), (64, 700), (53, 1500), (16, 9)])

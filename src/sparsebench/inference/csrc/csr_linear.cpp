@@ -538,10 +538,78 @@ inline float activation1(float x, int64_t act) {
   }
 }
 
+#if SB_HAVE_AVX512
+// The same three with AVX-512 intrinsics, 16 at a time: a reciprocal estimate refined by one
+// Newton step instead of a division, and 2^n applied by scalef. The 8-wide vector-extension
+// forms above (divisions included) made BERT's fused GELU cost 5.3 ms per 1024 x 3072 output
+// against 2.3 ms for torch's own GELU pass; these take about as long as torch's.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(88.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// 1 / d for d >= 1: the 14-bit estimate and one Newton step (relative error about 1e-8).
+inline __m512 reciprocal16(__m512 d) {
+  const __m512 e = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(e, _mm512_fnmadd_ps(d, e, _mm512_set1_ps(2.f)));
+}
+
+inline __m512 gelu_erf16(__m512 x) {
+  const __m512 z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f));
+  const __m512 t = reciprocal16(_mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f),
+                                                _mm512_set1_ps(1.f)));
+  __m512 poly = _mm512_fmadd_ps(_mm512_set1_ps(1.061405429f), t, _mm512_set1_ps(-1.453152027f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+  const __m512 half_erfc = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), poly),
+                                         _mm512_mul_ps(t, exp16(_mm512_mul_ps(z, _mm512_sub_ps(
+                                             _mm512_setzero_ps(), z)))));
+  const __mmask16 positive = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+  const __m512 phi = _mm512_mask_blend_ps(
+      positive, half_erfc, _mm512_sub_ps(_mm512_set1_ps(1.f), half_erfc));
+  return _mm512_mul_ps(x, phi);
+}
+
+// x / (1 + e^{-2u}) with the division as x * reciprocal (1 + e^{-2u} >= 1 always).
+inline __m512 gelu_tanh16(__m512 x) {
+  const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+  const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                                 _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+  const __m512 e = exp16(_mm512_mul_ps(_mm512_set1_ps(-2.f), u));
+  return _mm512_mul_ps(x, reciprocal16(_mm512_add_ps(_mm512_set1_ps(1.f), e)));
+}
+
+inline __m512 activation16(__m512 x, int64_t act) {
+  if (act == kRelu) return _mm512_max_ps(x, _mm512_setzero_ps());
+  if (act == kGeluErf) return gelu_erf16(x);
+  return gelu_tanh16(x);
+}
+#endif
+
 // p[0, n) = act(p[0, n)), in place.
 inline void apply_activation(float* p, int64_t n, int64_t act) {
   if (act == kNoActivation) return;
   int64_t i = 0;
+#if SB_HAVE_AVX512
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(p + i, activation16(_mm512_loadu_ps(p + i), act));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(p + i, m, activation16(_mm512_maskz_loadu_ps(m, p + i), act));
+    return;
+  }
+#endif
   for (; i + 8 <= n; i += 8) {
     v8 x = *reinterpret_cast<const v8u*>(p + i);
     if (act == kRelu) x = x > 0.f ? x : v8{};
