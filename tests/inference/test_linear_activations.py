@@ -85,6 +85,16 @@ def test_block_layers_and_the_torch_fallback_apply_it_too(monkeypatch):
         _extension._reset_for_tests()
 
 
+def test_fused_relu_keeps_nan_as_torch_does():
+    layer = SparseLinear.from_dense(torch.ones(1, 1), None)
+    layer.activation = "relu"
+    x = torch.tensor([[float("nan")], [-1.0], [2.0]] * 11)  # 33 rows: vector and tail
+    with torch.no_grad():
+        got = layer(x)
+    assert torch.equal(got.isnan(), x.isnan())
+    assert torch.equal(got.nan_to_num(), F.relu(x).nan_to_num())
+
+
 def test_bad_activation_and_to_linear_refuse():
     layer = SparseLinear.from_dense(torch.eye(3), None)
     with pytest.raises(ValueError, match="activation must be one of"):
@@ -107,6 +117,13 @@ class LibraryTanhGelu(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+class ClippedGelu(nn.Module):
+    """GELU clipped to [-10, 10] (transformers' gelu_10): equal to GELU on [-10, 10] only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x).clamp(-10, 10)
 
 
 class Doubling(nn.Module):
@@ -133,7 +150,8 @@ def test_activation_of_reads_torch_modules_and_probes_others():
     assert activation_of(nn.GELU(approximate="tanh")) == "gelu_tanh"
     assert activation_of(LibraryGelu()) == "gelu"
     assert activation_of(LibraryTanhGelu()) == "gelu_tanh"
-    for other in (Doubling(), Scaled(), nn.Tanh(), nn.Identity(), nn.Dropout(0.0)):
+    for other in (Doubling(), Scaled(), nn.Tanh(), nn.Identity(), nn.Dropout(0.0),
+                  ClippedGelu()):
         assert activation_of(other) is None, other
 
 

@@ -97,6 +97,82 @@ class SumUsedTwice(nn.Module):
         return F.relu(s) * s
 
 
+class InputChangedBetween(nn.Module):
+    """The convolution's input is changed in place before the sum: the call cannot move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        x.mul_(2)
+        return F.relu(y + x)
+
+
+class BroadcastSum(nn.Module):
+    """relu(conv(x) + b) with b a (1, C, 1, 1) parameter: fused, and the kernel path falls
+    back to torch's broadcasting sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.b = nn.Parameter(torch.randn(1, 8, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x) + self.b)
+
+
+class SetItemBetween(nn.Module):
+    """An item assignment into the convolution's input before the sum: not moved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        x[:, 0] = 0
+        return F.relu(y + x)
+
+
+class SumOfItself(nn.Module):
+    """conv(x) + conv(x), the same value twice: nothing to take as the residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return F.relu(y + y)
+
+
+def test_a_sum_is_left_alone_where_moving_the_call_would_change_it():
+    torch.manual_seed(2)
+    for module in (InputChangedBetween(), SetItemBetween(), SumOfItself()):
+        with torch.no_grad():
+            module.conv.weight.mul_(torch.rand_like(module.conv.weight) < 0.3)
+        module.conv = SparseConv2d.from_conv(module.conv)
+        x = torch.randn(2, 8, 5, 5)
+        with torch.no_grad():
+            before = module(x.clone())
+        assert fuse_residual_relu(module) == 0, type(module).__name__
+        with torch.no_grad():
+            torch.testing.assert_close(module(x.clone()), before)
+
+
+def test_a_broadcast_residual_is_fused_and_still_right():
+    torch.manual_seed(3)
+    module = BroadcastSum().eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        before = module(x)
+        module.conv = SparseConv2d.from_conv(module.conv)
+        assert fuse_residual_relu(module) == 1
+        torch.testing.assert_close(module(x), before, rtol=1e-5, atol=1e-5)
+
+
 def _model() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(HFBottleneck(8, 16, stride=2), HFBottleneck(16, 16), TVBottleneck(16),
@@ -177,8 +253,12 @@ def test_residual_argument_on_every_path(geometry, block, monkeypatch):
         torch.testing.assert_close(sparse(x, r), y + r, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(sparse(x[0], r[0], relu=True), F.relu(y[0] + r[0]),
                                    rtol=1e-5, atol=1e-5)
-        with pytest.raises(ValueError, match="residual must have the output's shape"):
-            sparse(x, r[:, :3])
+        # A residual that only broadcasts, or of another dtype, is added as torch would.
+        bias = torch.randn(1, 16, 1, 1)
+        torch.testing.assert_close(sparse(x, bias, relu=True), F.relu(y + bias),
+                                   rtol=1e-5, atol=1e-5)
+        wide = r.double()
+        torch.testing.assert_close(sparse(x, wide), y.double() + wide, rtol=1e-5, atol=1e-5)
     from sparsebench.inference import _extension
 
     monkeypatch.setenv(_extension.DISABLE_ENV, "1")

@@ -19,14 +19,17 @@ traced are left as they are.
   tanh form; ``SparseLinear.activation``). Besides ``nn.ReLU`` and ``nn.GELU``, an activation
   module from another library (transformers' ``GELUActivation``, ``NewGELUActivation``) is
   recognised by what it computes: a module without parameters, buffers or children whose
-  output on a probe of 2,001 points in [-10, 10] equals one of the three within 1e-6.
+  output on a probe (2,001 points in [-10, 10] and a few up to 1e6 either way; the module is
+  run on it, hooks included) equals one of the three within 1e-6.
 * ``fuse_residual_relu``: a ResNet block's ``relu(conv(x) + shortcut)``, where the sum is
   written in a module's own forward, becomes one call of the sparse convolution with the
   shortcut as its residual (``SparseConv2d.forward(x, residual, relu=True)``). That module's
   forward is traced to the layers (``torch.fx``), rewritten, and bound to the module itself,
   so its children, state and saved form do not change; a file saved from it loads with the
   original forward, which computes the same. Only modules whose forward takes tensors alone
-  (no defaulted arguments whose values a trace would freeze) are rewritten.
+  (no defaulted arguments whose values a trace would freeze) are rewritten, and only where no
+  in-place operation lies between the convolution and the sum. The rewritten forward calls
+  the layers directly: hooks on the custom modules it traced through no longer fire.
 """
 
 from __future__ import annotations
@@ -172,7 +175,9 @@ def activation_of(module: nn.Module) -> str | None:
         True for _ in module.parameters()) or any(True for _ in module.buffers()) or any(
             True for _ in module.children()):
         return None
-    probe = torch.cat([torch.linspace(-10.0, 10.0, 2001), torch.tensor([0.0, -0.0, 1e-30])])
+    # Wide values too: transformers' ClippedGELUActivation equals GELU inside [-10, 10].
+    wide = torch.tensor([0.0, -0.0, 1e-30, 20.0, -20.0, 1e3, -1e3, 1e6, -1e6])
+    probe = torch.cat([torch.linspace(-10.0, 10.0, 2001), wide])
     try:
         with torch.no_grad():
             got = module(probe.clone())
@@ -191,11 +196,18 @@ def fuse_activations(model: nn.Module) -> int:
     it as its kernel writes the output; the activation module becomes ``nn.Identity``.
     Return how many were fused."""
     fused = 0
-    for parent, linear_name, act_name in list(_fusions(model, SparseLinear, activation_of)):
+    found: dict[int, str | None] = {}  # each module probed once
+
+    def known(module: nn.Module) -> str | None:
+        if id(module) not in found:
+            found[id(module)] = activation_of(module)
+        return found[id(module)]
+
+    for parent, linear_name, act_name in list(_fusions(model, SparseLinear, known)):
         linear = parent.get_submodule(linear_name)
         if linear.activation != "none":
             continue
-        linear.activation = activation_of(parent.get_submodule(act_name))
+        linear.activation = known(parent.get_submodule(act_name))
         setattr(parent, act_name, nn.Identity())
         fused += 1
     return fused
@@ -244,6 +256,35 @@ def _conv_before(node: object, root: nn.Module, calls: Counter) -> tuple[fx.Node
     return None
 
 
+_IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                       operator.setitem}
+
+
+def _mutates(node: fx.Node, root: nn.Module) -> bool:
+    """Whether ``node`` may change a tensor in place (conservatively: any in-place form)."""
+    if node.kwargs.get("inplace", False) or node.kwargs.get("out") is not None:
+        return True
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_function":
+        return node.target in _IN_PLACE_FUNCTIONS or getattr(
+            node.target, "__name__", "").endswith("_")
+    if node.op == "call_module":
+        return bool(getattr(root.get_submodule(node.target), "inplace", False))
+    return False
+
+
+def _movable(conv: fx.Node, add: fx.Node, root: nn.Module) -> bool:
+    """Whether the convolution's call can move to just before ``add``: nothing in between may
+    change a tensor in place (its input could be one of them)."""
+    node = conv.next
+    while node is not add:
+        if _mutates(node, root):
+            return False
+        node = node.next
+    return True
+
+
 def _fuse_in_graph(graph: fx.Graph, root: nn.Module, single: set[int]) -> int:
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     fused = 0
@@ -259,7 +300,9 @@ def _fuse_in_graph(graph: fx.Graph, root: nn.Module, single: set[int]) -> int:
             if found is None or not isinstance(residual, fx.Node):
                 continue
             conv, chain = found
-            if id(root.get_submodule(conv.target)) not in single:
+            if (id(root.get_submodule(conv.target)) not in single
+                    or residual is conv or residual in chain
+                    or not _movable(conv, add, root)):
                 continue
             with graph.inserting_before(add):
                 call = graph.call_module(conv.target, conv.args,

@@ -36,6 +36,7 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
         k, s = _square(self.kernel_size), _square(self.stride)
         p, d = _square(self.padding), _square(self.dilation)
         if (x.dtype != torch.float32 or x.device.type != "cpu" or self.ceil_mode or d != 1
+                or (x.requires_grad and torch.is_grad_enabled())
                 or None in (k, s, p) or 2 * p > k or not x.is_contiguous()):
             return None
         if x.shape[2] + 2 * p < k or x.shape[3] + 2 * p < k:

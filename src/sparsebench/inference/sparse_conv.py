@@ -208,14 +208,17 @@ class SparseConv2d(nn.Module):
                 "SparseConv2d is inference-only (no backward); run it under torch.no_grad()"
             )
         ho, wo = self.output_size(x.shape[2], x.shape[3])
-        if residual is not None and residual.shape != (x.shape[0], self.out_channels, ho, wo):
-            raise ValueError(f"residual must have the output's shape "
-                             f"{(x.shape[0], self.out_channels, ho, wo)}, got "
-                             f"{tuple(residual.shape)}")
+        exact = (isinstance(residual, Tensor) and residual.dtype == x.dtype
+                 and residual.device == x.device
+                 and residual.shape == (x.shape[0], self.out_channels, ho, wo))
+        if residual is not None and not exact:
+            # A residual that broadcasts, or of another type: added as the traced sum was.
+            y = torch.add(self.forward(x, relu=False), residual)
+            return y.relu_() if relu else y
         ext = _extension.load_extension()
         if x.dtype != torch.float32 or x.device.type != "cpu" or ext is None:
             return self._finish(self._forward_torch(x), residual, relu)
-        if self.block == (1, 1) and (residual is None or residual.dtype == torch.float32):
+        if self.block == (1, 1):
             return ext.csr_conv2d(
                 x.contiguous(),
                 self.crow_indices,

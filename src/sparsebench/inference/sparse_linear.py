@@ -247,7 +247,7 @@ class SparseLinear(nn.Module):
         """The function applied to the output as it is written, one of ``ACTIVATIONS``: set by
         ``fusion.fuse_activations`` for a layer whose output only feeds that activation (which
         then becomes ``nn.Identity``); not part of the weight. Default ``"none"``."""
-        return self._activation
+        return getattr(self, "_activation", "none")  # modules pickled before it existed
 
     @activation.setter
     def activation(self, name: str) -> None:

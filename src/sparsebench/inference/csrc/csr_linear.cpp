@@ -531,7 +531,7 @@ inline v8 gelu_tanh8(v8 x) {
 
 inline float activation1(float x, int64_t act) {
   switch (act) {
-    case kRelu: return x > 0.f ? x : 0.f;
+    case kRelu: return x < 0.f ? 0.f : x;  // NaN stays NaN, as in torch
     case kGeluErf: return 0.5f * x * std::erfc(-x * 0.70710678118654752f);
     case kGeluTanh: return x / (1.f + std::exp(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
     default: return x;
@@ -592,7 +592,7 @@ inline __m512 gelu_tanh16(__m512 x) {
 }
 
 inline __m512 activation16(__m512 x, int64_t act) {
-  if (act == kRelu) return _mm512_max_ps(x, _mm512_setzero_ps());
+  if (act == kRelu) return _mm512_max_ps(_mm512_setzero_ps(), x);  // NaN: the 2nd operand
   if (act == kGeluErf) return gelu_erf16(x);
   return gelu_tanh16(x);
 }
@@ -612,7 +612,7 @@ inline void apply_activation(float* p, int64_t n, int64_t act) {
 #endif
   for (; i + 8 <= n; i += 8) {
     v8 x = *reinterpret_cast<const v8u*>(p + i);
-    if (act == kRelu) x = x > 0.f ? x : v8{};
+    if (act == kRelu) x = x < 0.f ? v8{} : x;
     else if (act == kGeluErf) x = gelu_erf8(x);
     else x = gelu_tanh8(x);
     *reinterpret_cast<v8u*>(p + i) = x;
@@ -1602,7 +1602,7 @@ inline void conv_tile(int64_t o0, int64_t o1, int64_t p0, const int32_t* rp, con
       const vtu* rr = reinterpret_cast<const vtu*>(R + o * ldy + p0);
       for (int k = 0; k < NV; ++k) sum[k] += rr[k];
     }
-    for (int k = 0; k < NV; ++k) yr[k] = relu ? (sum[k] > 0.f ? sum[k] : vt{}) : sum[k];
+    for (int k = 0; k < NV; ++k) yr[k] = relu ? (sum[k] < 0.f ? vt{} : sum[k]) : sum[k];
   }
 }
 
@@ -1653,7 +1653,7 @@ inline void conv_tile_masked(int64_t o0, int64_t o1, int64_t p0, int64_t nb, con
         const float* rr = R + o * ldy + p0 + 16 * k;
         sum = _mm512_add_ps(sum, k < NV - 1 ? _mm512_loadu_ps(rr) : _mm512_maskz_loadu_ps(last, rr));
       }
-      if (relu) sum = _mm512_max_ps(sum, _mm512_setzero_ps());
+      if (relu) sum = _mm512_max_ps(_mm512_setzero_ps(), sum);  // NaN stays NaN
       if (k < NV - 1)
         _mm512_storeu_ps(yr + 16 * k, sum);
       else
