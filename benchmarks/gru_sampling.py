@@ -38,6 +38,7 @@ import torch
 import sparsebench as sb
 from sparsebench.inference import GRUSampler, compile_sparse, kernel_path
 from sparsebench.inference.timing import LoadWatch, interleaved_rounds
+from sparsebench.study.report.sampling import fit as fit_line
 from sparsebench.study.sweep import width_for_parameters
 
 VOCAB = 80  # about the corpus' characters
@@ -60,15 +61,6 @@ def _sampler(model, chars: int):
     def call() -> torch.Tensor:
         return model.generate(PROMPT, chars, torch.Generator().manual_seed(0))
     return call
-
-
-def _fit(names: list[str], nonzeros: dict[str, int], per_char: dict[str, float]
-         ) -> tuple[float, float]:
-    """Returns (a, b) of the least-squares line time = a + b * nonzeros."""
-    xs = torch.tensor([float(nonzeros[n]) for n in names], dtype=torch.float64)
-    ys = torch.tensor([per_char[n] for n in names], dtype=torch.float64)
-    b = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
-    return float(ys.mean() - b * xs.mean()), b
 
 
 def main() -> None:
@@ -138,8 +130,9 @@ def main() -> None:
                   f"us/char  {1 / per_char[name]:8.0f} chars/s  {base / per_char[name]:5.2f}x "
                   f"the dense h{args.hidden}  {1e9 * per_char[name] / nonzeros[name]:.3f} "
                   "ns per nonzero")
-        if len(fit) >= 2:
-            a, b = _fit(fit, nonzeros, per_char)
+        line = fit_line([(nonzeros[n], per_char[n]) for n in fit])
+        if line is not None:
+            a, b = line
             print(f"  fit over the sparse models: time/char = {1e6 * a:.1f} us + "
                   f"{1e9 * b:.3f} ns x nonzeros; the constant is "
                   + ", ".join(f"{a / per_char[n]:.0%}" for n in fit) + " of their times")
