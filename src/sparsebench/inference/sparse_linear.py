@@ -32,6 +32,9 @@ SPMV_VARIANTS = ("default", "scalar", "gather16", "gather8")
 #: (the default): OpenMP that runs serially for a while after a region stalled on a busy core.
 THREADING = ("default", "serial", "openmp", "pool", "adaptive")
 _options = {"spmv": -1, "threading": -1}
+#: Rows of a product from which a CSR layer uses its count-class layout (the extension's
+#: packed panels start there on one thread; below, the layout is never read).
+PANEL_LAYOUT_MIN_ROWS = 128
 #: Activations a ``SparseLinear`` can apply to its output as the kernel writes it, in the
 #: extension's numbering: exact GELU (erf) and its tanh form (GPT-2's ``gelu_new``).
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
@@ -319,7 +322,29 @@ class SparseLinear(nn.Module):
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self._torch_csr = None  # device/dtype moves invalidate the cached torch CSR tensor
         self._torch_bsr = None
+        self._panel_layout = None
         return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        """Pickle without the caches: they are rebuilt from the buffers on first use."""
+        state = self.__dict__.copy()
+        for cache in ("_torch_csr", "_torch_bsr", "_panel_layout"):
+            state[cache] = None
+        return state
+
+    def panel_layout(self, ext, parts: int) -> list[Tensor]:  # type: ignore[no-untyped-def]
+        """Return the extension's count-class layout of this CSR weight for products of many
+        rows (``csr_panel_layout``: the nonzeros of each feature block regrouped by rows of
+        equal count, about as many bytes as the CSR again), built on first use and rebuilt
+        when the weight's buffers change or ``parts`` (the threads' row shares) does."""
+        key = (parts, self.values.data_ptr(), self.values._version,
+               self.col_indices._version, self.crow_indices._version)
+        cached = getattr(self, "_panel_layout", None)
+        if cached is None or cached[0] != key:
+            layout = ext.csr_panel_layout(self.crow_indices, self.col_indices, self.values,
+                                          self.in_features, -1, parts)
+            self._panel_layout = cached = (key, layout)
+        return cached[1]
 
     def torch_bsr(self) -> Tensor:
         """Return a block layer's weight as torch's BSR tensor on the buffers' device, padded
@@ -408,6 +433,10 @@ class SparseLinear(nn.Module):
                 _options["threading"],
             )
         elif ext is not None:
+            layout = []
+            if x2.shape[0] >= PANEL_LAYOUT_MIN_ROWS and hasattr(ext, "csr_panel_layout"):
+                threads = torch.get_num_threads()
+                layout = self.panel_layout(ext, 1 if threads <= 1 else 2 * threads)
             y = ext.csr_linear(
                 x2,
                 self.crow_indices,
@@ -418,6 +447,7 @@ class SparseLinear(nn.Module):
                 _options["spmv"],
                 _options["threading"],
                 ACTIVATIONS.index(self.activation),
+                layout,
             )
             return y.reshape(*lead, self.out_features)
         else:
