@@ -65,6 +65,23 @@ def test_conv_matches_dense(kernel, geometry, block):
     assert torch.equal(back.weight, conv.weight)
 
 
+@pytest.mark.parametrize("hw", [7, 8, 14])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pointwise_conv_with_residual_on_small_maps(kernel, threads, hw, batch):
+    """A 1x1 convolution reads maps whose size is not a multiple of 16 (7x7, 14x14) through
+    a buffer of line-aligned channel planes, and 8x8 maps in place; both add the residual
+    before the ReLU: relu(conv(x) + r)."""
+    conv = nn.Conv2d(40, 24, 1)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) < 0.2)
+    sparse = SparseConv2d.from_conv(conv)
+    x = torch.randn(batch, 40, hw, hw)
+    r = torch.randn(batch, 24, hw, hw)
+    with torch.no_grad():
+        assert _rel(sparse(x, residual=r, relu=True), (conv(x) + r).relu()) <= 1e-5
+        assert _rel(sparse(x), conv(x)) <= 1e-5
+
+
 @pytest.mark.parametrize("threading", ["serial", "adaptive", "pool"])
 @pytest.mark.parametrize("block", [(1, 1), (8, 8)])
 def test_conv_whole_image_and_split_image_paths(kernel, threading, block):
