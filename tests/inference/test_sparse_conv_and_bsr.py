@@ -68,9 +68,8 @@ def test_conv_matches_dense(kernel, geometry, block):
 @pytest.mark.parametrize("hw", [7, 8, 14])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_pointwise_conv_with_residual_on_small_maps(kernel, threads, hw, batch):
-    """A 1x1 convolution reads maps whose size is not a multiple of 16 (7x7, 14x14) through
-    a buffer of line-aligned channel planes, and 8x8 maps in place; both add the residual
-    before the ReLU: relu(conv(x) + r)."""
+    """A 1x1 convolution reads its input in place on maps of any size (7x7 and 14x14 end in
+    a masked vector, 8x8 does not) and adds the residual before the ReLU: relu(conv(x) + r)."""
     conv = nn.Conv2d(40, 24, 1)
     with torch.no_grad():
         conv.weight.mul_(torch.rand_like(conv.weight) < 0.2)
