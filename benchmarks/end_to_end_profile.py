@@ -74,6 +74,70 @@ def _layer_time(
     return statistics.median(totals), statistics.median(inside)
 
 
+def _multiply_adds(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Return the multiply-adds a layer does for input ``x`` and output ``y``: per stored
+    weight for the sparse layers (their nonzeros), per weight for the dense ones."""
+    if isinstance(module, SparseLinear):
+        return module.nnz * (x.numel() // module.in_features)
+    if isinstance(module, SparseConv2d):
+        return module.nnz * y[0, 0].numel() * y.shape[0]
+    if isinstance(module, nn.Conv2d):
+        return module.weight.numel() * y[0, 0].numel() * y.shape[0]
+    return module.weight.numel() * (x.numel() // x.shape[-1])  # Linear, or Conv1D
+
+
+def _describe_layer(module: nn.Module, x: torch.Tensor) -> str:
+    if isinstance(module, (SparseConv2d, nn.Conv2d)):
+        kind = "sparse conv" if isinstance(module, SparseConv2d) else "dense conv"
+        k, st = module.kernel_size, module.stride
+        return (f"{kind} {module.in_channels}->{module.out_channels} {k[0]}x{k[1]}/{st[0]} "
+                f"on {x.shape[2]}x{x.shape[3]}")
+    kind = "sparse linear" if isinstance(module, SparseLinear) else "dense linear"
+    w = getattr(module, "weight", None)
+    shape = (f"{module.out_features}x{module.in_features}" if hasattr(module, "in_features")
+             else "x".join(map(str, w.shape)) if w is not None else "?")
+    return f"{kind} {shape}, {x.numel() // x.shape[-1]} rows"
+
+
+def per_layer_table(model: nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int,
+                    rows: int) -> str:
+    """Return the ``rows`` layer kinds (same description, summed over their layers) that take
+    longest in a forward: median milliseconds per forward, share of the layers' time, and the
+    rate in GFLOP/s (two per multiply-add of a kept weight)."""
+    spent: dict[str, list[float]] = {}
+    work: dict[str, int] = {}
+    starts: dict[int, float] = {}
+    handles = []
+
+    def after(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        t = time.perf_counter() - starts[id(m)]
+        what = _describe_layer(m, inp[0])
+        spent.setdefault(what, [0.0])[-1] += t
+        work[what] = work.get(what, 0) + _multiply_adds(m, inp[0], out)
+
+    for module in model.modules():
+        if isinstance(module, LAYERS) or is_transposed_linear(module):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, _i: starts.__setitem__(id(m), time.perf_counter())))
+            handles.append(module.register_forward_hook(after))
+    try:
+        for _ in range(repeats):
+            for times in spent.values():
+                times.append(0.0)
+            work.clear()
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    median = {what: statistics.median(t) for what, t in spent.items()}
+    total = sum(median.values())
+    lines = [f"   {'layers (summed per kind)':<52} {'ms':>8} {'share':>6} {'GFLOP/s':>8}"]
+    for what, sec in sorted(median.items(), key=lambda kv: -kv[1])[:rows]:
+        lines.append(f"   {what:<52} {sec * 1e3:8.2f} {sec / total:6.1%} "
+                     f"{2 * work[what] / sec / 1e9:8.1f}")
+    return "\n".join(lines)
+
+
 def layer_weight_bytes(model: nn.Module) -> int:
     """Return the bytes of the Linear/Conv2d weights (and biases) as ``model`` stores them."""
     total = 0
@@ -109,6 +173,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rows", type=int, default=12, help="operations listed per model")
+    p.add_argument("--layers", type=int, default=0,
+                   help="also list the compiled model's N slowest layer kinds with their rate")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's malloc thresholds as they are (as in end_to_end.py)")
     args = p.parse_args()
@@ -141,6 +207,8 @@ def main() -> None:
             table = prof.key_averages().table(sort_by="self_cpu_time_total",
                                               row_limit=args.rows)
             print(table)
+            if args.layers and model is fast:
+                print(per_layer_table(model, inputs, args.repeats, args.layers))
             sys.stdout.flush()
 
 

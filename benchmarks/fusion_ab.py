@@ -35,10 +35,10 @@ from sparsebench.inference import (  # noqa: E402
     SparseConv2d,
     SparseLinear,
     compile_sparse,
+    glue,  # noqa: E402
     plan_sparse,
     retain_freed_memory,
 )
-from sparsebench.inference import glue  # noqa: E402
 from sparsebench.inference.timing import (  # noqa: E402
     Comparison,
     interleaved_rounds,
@@ -93,7 +93,8 @@ def main() -> None:
         plan = plan_sparse(work.module, batch_hint=rows, example_input=inputs)
         fused = compile_sparse(work.module, plan=plan)
         counts = _counts(fused)
-        candidates: dict[str, Callable[[], object]] = {"fused": lambda m=fused: m(*inputs)}
+        candidates: dict[str, Callable[[], object]] = {
+            "fused": lambda m=fused, x=inputs: m(*x)}
         for fusion, n in counts.items():
             if n == 0:
                 print(f"   {fusion}: nothing to fuse in this model")
@@ -101,8 +102,8 @@ def main() -> None:
             with _without(fusion):
                 variant = compile_sparse(work.module, plan=plan)
                 candidates[f"without {fusion}"] = (
-                    lambda m=variant: m(*inputs)) if fusion != "pooling" else (
-                    lambda m=variant, f=fusion: _run_without(f, m, inputs))
+                    lambda m=variant, x=inputs: m(*x)) if fusion != "pooling" else (
+                    lambda m=variant, f=fusion, x=inputs: _run_without(f, m, x))
         print(f"-- batch {batch}: {machine_context()}")
         print(f"   fused places: {counts}")
         rounds = interleaved_rounds(candidates, repeats=args.rounds)

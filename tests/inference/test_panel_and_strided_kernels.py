@@ -3,8 +3,9 @@ stride (input split into stride phases), each against the dense layer with the s
 
 Shapes are picked so every branch runs: panel widths 16, 32 and 64 (64 by default, the others
 forced), feature blocks that split the input unevenly or not at all, a last panel narrower
-than the rest, output row blocks of 16 (the transposed store) and a partial one, convolution outputs that end in a partial 64-column tile, strides 1-3 with
-and without padding and dilation, and both ways of splitting a batch over two threads.
+than the rest, output row blocks of 16 (the transposed store) and a partial one, convolution
+outputs that end in a partial 64-column tile, strides 1-3 with and without padding and
+dilation, and both ways of splitting a batch over two threads.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def test_panelled_product_equals_dense_and_unpanelled(ext, threads, shape, batch
     x = torch.randn(batch, in_f)
     ref = F.linear(x.double(), w.double(), b.double()).float()
     ext.set_spmm_panel(-1)
-    panelled = layer(x)
+    panelled = layer(x)  # from 128 rows, through the layer's count-class layout
+    # The blocked loop over plain CSR (what a call without a layout runs, e.g. training's).
+    blocked = ext.csr_linear(x, layer.crow_indices, layer.col_indices, layer.values, b, in_f)
     ext.set_spmm_panel(0)
     whole = layer(x)
-    # Both orders against float64: they differ from each other only in rounding.
+    # Each order against float64: they differ from each other only in rounding.
     assert _rel(panelled, ref) <= 1e-5
+    assert _rel(blocked, ref) <= 1e-5
     assert _rel(whole, ref) <= 1e-5
 
 

@@ -864,8 +864,9 @@ void spmm_panel_blocked(int64_t r0, int64_t r1, const int64_t* kp, int64_t nkb, 
 // nonzeros there; rows of one count then run back to back through a body unrolled for
 // exactly that count, and no branch depends on the pattern. The nonzeros are stored in that
 // order (value and int16 feature offset within the block: 6 bytes, as CSR with int16).
-// Measured at 90%, 1,024 rows, one thread, the panel's products alone (a standalone
-// prototype, 3072x768 and 768x3072): 69-71 GFLOP/s against 58-65 for the blocked loop.
+// Measured side by side against the blocked loop (benchmarks/kernels_ab.py f1066eb --only
+// linear, BERT's shapes and 4096x1024 at 90%, one thread): 1.15-1.46x at 128 rows,
+// 1.03-1.18x at 1,024.
 //
 // The layout's tensors (int64 unless noted):
 //   meta      [kblock, parts, blocks]
@@ -994,9 +995,9 @@ void layout_panel_part(const PanelLayout& L, int64_t p, const float* xT, const f
 // Feature block of the layout: 128 features (32 KB of a 64-column panel, the L1 data cache
 // of a Zen 4 core) from 7.5% density up, where a row keeps about 10 nonzeros per block or
 // more; sparser layers take 256, so the loads and stores of each row's sums stay a small part
-// of the work. Chosen with the prototype above at 2, 5, 10 and 50% density (at 5%, 128 and
-// 256 were within 4% of each other either way; the library's calls at 1,024 rows ran
-// 3072x768 0.94x the blocked loop with 128).
+// of the work. Chosen by timing the layout's kernel alone at 2, 5, 10 and 50% density with
+// blocks of 64-768 features (at 5%, 128 and 256 were within 4% of each other either way, and
+// the first version, 128 from 3% up, ran 3072x768 at 1,024 rows 0.94x the blocked loop).
 int64_t default_layout_kblock(int64_t nnz, int64_t out, int64_t in) {
   const double density = out * in > 0 ? static_cast<double>(nnz) / (out * in) : 0.0;
   return std::min<int64_t>(std::max<int64_t>(in, 1), density >= 0.075 ? 128 : 256);
