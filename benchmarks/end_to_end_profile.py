@@ -80,7 +80,7 @@ def _multiply_adds(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     if isinstance(module, SparseLinear):
         return module.nnz * (x.numel() // module.in_features)
     if isinstance(module, SparseConv2d):
-        return module.nnz * y[0, 0].numel() * y.shape[0]
+        return module.values.numel() * y[0, 0].numel() * y.shape[0]
     if isinstance(module, nn.Conv2d):
         return module.weight.numel() * y[0, 0].numel() * y.shape[0]
     return module.weight.numel() * (x.numel() // x.shape[-1])  # Linear, or Conv1D
