@@ -47,7 +47,7 @@ def test_panelled_product_equals_dense_and_unpanelled(ext, threads, shape, batch
     x = torch.randn(batch, in_f)
     ref = F.linear(x.double(), w.double(), b.double()).float()
     ext.set_spmm_panel(-1)
-    panelled = layer(x)  # from 128 rows, through the layer's count-class layout
+    panelled = layer(x)  # from 64 rows, through the layer's count-class layout
     # The blocked loop over plain CSR (what a call without a layout runs, e.g. training's).
     blocked = ext.csr_linear(x, layer.crow_indices, layer.col_indices, layer.values, b, in_f)
     ext.set_spmm_panel(0)

@@ -32,9 +32,9 @@ SPMV_VARIANTS = ("default", "scalar", "gather16", "gather8")
 #: (the default): OpenMP that runs serially for a while after a region stalled on a busy core.
 THREADING = ("default", "serial", "openmp", "pool", "adaptive")
 _options = {"spmv": -1, "threading": -1}
-#: Rows of a product from which a CSR layer uses its count-class layout (the extension's
-#: packed panels start there on one thread; below, the layout is never read).
-PANEL_LAYOUT_MIN_ROWS = 128
+#: Rows of a product from which a CSR layer uses its count-class layout: one whole packed
+#: panel of the extension, which takes the layout from there on (below, it would not be read).
+PANEL_LAYOUT_MIN_ROWS = 64
 #: Activations a ``SparseLinear`` can apply to its output as the kernel writes it, in the
 #: extension's numbering: exact GELU (erf) and its tanh form (GPT-2's ``gelu_new``).
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")

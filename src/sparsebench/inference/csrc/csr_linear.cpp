@@ -1078,6 +1078,10 @@ std::atomic<int64_t> g_spmm_kblock{-1};  // features per block; -1: the default,
 std::atomic<int64_t> g_spmm_panel{-1};   // batch columns per panel; -1: the default, 0: none
 constexpr int64_t kPanelMinBatch = 128;  // one thread; kPanelMinBatchThreaded with more
 constexpr int64_t kPanelMinBatchThreaded = 256;
+// With a count-class layout (layout_panel_part) panels pay from one whole panel on: against
+// the unpacked order at 64 and 96 rows 1.00-1.28x on one thread and 0.93-1.31x on two, at 128
+// rows on two threads 1.21-1.56x (benchmarks/kernels_ab.py, BERT's shapes and 4096x1024).
+constexpr int64_t kLayoutMinBatch = 64;
 constexpr int64_t kDefaultPanel = 64;
 constexpr int64_t kDefaultKBlock = 256;
 
@@ -1192,7 +1196,10 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
   }
   const int64_t in = x.size(1);
   const int64_t panel = spmm_panel_width();
-  if (panel > 0 && B >= (threads > 1 ? kPanelMinBatchThreaded : kPanelMinBatch)) {
+  const int64_t min_batch = layout != nullptr ? kLayoutMinBatch
+                            : threads > 1     ? kPanelMinBatchThreaded
+                                              : kPanelMinBatch;
+  if (panel > 0 && B >= min_batch) {
     run_panels<I>(x, rp, ci, v, bias, yp, out, panel, threading, act, layout);
     return;
   }
