@@ -879,17 +879,22 @@ void spmm_panel_blocked(int64_t r0, int64_t r1, const int64_t* kp, int64_t nkb, 
 //   values    float32
 constexpr int kMaxUnrolledCount = 32;  // rows with more nonzeros in a block run a plain loop
 
+// n rows of c nonzeros each in the block at xb: their sums (NV vectors per row, at
+// sums + row * NV) plus w * x[offset] over each row's nonzeros. A positive C is c known at
+// compile time, so the loop over a row's nonzeros unrolls and no branch depends on the
+// pattern; C = 0 reads c at run time (counts above kMaxUnrolledCount).
 template <int VL, int NV, int C>
-void class_rows(int64_t n, const int32_t* rows, const int16_t* off, const float* val,
-                const float* xb, typename Vec<VL>::t* sums) {
+void class_rows(int64_t c, int64_t n, const int32_t* rows, const int16_t* off,
+                const float* val, const float* xb, typename Vec<VL>::t* sums) {
   typedef typename Vec<VL>::t vt;
   constexpr int TB = VL * NV;
-  for (int64_t r = 0; r < n; ++r, off += C, val += C) {
+  const int64_t count = C > 0 ? C : c;
+  for (int64_t r = 0; r < n; ++r, off += count, val += count) {
     vt* s = sums + static_cast<int64_t>(rows[r]) * NV;
     vt a[NV];
     for (int q = 0; q < NV; ++q) a[q] = s[q];
 #pragma GCC unroll 32
-    for (int i = 0; i < C; ++i) {
+    for (int64_t i = 0; i < count; ++i) {
       const float w = val[i];
       const vt* xr = reinterpret_cast<const vt*>(xb + static_cast<int64_t>(off[i]) * TB);
       for (int q = 0; q < NV; ++q) a[q] += w * xr[q];
@@ -899,25 +904,7 @@ void class_rows(int64_t n, const int32_t* rows, const int16_t* off, const float*
 }
 
 template <int VL, int NV>
-void class_rows_any(int64_t c, int64_t n, const int32_t* rows, const int16_t* off,
-                    const float* val, const float* xb, typename Vec<VL>::t* sums) {
-  typedef typename Vec<VL>::t vt;
-  constexpr int TB = VL * NV;
-  for (int64_t r = 0; r < n; ++r, off += c, val += c) {
-    vt* s = sums + static_cast<int64_t>(rows[r]) * NV;
-    vt a[NV];
-    for (int q = 0; q < NV; ++q) a[q] = s[q];
-    for (int64_t i = 0; i < c; ++i) {
-      const float w = val[i];
-      const vt* xr = reinterpret_cast<const vt*>(xb + static_cast<int64_t>(off[i]) * TB);
-      for (int q = 0; q < NV; ++q) a[q] += w * xr[q];
-    }
-    for (int q = 0; q < NV; ++q) s[q] = a[q];
-  }
-}
-
-template <int VL, int NV>
-using ClassRowsFn = void (*)(int64_t, const int32_t*, const int16_t*, const float*,
+using ClassRowsFn = void (*)(int64_t, int64_t, const int32_t*, const int16_t*, const float*,
                              const float*, typename Vec<VL>::t*);
 
 template <int VL, int NV, int... C>
@@ -983,10 +970,7 @@ void layout_panel_part(const PanelLayout& L, int64_t p, const float* xT, const f
       const int32_t* rows = L.rows + G[1];
       const int16_t* off = L.offsets + G[3];
       const float* val = L.values + G[3];
-      if (G[0] <= kMaxUnrolledCount)
-        table[G[0]](G[2], rows, off, val, xb, sums);
-      else
-        class_rows_any<VL, NV>(G[0], G[2], rows, off, val, xb, sums);
+      table[G[0] <= kMaxUnrolledCount ? G[0] : 0](G[0], G[2], rows, off, val, xb, sums);
     }
   }
   write_panel_rows<TB>(reinterpret_cast<float*>(sums), r0, r1, y, out, act);
