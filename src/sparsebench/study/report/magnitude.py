@@ -4,10 +4,13 @@ model against a small dense one of equal parameter count."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ...methods import catalogue
 from .. import figures
 from .. import pareto as P
 from ..our_figures import small_dense_figure
+from ..store import Run
 from .shared import ReportContext, Scope, Section, Table, cell, finished, metric_of
 
 __all__ = ["mp_v2_section", "pruned_weights_section", "small_dense_section"]
@@ -127,6 +130,9 @@ def small_dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
                                                           "or better."))
     if not rows:
         return None
+    seeds = _seed_comparisons(scope.key, small, runs, by_id, metric, higher)
+    if seeds is not None:  # replicas on both sides: one verdict per level, not per pair
+        sentences = seeds[1]
     name = f"{scope.key}_small_dense.png"
     small_dense_figure(pairs, ctx.out_dir / name, metric=metric,
                        title=f"{scope.title}: sparse vs small dense at equal parameters")
@@ -138,4 +144,70 @@ def small_dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
         tables=[Table(f"{scope.key}_small_dense", ["sparsity %", "sparse run", "nonzeros",
                                                    "sparse", "small dense", "parameters",
                                                    P.display_name(catalogue.DENSE)], rows,
-                      f"{P.metric_label(metric)}; nonzeros counted on the finalized weights.")])
+                      f"{P.metric_label(metric)}; nonzeros counted on the finalized weights.")]
+        + ([seeds[0]] if seeds is not None else []))
+
+
+def _trained_alike(run: Run, runs: Sequence[Run]) -> list[Run]:
+    """The finished runs trained as ``run`` was but for the seed (itself included)."""
+    return [r for r in runs if r.technique == run.technique and r.sweep == run.sweep
+            and r.target_sparsity == run.target_sparsity and r.variant == run.variant
+            and r.hyperparameters == run.hyperparameters and r.metric_value is not None]
+
+
+def _seed_comparisons(key: str, small: Sequence[Run], runs: Sequence[Run],
+                      by_id: dict[str, Run], metric: str, higher: bool
+                      ) -> tuple[Table, list[str]] | None:
+    """Per matched sparsity, the sparse model's seeds against the small dense model's: mean
+    and range of each, whether one is ahead by more than the seed spread (their ranges do not
+    overlap), and the training seconds per run of each, which say what the two would reach at
+    equal training time. None unless some level has two seeds or more on both sides."""
+    by_level: dict[float, list[Run]] = {}
+    for run in small:
+        if run.metric_value is not None and run.hyperparameters.get("matched_run") in by_id:
+            by_level.setdefault(run.hyperparameters.get("matched_sparsity", 0.0), []).append(run)
+    rows, sentences = [], []
+    for level, dense in sorted(by_level.items()):
+        sparse = _trained_alike(by_id[dense[0].hyperparameters["matched_run"]], runs)
+        if len(sparse) < 2 or len(dense) < 2:
+            continue
+        s_vals = [r.metric_value for r in sparse]
+        d_vals = [r.metric_value for r in dense]
+        s_mean, d_mean = sum(s_vals) / len(s_vals), sum(d_vals) / len(d_vals)
+        apart = min(s_vals) > max(d_vals) or max(s_vals) < min(d_vals)
+        sparse_ahead = (s_mean > d_mean) == higher
+        verdict = ("within the seed spread of each other" if not apart else
+                   "the sparse model is ahead by more than the seed spread" if sparse_ahead
+                   else "the small dense model is ahead by more than the seed spread")
+        fmt = lambda v: P.format_metric(v, metric)  # noqa: E731
+        hp = dense[0].hyperparameters
+        sentence = (f"At {100 * level:.0f}% ({hp.get('matched_nonzero', 0):,} nonzero "
+                    f"parameters), over {len(sparse)} and {len(dense)} seeds: sparse "
+                    f"{fmt(s_mean)} ({fmt(min(s_vals))}–{fmt(max(s_vals))}), small dense "
+                    f"{dense[0].variant} ({hp.get('parameters', 0):,} parameters) "
+                    f"{fmt(d_mean)} ({fmt(min(d_vals))}–{fmt(max(d_vals))}): {verdict}.")
+        s_time = [r.train_seconds for r in sparse if r.train_seconds]
+        d_time = [r.train_seconds for r in dense if r.train_seconds]
+        ratio = None
+        if s_time and d_time:
+            s_sec, d_sec = sum(s_time) / len(s_time), sum(d_time) / len(d_time)
+            ratio = s_sec / d_sec
+            sentence += (f" Training took {s_sec:,.0f} s per sparse run against {d_sec:,.0f} s "
+                         f"per small dense run ({ratio:.2f}×), so at equal training time the "
+                         + ("sparse model would have had at least as many steps." if ratio <= 1
+                            else "sparse model would have had fewer steps (not measured)."))
+        sentences.append(sentence)
+        rows.append([f"{100 * level:.0f}", hp.get("matched_nonzero"), len(sparse),
+                     cell(s_mean, metric), f"{cell(min(s_vals), metric)}–"
+                     f"{cell(max(s_vals), metric)}", dense[0].variant, len(dense),
+                     cell(d_mean, metric), f"{cell(min(d_vals), metric)}–"
+                     f"{cell(max(d_vals), metric)}",
+                     "–" if ratio is None else f"{ratio:.2f}", verdict])
+    if not rows:
+        return None
+    columns = ["sparsity %", "nonzeros", "sparse seeds", "sparse mean", "sparse range",
+               "small dense", "dense seeds", "dense mean", "dense range",
+               "training time sparse / dense", "verdict"]
+    caption = (f"{P.metric_label(metric)}; training time is seconds per run, mean over the "
+               "seeds.")
+    return Table(f"{key}_small_dense_seeds", columns, rows, caption), sentences
