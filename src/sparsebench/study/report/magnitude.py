@@ -4,6 +4,7 @@ model against a small dense one of equal parameter count."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 from ...methods import catalogue
@@ -190,10 +191,13 @@ def _seed_comparisons(key: str, small: Sequence[Run], runs: Sequence[Run],
         d_time = [r.train_seconds for r in dense if r.train_seconds]
         ratio = None
         if s_time and d_time:
-            s_sec, d_sec = sum(s_time) / len(s_time), sum(d_time) / len(d_time)
+            # Medians: a run trained beside other jobs on a shared machine takes longer
+            # (one of the GRU study's took 2.4x its siblings' time), the steps stay the same.
+            s_sec, d_sec = statistics.median(s_time), statistics.median(d_time)
             ratio = s_sec / d_sec
             sentence += (f" Training took {s_sec:,.0f} s per sparse run against {d_sec:,.0f} s "
-                         f"per small dense run ({ratio:.2f}×), so at equal training time the "
+                         f"per small dense run (medians; {ratio:.2f}×), so at equal training "
+                         "time the "
                          + ("sparse model would have had at least as many steps." if ratio <= 1
                             else "sparse model would have had fewer steps (not measured)."))
         sentences.append(sentence)
@@ -208,6 +212,7 @@ def _seed_comparisons(key: str, small: Sequence[Run], runs: Sequence[Run],
     columns = ["sparsity %", "nonzeros", "sparse seeds", "sparse mean", "sparse range",
                "small dense", "dense seeds", "dense mean", "dense range",
                "training time sparse / dense", "verdict"]
-    caption = (f"{P.metric_label(metric)}; training time is seconds per run, mean over the "
-               "seeds.")
+    caption = (f"{P.metric_label(metric)}; training time is the median seconds per run over "
+               "the seeds, as measured on the machine that trained them (other jobs beside a "
+               "run slow it).")
     return Table(f"{key}_small_dense_seeds", columns, rows, caption), sentences
