@@ -192,7 +192,7 @@ def _seed_comparisons(key: str, small: Sequence[Run], runs: Sequence[Run],
         ratio = None
         if s_time and d_time:
             # Medians: a run trained beside other jobs on a shared machine takes longer
-            # (one of the GRU study's took 2.4x its siblings' time), the steps stay the same.
+            # (one of the GRU study's took 2.5x the time of runs of the same steps).
             s_sec, d_sec = statistics.median(s_time), statistics.median(d_time)
             ratio = s_sec / d_sec
             sentence += (f" Training took {s_sec:,.0f} s per sparse run against {d_sec:,.0f} s "
