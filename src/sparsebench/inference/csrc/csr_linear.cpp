@@ -859,8 +859,9 @@ void spmm_panel_blocked(int64_t r0, int64_t r1, const int64_t* kp, int64_t nkb, 
 //
 // In spmm_panel_blocked each row runs its nonzeros of a feature block in a loop whose trip
 // count is drawn by the sparsity pattern (about 13 at 90% and 128 features), so the branch
-// predictor misses the loop's exit at nearly every row: some 15 cycles against about 50 of
-// multiply-adds. The layout sorts the rows of each part and feature block by their count of
+// predictor likely misses the loop's exit at nearly every row (our reading, not counted: a
+// miss costs some 15 cycles here, a row's multiply-adds about 50). The layout sorts the rows
+// of each part and feature block by their count of
 // nonzeros there; rows of one count then run back to back through a body unrolled for
 // exactly that count, and no branch depends on the pattern. The nonzeros are stored in that
 // order (value and int16 feature offset within the block: 6 bytes, as CSR with int16).
@@ -1063,8 +1064,9 @@ std::atomic<int64_t> g_spmm_panel{-1};   // batch columns per panel; -1: the def
 constexpr int64_t kPanelMinBatch = 128;  // one thread; kPanelMinBatchThreaded with more
 constexpr int64_t kPanelMinBatchThreaded = 256;
 // With a count-class layout (layout_panel_part) panels pay from one whole panel on: against
-// the unpacked order at 64 and 96 rows 1.00-1.28x on one thread and 0.93-1.31x on two, at 128
-// rows on two threads 1.21-1.56x (benchmarks/kernels_ab.py, BERT's shapes and 4096x1024).
+// the previous thresholds at 64-128 rows, 1.00-1.32x on one thread and 0.99-1.60x on two,
+// 1.22-1.60x at 128 rows on two (results/benchmarks/kernels_ab_layout_min_rows.txt: BERT's
+// shapes and 4096x1024 at 90 and 95%).
 constexpr int64_t kLayoutMinBatch = 64;
 constexpr int64_t kDefaultPanel = 64;
 constexpr int64_t kDefaultKBlock = 256;
@@ -1784,7 +1786,8 @@ struct ConvGeometry {
   }
   // Floats from one phase plane to the next: the image's own plane when read in place, else
   // whole 64-byte lines, so that every plane of the buffer starts aligned (3x3 convolutions
-  // on 14x14 and 28x28 maps: 1.04-1.10x at batch 8 against planes of 196 and 784 floats).
+  // on 14x14 and 28x28 maps: 1.05-1.06x at batch 1 and 8, one thread,
+  // results/benchmarks/kernels_ab_conv_aligned_planes_1thread.txt).
   // Reading 1x1 convolutions of 7x7 and 14x14 maps through such a buffer too was 1.1-1.2x
   // faster at batch 8, but at batch 1 on two threads, where each image's rows are split,
   // 0.6-0.7x (the serial copies in and out), so they stay in place.
