@@ -69,7 +69,7 @@ def test_layout_parts_split_rows_by_nonzeros_and_count_rows_from_their_start(ext
         (9, 17, 0.0),  # no nonzeros at all
     ],
 )
-@pytest.mark.parametrize("batch", [64, 100, 128, 333])
+@pytest.mark.parametrize("batch", [64, 100, 128, 256, 333])
 def test_products_through_the_layout_equal_dense(ext, threads, out_f, in_f, density, batch):
     w = torch.randn(out_f, in_f) * (torch.rand(out_f, in_f) < density)
     w[::7] = 0  # empty rows
