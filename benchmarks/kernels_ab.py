@@ -66,13 +66,20 @@ def _linear_case(ext, layer: SparseLinear, x: torch.Tensor) -> Callable[[], torc
 
 def _conv_case(ext, conv: SparseConv2d, x: torch.Tensor) -> Callable[[], torch.Tensor]:
     """The call SparseConv2d makes with this build: the CSR convolution of any stride where
-    the build has it, else the direct stride-1 kernel (1x1: subsample first) or im2col."""
+    the build has it (through the count-class layout where the build has one and says it
+    pays), else the direct stride-1 kernel (1x1: subsample first) or im2col."""
     if conv.block == (1, 1) and hasattr(ext, "csr_conv2d"):
         geometry = [*conv.kernel_size, *conv.stride, *conv.padding, *conv.dilation]
         offsets = ext.conv_offsets(conv.col_indices, conv.in_channels, x.shape[2], x.shape[3],
                                    geometry)
-        return lambda: ext.csr_conv2d(x, conv.crow_indices, offsets, conv.values, conv.bias,
-                                      conv.out_channels, geometry, False, -1)
+        args = (x, conv.crow_indices, offsets, conv.values, conv.bias, conv.out_channels,
+                geometry, False, -1)
+        if hasattr(ext, "conv_layout_pays") and ext.conv_layout_pays(
+                conv.values.numel(), conv.in_channels, x.shape[2], x.shape[3], geometry):
+            layout = ext.csr_panel_layout(conv.crow_indices, conv.col_indices, conv.values,
+                                          conv.cols, -1, 1)
+            return lambda: ext.csr_conv2d(*args, None, layout)
+        return lambda: ext.csr_conv2d(*args)
     values = conv.values if conv.values.dim() == 3 else conv.values.view(-1, 1, 1)
     xs, stride = x, conv.stride
     if conv.kernel_size == (1, 1) and conv.padding == (0, 0) and stride != (1, 1):

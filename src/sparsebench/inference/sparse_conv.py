@@ -11,6 +11,12 @@ columns of a BSR conv group ``bw`` consecutive (channel, tap) entries. How it ru
   C++ source explains the layout). Each nonzero's input offset depends on the input size; it
   is computed once per size and kept (``_offsets``). ``relu=True`` applies a ReLU as the
   output is written (for a convolution followed by one; see ``fuse_relu``).
+  Where some tap's run starts off a cache line (3x3 convolutions, 1x1 ones on 7x7 and 14x14
+  maps) and the weight's columns hold 10 nonzeros or more on average, the kernel copies each
+  block of the runs into an aligned panel first and multiplies it through the count-class
+  layout of the weight that the large-batch Linear products use (built once, kept in
+  ``_panel_layout``; ``conv_layout_pays`` in the C++ source decides, ``CONV_LAYOUT`` turns
+  it off).
 * BSR, stride 1 (and 1x1 convolutions of any stride, by subsampling the input first): the same
   direct convolution with blocks.
 * BSR, other strides: im2col: ``F.unfold`` gives columns ``(N, C·kh·kw, L)`` and the kernel
@@ -36,10 +42,16 @@ from sparsebench.inference.sparse_linear import (
     _options,
     bsr_to_dense,
     check_block,
+    count_class_layout,
     dense_to_bsr,
     dense_to_csr,
     register_sparse_weight,
 )
+
+#: Whether CSR convolutions may run through the count-class layout of their weight where the
+#: kernels say it pays (``conv_layout_pays``: taps whose runs start off a cache line, and
+#: enough nonzeros per weight column). A switch for timing both paths side by side.
+CONV_LAYOUT = True
 
 
 def conv_unsupported_reason(conv: nn.Conv2d) -> str | None:
@@ -90,11 +102,34 @@ class SparseConv2d(nn.Module):
         #: ReLU applied as the output is written (set by ``fuse_relu``; not part of the weight).
         self.relu = False
         self._offsets: dict[tuple[int, int], Tensor] = {}  # input (H, W) -> nonzeros' offsets
+        self._layout_pays: dict[tuple[int, int, int], bool] = {}  # (H, W, nonzeros) -> bool
+        self._panel_layout = None
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self._torch_csr = None  # device/dtype moves invalidate the cached torch CSR tensor
         self._offsets = {}
+        self._panel_layout = None
         return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        """Pickle without the layout cache: it is rebuilt from the buffers on first use."""
+        state = self.__dict__.copy()
+        state["_panel_layout"] = None
+        return state
+
+    def _layout_for(self, ext: object, h: int, w: int) -> list[Tensor]:
+        """Return the weight's count-class layout when the kernels run an ``h x w`` input
+        through it (``conv_layout_pays``), else an empty list."""
+        if not CONV_LAYOUT or not hasattr(ext, "conv_layout_pays"):
+            return []
+        known = self.__dict__.setdefault("_layout_pays", {})  # absent in older pickles
+        key = (h, w, self.values.numel())
+        pays = known.get(key)
+        if pays is None:
+            pays = known[key] = bool(ext.conv_layout_pays(  # type: ignore[attr-defined]
+                self.values.numel(), self.in_channels, h, w, self._geometry()))
+        # One part: the kernels never split the layout's rows between threads.
+        return count_class_layout(self, ext, 1, self.cols) if pays else []
 
     def _geometry(self) -> list[int]:
         """Return (kh, kw, sh, sw, ph, pw, dh, dw), as the kernels take it."""
@@ -230,6 +265,7 @@ class SparseConv2d(nn.Module):
                 relu,
                 _options["threading"],
                 residual,
+                self._layout_for(ext, x.shape[2], x.shape[3]),
             )
         return self._finish(self._forward_blocks(ext, x, ho, wo), residual, relu)
 

@@ -212,6 +212,23 @@ def register_sparse_weight(module: nn.Module, crow_indices: Tensor, col_indices:
     module._torch_bsr = None  # built lazily for the torch-sparse (GPU) path
 
 
+def count_class_layout(module: nn.Module, ext, parts: int,  # type: ignore[no-untyped-def]
+                       columns: int) -> list[Tensor]:
+    """Return the extension's count-class layout of ``module``'s CSR weight (``columns`` wide)
+    for products of many rows (``csr_panel_layout``: the nonzeros of each feature block
+    regrouped by rows of equal count, about as many bytes as the CSR again), kept in
+    ``module._panel_layout`` and rebuilt when the weight's buffers change or ``parts`` (the
+    threads' row shares) does."""
+    key = (parts, module.values.data_ptr(), module.values._version,
+           module.col_indices._version, module.crow_indices._version)
+    cached = getattr(module, "_panel_layout", None)
+    if cached is None or cached[0] != key:
+        layout = ext.csr_panel_layout(module.crow_indices, module.col_indices, module.values,
+                                      columns, -1, parts)
+        module._panel_layout = cached = (key, layout)
+    return cached[1]
+
+
 class SparseLinear(nn.Module):
     """Inference-only ``nn.Linear`` whose weight is held in CSR and run by sparse kernels.
 
@@ -334,17 +351,8 @@ class SparseLinear(nn.Module):
 
     def panel_layout(self, ext, parts: int) -> list[Tensor]:  # type: ignore[no-untyped-def]
         """Return the extension's count-class layout of this CSR weight for products of many
-        rows (``csr_panel_layout``: the nonzeros of each feature block regrouped by rows of
-        equal count, about as many bytes as the CSR again), built on first use and rebuilt
-        when the weight's buffers change or ``parts`` (the threads' row shares) does."""
-        key = (parts, self.values.data_ptr(), self.values._version,
-               self.col_indices._version, self.crow_indices._version)
-        cached = getattr(self, "_panel_layout", None)
-        if cached is None or cached[0] != key:
-            layout = ext.csr_panel_layout(self.crow_indices, self.col_indices, self.values,
-                                          self.in_features, -1, parts)
-            self._panel_layout = cached = (key, layout)
-        return cached[1]
+        rows (see ``count_class_layout``), built on first use and kept."""
+        return count_class_layout(self, ext, parts, self.in_features)
 
     def torch_bsr(self) -> Tensor:
         """Return a block layer's weight as torch's BSR tensor on the buffers' device, padded

@@ -1999,6 +1999,126 @@ void conv_rows(int64_t o0, int64_t o1, int64_t L, const int32_t* rp, const int32
   }
 }
 
+#if SB_HAVE_AVX512
+// Convolutions through the count-class layout of their (out, C*kh*kw) weight, the one the
+// large-batch Linear products use (layout_panel_part). conv_rows reads each tap's run of
+// positions where it lies in the input planes, so two taps in three start off a 64-byte
+// line and every vector load spans two lines: the same 3x3 convolutions ran 1.3-1.45x
+// faster with their offsets rounded down to whole lines (wrong sums, right timing; 14x14 to
+// 56x56 maps, one thread). Here, for each tile of 64 positions and each block of features
+// (channel, tap), the block's runs are first copied into an aligned panel that stays in L1,
+// as im2col would but one L1-sized block at a time, and the rows then run through the
+// layout's bodies unrolled per count. The copy is one load and store per feature and vector,
+// where the products do about out * density multiply-adds on each.
+//
+// Every column k of the weight reads the input at X + foff[k] + position (conv_offsets'
+// formula per column rather than per nonzero).
+std::vector<int32_t> conv_feature_offsets(const ConvGeometry& g) {
+  const int64_t taps = g.kh * g.kw;
+  std::vector<int32_t> foff(g.C * taps);
+  for (int64_t k = 0; k < g.C * taps; ++k) {
+    const int64_t c = k / taps, i = (k / g.kw) % g.kh, t = k % g.kw;
+    const int64_t ri = i * g.dh, rj = t * g.dw;
+    if (g.in_place()) {
+      foff[k] = static_cast<int32_t>(c * g.H * g.W);
+    } else {
+      const int64_t plane = (c * g.sh + ri % g.sh) * g.sw + rj % g.sw;
+      foff[k] = static_cast<int32_t>(plane * g.plane() + (ri / g.sh) * g.Ws() + rj / g.sw);
+    }
+  }
+  return foff;
+}
+
+// Positions [p0, p0 + width) (width <= 16 * NV; beyond it nothing is read or written) of the
+// rows of layout parts [k0, k1): Y[o, p] = act(b[o] + sum_k W[o, k] X[foff[k] + p] + R[o, p]).
+template <int NV>
+void conv_layout_tile(const PanelLayout& L, int64_t k0, int64_t k1, int64_t cols,
+                      const int32_t* foff, const float* X, int64_t p0, int64_t width,
+                      const float* bias, bool relu, float* Y, int64_t ldy, const float* R) {
+  constexpr int VL = 16, TB = VL * NV;
+  typedef typename Vec<VL>::t vt;
+  static constexpr auto table =
+      class_rows_table<VL, NV>(std::make_integer_sequence<int, kMaxUnrolledCount + 1>{});
+  const int64_t r0 = L.part_rows[k0], r1 = L.part_rows[k1];
+  thread_local std::vector<vt> scratch;
+  thread_local std::vector<float> panel_store;
+  scratch.resize((r1 - r0) * NV);
+  vt* sums = scratch.data();
+  float* xb = aligned_floats(panel_store, L.kblock * TB);
+  for (int64_t o = r0; o < r1; ++o)
+    for (int q = 0; q < NV; ++q) sums[(o - r0) * NV + q] = vt{} + (bias ? bias[o] : 0.f);
+  const __mmask16 last = static_cast<__mmask16>(
+      width >= TB ? 0xFFFF : (1u << (width - 16 * (NV - 1))) - 1);
+  for (int64_t t = 0; t < L.blocks; ++t) {
+    bool any = false;
+    for (int64_t k = k0; k < k1 && !any; ++k)
+      any = L.group_ptr[k * L.blocks + t] < L.group_ptr[k * L.blocks + t + 1];
+    if (!any) continue;
+    const int64_t f0 = t * L.kblock, f1 = std::min(cols, f0 + L.kblock);
+    for (int64_t f = f0; f < f1; ++f) {
+      const float* src = X + foff[f] + p0;
+      float* dst = xb + (f - f0) * TB;
+      for (int q = 0; q < NV - 1; ++q) _mm512_store_ps(dst + 16 * q, _mm512_loadu_ps(src + 16 * q));
+      _mm512_store_ps(dst + 16 * (NV - 1), _mm512_maskz_loadu_ps(last, src + 16 * (NV - 1)));
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      vt* part_sums = sums + (L.part_rows[k] - r0) * NV;
+      for (int64_t g = L.group_ptr[k * L.blocks + t], ge = L.group_ptr[k * L.blocks + t + 1];
+           g < ge; ++g) {
+        const int64_t* G = L.groups + 4 * g;
+        table[G[0] <= kMaxUnrolledCount ? G[0] : 0](G[0], G[2], L.rows + G[1],
+                                                    L.offsets + G[3], L.values + G[3], xb,
+                                                    part_sums);
+      }
+    }
+  }
+  for (int64_t o = r0; o < r1; ++o) {
+    const float* so = reinterpret_cast<const float*>(sums + (o - r0) * NV);
+    float* yo = Y + o * ldy + p0;
+    const float* ro = R ? R + o * ldy + p0 : nullptr;
+    for (int q = 0; q < NV; ++q) {
+      const __mmask16 m = q < NV - 1 ? static_cast<__mmask16>(0xFFFF) : last;
+      __m512 y = _mm512_loadu_ps(so + 16 * q);
+      if (ro) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, ro + 16 * q));
+      if (relu) y = _mm512_max_ps(_mm512_setzero_ps(), y);  // NaN stays NaN
+      _mm512_mask_storeu_ps(yo + 16 * q, m, y);
+    }
+  }
+}
+
+// Whether a convolution's rows should run through the layout: only where some tap's run
+// starts off a 64-byte line, since on aligned runs (1x1 convolutions read in place from
+// 28x28 and 56x56 maps, or of stride 2) conv_rows loses nothing and the layout adds its
+// copies (64->256 1x1 on 56x56: 0.58x). And only with at least kLayoutNonzerosPerColumn
+// nonzeros per weight column on average: each copied value feeds that many multiply-adds,
+// and at 6.4 (64->64 3x3 at 90%) the copy ate the gain (0.96x).
+constexpr int64_t kLayoutNonzerosPerColumn = 10;
+bool conv_layout_pays(const ConvGeometry& g, int64_t nnz) {
+  const int64_t cols = g.C * g.kh * g.kw;
+  if (nnz < kLayoutNonzerosPerColumn * cols) return false;
+  for (const int32_t f : conv_feature_offsets(g))
+    if (f % 16 != 0) return true;
+  return false;
+}
+
+// Positions [pa, pb) of every row, in tiles of 64 from pa.
+constexpr int64_t kConvTile = 64;
+void conv_layout_rows(const PanelLayout& Lay, int64_t cols, const int32_t* foff, int64_t pa,
+                      int64_t pb, const float* X, const float* bias, bool relu, float* Y,
+                      int64_t ldy, const float* R = nullptr) {
+  for (int64_t p0 = pa; p0 < pb; p0 += kConvTile) {
+    const int64_t width = std::min<int64_t>(kConvTile, pb - p0);
+    const int64_t k1 = Lay.parts;
+    switch ((width + 15) / 16) {
+      case 4: conv_layout_tile<4>(Lay, 0, k1, cols, foff, X, p0, width, bias, relu, Y, ldy, R); break;
+      case 3: conv_layout_tile<3>(Lay, 0, k1, cols, foff, X, p0, width, bias, relu, Y, ldy, R); break;
+      case 2: conv_layout_tile<2>(Lay, 0, k1, cols, foff, X, p0, width, bias, relu, Y, ldy, R); break;
+      default: conv_layout_tile<1>(Lay, 0, k1, cols, foff, X, p0, width, bias, relu, Y, ldy, R);
+    }
+  }
+}
+#endif
+
 // Copies the Ho x Wo valid outputs of the (out, L) buffer (rows Ws apart) to y (out, Ho, Wo);
 // with a residual R (laid out as y), writes act(buf + R) instead (the buffer then holds the
 // sums before the ReLU).
@@ -2046,12 +2166,65 @@ at::Tensor conv_offsets(const at::Tensor& col, int64_t C, int64_t H, int64_t W,
   return off;
 }
 
+#if SB_HAVE_AVX512
+// csr_conv2d through the layout (see conv_layout_tile): len positions per image (the image's
+// own H*W when read in place, else the buffer's L), in `tiles` tiles of 64.
+void conv_layout(const ConvGeometry& g, const PanelLayout& lay, const float* xs, int64_t N,
+                 int64_t len, int64_t tiles, bool serial, int64_t threads, int64_t threading,
+                 const float* bp, bool relu, const float* rs, float* yd, int64_t out) {
+  const int64_t cols = g.C * g.kh * g.kw;
+  const std::vector<int32_t> foff = conv_feature_offsets(g);
+  const int64_t in_image = g.C * g.H * g.W, out_image = out * g.Ho() * g.Wo();
+  const int64_t buf_in = (g.image() + g.slack() + 15) / 16 * 16;
+  const auto residual = [&](int64_t n) { return rs ? rs + n * out_image : nullptr; };
+  if (g.in_place()) {  // tiles of the image itself, written in place
+    parallel_chunks(serial ? 1 : N * tiles, serial ? kSerial : threading, [&](int64_t c) {
+      const int64_t n0 = serial ? 0 : c / tiles, n1 = serial ? N : n0 + 1;
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t pa = serial ? 0 : (c % tiles) * kConvTile;
+        const int64_t pb = serial ? len : std::min(len, pa + kConvTile);
+        conv_layout_rows(lay, cols, foff.data(), pa, pb, xs + n * in_image, bp, relu,
+                         yd + n * out_image, len, residual(n));
+      }
+    });
+    return;
+  }
+  if (serial || N >= 2 * threads) {  // whole images per chunk, as in csr_conv2d
+    const int64_t chunks = serial ? 1 : std::min<int64_t>(N, threads * kChunksPerThread);
+    parallel_chunks(chunks, serial ? kSerial : threading, [&](int64_t c) {
+      thread_local std::vector<float> xstore, ystore;
+      float* xbuf = aligned_floats(xstore, buf_in);
+      float* ybuf = aligned_floats(ystore, out * len);
+      for (int64_t n = N * c / chunks, n1 = N * (c + 1) / chunks; n < n1; ++n) {
+        conv_prepare(g, xs + n * in_image, xbuf);
+        conv_layout_rows(lay, cols, foff.data(), 0, len, xbuf, bp, relu && !rs, ybuf, len);
+        conv_trim(g, out, ybuf, yd + n * out_image, residual(n), relu);
+      }
+    });
+    return;
+  }
+  // Fewer images than threads: prepare them all, then the threads take tiles.
+  std::vector<float> xstore, ystore;
+  float* xbuf = aligned_floats(xstore, N * buf_in);
+  float* ybuf = aligned_floats(ystore, N * out * len);
+  for (int64_t n = 0; n < N; ++n) conv_prepare(g, xs + n * in_image, xbuf + n * buf_in);
+  parallel_chunks(N * tiles, threading, [&](int64_t c) {
+    const int64_t n = c / tiles, pa = (c % tiles) * kConvTile;
+    conv_layout_rows(lay, cols, foff.data(), pa, std::min(len, pa + kConvTile),
+                     xbuf + n * buf_in, bp, relu && !rs, ybuf + n * out * len, len);
+  });
+  for (int64_t n = 0; n < N; ++n)
+    conv_trim(g, out, ybuf + n * out * len, yd + n * out_image, residual(n), relu);
+}
+#endif
+
 // y = conv2d(x, W) + b (then ReLU if relu) with W (out, C*kh*kw) in CSR, its nonzeros' input
 // offsets from conv_offsets for this input size. x: (N, C, H, W) float32, contiguous.
 at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& off,
                       const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                       int64_t out, std::vector<int64_t> geometry, bool relu, int64_t threading,
-                      const c10::optional<at::Tensor>& residual) {
+                      const c10::optional<at::Tensor>& residual,
+                      const std::vector<at::Tensor>& layout) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "csr_conv2d: x must be NCHW float32");
   const int64_t N = x.size(0);
   const ConvGeometry g = conv_geometry(x.size(1), x.size(2), x.size(3), geometry);
@@ -2100,6 +2273,22 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
               "csr_conv2d: the offsets were computed for another input size");
   const bool serial = threads <= 1 || threading == kSerial ||
                       static_cast<int64_t>(rp[out]) * L * N < kSerialWork;
+  if (!layout.empty()) {
+#if SB_HAVE_AVX512
+    const PanelLayout lay = check_panel_layout(layout, out, g.C * g.kh * g.kw);
+    TORCH_CHECK(layout[6].numel() == values.numel(), "csr_conv2d: the layout holds ",
+                layout[6].numel(), " nonzeros, the weight ", values.numel());
+    const int64_t len = in_place ? g.H * g.W : L;
+    const int64_t tiles = (len + kConvTile - 1) / kConvTile;
+    // The layout's rows are never split between threads (each share would copy every block
+    // again): threads take images or tiles of positions, and where there are too few of
+    // those (one 7x7 image on two threads) conv_rows splits the rows instead.
+    if (conv_layout_pays(g, values.numel()) && (serial || N * tiles >= 2 * threads)) {
+      conv_layout(g, lay, xs, N, len, tiles, serial, threads, threading, bp, relu, rs, yd, out);
+      return y;
+    }
+#endif
+  }
   if (in_place) {
     const int64_t HW = g.H * g.W;
     const int64_t per = serial ? 1 : (N >= 2 * threads ? 1 : 2 * threads);
@@ -2672,7 +2861,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_conv2d", &csr_conv2d, "direct convolution (any stride) with a CSR weight",
         py::arg("x"), py::arg("crow"), py::arg("offsets"), py::arg("values"), py::arg("bias"),
         py::arg("out"), py::arg("geometry"), py::arg("relu") = false, py::arg("threading") = -1,
-        py::arg("residual") = py::none());
+        py::arg("residual") = py::none(), py::arg("layout") = std::vector<at::Tensor>{});
+  m.def("conv_layout_pays",
+        [](int64_t nnz, int64_t C, int64_t H, int64_t W, std::vector<int64_t> geometry) {
+#if SB_HAVE_AVX512
+          return conv_layout_pays(conv_geometry(C, H, W, geometry), nnz);
+#else
+          return false;
+#endif
+        },
+        "whether csr_conv2d would run this convolution through a panel layout",
+        py::arg("nnz"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("geometry"));
   m.def("csr_sddmm", &csr_sddmm,
         "(grad_out.T @ x) at the kept positions of a CSR pattern, in CSR order (fp32)",
         py::arg("grad_out"), py::arg("x"), py::arg("crow"), py::arg("col"),
