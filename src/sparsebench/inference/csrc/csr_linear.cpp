@@ -623,10 +623,26 @@ inline void apply_activation(float* p, int64_t n, int64_t act) {
   for (; i < n; ++i) p[i] = activation1(p[i], act);
 }
 
+// Outputs larger than this are written around the caches (non-temporal stores): they leave
+// the cache before the next layer reads them anyway, and a plain store first reads each line
+// it writes. A 1x1 convolution read in place, one thread, its output read after each call
+// (a script, not kept): 64->256 on 56x56, 8 images (26 MB out): 1.38x; 128->512 on 28x28,
+// 8 images (13 MB): 1.20x; 256->64 on 56x56, 8 images (6.4 MB): 1.03x; one image (3.2 and
+// 1.6 MB), which the next layer finds in the L3: 0.87x and 0.93x. The kernels alone:
+// results/benchmarks/kernels_ab_conv_stream_1thread.txt. set_stream_min_bytes moves the
+// threshold (a benchmark's switch: benchmarks/stream_stores_ab.py).
+constexpr int64_t kStreamOutputBytes = int64_t{8} << 20;
+std::atomic<int64_t> g_stream_min_bytes{-1};  // -1: kStreamOutputBytes
+inline bool stream_output(int64_t floats) {
+  const int64_t set = g_stream_min_bytes.load(std::memory_order_relaxed);
+  return floats * static_cast<int64_t>(sizeof(float)) > (set >= 0 ? set : kStreamOutputBytes);
+}
+
 // Writes the 16x16 block src (16 rows, `ld` floats apart) transposed: column c goes to
 // dst + c * dst_ld as 16 consecutive floats. Three rounds of shuffles in registers, where
 // element-by-element copies took about as long as a fifth of the products they wrote out.
-inline void store_transposed16(const float* src, int64_t ld, float* dst, int64_t dst_ld) {
+inline void store_transposed16(const float* src, int64_t ld, float* dst, int64_t dst_ld,
+                               bool stream = false) {
   __m512 r[16], t[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld);
   for (int i = 0; i < 8; ++i) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3)
@@ -645,10 +661,14 @@ inline void store_transposed16(const float* src, int64_t ld, float* dst, int64_t
     const __m512 a1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
     const __m512 b0 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
     const __m512 b1 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
-    _mm512_storeu_ps(dst + k * dst_ld, _mm512_shuffle_f32x4(a0, b0, 0x88));
-    _mm512_storeu_ps(dst + (k + 8) * dst_ld, _mm512_shuffle_f32x4(a0, b0, 0xDD));
-    _mm512_storeu_ps(dst + (k + 4) * dst_ld, _mm512_shuffle_f32x4(a1, b1, 0x88));
-    _mm512_storeu_ps(dst + (k + 12) * dst_ld, _mm512_shuffle_f32x4(a1, b1, 0xDD));
+    const __m512 c[4] = {_mm512_shuffle_f32x4(a0, b0, 0x88), _mm512_shuffle_f32x4(a0, b0, 0xDD),
+                         _mm512_shuffle_f32x4(a1, b1, 0x88), _mm512_shuffle_f32x4(a1, b1, 0xDD)};
+    float* d[4] = {dst + k * dst_ld, dst + (k + 8) * dst_ld, dst + (k + 4) * dst_ld,
+                   dst + (k + 12) * dst_ld};
+    for (int i = 0; i < 4; ++i) {
+      if (stream) _mm512_stream_ps(d[i], c[i]);  // the caller checked the alignment
+      else _mm512_storeu_ps(d[i], c[i]);
+    }
   }
 }
 #endif
@@ -789,7 +809,8 @@ void spmm_rows(int64_t r0, int64_t r1, const int32_t* rp, const I* ci, const flo
 // activation, into y's TB batch rows (out floats apart) at columns [r0, r1): transposed 16
 // rows at a time, so each batch row gets one 64-byte run of y.
 template <int TB>
-void write_panel_rows(float* sums, int64_t r0, int64_t r1, float* y, int64_t out, int64_t act) {
+void write_panel_rows(float* sums, int64_t r0, int64_t r1, float* y, int64_t out, int64_t act,
+                      bool stream = false) {
   apply_activation(sums, (r1 - r0) * TB, act);
   for (int64_t o0 = r0; o0 < r1; o0 += kRowBlock) {
     const int64_t n = std::min(kRowBlock, r1 - o0);
@@ -797,7 +818,9 @@ void write_panel_rows(float* sums, int64_t r0, int64_t r1, float* y, int64_t out
     if constexpr (TB % 16 == 0 && kRowBlock == 16) {
       if (n == 16) {
         for (int t0 = 0; t0 < TB; t0 += 16)
-          store_transposed16(sums + (o0 - r0) * TB + t0, TB, y + t0 * out + o0, out);
+          store_transposed16(sums + (o0 - r0) * TB + t0, TB, y + t0 * out + o0, out,
+                             stream && out % 16 == 0 &&
+                                 reinterpret_cast<std::uintptr_t>(y + o0) % 64 == 0);
         continue;
       }
     }
@@ -952,7 +975,7 @@ PanelLayout check_panel_layout(const std::vector<at::Tensor>& t, int64_t out, in
 // Part p of one full panel (xT: (in, TB)), written into y's TB batch rows.
 template <int VL, int NV>
 void layout_panel_part(const PanelLayout& L, int64_t p, const float* xT, const float* bias,
-                       float* y, int64_t out, int64_t act) {
+                       float* y, int64_t out, int64_t act, bool stream = false) {
   typedef typename Vec<VL>::t vt;
   constexpr int TB = VL * NV;
   static constexpr auto table =
@@ -974,7 +997,7 @@ void layout_panel_part(const PanelLayout& L, int64_t p, const float* xT, const f
       table[G[0] <= kMaxUnrolledCount ? G[0] : 0](G[0], G[2], rows, off, val, xb, sums);
     }
   }
-  write_panel_rows<TB>(reinterpret_cast<float*>(sums), r0, r1, y, out, act);
+  write_panel_rows<TB>(reinterpret_cast<float*>(sums), r0, r1, y, out, act, stream);
 }
 
 // Feature block of the layout: 128 features (32 KB of a 64-column panel, the L1 data cache
@@ -1100,6 +1123,7 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
 #else
   constexpr int VL = 8;
 #endif
+  const bool stream = stream_output(B * out);
   if (layout != nullptr && panel == 4 * VL && (serial || panels >= 2 * threads)) {
     // Whole panels per thread, each packed just before its products into a buffer of the
     // thread's that stays in L2, rather than all of x packed first: at 1,024 rows the packed
@@ -1118,8 +1142,11 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
           continue;
         }
         for (int64_t k = 0; k < layout->parts; ++k)
-          layout_panel_part<VL, 4>(*layout, k, xT, bias, yo, out, act);
+          layout_panel_part<VL, 4>(*layout, k, xT, bias, yo, out, act, stream);
       }
+#if SB_HAVE_AVX512
+      if (stream) _mm_sfence();  // streamed lines visible before another thread reads y
+#endif
     });
     return;
   }
@@ -1167,7 +1194,10 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
     const float* xT = pp + p * panel * in;
     float* yo = yp + p * panel * out;
     if (layout != nullptr && width == panel) {
-      layout_panel_part<VL, 4>(*layout, k, xT, bias, yo, out, act);
+      layout_panel_part<VL, 4>(*layout, k, xT, bias, yo, out, act, stream);
+#if SB_HAVE_AVX512
+      if (stream) _mm_sfence();
+#endif
       return;
     }
     if (blocked && width == panel) {
@@ -1879,10 +1909,12 @@ void conv_prepare(const ConvGeometry& g, const float* x, float* buf) {
 // Rows [o0, o1) of the output for positions [p0, p0 + VL*NV): Y[o, p] = act(b[o] + sum over
 // row o's nonzeros of v[j] * X[off[j] + p] + R[o, p]), R (laid out as Y) when not null: a
 // residual connection added before the ReLU, as a ResNet block's last convolution needs.
+// With `stream`, rows whose tile starts on a 64-byte line are written by non-temporal stores
+// (see kStreamOutputBytes); the caller fences.
 template <int VL, int NV>
 inline void conv_tile(int64_t o0, int64_t o1, int64_t p0, const int32_t* rp, const int32_t* off,
                       const float* v, const float* X, const float* bias, bool relu, float* Y,
-                      int64_t ldy, const float* R) {
+                      int64_t ldy, const float* R, bool stream = false) {
   typedef typename Vec<VL>::t vt;
   typedef typename Vec<VL>::u vtu;
   const float* xb = X + p0;
@@ -1895,6 +1927,17 @@ inline void conv_tile(int64_t o0, int64_t o1, int64_t p0, const int32_t* rp, con
       const vtu* rr = reinterpret_cast<const vtu*>(R + o * ldy + p0);
       for (int k = 0; k < NV; ++k) sum[k] += rr[k];
     }
+#if SB_HAVE_AVX512
+    if constexpr (VL == 16) {
+      if (stream && reinterpret_cast<std::uintptr_t>(yr) % 64 == 0) {
+        for (int k = 0; k < NV; ++k) {
+          const vt out = relu ? (sum[k] < 0.f ? vt{} : sum[k]) : sum[k];
+          _mm512_stream_ps(reinterpret_cast<float*>(yr + k), reinterpret_cast<const __m512&>(out));
+        }
+        continue;
+      }
+    }
+#endif
     for (int k = 0; k < NV; ++k) yr[k] = relu ? (sum[k] < 0.f ? vt{} : sum[k]) : sum[k];
   }
 }
@@ -1961,7 +2004,7 @@ inline void conv_tile_masked(int64_t o0, int64_t o1, int64_t p0, int64_t nb, con
 // the rows' weights are small enough to stay there too.
 void conv_rows(int64_t o0, int64_t o1, int64_t L, const int32_t* rp, const int32_t* off,
                const float* v, const float* X, const float* bias, bool relu, float* Y,
-               int64_t ldy, const float* R = nullptr) {
+               int64_t ldy, const float* R = nullptr, bool stream = false) {
 #if SB_HAVE_AVX512
   constexpr int VL = 16;
 #else
@@ -1969,7 +2012,10 @@ void conv_rows(int64_t o0, int64_t o1, int64_t L, const int32_t* rp, const int32
 #endif
   int64_t p0 = 0;
   for (; p0 + 4 * VL <= L; p0 += 4 * VL)
-    conv_tile<VL, 4>(o0, o1, p0, rp, off, v, X, bias, relu, Y, ldy, R);
+    conv_tile<VL, 4>(o0, o1, p0, rp, off, v, X, bias, relu, Y, ldy, R, stream);
+#if SB_HAVE_AVX512
+  if (stream) _mm_sfence();  // the streamed lines are visible before the caller reads them
+#endif
 #if SB_HAVE_AVX512
   // At most 63 positions left: one tile of 1-4 vectors, the last one masked.
   const int64_t left = L - p0;
@@ -2293,10 +2339,11 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
     const int64_t HW = g.H * g.W;
     const int64_t per = serial ? 1 : (N >= 2 * threads ? 1 : 2 * threads);
     const auto splits = balanced_splits(rp, out, per);
+    const bool stream = stream_output(N * out_image);
     parallel_chunks(N * per, serial ? kSerial : threading, [&](int64_t c) {
       const int64_t n = c / per, k = c % per;
       conv_rows(splits[k], splits[k + 1], HW, rp, op, v, xs + n * in_image, bp, relu,
-                yd + n * out_image, HW, rs ? rs + n * out_image : nullptr);
+                yd + n * out_image, HW, rs ? rs + n * out_image : nullptr, stream);
     });
     return y;
   }
@@ -2838,6 +2885,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(parallel jobs, stalls detected, jobs run serially while backing off), adaptive mode");
   m.def("set_spmm_panel", [](int64_t width) { g_spmm_panel.store(width); },
         "Batch columns per packed panel of the CSR SpMM (0: no panels, -1: chosen from in).");
+  m.def("set_stream_min_bytes", [](int64_t n) { g_stream_min_bytes.store(n); },
+        "outputs above this many bytes are written by non-temporal stores (-1: the default)",
+        py::arg("bytes"));
   m.def("set_spmm_kblock", [](int64_t kb) { g_spmm_kblock.store(kb); },
         "Input features per block of a packed panel (0: no blocks, -1: chosen from the panel).");
   m.def("set_pool_spin_us", [](int64_t us) { WorkPool::spin_us.store(us); },

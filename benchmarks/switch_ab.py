@@ -1,0 +1,105 @@
+"""A compiled model with one of our kernel choices on and off, side by side.
+
+Builds one of ``end_to_end.py``'s workloads (random weights, pruned), compiles it once with
+``compile_sparse`` and times the same compiled model in interleaved rounds with the switch on
+(the default) and off. Only our own model runs in the process, so the ratio is free of other
+engines' thread pools. The switches:
+
+* ``layout``: the count-class layout of the CSR weights: sparse Linears take it from
+  ``PANEL_LAYOUT_MIN_ROWS`` rows on, sparse convolutions where the kernels say it pays
+  (``sparse_conv.CONV_LAYOUT``); off, neither ever does.
+* ``stream``: outputs larger than the kernels' threshold written by non-temporal stores
+  (``set_stream_min_bytes``); off, never.
+
+    .venv-bench/bin/python -W ignore benchmarks/switch_ab.py --model bert --batch 8 --threads 2
+    .venv-bench/bin/python -W ignore benchmarks/switch_ab.py --model resnet50 --batch 8 \\
+        --switch stream
+
+Prints both medians and off / on (above 1: the switch makes the model faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import end_to_end as e2e  # noqa: E402
+
+from sparsebench.inference import (  # noqa: E402
+    _extension,
+    compile_sparse,
+    retain_freed_memory,
+    sparse_conv,
+    sparse_linear,
+)
+from sparsebench.inference.timing import machine_context  # noqa: E402
+
+DEFAULT_MIN_ROWS = sparse_linear.PANEL_LAYOUT_MIN_ROWS
+
+
+def _layout(on: bool) -> None:
+    sparse_linear.PANEL_LAYOUT_MIN_ROWS = DEFAULT_MIN_ROWS if on else 1 << 62
+    sparse_conv.CONV_LAYOUT = on
+
+
+def _stream(on: bool) -> None:
+    ext = _extension.load_extension()
+    if ext is None or not hasattr(ext, "set_stream_min_bytes"):
+        raise SystemExit("this build has no non-temporal output stores to switch")
+    ext.set_stream_min_bytes(-1 if on else 1 << 62)
+
+
+SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "stream": _stream}
+
+
+def main() -> None:
+    """Compile the workload, then time it with the switch on and off, side by side."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", choices=list(e2e.BUILDERS), default="bert")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--switch", choices=list(SWITCHES), default="layout")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    retain_freed_memory()
+    opts = e2e.Options(models=(args.model,), batches=(args.batch,), threads=(args.threads,),
+                       engines=("torch", "sparse"))
+    work = e2e.BUILDERS[args.model](opts)
+    inputs = work.inputs(args.batch)
+    print(f"{work.describe}; {work.pruned}; batch {args.batch}, {args.threads} thread(s); "
+          f"switch: {args.switch}")
+    print(machine_context())
+    fast = compile_sparse(work.module, batch_hint=args.batch * work.rows_per_sample,
+                          example_input=inputs)
+    switch = SWITCHES[args.switch]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        with torch.no_grad():
+            for on in times:  # warm: layouts built, caches filled
+                switch(on)
+                fast(*inputs)
+            for _ in range(args.rounds):
+                for on in times:
+                    switch(on)
+                    t0 = time.perf_counter()
+                    fast(*inputs)
+                    times[on].append(time.perf_counter() - t0)
+    finally:
+        switch(True)
+    med = {on: statistics.median(t) for on, t in times.items()}
+    for on, t in times.items():
+        print(f"   {args.switch} {'on ' if on else 'off'} {med[on] * 1e3:9.1f} ms median of "
+              f"{args.rounds} (rounds spread {(max(t) - min(t)) / med[on]:.0%})")
+    print(f"   off / on: {med[False] / med[True]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
