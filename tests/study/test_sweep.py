@@ -293,6 +293,61 @@ def test_small_dense_sizing_finds_its_source_under_the_runs_folder(tmp_path):
     assert _read_parameters(source, tmp_path / "runs") == 148390
 
 
+def test_small_dense_sizing_without_result_json_counts_the_stores_layers():
+    """A fresh checkout has the store but no run folders: the nonzeros are the dense model's
+    parameters less the zeros of the recorded layers (worked by hand: 1,000 parameters, two
+    layers of 600 and 300 weights keeping 60 and 30, so 810 zeros and 190 nonzero, the 100
+    parameters outside them counted as kept)."""
+    from sparsebench.study.store import Run
+    from sparsebench.study.sweep import _read_parameters
+
+    layers = [{"name": "a.weight", "size": 600, "nonzeros": 60},
+              {"name": "b.weight", "size": 300, "nonzeros": 30}]
+    source = Run(id="magnitude-s90-r0-abc", technique="magnitude", run_dir="/nowhere",
+                 layers=layers)
+    assert _read_parameters(source) is None  # without the dense count, still nothing
+    assert _read_parameters(source, total=1000) == 190
+    assert _read_parameters(Run(id="x", technique="magnitude"), total=1000) is None
+
+
+def test_small_dense_gru_is_sized_with_the_vocabulary_its_source_trained_with():
+    """The GRU preset says 256 characters, the Shakespeare data has 85 and the source run's
+    stored config records 85: the small dense model must match the source's nonzeros with 85
+    (a model sized with 256 spends its parameters on rows the data never uses)."""
+    from sparsebench import models
+    from sparsebench.study.store import Run
+    from sparsebench.study.sweep import load_sweep
+    from sparsebench.study.sweep.plan import plan_phase2_from_runs
+
+    spec = load_sweep(REPO / "sweeps" / "shakespeare-gru-wavernn.yaml")
+    phase1 = plan_phase1(spec)
+    options = {"vocab_size": 85, "embed_dim": 64, "hidden_size": 512}
+
+    def gru_parameters(hidden: int) -> int:
+        model = models.create("gru-lm", **{**options, "hidden_size": hidden})
+        return sum(p.numel() for p in model.parameters())
+
+    nonzero = 27162  # a 98% run's count (result.json of magnitude-s98-r1)
+    dense = gru_parameters(512)
+    # One recorded layer holding all the zeros, so that the store alone gives `nonzero`.
+    layers = [{"name": "cells.0.hh.weight", "size": dense - nonzero + 10, "nonzeros": 10}]
+    runs = [Run(id=p.run_id(spec.task), technique="magnitude", target_sparsity=p.target,
+                status="finished", metric_name="bpc", metric_value=3.0, higher_is_better=False,
+                metrics={"valid": {"bpc": 3.0}}, layers=layers,
+                config={"model": {"name": "gru-lm", "options": options}})
+            for p in phase1 if p.technique == "magnitude" and p.target == 0.98]
+    points = [p for p in plan_phase2_from_runs(spec, runs, phase1) if p.target is None]
+    assert len(points) == 3  # three seeds of one small dense model
+    hidden = points[0].hyperparameters["hidden_size"]
+    assert points[0].hyperparameters["matched_nonzero"] == nonzero
+    assert points[0].hyperparameters["parameters"] == gru_parameters(hidden)
+    # The nearest width: one unit either way is further from the source's nonzeros.
+    gap = abs(gru_parameters(hidden) - nonzero)
+    assert gap <= abs(gru_parameters(hidden - 1) - nonzero)
+    assert gap <= abs(gru_parameters(hidden + 1) - nonzero)
+    assert hidden > 20  # what the preset's 256 characters gave
+
+
 def test_select_by_picks_phase_two_sources_by_the_named_measure(tmp_path):
     """Two finished magnitude runs at 90%: the first has the better headline metric (BLEU-like,
     higher), the second the lower validation loss. Without select_by the first is the source;

@@ -263,6 +263,32 @@ def test_small_dense_matches_the_sparse_models_nonzeros(tmp_path):
         assert 'id="ours_resnet50-small-dense"' in index.read_text()
 
 
+def test_small_dense_in_a_fresh_checkout_sizes_from_the_store_alone(tmp_path):
+    """Run folders are not committed: in a fresh checkout the small dense model is sized from
+    the nonzeros the store records (the same width as from result.json), and its source is
+    not trained again, since a small dense model never reads the source's folder."""
+    spec = parse_sweep({
+        "name": "fresh", "task": "fmnist-lenet300", "steps": 6, "sparsities": [0.9],
+        "dense": False, "overrides": TINY, "techniques": {"magnitude": {}},
+        "small_dense": {"option": "width", "sparsities": [0.9]}})
+    with RunStore(tmp_path / "r.db") as store:
+        run_sweep(spec, store, InProcessExecutor(), tmp_path / "a" / "runs", say=_quiet)
+        (first,) = store.runs(technique="small-dense")
+        (source,) = store.runs(technique="magnitude")
+        store.delete(technique="small-dense")
+        shutil.rmtree(tmp_path / "a")
+        shutil.rmtree(tmp_path / "masks", ignore_errors=True)
+        said: list[str] = []
+        again = run_sweep(spec, store, InProcessExecutor(), tmp_path / "b" / "runs",
+                          say=said.append)
+        assert (again.ran, again.failed) == (1, 0)
+        assert not any("training it again" in line for line in said)
+        assert store.get(source.id).train_seconds == source.train_seconds  # not retrained
+        (second,) = store.runs(technique="small-dense")
+        assert second.status == "finished" and second.id == first.id
+        assert second.hyperparameters == first.hyperparameters
+
+
 def test_bench_runs_times_block_runs_into_the_store_and_report(tmp_path, capsys):
     from sparsebench.cli import main
 

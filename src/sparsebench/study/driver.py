@@ -113,6 +113,15 @@ class _Heartbeat(threading.Thread):
             store.close()
 
 
+def _reads_source(point: Point) -> bool:
+    """Whether ``point`` reads its source run's folder (its mask and initial weights): the
+    retraining arms do; a small dense model only took its size from the source's nonzeros
+    (recorded in the store), so a source whose folder is gone is not trained again for it."""
+    technique = catalogue.find(point.technique)
+    return (point.source is not None and technique is not None
+            and technique.role == catalogue.RETRAINING)
+
+
 class _Driver:
     def __init__(self, spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: Path,
                  *, poll: float, stale_after: float, retry_failed: bool,
@@ -195,7 +204,7 @@ class _Driver:
     def _submit(self, run_id: str, point: Point) -> Future:
         source_dir = None
         try:
-            if point.source is not None:
+            if _reads_source(point):
                 source_dir = self._source_dir(point.source)
                 if (catalogue.get(point.technique).init == catalogue.SOURCE_INIT
                         and not (source_dir / INIT_FILE).is_file()):
@@ -242,12 +251,13 @@ class _Driver:
         for want of it. Returns whether any source was put back. The source is a first-phase
         point of this sweep, so training it again from its id reproduces it; the phase-2 plan
         is made again once it has finished."""
-        sources = sorted({p.source for p in phase2 if p.source is not None})
+        sources = sorted({p.source for p in phase2 if _reads_source(p)})
         lost = [s for s in sources if self._kept_source_dir(s) is None
                 and not archive_path(self.store.path, s).is_file()]
         if not lost:
             return False
-        dependants = [p.run_id(self.spec.task) for p in phase2 if p.source in lost]
+        dependants = [p.run_id(self.spec.task) for p in phase2
+                      if p.source in lost and _reads_source(p)]
         with self.store.transaction() as db:
             marks = ", ".join("?" * len(lost))
             db.execute(f"UPDATE runs SET status='pending', error=NULL, worker=NULL "
