@@ -629,8 +629,8 @@ inline void apply_activation(float* p, int64_t n, int64_t act) {
 // (a script, not kept): 64->256 on 56x56, 8 images (26 MB out): 1.38x; 128->512 on 28x28,
 // 8 images (13 MB): 1.20x; 256->64 on 56x56, 8 images (6.4 MB): 1.03x; one image (3.2 and
 // 1.6 MB), which the next layer finds in the L3: 0.87x and 0.93x. The kernels alone:
-// results/benchmarks/kernels_ab_conv_stream_1thread.txt. set_stream_min_bytes moves the
-// threshold (a benchmark's switch: benchmarks/stream_stores_ab.py).
+// results/benchmarks/kernels_ab_conv_stream_1thread.txt; whole models with it on and off:
+// benchmarks/switch_ab.py --switch stream (set_stream_min_bytes moves the threshold).
 constexpr int64_t kStreamOutputBytes = int64_t{8} << 20;
 std::atomic<int64_t> g_stream_min_bytes{-1};  // -1: kStreamOutputBytes
 inline bool stream_output(int64_t floats) {
@@ -1069,6 +1069,15 @@ std::vector<at::Tensor> build_panel_layout(const int32_t* rp, const I* ci, const
           from(offsets, at::kShort), from(values, at::kFloat)};
 }
 
+// The first n floats of v from a 64-byte boundary on (v grows as needed): the planes of a
+// convolution's buffers start on whole cache lines only if the buffer does, and std::vector
+// gives 16 bytes.
+float* aligned_floats(std::vector<float>& v, int64_t n) {
+  v.resize(n + 16);
+  const auto at = reinterpret_cast<std::uintptr_t>(v.data());
+  return v.data() + ((64 - at % 64) % 64) / sizeof(float);
+}
+
 // Large batches (a BERT encoder at batch 8 x 128 tokens multiplies 1,024 rows): xT as one
 // (in, B) matrix is megabytes, and visiting it once per block of 16 output rows streamed all
 // of it from memory again and again; with B a power of two its rows are also 4 KB apart, so
@@ -1087,15 +1096,6 @@ std::vector<at::Tensor> build_panel_layout(const int32_t* rp, const I* ci, const
 // (batch 64: 1.1-1.2x the panels); from 128 rows the panels win by 3-18% on one thread. On
 // two threads, at 128 rows, they won 1.09x on 768x3072 but lost 0.89x on 4096x1024, so with
 // more than one thread they start at 256 rows, as before.
-// The first n floats of v from a 64-byte boundary on (v grows as needed): the planes of a
-// convolution's buffers start on whole cache lines only if the buffer does, and std::vector
-// gives 16 bytes.
-float* aligned_floats(std::vector<float>& v, int64_t n) {
-  v.resize(n + 16);
-  const auto at = reinterpret_cast<std::uintptr_t>(v.data());
-  return v.data() + ((64 - at % 64) % 64) / sizeof(float);
-}
-
 std::atomic<int64_t> g_spmm_kblock{-1};  // features per block; -1: the default, 0: no blocks
 std::atomic<int64_t> g_spmm_panel{-1};   // batch columns per panel; -1: the default, 0: none
 constexpr int64_t kPanelMinBatch = 128;  // one thread; kPanelMinBatchThreaded with more
@@ -1132,9 +1132,11 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
   if (layout != nullptr && panel == 4 * VL && (serial || panels >= 2 * threads)) {
     // Whole panels per thread, each packed just before its products into a buffer of the
     // thread's that stays in L2, rather than all of x packed first: at 1,024 rows the packed
-    // copy (3 MB for 768 features) went out to memory and came back once per panel. Measured
-    // side by side at 90%, 1,024 rows (BERT's 768x768, 3072x768, 768x3072): 1.05-1.37x on one
-    // thread, 1.00-1.64x on two. The parts of the layout run one after another.
+    // copy (3 MB for 768 features) went out to memory and came back once per panel. With the
+    // streamed outputs, at 90% and 1,024 rows (BERT's 768x768, 3072x768, 768x3072):
+    // 1.06-1.21x on one thread, 1.04-1.23x on two; at 128 rows 1.01-1.13x and level
+    // (results/benchmarks/kernels_ab_panel_major_*.txt). The layout's parts run one after
+    // another.
     parallel_chunks(serial ? 1 : panels, threading, [&](int64_t c) {
       thread_local std::vector<float> store;
       float* xT = aligned_floats(store, panel * in);
@@ -2056,7 +2058,7 @@ void conv_rows(int64_t o0, int64_t o1, int64_t L, const int32_t* rp, const int32
 // positions where it lies in the input planes, so two taps in three start off a 64-byte
 // line and every vector load spans two lines: the same 3x3 convolutions ran 1.3-1.45x
 // faster with their offsets rounded down to whole lines (wrong sums, right timing; 14x14 to
-// 56x56 maps, one thread). Here, for each tile of 64 positions and each block of features
+// 56x56 maps, one thread; a script, not kept). Here, for each tile of 64 positions and each block of features
 // (channel, tap), the block's runs are first copied into an aligned panel that stays in L1,
 // as im2col would but one L1-sized block at a time, and the rows then run through the
 // layout's bodies unrolled per count. The copy is one load and store per feature and vector,
