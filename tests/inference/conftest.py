@@ -32,3 +32,13 @@ def threads(request) -> Iterator[int]:
     torch.set_num_threads(request.param)
     yield request.param
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def ext():
+    """The compiled kernels, loaded afresh (the test is skipped where they cannot be built)."""
+    _extension._reset_for_tests()
+    module = _extension.load_extension()
+    if module is None:
+        pytest.skip("C++ extension unavailable here (no compiler or ninja)")
+    return module

@@ -12,26 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.inference import SparseConv2d, _extension, dense_to_csr, sparse_conv
+from sparsebench.inference import SparseConv2d, dense_to_csr, sparse_conv
 
 
 @pytest.fixture
-def ext():
-    _extension._reset_for_tests()
-    module = _extension.load_extension()
-    if module is None:
-        pytest.skip("C++ extension unavailable here (no compiler or ninja)")
-    if not module.conv_layout_pays(10 * 9, 1, 14, 14, [3, 3, 1, 1, 1, 1, 1, 1]):
+def layout_ext(ext):
+    """The kernels, where the build runs convolutions through the layout (AVX-512)."""
+    if not ext.conv_layout_pays(10 * 9, 1, 14, 14, [3, 3, 1, 1, 1, 1, 1, 1]):
         pytest.skip("this build runs no convolution through the layout (no AVX-512)")
-    return module
+    return ext
 
 
 def _geometry(k: int, stride: int, pad: int, dilation: int = 1) -> list[int]:
     return [k, k, stride, stride, pad, pad, dilation, dilation]
 
 
-def test_the_layout_is_taken_where_runs_start_off_a_line_and_columns_are_full_enough(ext):
-    pays = ext.conv_layout_pays
+def test_the_layout_is_taken_where_runs_start_off_a_line_and_columns_are_full_enough(layout_ext):
+    pays = layout_ext.conv_layout_pays
     # 3x3, stride 1, padding 1 on 14x14: the tap in column 1 reads one float after the
     # plane's start, off a 64-byte line. 4 channels x 9 taps = 36 columns.
     assert pays(10 * 36, 4, 14, 14, _geometry(3, 1, 1))
@@ -57,7 +54,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
-def test_convolutions_through_the_layout_equal_dense(ext, threads, case):
+def test_convolutions_through_the_layout_equal_dense(layout_ext, threads, case):
     C, out, H, W, k, stride, pad, dil, N = case
     torch.manual_seed(sum(case))
     weight = torch.randn(out, C, k, k) * (torch.rand(out, C, k, k) < 0.4)
@@ -66,28 +63,28 @@ def test_convolutions_through_the_layout_equal_dense(ext, threads, case):
     x = torch.randn(N, C, H, W)
     crow, col, values = dense_to_csr(weight.reshape(out, -1))
     geometry = _geometry(k, stride, pad, dil)
-    assert ext.conv_layout_pays(values.numel(), C, H, W, geometry)
-    offsets = ext.conv_offsets(col, C, H, W, geometry)
-    layout = ext.csr_panel_layout(crow, col, values, C * k * k, -1, 1)
+    assert layout_ext.conv_layout_pays(values.numel(), C, H, W, geometry)
+    offsets = layout_ext.conv_offsets(col, C, H, W, geometry)
+    layout = layout_ext.csr_panel_layout(crow, col, values, C * k * k, -1, 1)
     ref = F.conv2d(x, weight, bias, stride, pad, dil)
     residual = torch.randn_like(ref)
     for relu in (False, True):
         for res in (None, residual):
             want = ref if res is None else ref + res
             want = want.relu() if relu else want
-            got = ext.csr_conv2d(x, crow, offsets, values, bias, out, geometry, relu, -1, res,
-                                 layout)
+            got = layout_ext.csr_conv2d(x, crow, offsets, values, bias, out, geometry, relu,
+                                        -1, res, layout)
             scale = want.abs().max().clamp_min(1.0)
             assert ((got - want).abs().max() / scale).item() <= 1e-5
 
 
-def test_a_layout_of_another_weight_is_refused(ext):
+def test_a_layout_of_another_weight_is_refused(layout_ext):
     weight = torch.randn(24, 4 * 9) * (torch.rand(24, 4 * 9) < 0.5)
     crow, col, values = dense_to_csr(weight)
-    other = ext.csr_panel_layout(*dense_to_csr(torch.randn(12, 4 * 9)), 4 * 9, -1, 1)
-    offsets = ext.conv_offsets(col, 4, 14, 14, _geometry(3, 1, 1))
+    other = layout_ext.csr_panel_layout(*dense_to_csr(torch.randn(12, 4 * 9)), 4 * 9, -1, 1)
+    offsets = layout_ext.conv_offsets(col, 4, 14, 14, _geometry(3, 1, 1))
     with pytest.raises(RuntimeError, match="output width"):
-        ext.csr_conv2d(torch.randn(1, 4, 14, 14), crow, offsets, values, None, 24,
+        layout_ext.csr_conv2d(torch.randn(1, 4, 14, 14), crow, offsets, values, None, 24,
                        _geometry(3, 1, 1), False, -1, None, other)
 
 
@@ -98,7 +95,7 @@ def _sparse_conv(c_in: int, c_out: int, k: int, density: float) -> tuple[nn.Conv
     return conv, SparseConv2d.from_conv(conv)
 
 
-def test_sparse_conv2d_builds_the_layout_only_where_it_pays(ext):
+def test_sparse_conv2d_builds_the_layout_only_where_it_pays(layout_ext):
     torch.manual_seed(0)
     conv, sparse = _sparse_conv(8, 64, 3, 0.5)  # 32 nonzeros per column
     x = torch.randn(2, 8, 14, 14)
@@ -110,7 +107,7 @@ def test_sparse_conv2d_builds_the_layout_only_where_it_pays(ext):
         assert thin_sparse._panel_layout is None
 
 
-def test_the_switch_turns_the_layout_off_with_the_same_result(ext):
+def test_the_switch_turns_the_layout_off_with_the_same_result(layout_ext):
     torch.manual_seed(1)
     conv, sparse = _sparse_conv(6, 48, 3, 0.6)
     x = torch.randn(1, 6, 15, 15)
@@ -125,7 +122,7 @@ def test_the_switch_turns_the_layout_off_with_the_same_result(ext):
         torch.testing.assert_close(plain, conv(x), rtol=1e-4, atol=1e-4)
 
 
-def test_the_conv_layout_is_not_pickled(ext):
+def test_the_conv_layout_is_not_pickled(layout_ext):
     _, sparse = _sparse_conv(8, 64, 3, 0.5)
     with torch.no_grad():
         sparse(torch.randn(1, 8, 14, 14))

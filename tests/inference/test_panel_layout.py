@@ -8,17 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsebench.inference import SparseLinear, _extension, dense_to_csr
+from sparsebench.inference import SparseLinear, dense_to_csr
 from sparsebench.inference.sparse_linear import PANEL_LAYOUT_MIN_ROWS
-
-
-@pytest.fixture
-def ext():
-    _extension._reset_for_tests()
-    module = _extension.load_extension()
-    if module is None:
-        pytest.skip("C++ extension unavailable here (no compiler or ninja)")
-    return module
 
 
 def _hand_matrix() -> torch.Tensor:

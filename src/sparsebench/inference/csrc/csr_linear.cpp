@@ -2222,6 +2222,28 @@ at::Tensor conv_offsets(const at::Tensor& col, int64_t C, int64_t H, int64_t W,
   return off;
 }
 
+// Whole images per chunk: each thread prepares one image at a time in its own buffers, which
+// stay in its L2 (see bsr_conv2d_s1 for what going through memory cost). rows(xbuf, ybuf)
+// computes one prepared image's rows into the (out, L) buffer, without the residual.
+template <typename Rows>
+void conv_whole_images(const ConvGeometry& g, const float* xs, int64_t N, int64_t out,
+                       bool serial, int64_t threads, int64_t threading, bool relu,
+                       const float* rs, float* yd, Rows&& rows) {
+  const int64_t in_image = g.C * g.H * g.W, out_image = out * g.Ho() * g.Wo();
+  const int64_t buf_in = (g.image() + g.slack() + 15) / 16 * 16;
+  const int64_t chunks = serial ? 1 : std::min<int64_t>(N, threads * kChunksPerThread);
+  parallel_chunks(chunks, serial ? kSerial : threading, [&](int64_t c) {
+    thread_local std::vector<float> xstore, ystore;
+    float* xbuf = aligned_floats(xstore, buf_in);
+    float* ybuf = aligned_floats(ystore, out * g.L());
+    for (int64_t n = N * c / chunks, n1 = N * (c + 1) / chunks; n < n1; ++n) {
+      conv_prepare(g, xs + n * in_image, xbuf);
+      rows(xbuf, ybuf);
+      conv_trim(g, out, ybuf, yd + n * out_image, rs ? rs + n * out_image : nullptr, relu);
+    }
+  });
+}
+
 #if SB_HAVE_AVX512
 // csr_conv2d through the layout (see conv_layout_tile): len positions per image (the image's
 // own H*W when read in place, else the buffer's L), in `tiles` tiles of 64.
@@ -2245,18 +2267,12 @@ void conv_layout(const ConvGeometry& g, const PanelLayout& lay, const std::vecto
     });
     return;
   }
-  if (serial || N >= 2 * threads) {  // whole images per chunk, as in csr_conv2d
-    const int64_t chunks = serial ? 1 : std::min<int64_t>(N, threads * kChunksPerThread);
-    parallel_chunks(chunks, serial ? kSerial : threading, [&](int64_t c) {
-      thread_local std::vector<float> xstore, ystore;
-      float* xbuf = aligned_floats(xstore, buf_in);
-      float* ybuf = aligned_floats(ystore, out * len);
-      for (int64_t n = N * c / chunks, n1 = N * (c + 1) / chunks; n < n1; ++n) {
-        conv_prepare(g, xs + n * in_image, xbuf);
-        conv_layout_rows(lay, cols, foff.data(), 0, len, xbuf, bp, relu && !rs, ybuf, len);
-        conv_trim(g, out, ybuf, yd + n * out_image, residual(n), relu);
-      }
-    });
+  if (serial || N >= 2 * threads) {
+    conv_whole_images(g, xs, N, out, serial, threads, threading, relu, rs, yd,
+                      [&](const float* xbuf, float* ybuf) {
+                        conv_layout_rows(lay, cols, foff.data(), 0, len, xbuf, bp, relu && !rs,
+                                         ybuf, len);
+                      });
     return;
   }
   // Fewer images than threads: prepare them all, then the threads take tiles.
@@ -2360,19 +2376,10 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
     return y;
   }
   if (serial || N >= 2 * threads) {
-    // Whole images per chunk: each thread prepares one image at a time in its own buffers,
-    // which stay in its L2 (see bsr_conv2d_s1 for what going through memory cost).
-    const int64_t chunks = serial ? 1 : std::min<int64_t>(N, threads * kChunksPerThread);
-    parallel_chunks(chunks, serial ? kSerial : threading, [&](int64_t c) {
-      thread_local std::vector<float> xstore, ystore;
-      float* xbuf = aligned_floats(xstore, buf_in);
-      float* ybuf = aligned_floats(ystore, out * L);
-      for (int64_t n = N * c / chunks, n1 = N * (c + 1) / chunks; n < n1; ++n) {
-        conv_prepare(g, xs + n * in_image, xbuf);
-        conv_rows(0, out, L, rp, op, v, xbuf, bp, relu && !rs, ybuf, L);
-        conv_trim(g, out, ybuf, yd + n * out_image, rs ? rs + n * out_image : nullptr, relu);
-      }
-    });
+    conv_whole_images(g, xs, N, out, serial, threads, threading, relu, rs, yd,
+                      [&](const float* xbuf, float* ybuf) {
+                        conv_rows(0, out, L, rp, op, v, xbuf, bp, relu && !rs, ybuf, L);
+                      });
     return y;
   }
   // Fewer images than threads: prepare them all, then split each image's rows.
