@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,14 +295,18 @@ def _selection_score(run: Run, select_by: str | None) -> float | None:
     return -float(value) if lower else float(value)
 
 
+def parameter_count(model_name: str, options: Mapping[str, Any]) -> int:
+    """Returns the parameter count of the dense model ``model_name`` with ``options``."""
+    return sum(p.numel() for p in models.create(model_name, **options).parameters())
+
+
 def width_for_parameters(model_name: str, options: Mapping[str, Any], option: str,
                          parameters: int) -> tuple[int, int]:
     """Returns ``(value, count)``: the value of the integer model option ``option`` (at most
     its current value) whose dense model's parameter count is nearest ``parameters``, and that
     count. Counts grow with the option, so a binary search finds the crossing."""
     def count(value: int) -> int:
-        return sum(p.numel() for p in models.create(model_name, **{**options, option: value})
-                   .parameters())
+        return parameter_count(model_name, {**options, option: value})
 
     high = int(options[option])
     lo, hi = 1, high
@@ -317,14 +322,14 @@ def width_for_parameters(model_name: str, options: Mapping[str, Any], option: st
 
 
 def _read_parameters(run: Run, runs_dir: str | Path | None = None,
-                     total: int | None = None) -> int | None:
+                     total: Callable[[], int] | None = None) -> int | None:
     """Returns the nonzero weight count of a finished run, from its result.json where the
     store says it is, else under ``runs_dir`` (a checkout moved, or a study gone on on
-    another machine with its sources beside it), else, given ``total`` (the dense model's
-    parameter count), ``total`` less the zeros the store records in the run's layers: run
-    folders are not committed, so a fresh checkout of a study has the store alone. That
-    counts every parameter outside the recorded layers (biases, gates) as nonzero, as
-    result.json's count does for a trained model."""
+    another machine with its sources beside it), else, given ``total`` (which returns the
+    dense model's parameter count), that count less the zeros the store records in the run's
+    layers: run folders are not committed, so a fresh checkout of a study has the store
+    alone. That counts every parameter outside the recorded layers (biases, gates) as
+    nonzero, as result.json's count does for a trained model."""
     result = read_result(run.run_dir or "")
     if not result and runs_dir is not None:
         result = read_result(Path(runs_dir) / run.id)
@@ -335,7 +340,7 @@ def _read_parameters(run: Run, runs_dir: str | Path | None = None,
         return None
     zeros = sum(int(layer["size"]) - int(layer["nonzeros"]) for layer in run.layers
                 if "size" in layer and "nonzeros" in layer)
-    return total - zeros
+    return total() - zeros
 
 
 def _source_model_options(config, source: Run) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -368,9 +373,8 @@ def plan_phase2_from_runs(spec: SweepSpec, runs: Iterable[Run], phase1: Sequence
             if source is None:
                 continue
             options = _source_model_options(config, source)
-            total = sum(p.numel()
-                        for p in models.create(config.model.name, **options).parameters())
-            nonzero = _read_parameters(source, runs_dir, total)
+            nonzero = _read_parameters(
+                source, runs_dir, partial(parameter_count, config.model.name, options))
             if nonzero is None:
                 continue
             value, count = width_for_parameters(config.model.name, options, option, nonzero)
