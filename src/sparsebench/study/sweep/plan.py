@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from functools import partial
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
