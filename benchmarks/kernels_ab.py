@@ -47,17 +47,22 @@ def _block_mask(rows: int, cols: int, block: tuple[int, int], sparsity: float) -
 
 
 def _linear_case(ext, layer: SparseLinear, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """The call SparseLinear makes with this build: CSR with the count-class layout from
-    PANEL_LAYOUT_MIN_ROWS rows on where the build has one (built here, outside the timing, as
-    SparseLinear caches it), else plain CSR; or BSR."""
+    """The call SparseLinear makes with this build: CSR from PANEL_LAYOUT_MIN_ROWS rows on
+    through code compiled for the pattern where the build has it, else the count-class layout
+    where it has one (either built here, outside the timing, as SparseLinear caches it), else
+    plain CSR; or BSR."""
     if layer.block == (1, 1):
         args = (x, layer.crow_indices, layer.col_indices, layer.values, layer.bias,
                 layer.in_features, -1, -1)
         if hasattr(ext, "csr_panel_layout") and x.shape[0] >= PANEL_LAYOUT_MIN_ROWS:
             threads = torch.get_num_threads()
-            layout = ext.csr_panel_layout(layer.crow_indices, layer.col_indices, layer.values,
-                                          layer.in_features, -1,
-                                          1 if threads == 1 else 2 * threads)
+            parts = 1 if threads == 1 else 2 * threads
+            if getattr(ext, "HAVE_PATTERN_KERNEL", False):
+                layout = ext.csr_pattern_kernel(layer.crow_indices, layer.col_indices,
+                                                layer.values, layer.in_features, -1, -1, parts)
+            else:
+                layout = ext.csr_panel_layout(layer.crow_indices, layer.col_indices,
+                                              layer.values, layer.in_features, -1, parts)
             return lambda: ext.csr_linear(*args, 0, layout)
         return lambda: ext.csr_linear(*args)
     return lambda: ext.bsr_linear(x, layer.crow_indices, layer.col_indices, layer.values,

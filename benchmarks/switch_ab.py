@@ -8,12 +8,15 @@ engines' thread pools. The switches:
 * ``layout``: the count-class layout of the CSR weights: sparse Linears take it from
   ``PANEL_LAYOUT_MIN_ROWS`` rows on, sparse convolutions where the kernels say it pays
   (``sparse_conv.CONV_LAYOUT``); off, neither ever does.
+* ``compiled``: CSR Linears' products of many rows through code compiled for their pattern
+  (``sparse_linear.PATTERN_KERNEL``); off, through the count-class layout.
 * ``stream``: outputs larger than the kernels' threshold written by non-temporal stores
   (``set_stream_min_bytes``); off, never.
 
     .venv-bench/bin/python -W ignore benchmarks/switch_ab.py --model bert --batch 8 --threads 2
     .venv-bench/bin/python -W ignore benchmarks/switch_ab.py --model resnet50 --batch 8 \\
         --switch stream
+    .venv-bench/bin/python -W ignore benchmarks/switch_ab.py --model bert --switch compiled
 
 Prints both medians and off / on (above 1: the switch makes the model faster).
 """
@@ -56,7 +59,15 @@ def _stream(on: bool) -> None:
     ext.set_stream_min_bytes(-1 if on else 1 << 62)
 
 
-SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "stream": _stream}
+def _compiled(on: bool) -> None:
+    ext = _extension.load_extension()
+    if ext is None or not getattr(ext, "HAVE_PATTERN_KERNEL", False):
+        raise SystemExit("this build has no pattern kernels to switch")
+    sparse_linear.PATTERN_KERNEL = on
+
+
+SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "compiled": _compiled,
+                                               "stream": _stream}
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsebench.inference import SparseLinear, dense_to_csr
+from sparsebench.inference import SparseLinear, dense_to_csr, sparse_linear
 from sparsebench.inference.sparse_linear import PANEL_LAYOUT_MIN_ROWS
 
 
@@ -87,7 +87,13 @@ def test_a_layout_of_another_layer_is_refused(ext):
         ext.csr_panel_layout(crow, col, values, 30, -1, 0)
 
 
-def test_sparse_linear_rebuilds_its_layout_when_the_weight_changes(ext, threads):
+@pytest.fixture
+def count_class(monkeypatch):
+    """SparseLinear on the count-class layout, not on code compiled for its pattern."""
+    monkeypatch.setattr(sparse_linear, "PATTERN_KERNEL", False)
+
+
+def test_sparse_linear_rebuilds_its_layout_when_the_weight_changes(ext, threads, count_class):
     w = torch.randn(50, 40) * (torch.rand(50, 40) < 0.2)
     layer = SparseLinear.from_dense(w)
     x = torch.randn(PANEL_LAYOUT_MIN_ROWS, 40)
@@ -99,7 +105,7 @@ def test_sparse_linear_rebuilds_its_layout_when_the_weight_changes(ext, threads)
     assert layer._panel_layout[1] is not first
 
 
-def test_the_layout_is_not_pickled(ext, tmp_path):
+def test_the_layout_is_not_pickled(ext, tmp_path, count_class):
     w = torch.randn(50, 40) * (torch.rand(50, 40) < 0.2)
     layer = SparseLinear.from_dense(w)
     with torch.no_grad():

@@ -20,6 +20,7 @@ import importlib.resources
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import threading
@@ -67,11 +68,16 @@ def cpu_description() -> tuple[str, str]:
 
 
 def _source() -> str | None:
+    """Return the kernels' source as one translation unit: ``csr_linear.cpp`` with each of its
+    local ``#include "name.h"`` lines replaced by that header from ``csrc/``, so that the build
+    folder's key and ``kernel_version`` change with any of the files."""
     try:
-        return (
-            importlib.resources.files("sparsebench.inference")
-            .joinpath("csrc/csr_linear.cpp")
-            .read_text()
+        csrc = importlib.resources.files("sparsebench.inference").joinpath("csrc")
+        return re.sub(
+            r'^#include "([A-Za-z0-9_]+\.h)"$',
+            lambda m: csrc.joinpath(m.group(1)).read_text(),
+            csrc.joinpath("csr_linear.cpp").read_text(),
+            flags=re.MULTILINE,
         )
     except (OSError, ModuleNotFoundError):
         return None

@@ -35,6 +35,12 @@ _options = {"spmv": -1, "threading": -1}
 #: Rows of a product from which a CSR layer uses its count-class layout: one whole packed
 #: panel of the extension, which takes the layout from there on (below, it would not be read).
 PANEL_LAYOUT_MIN_ROWS = 64
+#: Whether CSR Linears run products of ``PANEL_LAYOUT_MIN_ROWS`` rows or more through code
+#: compiled for their pattern (``csr_pattern_kernel``: each group of rows keeps its sums in
+#: registers, one load of an input feature serves all of them) where the extension has it
+#: (x86-64 with AVX-512, Linux), rather than the count-class layout. A switch for timing both
+#: side by side (``benchmarks/switch_ab.py --switch compiled``).
+PATTERN_KERNEL = True
 #: Activations a ``SparseLinear`` can apply to its output as the kernel writes it, in the
 #: extension's numbering: exact GELU (erf) and its tanh form (GPT-2's ``gelu_new``).
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
@@ -340,18 +346,29 @@ class SparseLinear(nn.Module):
         self._torch_csr = None  # device/dtype moves invalidate the cached torch CSR tensor
         self._torch_bsr = None
         self._panel_layout = None
+        self._pattern_kernel = None
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
         """Pickle without the caches: they are rebuilt from the buffers on first use."""
         state = self.__dict__.copy()
-        for cache in ("_torch_csr", "_torch_bsr", "_panel_layout"):
+        for cache in ("_torch_csr", "_torch_bsr", "_panel_layout", "_pattern_kernel"):
             state[cache] = None
         return state
 
     def panel_layout(self, ext, parts: int) -> list[Tensor]:  # type: ignore[no-untyped-def]
-        """Return the extension's count-class layout of this CSR weight for products of many
-        rows (see ``count_class_layout``), built on first use and kept."""
+        """Return what the extension takes for products of many rows: code compiled for this
+        weight's pattern where it can (``PATTERN_KERNEL``), else the count-class layout (see
+        ``count_class_layout``); built on first use and kept until the weight changes."""
+        if PATTERN_KERNEL and getattr(ext, "HAVE_PATTERN_KERNEL", False):
+            key = (parts, self.values.data_ptr(), self.values._version,
+                   self.col_indices._version, self.crow_indices._version)
+            cached = getattr(self, "_pattern_kernel", None)
+            if cached is None or cached[0] != key:
+                kernel = ext.csr_pattern_kernel(self.crow_indices, self.col_indices,
+                                                self.values, self.in_features, -1, -1, parts)
+                self._pattern_kernel = cached = (key, kernel)
+            return cached[1]
         return count_class_layout(self, ext, parts, self.in_features)
 
     def torch_bsr(self) -> Tensor:

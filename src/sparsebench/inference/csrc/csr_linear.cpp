@@ -55,6 +55,10 @@
 #define SB_HAVE_AVX2 0
 #endif
 
+#if defined(__x86_64__) && defined(__linux__)
+#include "pattern_jit.h"
+#endif
+
 namespace {
 
 inline void cpu_relax() {
@@ -918,7 +922,30 @@ void class_rows(int64_t c, int64_t n, const int32_t* rows, const int16_t* off,
   typedef typename Vec<VL>::t vt;
   constexpr int TB = VL * NV;
   const int64_t count = C > 0 ? C : c;
-  for (int64_t r = 0; r < n; ++r, off += count, val += count) {
+  int64_t r = 0;
+  // Two rows at a time: 2 NV independent sums. With one row's NV, each sum takes one
+  // multiply-add per nonzero and waits for the last one (4 cycles on Zen 4), so a nonzero
+  // could not cost less than that latency, however fast the loads.
+  for (; r + 1 < n; r += 2, off += 2 * count, val += 2 * count) {
+    vt* s = sums + static_cast<int64_t>(rows[r]) * NV;
+    vt* s2 = sums + static_cast<int64_t>(rows[r + 1]) * NV;
+    vt a[NV], b[NV];
+    for (int q = 0; q < NV; ++q) a[q] = s[q];
+    for (int q = 0; q < NV; ++q) b[q] = s2[q];
+    const int16_t* off2 = off + count;
+    const float* val2 = val + count;
+#pragma GCC unroll 32
+    for (int64_t i = 0; i < count; ++i) {
+      const float w = val[i], w2 = val2[i];
+      const vt* xr = reinterpret_cast<const vt*>(xb + static_cast<int64_t>(off[i]) * TB);
+      const vt* xr2 = reinterpret_cast<const vt*>(xb + static_cast<int64_t>(off2[i]) * TB);
+      for (int q = 0; q < NV; ++q) a[q] += w * xr[q];
+      for (int q = 0; q < NV; ++q) b[q] += w2 * xr2[q];
+    }
+    for (int q = 0; q < NV; ++q) s[q] = a[q];
+    for (int q = 0; q < NV; ++q) s2[q] = b[q];
+  }
+  for (; r < n; ++r, off += count, val += count) {
     vt* s = sums + static_cast<int64_t>(rows[r]) * NV;
     vt a[NV];
     for (int q = 0; q < NV; ++q) a[q] = s[q];
@@ -949,9 +976,20 @@ struct PanelLayout {
   const int32_t* rows;
   const int16_t* offsets;
   const float* values;
+  // Set instead of the four above when the layout is code compiled for the pattern
+  // (build_pattern_kernel): rows per group, each chunk's code and first weight, the code.
+  int64_t group_rows = 0;
+  const int64_t *chunk_code = nullptr, *chunk_w = nullptr;
+  const uint8_t* code = nullptr;
 };
 
+constexpr int64_t kPatternMagic = 0x5053;  // meta[0] of a compiled pattern kernel
+PanelLayout check_pattern_kernel(const std::vector<at::Tensor>& t, int64_t out, int64_t in);
+
 PanelLayout check_panel_layout(const std::vector<at::Tensor>& t, int64_t out, int64_t in) {
+  if (t.size() == 6 && t[0].scalar_type() == at::kLong && t[0].numel() == 6 &&
+      t[0].data_ptr<int64_t>()[0] == kPatternMagic)
+    return check_pattern_kernel(t, out, in);
   TORCH_CHECK(t.size() == 7, "panel layout: expected 7 tensors, got ", t.size());
   for (int i = 0; i < 7; ++i) TORCH_CHECK(t[i].is_contiguous(), "panel layout: tensor ", i,
                                           " is not contiguous");
@@ -1078,6 +1116,196 @@ float* aligned_floats(std::vector<float>& v, int64_t n) {
   return v.data() + ((64 - at % 64) % 64) / sizeof(float);
 }
 
+// ---------------------------------------------------------------------------------------
+// Large batches through code compiled for the pattern (pattern_jit.h says why).
+//
+// Rows are taken in groups of R, their sums in zmm0..zmm(R-1); features in blocks of
+// kblock. One function per group and block, of the form
+//   void chunk(const float* xb,  // rdi: the block's first feature in a 16-column slice of
+//                                //      a packed panel (features 64 floats apart)
+//              const float* w,   // rsi: the chunk's weights, in the order its code reads them
+//              float* sums)      // rdx: the group's first row's sums in that slice (rows 64
+//                                //      floats apart, as layout_panel_part keeps them)
+// loads the sums of the rows with nonzeros there, then for each feature with any: one load
+// of x into zmm31 and one broadcast multiply-add per nonzero; then stores the sums. It is
+// called for the 4 slices of a 64-column panel in turn, so its code, fetched once from L2 or
+// L3, runs 4 times from L1 (a chunk is about 20 KB at R = 28, 90% and 768 features).
+//
+// The kernel's tensors:
+//   meta        int64 [kPatternMagic, R, kblock, parts, groups, blocks]
+//   part_rows   int64 [parts + 1]: the row range of each part, whole groups, balanced by
+//               nonzeros (a thread's share, as in the count-class layout)
+//   chunk_code  int64 [groups * blocks + 1]: byte offset of each chunk's code (none where
+//               equal to the next)
+//   chunk_w     int64 [groups * blocks]: each chunk's first weight
+//   weights     float32, in code order
+//   code        uint8, on pages mapped executable (pattern_jit::Executable)
+#if SB_HAVE_AVX512 && defined(__x86_64__) && defined(__linux__)
+#define SB_HAVE_PATTERN_JIT 1
+constexpr int kPatternGroupRows = 31;  // sums in zmm0-30; zmm31 holds x
+constexpr int kPatternXRegister = 31;
+constexpr int64_t kPatternSlice = 16;  // batch columns per call (one register)
+constexpr int64_t kPatternRowStride = 64 * sizeof(float);  // bytes between rows of sums / x
+
+using PatternChunk = void (*)(const float*, const float*, float*);
+
+template <typename I>
+std::vector<at::Tensor> build_pattern_kernel(const int32_t* rp, const I* ci, const float* v,
+                                             int64_t out, int64_t in, int64_t R, int64_t kb,
+                                             int64_t parts) {
+  using pattern_jit::Emitter;
+  using pattern_jit::MovingBase;
+  const int64_t groups = (out + R - 1) / R, blocks = (in + kb - 1) / kb;
+  // Parts: whole groups, balanced by nonzeros (splits of the rows, rounded to groups).
+  std::vector<int64_t> part_rows{0};
+  for (int64_t p = 1; p < parts; ++p) {
+    const int64_t target = static_cast<int64_t>(rp[out]) * p / parts;
+    int64_t g = part_rows.back() / R;
+    while (g < groups && rp[std::min(out, (g + 1) * R)] <= target) ++g;
+    part_rows.push_back(std::min(out, g * R));
+  }
+  part_rows.push_back(out);
+  Emitter e;
+  std::vector<float> weights;
+  weights.reserve(rp[out]);
+  std::vector<int64_t> chunk_code, chunk_w;
+  std::vector<int64_t> cursor(rp, rp + out + 1);
+  struct Entry { int64_t feature; int row; float w; };
+  std::vector<Entry> entries;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t r0 = g * R, r1 = std::min(out, r0 + R);
+    for (int64_t t = 0; t < blocks; ++t) {
+      chunk_code.push_back(static_cast<int64_t>(e.bytes.size()));
+      chunk_w.push_back(static_cast<int64_t>(weights.size()));
+      entries.clear();
+      uint32_t used = 0;
+      for (int64_t o = r0; o < r1; ++o)
+        for (int64_t& j = cursor[o]; j < rp[o + 1] && static_cast<int64_t>(ci[j]) < (t + 1) * kb; ++j) {
+          entries.push_back({static_cast<int64_t>(ci[j]) - t * kb, static_cast<int>(o - r0), v[j]});
+          used |= 1u << (o - r0);
+        }
+      if (entries.empty()) continue;
+      std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+        return a.feature != b.feature ? a.feature < b.feature : a.row < b.row;
+      });
+      for (int r = 0; r < R; ++r)
+        if (used >> r & 1) e.load(r, pattern_jit::kRdx, static_cast<int32_t>(r * kPatternRowStride));
+      MovingBase x{pattern_jit::kRdi, 64}, w{pattern_jit::kRsi, 4};
+      int64_t last = -1, j = 0;
+      for (const Entry& n : entries) {
+        if (n.feature != last) {
+          e.load(kPatternXRegister, pattern_jit::kRdi, x.disp(e, n.feature * kPatternRowStride));
+          last = n.feature;
+        }
+        e.fma_broadcast(n.row, kPatternXRegister, pattern_jit::kRsi, w.disp(e, 4 * j++));
+        weights.push_back(n.w);
+      }
+      for (int r = 0; r < R; ++r)
+        if (used >> r & 1) e.store(pattern_jit::kRdx, static_cast<int32_t>(r * kPatternRowStride), r);
+      e.ret();
+    }
+  }
+  chunk_code.push_back(static_cast<int64_t>(e.bytes.size()));
+  auto from = [](const auto& vec, at::ScalarType type) {
+    at::Tensor t = at::empty({static_cast<int64_t>(vec.size())}, at::TensorOptions().dtype(type));
+    if (!vec.empty()) std::memcpy(t.data_ptr(), vec.data(), vec.size() * sizeof(vec[0]));
+    return t;
+  };
+  if (e.bytes.empty()) e.ret();  // an all-zero weight: no chunk, but a mapping to point at
+  const auto mapped = pattern_jit::Executable::map(e.bytes);
+  at::Tensor code = at::from_blob(
+      mapped.first, {static_cast<int64_t>(e.bytes.size())},
+      [size = mapped.second](void* p) { pattern_jit::Executable::unmap(p, size); },
+      at::TensorOptions().dtype(at::kByte));
+  return {from(std::vector<int64_t>{kPatternMagic, R, kb, parts, groups, blocks}, at::kLong),
+          from(part_rows, at::kLong), from(chunk_code, at::kLong), from(chunk_w, at::kLong),
+          from(weights, at::kFloat), code};
+}
+
+PanelLayout check_pattern_kernel(const std::vector<at::Tensor>& t, int64_t out, int64_t in) {
+  for (int i = 0; i < 6; ++i)
+    TORCH_CHECK(t[i].is_contiguous(), "pattern kernel: tensor ", i, " is not contiguous");
+  const int64_t* meta = t[0].data_ptr<int64_t>();
+  const int64_t R = meta[1], kb = meta[2], parts = meta[3], groups = meta[4], blocks = meta[5];
+  TORCH_CHECK(R >= 1 && R <= kPatternGroupRows && groups == (out + R - 1) / R,
+              "pattern kernel: built for another output width");
+  TORCH_CHECK(kb > 0 && blocks == (in + kb - 1) / kb, "pattern kernel: built for another input width");
+  TORCH_CHECK(t[1].scalar_type() == at::kLong && t[1].numel() == parts + 1 &&
+                  t[1].data_ptr<int64_t>()[parts] == out &&
+                  t[2].scalar_type() == at::kLong && t[2].numel() == groups * blocks + 1 &&
+                  t[3].scalar_type() == at::kLong && t[3].numel() == groups * blocks &&
+                  t[4].scalar_type() == at::kFloat && t[5].scalar_type() == at::kByte &&
+                  t[2].data_ptr<int64_t>()[groups * blocks] <= t[5].numel(),
+              "pattern kernel: tensors of the wrong type or size");
+  // Code is only ever run from the pages it was mapped to: a copy (deepcopy, clone, a
+  // pickle's round trip) is ordinary memory and is refused here, not executed.
+  TORCH_CHECK(pattern_jit::Executable::holds(t[5].data_ptr(), t[5].numel()),
+              "pattern kernel: its code is a copy, not the executable original; build it again");
+  PanelLayout L{kb, parts, blocks, t[1].data_ptr<int64_t>(), nullptr, nullptr, nullptr, nullptr,
+                t[4].data_ptr<float>()};
+  L.group_rows = R;
+  L.chunk_code = t[2].data_ptr<int64_t>();
+  L.chunk_w = t[3].data_ptr<int64_t>();
+  L.code = t[5].data_ptr<uint8_t>();
+  return L;
+}
+
+// Part p of n full 64-column panels (xT[i]: (in, 64)) through the compiled chunks, written
+// into each panel's 64 batch rows of y (y[i]). Each chunk's code runs 4 n times in a row.
+void pattern_panel_part(const PanelLayout& L, int64_t p, const float* const* xT, float* const* y,
+                        int64_t n, const float* bias, int64_t out, int64_t act, bool stream) {
+  constexpr int64_t TB = 4 * kPatternSlice;
+  const int64_t r0 = L.part_rows[p], r1 = L.part_rows[p + 1], R = L.group_rows;
+  const int64_t rows = r1 - r0;
+  thread_local std::vector<float> store;
+  float* sums = aligned_floats(store, n * rows * TB);  // the chunks' aligned loads need it
+  for (int64_t o = r0; o < r1; ++o) {
+    const __m512 b = _mm512_set1_ps(bias ? bias[o] : 0.f);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t q = 0; q < TB; q += kPatternSlice)
+        _mm512_store_ps(sums + (i * rows + o - r0) * TB + q, b);
+  }
+  for (int64_t g = r0 / R, ge = (r1 + R - 1) / R; g < ge; ++g) {
+    for (int64_t t = 0; t < L.blocks; ++t) {
+      const int64_t k = g * L.blocks + t;
+      if (L.chunk_code[k + 1] == L.chunk_code[k]) continue;
+      const auto chunk = reinterpret_cast<PatternChunk>(L.code + L.chunk_code[k]);
+      const float* w = L.values + L.chunk_w[k];
+      for (int64_t i = 0; i < n; ++i) {
+        const float* xb = xT[i] + t * L.kblock * TB;
+        float* s = sums + (i * rows + g * R - r0) * TB;
+        for (int64_t q = 0; q < TB; q += kPatternSlice) chunk(xb + q, w, s + q);
+      }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i)
+    write_panel_rows<TB>(sums + i * rows * TB, r0, r1, y[i], out, act, stream);
+}
+
+// Panels run together through the compiled chunks: as many as keep their packed inputs
+// within about 512 KB of the L2 (2 at 768 features, 1 from 1,025 on).
+inline int64_t pattern_panels_per_pass(const PanelLayout& L, int64_t in) {
+  if (L.code == nullptr) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(4, (int64_t{512} << 10) / (in * 64 * 4)));
+}
+#else
+#define SB_HAVE_PATTERN_JIT 0
+PanelLayout check_pattern_kernel(const std::vector<at::Tensor>&, int64_t, int64_t) {
+  TORCH_CHECK(false, "pattern kernels need x86-64 with AVX-512 on Linux");
+}
+inline int64_t pattern_panels_per_pass(const PanelLayout&, int64_t) { return 1; }
+#endif
+
+// Part p of one full panel through whichever layout L is.
+template <int VL>
+void panel_part(const PanelLayout& L, int64_t p, const float* xT, const float* bias, float* y,
+                int64_t out, int64_t act, bool stream) {
+#if SB_HAVE_PATTERN_JIT
+  if (L.code != nullptr) return pattern_panel_part(L, p, &xT, &y, 1, bias, out, act, stream);
+#endif
+  layout_panel_part<VL, 4>(L, p, xT, bias, y, out, act, stream);
+}
+
 // Large batches (a BERT encoder at batch 8 x 128 tokens multiplies 1,024 rows): xT as one
 // (in, B) matrix is megabytes, and visiting it once per block of 16 output rows streamed all
 // of it from memory again and again; with B a power of two its rows are also 4 KB apart, so
@@ -1137,19 +1365,39 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
     // 1.06-1.21x on one thread, 1.04-1.23x on two; at 128 rows 1.01-1.13x and level
     // (results/benchmarks/kernels_ab_panel_major_*.txt). The layout's parts run one after
     // another.
-    parallel_chunks(serial ? 1 : panels, threading, [&](int64_t c) {
+    // Code compiled for the pattern runs a pass of several panels at once where their
+    // inputs fit the L2 together (pattern_panels_per_pass), if that leaves 2 passes a thread.
+    const int64_t per_pass = pattern_panels_per_pass(*layout, in);
+    const int64_t n = serial || panels >= 2 * threads * per_pass ? per_pass : 1;
+    const int64_t passes = (panels + n - 1) / n;
+    parallel_chunks(serial ? 1 : passes, threading, [&](int64_t c) {
       thread_local std::vector<float> store;
-      float* xT = aligned_floats(store, panel * in);
-      for (int64_t p = serial ? 0 : c, pe = serial ? panels : c + 1; p < pe; ++p) {
-        const int64_t b0 = p * panel, width = std::min(panel, B - b0);
-        transpose_into(xs + b0 * in, width, in, in, xT, width);
-        float* yo = yp + b0 * out;
-        if (width < panel) {
-          spmm_rows<I>(0, out, rp, ci, v, xT, width, width, bias, yo, out, act);
-          continue;
+      float* buf = aligned_floats(store, n * panel * in);
+      for (int64_t u = serial ? 0 : c, ue = serial ? passes : c + 1; u < ue; ++u) {
+        const float* xT[4];
+        float* yo[4];
+        int64_t full = 0;
+        for (int64_t p = u * n, pe = std::min(panels, (u + 1) * n); p < pe; ++p) {
+          const int64_t b0 = p * panel, width = std::min(panel, B - b0);
+          float* xp = buf + (p - u * n) * panel * in;
+          transpose_into(xs + b0 * in, width, in, in, xp, width);
+          if (width < panel) {
+            spmm_rows<I>(0, out, rp, ci, v, xp, width, width, bias, yp + b0 * out, out, act);
+            continue;
+          }
+          xT[full] = xp;
+          yo[full++] = yp + b0 * out;
         }
-        for (int64_t k = 0; k < layout->parts; ++k)
-          layout_panel_part<VL, 4>(*layout, k, xT, bias, yo, out, act, stream);
+        for (int64_t k = 0; k < layout->parts && full > 0; ++k) {
+#if SB_HAVE_PATTERN_JIT
+          if (layout->code != nullptr) {
+            pattern_panel_part(*layout, k, xT, yo, full, bias, out, act, stream);
+            continue;
+          }
+#endif
+          for (int64_t i = 0; i < full; ++i)
+            layout_panel_part<VL, 4>(*layout, k, xT[i], bias, yo[i], out, act, stream);
+        }
       }
 #if SB_HAVE_AVX512
       if (stream) _mm_sfence();  // streamed lines visible before another thread reads y
@@ -1201,7 +1449,7 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
     const float* xT = pp + p * panel * in;
     float* yo = yp + p * panel * out;
     if (layout != nullptr && width == panel) {
-      layout_panel_part<VL, 4>(*layout, k, xT, bias, yo, out, act, stream);
+      panel_part<VL>(*layout, k, xT, bias, yo, out, act, stream);
 #if SB_HAVE_AVX512
       if (stream) _mm_sfence();
 #endif
@@ -1662,9 +1910,9 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   const PanelLayout* lp = nullptr;
   if (!layout.empty()) {
     checked = check_panel_layout(layout, out, in_features);
-    TORCH_CHECK(layout[6].numel() == values.numel(),
-                "csr_linear: the panel layout holds ", layout[6].numel(),
-                " nonzeros, the weight ", values.numel());
+    const at::Tensor& held = layout[checked.code != nullptr ? 4 : 6];
+    TORCH_CHECK(held.numel() == values.numel(), "csr_linear: the panel layout holds ",
+                held.numel(), " nonzeros, the weight ", values.numel());
     lp = &checked;
   }
   if (col.scalar_type() == at::kShort) {
@@ -1701,6 +1949,39 @@ std::vector<at::Tensor> csr_panel_layout(const at::Tensor& crow, const at::Tenso
                             in_features, kb, p);
 }
 
+// Code compiled for the pattern of a CSR weight, for products of 64 rows or more (see
+// pattern_panel_part): groups of `group_rows` rows (<= 0: the default, 28), feature blocks of
+// `kblock` (<= 0: the whole input up to 1,024 features, else blocks of 768), rows in `parts`
+// parts of whole groups balanced by nonzeros.
+std::vector<at::Tensor> csr_pattern_kernel(const at::Tensor& crow, const at::Tensor& col,
+                                           const at::Tensor& values, int64_t in_features,
+                                           int64_t group_rows, int64_t kblock, int64_t parts) {
+#if SB_HAVE_PATTERN_JIT
+  TORCH_CHECK(crow.scalar_type() == at::kInt && crow.is_contiguous(), "crow must be int32");
+  TORCH_CHECK(col.is_contiguous() && values.is_contiguous() &&
+                  values.scalar_type() == at::kFloat && col.numel() == values.numel(),
+              "col/values must be contiguous, values float32, one index per value");
+  TORCH_CHECK(parts >= 1, "csr_pattern_kernel: parts must be at least 1, got ", parts);
+  TORCH_CHECK(group_rows <= kPatternGroupRows, "csr_pattern_kernel: at most ",
+              kPatternGroupRows, " rows per group (one register each), got ", group_rows);
+  const int64_t out = crow.size(0) - 1;
+  const int32_t* rp = crow.data_ptr<int32_t>();
+  TORCH_CHECK(rp[out] == values.numel(), "csr_pattern_kernel: crow ends at ", rp[out],
+              " but there are ", values.numel(), " values");
+  const int64_t R = group_rows > 0 ? group_rows : kPatternGroupRows;
+  const int64_t kb = kblock > 0 ? kblock : in_features <= 1024 ? std::max<int64_t>(in_features, 1) : 768;
+  const int64_t groups = std::max<int64_t>((out + R - 1) / R, 1);
+  const int64_t p = std::min<int64_t>(parts, groups);
+  if (col.scalar_type() == at::kShort)
+    return build_pattern_kernel(rp, col.data_ptr<int16_t>(), values.data_ptr<float>(), out,
+                                in_features, R, kb, p);
+  TORCH_CHECK(col.scalar_type() == at::kInt, "col indices must be int16 or int32");
+  return build_pattern_kernel(rp, col.data_ptr<int32_t>(), values.data_ptr<float>(), out,
+                              in_features, R, kb, p);
+#else
+  TORCH_CHECK(false, "csr_pattern_kernel: needs x86-64 with AVX-512 on Linux");
+#endif
+}
 
 // y = x @ W.T + b with W in BSR. x: (batch, in) float32; W covers (out, in) with its last
 // block row/column padded; values (nblocks, bh, bw). Returns y: (batch, out), contiguous.
@@ -2348,6 +2629,7 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   if (!layout.empty()) {
 #if SB_HAVE_AVX512
     const PanelLayout lay = check_panel_layout(layout, out, g.C * g.kh * g.kw);
+    TORCH_CHECK(lay.code == nullptr, "csr_conv2d: takes a count-class layout, not a pattern kernel");
     TORCH_CHECK(layout[6].numel() == values.numel(), "csr_conv2d: the layout holds ",
                 layout[6].numel(), " nonzeros, the weight ", values.numel());
     const int64_t len = in_place ? g.H * g.W : L;
@@ -2895,6 +3177,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The count-class layout of a CSR weight for products of 128 rows or more",
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("in_features"),
         py::arg("kblock") = -1, py::arg("parts") = 1);
+  m.def("csr_pattern_kernel", &csr_pattern_kernel,
+        "Code compiled for a CSR weight's pattern, for products of 64 rows or more; "
+        "csr_linear takes it as its layout",
+        py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("in_features"),
+        py::arg("group_rows") = -1, py::arg("kblock") = -1, py::arg("parts") = 1);
+  m.attr("HAVE_PATTERN_KERNEL") = static_cast<bool>(SB_HAVE_PATTERN_JIT);
   m.def("pool_stats", [] { return WorkPool::instance().stats(); },
         "(pooled jobs, stalls detected, jobs run serially while backing off from a stall)");
   m.def("adaptive_stats", [] {
