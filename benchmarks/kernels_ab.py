@@ -29,7 +29,11 @@ from torch import nn
 
 from sparsebench.inference import _extension
 from sparsebench.inference.sparse_conv import SparseConv2d
-from sparsebench.inference.sparse_linear import PANEL_LAYOUT_MIN_ROWS, SparseLinear
+from sparsebench.inference.sparse_linear import (
+    PANEL_LAYOUT_MIN_ROWS,
+    PATTERN_KERNEL_MIN_ROWS,
+    SparseLinear,
+)
 from sparsebench.inference.timing import (
     Comparison,
     LoadWatch,
@@ -47,17 +51,18 @@ def _block_mask(rows: int, cols: int, block: tuple[int, int], sparsity: float) -
 
 
 def _linear_case(ext, layer: SparseLinear, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """The call SparseLinear makes with this build: CSR from PANEL_LAYOUT_MIN_ROWS rows on
-    through code compiled for the pattern where the build has it, else the count-class layout
-    where it has one (either built here, outside the timing, as SparseLinear caches it), else
-    plain CSR; or BSR."""
+    """The call SparseLinear makes with this build: CSR from PATTERN_KERNEL_MIN_ROWS rows on
+    through code compiled for the pattern where the build has it, from PANEL_LAYOUT_MIN_ROWS
+    through the count-class layout where it has one (either built here, outside the timing,
+    as SparseLinear caches it), else plain CSR; or BSR."""
     if layer.block == (1, 1):
         args = (x, layer.crow_indices, layer.col_indices, layer.values, layer.bias,
                 layer.in_features, -1, -1)
         if hasattr(ext, "csr_panel_layout") and x.shape[0] >= PANEL_LAYOUT_MIN_ROWS:
             threads = torch.get_num_threads()
             parts = 1 if threads == 1 else 2 * threads
-            if getattr(ext, "HAVE_PATTERN_KERNEL", False):
+            if getattr(ext, "HAVE_PATTERN_KERNEL", False) \
+                    and x.shape[0] >= PATTERN_KERNEL_MIN_ROWS:
                 layout = ext.csr_pattern_kernel(layer.crow_indices, layer.col_indices,
                                                 layer.values, layer.in_features, -1, -1, parts)
             else:

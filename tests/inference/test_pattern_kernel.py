@@ -119,13 +119,24 @@ def test_bad_arguments_get_one_sentence(jit):
                        False, -1, None, kernel)
 
 
+def test_sparse_linear_keeps_the_layout_below_the_kernel_rows(jit, monkeypatch):
+    monkeypatch.setattr(sparse_linear, "PATTERN_KERNEL", True)
+    w = _sparse(90, 200, 0.1)
+    layer = SparseLinear.from_dense(w)
+    x = torch.randn(sparse_linear.PATTERN_KERNEL_MIN_ROWS - 1, 200)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    assert getattr(layer, "_pattern_kernel", None) is None
+    assert layer._panel_layout is not None
+
+
 def test_sparse_linear_takes_the_kernel_and_rebuilds_it_after_a_copy(jit, monkeypatch):
     monkeypatch.setattr(sparse_linear, "PATTERN_KERNEL", True)
     lin = torch.nn.Linear(200, 90)
     with torch.no_grad():
         lin.weight.mul_(torch.rand_like(lin.weight) < 0.1)
     layer = SparseLinear.from_linear(lin)
-    x = torch.randn(2, 64, 200)
+    x = torch.randn(2, sparse_linear.PATTERN_KERNEL_MIN_ROWS // 2, 200)
     with torch.no_grad():
         expected = lin(x)
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)

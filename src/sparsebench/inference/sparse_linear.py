@@ -41,6 +41,12 @@ PANEL_LAYOUT_MIN_ROWS = 64
 #: (x86-64 with AVX-512, Linux), rather than the count-class layout. A switch for timing both
 #: side by side (``benchmarks/switch_ab.py --switch compiled``).
 PATTERN_KERNEL = True
+#: Rows of a product from which the compiled code is used. Its code and weights take about
+#: 13 bytes per nonzero against the layout's 6, and a model's code does not stay in the L3
+#: between forwards (BERT-base's at 90%: 80 MB), so each call streams it from memory: BERT at
+#: 128 tokens, batch 1, ran 0.98x with it, at batch 8 (1,024 rows) 1.14x
+#: (results/benchmarks/switch_ab_compiled.txt).
+PATTERN_KERNEL_MIN_ROWS = 256
 #: Activations a ``SparseLinear`` can apply to its output as the kernel writes it, in the
 #: extension's numbering: exact GELU (erf) and its tanh form (GPT-2's ``gelu_new``).
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
@@ -356,11 +362,14 @@ class SparseLinear(nn.Module):
             state[cache] = None
         return state
 
-    def panel_layout(self, ext, parts: int) -> list[Tensor]:  # type: ignore[no-untyped-def]
-        """Return what the extension takes for products of many rows: code compiled for this
-        weight's pattern where it can (``PATTERN_KERNEL``), else the count-class layout (see
-        ``count_class_layout``); built on first use and kept until the weight changes."""
-        if PATTERN_KERNEL and getattr(ext, "HAVE_PATTERN_KERNEL", False):
+    def panel_layout(self, ext, parts: int,  # type: ignore[no-untyped-def]
+                     rows: int = PATTERN_KERNEL_MIN_ROWS) -> list[Tensor]:
+        """Return what the extension takes for a product of ``rows`` rows: code compiled for
+        this weight's pattern where it can (``PATTERN_KERNEL``, from
+        ``PATTERN_KERNEL_MIN_ROWS`` rows on), else the count-class layout (see
+        ``count_class_layout``); each built on first use and kept until the weight changes."""
+        if PATTERN_KERNEL and rows >= PATTERN_KERNEL_MIN_ROWS \
+                and getattr(ext, "HAVE_PATTERN_KERNEL", False):
             key = (parts, self.values.data_ptr(), self.values._version,
                    self.col_indices._version, self.crow_indices._version)
             cached = getattr(self, "_pattern_kernel", None)
@@ -461,7 +470,8 @@ class SparseLinear(nn.Module):
             layout = []
             if x2.shape[0] >= PANEL_LAYOUT_MIN_ROWS and hasattr(ext, "csr_panel_layout"):
                 threads = torch.get_num_threads()
-                layout = self.panel_layout(ext, 1 if threads <= 1 else 2 * threads)
+                layout = self.panel_layout(ext, 1 if threads <= 1 else 2 * threads,
+                                           x2.shape[0])
             y = ext.csr_linear(
                 x2,
                 self.crow_indices,
