@@ -149,3 +149,19 @@ def test_sparse_linear_takes_the_kernel_and_rebuilds_it_after_a_copy(jit, monkey
         torch.testing.assert_close(layer(x), 2 * (expected - lin.bias) + lin.bias,
                                    rtol=1e-5, atol=1e-5)
     assert layer.__getstate__()["_pattern_kernel"] is None  # never pickled
+
+
+def test_a_megabyte_of_code_on_its_own_pages(jit):
+    # 1024 x 1024 at 12%: about 126,000 nonzeros, more than a megabyte of code, which is
+    # mapped on 2 MB pages (where the system gives transparent huge pages).
+    w = _sparse(1024, 1024, 0.12, seed=3)
+    crow, col, values = dense_to_csr(w)
+    kernel = jit.csr_pattern_kernel(crow, col, values, 1024)
+    assert kernel[5].numel() >= 1 << 20
+    x = torch.randn(256, 1024)
+    y = jit.csr_linear(x, crow, col, values, None, 1024, -1, -1, 0, kernel)
+    torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-4)
+    del kernel, y  # unmapped with the tensor; a second one maps afresh
+    again = jit.csr_pattern_kernel(crow, col, values, 1024)
+    y = jit.csr_linear(x, crow, col, values, None, 1024, -1, -1, 0, again)
+    torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-4)
