@@ -936,30 +936,7 @@ void class_rows(int64_t c, int64_t n, const int32_t* rows, const int16_t* off,
   typedef typename Vec<VL>::t vt;
   constexpr int TB = VL * NV;
   const int64_t count = C > 0 ? C : c;
-  int64_t r = 0;
-  // Two rows at a time: 2 NV independent sums. With one row's NV, each sum takes one
-  // multiply-add per nonzero and waits for the last one (4 cycles on Zen 4), so a nonzero
-  // could not cost less than that latency, however fast the loads.
-  for (; r + 1 < n; r += 2, off += 2 * count, val += 2 * count) {
-    vt* s = sums + static_cast<int64_t>(rows[r]) * NV;
-    vt* s2 = sums + static_cast<int64_t>(rows[r + 1]) * NV;
-    vt a[NV], b[NV];
-    for (int q = 0; q < NV; ++q) a[q] = s[q];
-    for (int q = 0; q < NV; ++q) b[q] = s2[q];
-    const int16_t* off2 = off + count;
-    const float* val2 = val + count;
-#pragma GCC unroll 32
-    for (int64_t i = 0; i < count; ++i) {
-      const float w = val[i], w2 = val2[i];
-      const vt* xr = reinterpret_cast<const vt*>(xb + static_cast<int64_t>(off[i]) * TB);
-      const vt* xr2 = reinterpret_cast<const vt*>(xb + static_cast<int64_t>(off2[i]) * TB);
-      for (int q = 0; q < NV; ++q) a[q] += w * xr[q];
-      for (int q = 0; q < NV; ++q) b[q] += w2 * xr2[q];
-    }
-    for (int q = 0; q < NV; ++q) s[q] = a[q];
-    for (int q = 0; q < NV; ++q) s2[q] = b[q];
-  }
-  for (; r < n; ++r, off += count, val += count) {
+  for (int64_t r = 0; r < n; ++r, off += count, val += count) {
     vt* s = sums + static_cast<int64_t>(rows[r]) * NV;
     vt a[NV];
     for (int q = 0; q < NV; ++q) a[q] = s[q];
