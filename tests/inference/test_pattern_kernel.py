@@ -165,3 +165,28 @@ def test_a_megabyte_of_code_on_its_own_pages(jit):
     again = jit.csr_pattern_kernel(crow, col, values, 1024)
     y = jit.csr_linear(x, crow, col, values, None, 1024, -1, -1, 0, again)
     torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+def test_a_system_that_refuses_executable_memory_gets_the_layout(jit, monkeypatch):
+    """Where mapping the code fails (a system that forbids writable-then-executable pages),
+    the layer says so once and runs through the count-class layout, with the same result."""
+
+    class Refusing:
+        HAVE_PATTERN_KERNEL = True
+
+        def __getattr__(self, name):
+            return getattr(jit, name)
+
+        def csr_pattern_kernel(self, *args):
+            raise RuntimeError("csr_pattern_kernel: the system refused executable memory")
+
+    monkeypatch.setattr(sparse_linear, "_refused", [])
+    monkeypatch.setattr(sparse_linear._extension, "load_extension", lambda: Refusing())
+    w = _sparse(90, 200, 0.1)
+    layer = SparseLinear.from_dense(w)
+    x = torch.randn(sparse_linear.PATTERN_KERNEL_MIN_ROWS, 200)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    assert len(sparse_linear._refused) == 1  # asked once, not at every call
+    assert layer._panel_layout is not None

@@ -14,6 +14,7 @@ Only blocks with a nonzero are stored, and the kernel's cost is proportional to 
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsebench.inference import _extension
+
+log = logging.getLogger(__name__)
 
 #: Largest ``in_features`` for which column indices fit int16.
 INT16_MAX_COLS = 32767
@@ -47,6 +50,8 @@ PATTERN_KERNEL = True
 #: 128 tokens, batch 1, ran 0.98x with it, at batch 8 (1,024 rows) 1.14x
 #: (results/benchmarks/switch_ab_compiled.txt).
 PATTERN_KERNEL_MIN_ROWS = 256
+#: Why this process builds no more compiled kernels (the system refused executable memory).
+_refused: list[str] = []
 #: Activations a ``SparseLinear`` can apply to its output as the kernel writes it, in the
 #: extension's numbering: exact GELU (erf) and its tanh form (GPT-2's ``gelu_new``).
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
@@ -368,14 +373,19 @@ class SparseLinear(nn.Module):
         this weight's pattern where it can (``PATTERN_KERNEL``, from
         ``PATTERN_KERNEL_MIN_ROWS`` rows on), else the count-class layout (see
         ``count_class_layout``); each built on first use and kept until the weight changes."""
-        if PATTERN_KERNEL and rows >= PATTERN_KERNEL_MIN_ROWS \
+        if PATTERN_KERNEL and rows >= PATTERN_KERNEL_MIN_ROWS and not _refused \
                 and getattr(ext, "HAVE_PATTERN_KERNEL", False):
             key = (parts, self.values.data_ptr(), self.values._version,
                    self.col_indices._version, self.crow_indices._version)
             cached = getattr(self, "_pattern_kernel", None)
             if cached is None or cached[0] != key:
-                kernel = ext.csr_pattern_kernel(self.crow_indices, self.col_indices,
-                                                self.values, self.in_features, -1, -1, parts)
+                try:
+                    kernel = ext.csr_pattern_kernel(self.crow_indices, self.col_indices,
+                                                    self.values, self.in_features, -1, -1, parts)
+                except RuntimeError as error:  # executable memory refused: never ask again
+                    _refused.append(str(error))
+                    log.warning("%s; large products run through the count-class layout", error)
+                    return count_class_layout(self, ext, parts, self.in_features)
                 self._pattern_kernel = cached = (key, kernel)
             return cached[1]
         return count_class_layout(self, ext, parts, self.in_features)

@@ -1204,6 +1204,8 @@ std::vector<at::Tensor> build_pattern_kernel(const int32_t* rp, const I* ci, con
   };
   if (e.bytes.empty()) e.ret();  // an all-zero weight: no chunk, but a mapping to point at
   const auto mapped = pattern_jit::Executable::map(e.bytes);
+  TORCH_CHECK(mapped.first != nullptr, "csr_pattern_kernel: the system refused executable "
+              "memory for the compiled code (", std::strerror(errno), ")");
   at::Tensor code = at::from_blob(
       mapped.first, {static_cast<int64_t>(e.bytes.size())},
       [size = mapped.second](void* p) { pattern_jit::Executable::unmap(p, size); },

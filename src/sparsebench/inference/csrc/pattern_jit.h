@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -112,7 +113,8 @@ struct MovingBase {
   }
 };
 
-// Code copied to pages mapped executable (and no longer writable). Live regions are
+// Code copied to pages mapped executable (and no longer writable); map returns a null pointer
+// (errno set) where the system refuses such pages. Live regions are
 // registered, so a caller can check that a byte tensor it is handed is such code and not a
 // copy of it in ordinary memory (as deepcopy or clone would make).
 class Executable {
@@ -144,11 +146,13 @@ class Executable {
     } else {
       p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     }
-    if (p == MAP_FAILED) throw std::bad_alloc();
+    if (p == MAP_FAILED) return {nullptr, 0};
     std::memcpy(p, code.data(), code.size());
-    if (mprotect(p, size, PROT_READ | PROT_EXEC) != 0) {
+    if (mprotect(p, size, PROT_READ | PROT_EXEC) != 0) {  // a system that forbids it (W^X)
+      const int error = errno;
       munmap(p, size);
-      throw std::bad_alloc();
+      errno = error;
+      return {nullptr, 0};
     }
     std::lock_guard<std::mutex> lock(mutex());
     regions().emplace(reinterpret_cast<uintptr_t>(p), size);
