@@ -111,6 +111,7 @@ class Options:
     past: int = 127
     out_dir: Path | None = None
     default_malloc: bool = False
+    torch_compile: bool = False
 
     def __post_init__(self) -> None:
         for name in self.models:
@@ -516,6 +517,15 @@ def measure_cell(
             notes.append(f"compile_sparse: {_sparse_layers(work.module, fast)} "
                          f"(planned in {time.perf_counter() - t0:.0f} s)")
             runners["sparse"] = lambda: fast(*inputs)
+            if opts.torch_compile:
+                with torch.no_grad():
+                    fast(*inputs)  # builds the layouts its traced graph reads
+                    traced = torch.compile(fast)
+                    t0 = time.perf_counter()
+                    traced(*inputs)
+                notes.append(f"compile_sparse under torch.compile (first call "
+                             f"{time.perf_counter() - t0:.0f} s)")
+                runners["sparse"] = lambda: traced(*inputs)
         feeds = {n: np.ascontiguousarray(t.numpy())
                  for n, t in zip(work.input_names, inputs, strict=True)}
         if "ort" in engines and onnx_path is not None:
@@ -682,13 +692,17 @@ def parse(argv: Sequence[str] | None = None) -> Options:
                    help="keep the ONNX files here (default: a temporary folder)")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's malloc thresholds as they are (see above)")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="run our compiled model through torch.compile (its sparse products "
+                        "are custom ops, so inductor takes the model whole)")
     a = p.parse_args(argv)
     try:
         return Options(
             models=tuple(a.models), batches=tuple(a.batches), threads=tuple(a.threads),
             sparsity=a.sparsity, rounds=a.rounds, budget_s=a.budget, engines=tuple(a.engines),
             quick=a.quick, seq_len=a.seq_len, image=a.image, past=a.past, out_dir=a.out_dir,
-            warmup=1 if a.quick else 2, default_malloc=a.default_malloc)
+            warmup=1 if a.quick else 2, default_malloc=a.default_malloc,
+            torch_compile=a.torch_compile)
     except ValueError as exc:
         p.error(str(exc))
 

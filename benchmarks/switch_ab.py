@@ -10,6 +10,8 @@ engines' thread pools. The switches:
   (``sparse_conv.CONV_LAYOUT``); off, neither ever does.
 * ``compiled``: CSR Linears' products of many rows through code compiled for their pattern
   (``sparse_linear.PATTERN_KERNEL``); off, through the count-class layout.
+* ``torch-compile``: the compiled model run through ``torch.compile`` (its sparse products
+  are custom ops, ``inference/ops.py``, so inductor takes the model whole); off, eagerly.
 * ``stream``: outputs larger than the kernels' threshold written by non-temporal stores
   (``set_stream_min_bytes``); off, never.
 
@@ -17,6 +19,7 @@ engines' thread pools. The switches:
     .venv-bench/bin/python -W ignore benchmarks/switch_ab.py --model resnet50 --batch 8 \\
         --switch stream
     .venv-bench/bin/python -W ignore benchmarks/switch_ab.py --model bert --switch compiled
+    .venv-bench/bin/python -W ignore benchmarks/switch_ab.py --model bert --switch torch-compile
 
 Prints both medians and off / on (above 1: the switch makes the model faster).
 """
@@ -67,6 +70,7 @@ def _compiled(on: bool) -> None:
 
 
 SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "compiled": _compiled,
+                                               "torch-compile": lambda on: None,
                                                "stream": _stream}
 
 
@@ -91,17 +95,26 @@ def main() -> None:
     fast = compile_sparse(work.module, batch_hint=args.batch * work.rows_per_sample,
                           example_input=inputs)
     switch = SWITCHES[args.switch]
+    run = {True: fast, False: fast}
+    if args.switch == "torch-compile":
+        with torch.no_grad():
+            fast(*inputs)  # the eager layouts, which the traced graph reads
+        run[True] = torch.compile(fast)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            run[True](*inputs)
+        print(f"   torch.compile: first call (tracing, inductor) {time.perf_counter() - t0:.0f} s")
     times: dict[bool, list[float]] = {True: [], False: []}
     try:
         with torch.no_grad():
             for on in times:  # warm: layouts built, caches filled
                 switch(on)
-                fast(*inputs)
+                run[on](*inputs)
             for _ in range(args.rounds):
                 for on in times:
                     switch(on)
                     t0 = time.perf_counter()
-                    fast(*inputs)
+                    run[on](*inputs)
                     times[on].append(time.perf_counter() - t0)
     finally:
         switch(True)

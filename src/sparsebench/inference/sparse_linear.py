@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparsebench.inference import _extension
+from sparsebench.inference import _extension, ops
+from sparsebench.inference.ops import (  # defined there, the ops' own fallbacks
+    ACTIVATIONS,
+    apply_activation,
+    bsr_to_dense,
+    sparse_mm_torch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +58,6 @@ PATTERN_KERNEL = True
 PATTERN_KERNEL_MIN_ROWS = 256
 #: Why this process builds no more compiled kernels (the system refused executable memory).
 _refused: list[str] = []
-#: Activations a ``SparseLinear`` can apply to its output as the kernel writes it, in the
-#: extension's numbering: exact GELU (erf) and its tanh form (GPT-2's ``gelu_new``).
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
-
-
-def apply_activation(y: Tensor, activation: str) -> Tensor:
-    """Return ``activation`` applied to ``y`` with torch's own functions (in place for ReLU)."""
-    if activation == "relu":
-        return y.relu_()
-    if activation == "gelu":
-        return F.gelu(y)
-    if activation == "gelu_tanh":
-        return F.gelu(y, approximate="tanh")
-    return y
-
 
 def set_kernel_options(*, spmv: str | None = None, threading: str | None = None) -> dict[str, str]:
     """Choose the extension's batch-1 kernel and threading for every sparse layer.
@@ -464,6 +455,8 @@ class SparseLinear(nn.Module):
             return apply_activation(F.linear(x, w, b), self.activation)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        if torch.compiler.is_compiling():
+            return self._forward_op(x2).reshape(*lead, self.out_features)
         ext = _extension.load_extension()
         if ext is not None and self.block != (1, 1):
             y = ext.bsr_linear(
@@ -499,6 +492,27 @@ class SparseLinear(nn.Module):
             y = sparse_mm_torch(self.torch_csr(), x2, self.bias)
         return apply_activation(y, self.activation).reshape(*lead, self.out_features)
 
+    def _forward_op(self, x2: Tensor) -> Tensor:
+        """The product of a float32 CPU ``x2`` (rows, in) as one custom op (``ops.py``), for
+        ``torch.compile`` to trace. The layouts are the ones eager runs built and cached, read
+        without rebuilding (building calls the extension, which tracing cannot follow): run the
+        model once at the batch size you compile for, and its products take the same paths."""
+        if self.block != (1, 1):
+            y = ops.bsr_linear(x2, self.crow_indices, self.col_indices, self.values, self.bias,
+                               self.in_features, self.out_features, _options["threading"])
+            return apply_activation(y, self.activation)
+        layout: list[Tensor] = []
+        rows = x2.shape[0]
+        compiled = getattr(self, "_pattern_kernel", None)
+        counted = getattr(self, "_panel_layout", None)
+        if PATTERN_KERNEL and rows >= PATTERN_KERNEL_MIN_ROWS and compiled is not None:
+            layout = list(compiled[1])
+        elif rows >= PANEL_LAYOUT_MIN_ROWS and counted is not None:
+            layout = list(counted[1])
+        return ops.csr_linear(x2, self.crow_indices, self.col_indices, self.values, self.bias,
+                              self.in_features, self.out_features, _options["spmv"],
+                              _options["threading"], ACTIVATIONS.index(self.activation), layout)
+
     def extra_repr(self) -> str:
         """Return the summary shown by ``print(module)``."""
         return (
@@ -508,26 +522,3 @@ class SparseLinear(nn.Module):
             f"index_dtype={str(self.col_indices.dtype).removeprefix('torch.')}"
             + (f", activation={self.activation}" if self.activation != "none" else "")
         )
-
-
-def bsr_to_dense(crow: Tensor, col: Tensor, values: Tensor, out_f: int, in_f: int) -> Tensor:
-    """Return the dense float32 ``(out_f, in_f)`` matrix of BSR arrays (padding cut off)."""
-    nb_r, (bh, bw) = crow.numel() - 1, values.shape[1:]
-    nb_c = -(-in_f // bw)
-    grid = torch.zeros(nb_r, nb_c, bh, bw, device=values.device)
-    counts = (crow[1:] - crow[:-1]).long()
-    rows = torch.repeat_interleave(torch.arange(nb_r, device=values.device), counts)
-    grid[rows, col.long()] = values
-    return grid.permute(0, 2, 1, 3).reshape(nb_r * bh, nb_c * bw)[:out_f, :in_f].contiguous()
-
-
-def sparse_mm_torch(w_csr: Tensor, x2: Tensor, bias: Tensor | None) -> Tensor:
-    """Return ``x2 @ W.T + b`` with torch's CSR kernels, as a contiguous (batch, out) tensor.
-
-    ``torch.sparse.mm(W, x.T)`` measured fastest of torch's CSR entry points here
-    (``F.linear`` with a CSR weight is up to 5x slower at batch 128).
-    """
-    y = torch.sparse.mm(w_csr, x2.t()).t().contiguous()
-    if bias is not None:
-        y += bias
-    return y
