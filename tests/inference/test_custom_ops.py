@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.inference import SparseLinear, dense_to_csr, ops, sparse_linear
-from sparsebench.inference import _extension
+from sparsebench.inference import SparseLinear, _extension, dense_to_csr, ops, sparse_linear
 
 
 def _layer(out_f: int, in_f: int, density: float, block=(1, 1), activation="none", seed=0):
