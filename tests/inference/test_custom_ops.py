@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.inference import SparseLinear, _extension, dense_to_csr, ops, sparse_linear
+from sparsebench.inference import (
+    SparseConv2d,
+    SparseLinear,
+    _extension,
+    dense_to_csr,
+    ops,
+    sparse_linear,
+)
 
 
 def _layer(out_f: int, in_f: int, density: float, block=(1, 1), activation="none", seed=0):
@@ -76,3 +83,36 @@ def test_the_fake_kernels_give_the_output_shape():
     crow, col, values = dense_to_csr(torch.eye(6, 4))
     args = (torch.randn(5, 4), crow, col, values, None, 4, 6, -1, -1, 0, [])
     torch.library.opcheck(ops.csr_linear, args, test_utils=("test_schema", "test_faketensor"))
+
+
+class _ConvBlock(nn.Module):
+    """A residual block of sparse convolutions (3x3 and 1x1, one strided), the shortcut's sum
+    and ReLU fused into the last as ``compile_sparse`` does."""
+
+    def __init__(self, block=(1, 1)):
+        super().__init__()
+        g = torch.Generator().manual_seed(4)
+
+        def conv(cin, cout, k, s, p):
+            dense = nn.Conv2d(cin, cout, k, s, p)
+            with torch.no_grad():
+                dense.weight.mul_(torch.rand(dense.weight.shape, generator=g) < 0.3)
+            return SparseConv2d.from_conv(dense, block=block)
+
+        self.a = conv(16, 16, 3, 1, 1)
+        self.a.relu = True
+        self.b = conv(16, 16, 1, 1, 0)
+        self.down = conv(16, 16, 3, 2, 1)
+
+    def forward(self, x):
+        return self.down(self.b(self.a(x), residual=x, relu=True))
+
+
+@pytest.mark.parametrize("block", [(1, 1), (4, 4)])
+def test_torch_compile_of_sparse_convolutions_agrees(block):
+    model = _ConvBlock(block).eval()
+    x = torch.randn(2, 16, 14, 14)
+    with torch.no_grad():
+        eager = model(x)  # caches the input offsets (and layouts) the traced graph reads
+        compiled = torch.compile(model, fullgraph=block == (1, 1))  # BSR: eager, graph breaks
+        torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-5)

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from sparsebench.inference import _extension
 
-__all__ = ["ACTIVATIONS", "apply_activation", "bsr_linear", "bsr_to_dense", "csr_linear",
-           "sparse_mm_torch"]
+__all__ = ["ACTIVATIONS", "apply_activation", "bsr_linear", "bsr_to_dense", "csr_conv2d",
+           "csr_linear", "sparse_mm_torch"]
 
 #: Activations a ``SparseLinear`` can apply to its output as the kernel writes it, in the
 #: extension's numbering: exact GELU (erf) and its tanh form (GPT-2's ``gelu_new``).
@@ -104,3 +104,27 @@ def bsr_linear(x: Tensor, brp: Tensor, bci: Tensor, values: Tensor, bias: Tensor
 @bsr_linear.register_fake
 def _bsr_linear_shape(x, brp, bci, values, bias, in_features, out_features, threading):  # noqa: ANN001, ANN202
     return x.new_empty((x.shape[0], out_features))
+
+
+@torch.library.custom_op("sparsebench::csr_conv2d", mutates_args=())
+def csr_conv2d(x: Tensor, crow: Tensor, offsets: Tensor, values: Tensor, bias: Tensor | None,
+               out_channels: int, geometry: list[int], relu: bool, threading: int,
+               residual: Tensor | None, layout: list[Tensor]) -> Tensor:
+    """The extension's direct convolution of a contiguous float32 NCHW ``x`` with a CSR
+    weight (``offsets``: where each nonzero reads an input of ``x``'s size), plus
+    ``residual`` and the ReLU where given; ``geometry`` is (kh, kw, sh, sw, ph, pw, dh, dw).
+    Only traced models call it, and only where the extension is built."""
+    ext = _extension.load_extension()
+    if ext is None:
+        raise RuntimeError("sparsebench::csr_conv2d needs the compiled kernels")
+    return ext.csr_conv2d(x, crow, offsets, values, bias, out_channels, geometry, relu,
+                          threading, residual, layout)
+
+
+@csr_conv2d.register_fake
+def _csr_conv2d_shape(x, crow, offsets, values, bias, out_channels, geometry, relu,  # noqa: ANN001, ANN202
+                      threading, residual, layout):
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    ho = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return x.new_empty((x.shape[0], out_channels, ho, wo))

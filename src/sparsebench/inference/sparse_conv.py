@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparsebench.inference import _extension
+from sparsebench.inference import _extension, ops
 from sparsebench.inference.sparse_linear import (
     _options,
     bsr_to_dense,
@@ -250,6 +250,32 @@ class SparseConv2d(nn.Module):
             # A residual that broadcasts, or of another type: added as the traced sum was.
             y = torch.add(self.forward(x, relu=False), residual)
             return y.relu_() if relu else y
+        if torch.compiler.is_compiling():
+            return self._forward_traced(x, residual, relu)
+        return self._forward_eager(x, residual, relu)
+
+    def _forward_traced(self, x: Tensor, residual: Tensor | None, relu: bool) -> Tensor:
+        """The convolution as ``torch.compile`` traces it: the CSR kernel as one custom op
+        (``ops.csr_conv2d``), with the input offsets and layout an eager call at this input
+        size cached; anything else (no such call yet, block weights, other dtypes) runs
+        eagerly, a break in the traced graph."""
+        offsets = self._offsets.get((x.shape[2], x.shape[3]))
+        if (self.block != (1, 1) or offsets is None or x.dtype != torch.float32
+                or x.device.type != "cpu"):
+            return self._forward_eager(x, residual, relu)
+        layout: list[Tensor] = []
+        known = self.__dict__.get("_layout_pays", {})
+        counted = getattr(self, "_panel_layout", None)
+        if CONV_LAYOUT and known.get((x.shape[2], x.shape[3], self.values.numel())) \
+                and counted is not None:
+            layout = list(counted[1])
+        return ops.csr_conv2d(x.contiguous(), self.crow_indices, offsets, self.values,
+                              self.bias, self.out_channels, self._geometry(), relu,
+                              _options["threading"], residual, layout)
+
+    @torch.compiler.disable
+    def _forward_eager(self, x: Tensor, residual: Tensor | None, relu: bool) -> Tensor:
+        """The convolution of a 4-D ``x`` through the extension (or torch's CSR fallback)."""
         ext = _extension.load_extension()
         if x.dtype != torch.float32 or x.device.type != "cpu" or ext is None:
             return self._finish(self._forward_torch(x), residual, relu)
@@ -267,6 +293,7 @@ class SparseConv2d(nn.Module):
                 residual,
                 self._layout_for(ext, x.shape[2], x.shape[3]),
             )
+        ho, wo = self.output_size(x.shape[2], x.shape[3])
         return self._finish(self._forward_blocks(ext, x, ho, wo), residual, relu)
 
     def _finish(self, y: Tensor, residual: Tensor | None, relu: bool) -> Tensor:
