@@ -2724,6 +2724,9 @@ void pool_plane(const float* x, int64_t H, int64_t W, int64_t k, int64_t s, int6
 
 }  // namespace
 
+#include "attention.h"
+
+
 // y = max_pool2d(x, kernel, stride, padding) for x (N, C, H, W) float32: square windows,
 // dilation 1, floor rounding; the padding counts as -inf, as in torch.
 at::Tensor max_pool2d_nchw(const at::Tensor& x, int64_t kernel, int64_t stride,
@@ -3205,6 +3208,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_offsets", &conv_offsets,
         "Input offset of each nonzero of a CSR conv weight, for C x H x W images",
         py::arg("col"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("geometry"));
+  m.def("attention_forward", &attention_forward,
+        "softmax(q k^T * scale) v per (batch, head), (B, H, S, D) float32, S and D multiples of 16",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("threading") = -1);
   m.def("max_pool2d_nchw", &max_pool2d_nchw, "max pooling of NCHW float32 images",
         py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("threading") = -1);

@@ -1,0 +1,161 @@
+// Scaled dot-product attention for one CPU core per head (AVX-512), included inside
+// csr_linear.cpp's namespace after exp16 and parallel_chunks.
+//
+// softmax(Q K^T * scale) V for each (batch, head), no mask, no dropout, with the sequence
+// length and the head size multiples of 16. Per head: K is transposed into a (D, S) buffer,
+// the scores are computed in tiles of up to 6 rows x 64 columns (24 sums in registers, one
+// load of K^T serving 6 rows, the query element a broadcast operand), each score row goes
+// through the softmax where it lies, and the output is built in tiles of 6 rows x 64 head
+// columns the same way from V's rows. Q, K and V may be strided views (the head split of a
+// Linear's (batch, seq, heads * D) output) as long as their last dimension is contiguous.
+#if SB_HAVE_AVX512
+
+constexpr int kAttentionTileRows = 6;
+
+// s[n][j0 + 16c] = scale * sum_d q[n][d] kt[d][j0 + 16c] for n < N, c < NC.
+template <int N, int NC>
+inline void attention_scores_tile(const float* q, int64_t q_ld, const float* kt, int64_t S,
+                                  int64_t D, float* s, float scale) {
+  __m512 acc[N][NC];
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < NC; ++c) acc[n][c] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; ++d) {
+    __m512 k[NC];
+    for (int c = 0; c < NC; ++c) k[c] = _mm512_loadu_ps(kt + d * S + 16 * c);
+    for (int n = 0; n < N; ++n) {
+      const __m512 qv = _mm512_set1_ps(q[n * q_ld + d]);
+      for (int c = 0; c < NC; ++c) acc[n][c] = _mm512_fmadd_ps(qv, k[c], acc[n][c]);
+    }
+  }
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(s + n * S + 16 * c, _mm512_mul_ps(acc[n][c], sc));
+}
+
+// o[n][16c] = sum_j p[n][j] v[j][16c] for n < N, c < NC.
+template <int N, int NC>
+inline void attention_output_tile(const float* p, int64_t S, const float* v, int64_t v_ld,
+                                  float* o, int64_t o_ld) {
+  __m512 acc[N][NC];
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < NC; ++c) acc[n][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < S; ++j) {
+    __m512 vj[NC];
+    for (int c = 0; c < NC; ++c) vj[c] = _mm512_loadu_ps(v + j * v_ld + 16 * c);
+    for (int n = 0; n < N; ++n) {
+      const __m512 pv = _mm512_set1_ps(p[n * S + j]);
+      for (int c = 0; c < NC; ++c) acc[n][c] = _mm512_fmadd_ps(pv, vj[c], acc[n][c]);
+    }
+  }
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(o + n * o_ld + 16 * c, acc[n][c]);
+}
+
+// The tiles above for a run-time number of rows (1-6) and of 16-column vectors (1-4).
+template <int N>
+void attention_tiles(bool scores, int nc, const float* a, int64_t a_ld, const float* b,
+                     int64_t b_ld, int64_t S, int64_t D, float* out, int64_t out_ld,
+                     float scale) {
+#define SB_ATTENTION_NC(NC)                                                   \
+  case NC:                                                                    \
+    if (scores) attention_scores_tile<N, NC>(a, a_ld, b, S, D, out, scale);   \
+    else attention_output_tile<N, NC>(a, S, b, b_ld, out, out_ld);            \
+    return;
+  switch (nc) {
+    SB_ATTENTION_NC(1)
+    SB_ATTENTION_NC(2)
+    SB_ATTENTION_NC(3)
+    SB_ATTENTION_NC(4)
+  }
+#undef SB_ATTENTION_NC
+}
+
+void attention_rows(bool scores, int64_t n, int nc, const float* a, int64_t a_ld,
+                    const float* b, int64_t b_ld, int64_t S, int64_t D, float* out,
+                    int64_t out_ld, float scale) {
+  switch (n) {
+    case 1: return attention_tiles<1>(scores, nc, a, a_ld, b, b_ld, S, D, out, out_ld, scale);
+    case 2: return attention_tiles<2>(scores, nc, a, a_ld, b, b_ld, S, D, out, out_ld, scale);
+    case 3: return attention_tiles<3>(scores, nc, a, a_ld, b, b_ld, S, D, out, out_ld, scale);
+    case 4: return attention_tiles<4>(scores, nc, a, a_ld, b, b_ld, S, D, out, out_ld, scale);
+    case 5: return attention_tiles<5>(scores, nc, a, a_ld, b, b_ld, S, D, out, out_ld, scale);
+    default: return attention_tiles<6>(scores, nc, a, a_ld, b, b_ld, S, D, out, out_ld, scale);
+  }
+}
+
+// In place: each of the S rows of p (S floats, S % 16 == 0) becomes its softmax.
+void softmax_rows(float* p, int64_t S) {
+  for (int64_t i = 0; i < S; ++i) {
+    float* r = p + i * S;
+    __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < S; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(r + j));
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < S; j += 16) {
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(r + j), mx));
+      _mm512_storeu_ps(r + j, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+    for (int64_t j = 0; j < S; j += 16) _mm512_storeu_ps(r + j, _mm512_mul_ps(_mm512_loadu_ps(r + j), inv));
+  }
+}
+
+// One head: q, k, v rows `*_ld` floats apart (S rows of D), o likewise; buf holds D*S + S*S.
+void attention_head(const float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v,
+                    int64_t v_ld, float* o, int64_t o_ld, int64_t S, int64_t D, float scale,
+                    float* buf) {
+  float* kt = buf;      // (D, S)
+  float* p = buf + D * S;  // (S, S)
+  for (int64_t j = 0; j < S; ++j)
+    for (int64_t d = 0; d < D; ++d) kt[d * S + j] = k[j * k_ld + d];
+  for (int64_t i0 = 0; i0 < S; i0 += kAttentionTileRows) {
+    const int64_t n = std::min<int64_t>(kAttentionTileRows, S - i0);
+    for (int64_t j0 = 0; j0 < S; j0 += 64)
+      attention_rows(true, n, static_cast<int>(std::min<int64_t>(64, S - j0) / 16),
+                     q + i0 * q_ld, q_ld, kt + j0, 0, S, D, p + i0 * S + j0, S, scale);
+  }
+  softmax_rows(p, S);
+  for (int64_t i0 = 0; i0 < S; i0 += kAttentionTileRows) {
+    const int64_t n = std::min<int64_t>(kAttentionTileRows, S - i0);
+    for (int64_t d0 = 0; d0 < D; d0 += 64)
+      attention_rows(false, n, static_cast<int>(std::min<int64_t>(64, D - d0) / 16),
+                     p + i0 * S, S, v + d0, v_ld, S, D, o + i0 * o_ld + d0, o_ld, 0.f);
+  }
+}
+#endif  // SB_HAVE_AVX512
+
+// softmax(q k^T * scale) v for q, k, v of shape (B, H, S, D), last dimension contiguous.
+// Returns (B, H, S, D) as a view of a (B, S, H, D) tensor: the layout a Transformer turns
+// back into (B, S, H * D) without a copy.
+at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             double scale, int64_t threading) {
+#if SB_HAVE_AVX512
+  TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "attention_forward: q, k and v must share one (batch, heads, seq, head) shape");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat, "attention_forward: float32 only");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "attention_forward: the head dimension must be contiguous");
+  const int64_t B = q.size(0), H = q.size(1), S = q.size(2), D = q.size(3);
+  TORCH_CHECK(S % 16 == 0 && D % 16 == 0 && S > 0 && D > 0,
+              "attention_forward: sequence length and head size must be multiples of 16, got ",
+              S, " and ", D);
+  at::Tensor out = at::empty({B, S, H, D}, q.options());
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  if (threading < 0) threading = kAdaptive;
+  parallel_chunks(B * H, threading, [&](int64_t c) {
+    const int64_t b = c / H, h = c % H;
+    thread_local std::vector<float> buf;
+    buf.resize(D * S + S * S);
+    attention_head(qp + b * q.stride(0) + h * q.stride(1), q.stride(2),
+                   kp + b * k.stride(0) + h * k.stride(1), k.stride(2),
+                   vp + b * v.stride(0) + h * v.stride(1), v.stride(2),
+                   op + (b * S * H + h) * D, H * D, S, D, static_cast<float>(scale), buf.data());
+  });
+  return out.permute({0, 2, 1, 3});
+#else
+  TORCH_CHECK(false, "attention_forward needs AVX-512");
+#endif
+}
