@@ -12,6 +12,8 @@ engines' thread pools. The switches:
   (``sparse_linear.PATTERN_KERNEL``); off, through the count-class layout.
 * ``torch-compile``: the compiled model run through ``torch.compile`` (its sparse products
   are custom ops, ``inference/ops.py``, so inductor takes the model whole); off, eagerly.
+* ``attention``: the modules that call torch's scaled dot product attention run the
+  extension's attention kernel instead (``glue.route_attention``); off, torch's.
 * ``stream``: outputs larger than the kernels' threshold written by non-temporal stores
   (``set_stream_min_bytes``); off, never.
 
@@ -41,6 +43,7 @@ import end_to_end as e2e  # noqa: E402
 from sparsebench.inference import (  # noqa: E402
     _extension,
     compile_sparse,
+    glue,
     retain_freed_memory,
     sparse_conv,
     sparse_linear,
@@ -69,7 +72,12 @@ def _compiled(on: bool) -> None:
     sparse_linear.PATTERN_KERNEL = on
 
 
+def _attention(on: bool) -> None:
+    glue.ATTENTION_KERNEL = on
+
+
 SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "compiled": _compiled,
+                                               "attention": _attention,
                                                "torch-compile": lambda on: None,
                                                "stream": _stream}
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sparsebench.inference.fusion import fuse_activations, fuse_relu, fuse_residual_relu
-from sparsebench.inference.glue import replace_glue
+from sparsebench.inference.glue import replace_glue, route_attention
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d, conv_unsupported_reason
 from sparsebench.inference.sparse_linear import BLOCK_SIZES, SparseLinear, block_density
@@ -338,6 +338,8 @@ def compile_sparse(
                  fused)
     if (swapped := replace_glue(compiled)) > 0:
         log.info("compile_sparse: %d pooling layers replaced by faster equivalents", swapped)
+    if (routed := route_attention(compiled, example_input)) > 0:
+        log.info("compile_sparse: %d attention modules run the attention kernel", routed)
     return compiled
 
 
