@@ -59,6 +59,12 @@ PATTERN_KERNEL_MIN_ROWS = 256
 #: Why this process builds no more compiled kernels (the system refused executable memory).
 _refused: list[str] = []
 
+
+def _pattern_kernel_rows(rows: int) -> bool:
+    """Whether a product of ``rows`` rows takes the compiled pattern kernel (where the
+    extension has one): the one rule both the eager and the traced forward follow."""
+    return PATTERN_KERNEL and rows >= PATTERN_KERNEL_MIN_ROWS and not _refused
+
 def set_kernel_options(*, spmv: str | None = None, threading: str | None = None) -> dict[str, str]:
     """Choose the extension's batch-1 kernel and threading for every sparse layer.
 
@@ -364,8 +370,7 @@ class SparseLinear(nn.Module):
         this weight's pattern where it can (``PATTERN_KERNEL``, from
         ``PATTERN_KERNEL_MIN_ROWS`` rows on), else the count-class layout (see
         ``count_class_layout``); each built on first use and kept until the weight changes."""
-        if PATTERN_KERNEL and rows >= PATTERN_KERNEL_MIN_ROWS and not _refused \
-                and getattr(ext, "HAVE_PATTERN_KERNEL", False):
+        if _pattern_kernel_rows(rows) and getattr(ext, "HAVE_PATTERN_KERNEL", False):
             key = (parts, self.values.data_ptr(), self.values._version,
                    self.col_indices._version, self.crow_indices._version)
             cached = getattr(self, "_pattern_kernel", None)
@@ -505,7 +510,7 @@ class SparseLinear(nn.Module):
         rows = x2.shape[0]
         compiled = getattr(self, "_pattern_kernel", None)
         counted = getattr(self, "_panel_layout", None)
-        if PATTERN_KERNEL and rows >= PATTERN_KERNEL_MIN_ROWS and compiled is not None:
+        if _pattern_kernel_rows(rows) and compiled is not None:
             layout = list(compiled[1])
         elif rows >= PANEL_LAYOUT_MIN_ROWS and counted is not None:
             layout = list(counted[1])
