@@ -460,3 +460,14 @@ def test_a_run_collapsed_when_its_test_loss_is_off_the_scale():
     assert figures.collapsed_runs({"a": 1.0, "b": 2.0, "c": 30.0, "d": 100.0},
                                   None) == {"c", "d"}
     assert figures.collapsed_runs({}, 0.4) == set()
+
+
+def test_the_best_point_is_set_against_the_dense_baseline_in_the_metrics_direction():
+    from sparsebench.study.report.frontiers import _against_baseline
+
+    # Accuracy: 0.90 of a 0.92 dense mean keeps 97.8% of it.
+    assert _against_baseline(0.90, 0.92, "top1", True) == "keeps 97.8% of the dense baseline"
+    # Bits per character: 2.655 against 2.163 is 22.7% worse, said as "above", never "keeps".
+    said = _against_baseline(2.655, 2.163, "bpc", False)
+    assert said.startswith("is 22.7% above the dense baseline's 2.16")
+    assert _against_baseline(2.0, 2.5, "bpc", False).startswith("is 20.0% below")

@@ -167,3 +167,31 @@ def test_bench_runs_prints_spread_and_one_warning_per_unreliable_run(tmp_path, m
     assert "b1 2.00x [2.00-2.00] (0/0 sparse)" in said[vd90]
     assert not any("WARNING" in line and "vd90" in line for line in said)
     assert sum("WARNING" in line for line in said) == 1
+
+
+def test_blocks_set_against_the_unstructured_seeds_of_another_sweep_in_bpc(tmp_path):
+    def gru(run_id, technique, bpc, sparsity, block=None):
+        run = _run(run_id, technique, bpc, sparsity, block=block)
+        run.model_family, run.metric_name, run.higher_is_better = "gru", "bpc", False
+        run.config = {"model": {"name": "gru", "options": {"hidden_size": 512}}}
+        return run
+
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert([gru("dense", "dense", 2.0, 0.0),
+                      # the main sweep's unstructured seeds: mean 2.60
+                      gru("u0", "magnitude", 2.58, 0.9), gru("u1", "magnitude", 2.62, 0.9),
+                      gru("k0", "magnitude", 2.64, 0.9, block=(16, 1)),
+                      gru("k1", "magnitude", 2.80, 0.9, block=(16, 1))])
+        for run_id in ("k0", "k1"):
+            store.record_inference(InferenceResult(run_id, 1, 1, 4.0, 1.0, 3, 4, "forward",
+                                                   "cpu"))
+        index = write_report(store, tmp_path / "report")
+    rows = {row["run"]: row for row in _table(tmp_path / "report", "ours_gru_blocks")}
+    # bpc, lower is better: 2.64 - 2.60 = +0.040 (worse), 2.80 - 2.60 = +0.200.
+    assert rows["k0"]["vs unstructured"] == "+0.040"
+    assert rows["k1"]["vs unstructured"] == "+0.200"
+    text = index.read_text()
+    assert ("16x1 blocks cost 0.040 bpc against unstructured pruning (mean of 2 seeds, "
+            "2.600)") in text
+    # Worth it: within 2% of 2.60 (0.052 bpc), so k0 (0.040) is and k1 (0.200) is not.
+    assert "Worth it on this machine at 90%: 16x1 blocks" in text

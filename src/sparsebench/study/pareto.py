@@ -114,12 +114,13 @@ def metric_label(metric_name: str) -> str:
 
 def format_metric(value: float, metric_name: str) -> str:
     """Returns a metric for a sentence: top-1 (a fraction) as a percent, BLEU as points, both
-    with two decimals ("72.48%", "23.26 BLEU"); a loss with three ("5.207")."""
+    with two decimals ("72.48%", "23.26 BLEU"); a loss or bits per character with three
+    ("5.207")."""
     if metric_name == "top1":
         return f"{100.0 * value:.2f}%"
     if metric_name == "bleu":
         return f"{value:.2f} BLEU"
-    if metric_name == "loss":
+    if metric_name in ("loss", "bpc"):
         return f"{value:.3f}"
     return f"{value:.4g}"
 

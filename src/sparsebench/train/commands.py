@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from ..methods import catalogue
 from ..rundir import CONFIG_FILE, RESULT_FILE, check_output_dir, check_safetensors
 from . import build_config, load_yaml, presets, train
 
 __all__ = ["register"]
+
+
+def _without_target() -> list[str]:
+    """The sparsifiers whose sparsity follows from their hyperparameters, not a target."""
+    return [name for name in catalogue.sparsifiers()
+            if not catalogue.get(name).method_class.uses_sparsity_target]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,9 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "from its last checkpoint; a finished --out is not trained again.")
     p.add_argument("--task", required=True, help="a task preset (see `sparsebench tasks`)")
     p.add_argument("--method", default=None,
-                   help="dense, magnitude, random, variational_dropout (vd) or l0")
+                   help=f"{catalogue.DENSE} or a technique that sparsifies while training: "
+                   f"{', '.join(catalogue.sparsifiers())} (default: the --config file's, "
+                   f"else {catalogue.DENSE})")
     p.add_argument("--sparsity", type=float, default=None,
-                   help="target sparsity in [0, 1) for magnitude and random pruning")
+                   help="target sparsity in [0, 1) for the techniques that take one (not "
+                   f"{', '.join(_without_target())}: their hyperparameters set it)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the initial weights, data order and noise (run.seed; "

@@ -70,11 +70,11 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
                 best_name, best = ranked[0]
                 sentences.append(
                     f"At {100 * lv:g}% sparsity the best frontier point "
-                    f"({P.display_name(best_name)}) keeps {100 * best.value / baseline.mean:.1f}%"
-                    " of the dense baseline.")
+                    f"({P.display_name(best_name)}) "
+                    + _against_baseline(best.value, baseline.mean, metric, higher) + ".")
         for series, frontier in sorted(table.items()):
-            if frontier and max(fp.value for fp in frontier.values()) < 0.5 * baseline.mean:
-                top = max(fp.value for fp in frontier.values())
+            top = max((fp.value for fp in frontier.values()), default=None)
+            if higher and top is not None and top < 0.5 * baseline.mean:
                 sentences.append(
                     f"{P.display_name(series).capitalize()} stays under half of the dense "
                     f"baseline at every level (best {P.format_metric(top, metric)}): it did not "
@@ -212,3 +212,14 @@ def published_comparison_section(ctx: ReportContext, scope: Scope) -> Section | 
         tables=[Table(f"{scope.key}_relative",
                       ["technique", "sparsity %", "ours / dense", "published / dense"], rows)],
     )
+
+
+def _against_baseline(value: float, baseline: float, metric: str, higher: bool) -> str:
+    """Says how a frontier point stands against the dense mean: the share it keeps of a
+    metric where higher is better (accuracy, BLEU), how much above it a lower-is-better one
+    (bits per character, loss) lies."""
+    if higher:
+        return f"keeps {100 * value / baseline:.1f}% of the dense baseline"
+    change = value / baseline - 1
+    return (f"is {100 * abs(change):.1f}% {'above' if change >= 0 else 'below'} the dense "
+            f"baseline's {P.format_metric(baseline, metric)}")

@@ -30,6 +30,10 @@ __all__ = ["WORTH_IT_LOSS", "block_section", "inference_section"]
 #: Most quality a block size may cost, in the metric's own points (top-1 percentage points
 #: or BLEU), to count as "worth it" in the block section's sentence.
 WORTH_IT_LOSS = 1.0
+#: The same for a metric without points (bits per character, a loss): a share of the
+#: unstructured model's value.
+WORTH_IT_SHARE = 0.02
+_POINTS = ("top1", "bleu")
 
 
 def _width(run: Run) -> int | None:
@@ -77,6 +81,31 @@ def _points(metric: str, value: float) -> float:
     return 100.0 * value if metric == "top1" else value
 
 
+def _worth_it_loss(metric: str, reference: float) -> float:
+    """Returns the most a block size may lose against unstructured pruning (in ``_points``)
+    and still be worth it: WORTH_IT_LOSS points, or WORTH_IT_SHARE of the reference for a
+    metric without points."""
+    return WORTH_IT_LOSS if metric in _POINTS else WORTH_IT_SHARE * abs(reference)
+
+
+def _worth_limit(metric: str, reference: float) -> str:
+    """Says the worth-it limit: "1 point", or "2% of 2.670 bpc"."""
+    if metric in _POINTS:
+        return f"{WORTH_IT_LOSS:g} point"
+    return f"{100 * WORTH_IT_SHARE:g}% ({_amount(metric, _worth_it_loss(metric, reference))})"
+
+
+def _amount(metric: str, loss: float) -> str:
+    """Says a difference in the metric: "1.20 points of top-1 accuracy (%)", "0.14 bpc"."""
+    if metric in _POINTS:
+        return f"{loss:.2f} points of {P.metric_label(metric)}"
+    return f"{loss:.3f} {metric}"
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
 def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
     """Quality against block size at a fixed sparsity (the price of structure) beside the speed
     of each model's own compiled layers (the reward), and wider-at-the-same-budget models."""
@@ -92,7 +121,12 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
     baseline = P.dense_baseline(plain)
     dense_width = _width(dense[0]) if dense else None
     metric, higher = metric_of(runs)
-    timings = _timings(ctx, runs + dense)
+    # Unstructured magnitude pruning from the main sweep, where the block sweep has none of
+    # its own: the reference each block size's quality is set against.
+    block_techniques = {r.technique for r in runs}
+    plain_pruned = [r for r in plain if r.technique in block_techniques and r.target_sparsity
+                    and r.metric_value is not None and _width(r) == dense_width]
+    timings = _timings(ctx, runs + dense + plain_pruned)
     batches = sorted({b for t in timings.values() for b in t})
     same_width = [r for r in runs if _width(r) == dense_width]
     wider = [r for r in runs if _width(r) != dense_width]
@@ -111,7 +145,8 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
                      title=f"{scope.title}: the price and reward of block sparsity at "
                            f"{100 * target:g}%")
         figs.append((name, f"quality and speed vs block size at {100 * target:g}%"))
-        rows, said = _blocks_at(target, at, timings, batches, metric, higher)
+        rows, said = _blocks_at(target, at, timings, batches, metric, higher,
+                                [r for r in plain_pruned if r.target_sparsity == target])
         block_rows += rows
         sentences += said
 
@@ -135,22 +170,31 @@ def block_section(ctx: ReportContext, scope: Scope) -> Section | None:
 
 
 def _blocks_at(target: float, at: Sequence[Run], timings: dict[str, dict[int, InferenceResult]],
-               batches: Sequence[int], metric: str, higher: bool
-               ) -> tuple[list[list[str]], list[str]]:
+               batches: Sequence[int], metric: str, higher: bool,
+               unstructured_elsewhere: Sequence[Run] = ()) -> tuple[list[list[str]], list[str]]:
     """Returns the table rows and sentences of the block sizes trained at one ``target``
     sparsity (``at``, smallest block first): each one's quality against unstructured pruning
-    and its speed-up, and the fastest block size worth its loss."""
+    and its speed-up, and the fastest block size worth its loss.
+
+    The reference is the unstructured run among ``at``; without one, the mean of
+    ``unstructured_elsewhere`` (the same technique's unstructured seeds from another sweep)."""
     rows, sentences, worth = [], [], []
     unstructured = next((r for r in at if block_of(r) == (1, 1)), None)
+    reference_runs = [unstructured] if unstructured else list(unstructured_elsewhere)
+    reference = (_mean([r.metric_value for r in reference_runs]) if reference_runs else None)
+    against = ("unstructured pruning" if len(reference_runs) < 2 else
+               f"unstructured pruning (mean of {len(reference_runs)} seeds, "
+               f"{P.format_metric(reference, metric)})")
     for run in at:
         label = _block_label(block_of(run))
         t = timings.get(run.id, {})
-        loss = (_points(metric, unstructured.metric_value) - _points(metric, run.metric_value)
-                ) * (1 if higher else -1) if unstructured else None
+        loss = (_points(metric, reference) - _points(metric, run.metric_value)
+                ) * (1 if higher else -1) if reference is not None else None
         empty = _empty_layers(run)
         rows.append([f"{100 * target:g}", label, run.id,
                      f"{100 * (run.achieved_sparsity or 0):.2f}", cell(run.metric_value, metric),
-                     "–" if loss is None else f"{(-loss) + 0.0:+.2f}",
+                     "–" if loss is None else
+                     f"{(-loss) + 0.0:+.2f}" if metric in _POINTS else f"{loss + 0.0:+.3f}",
                      f"{empty}/{_pruned_layers(run)}" if run.layers else "–",
                      *[f"{t[b].speedup:.2f}" if b in t else "–" for b in batches]])
         if empty:
@@ -162,22 +206,24 @@ def _blocks_at(target: float, at: Sequence[Run], timings: dict[str, dict[int, In
             gain = max(t.values(), key=lambda x: x.batch)
             sentences.append(
                 f"At {100 * target:g}%, {label} blocks "
-                + (f"cost {loss:.2f} points" if loss > 0 else f"gain {-loss:.2f} points")
-                + f" of {P.metric_label(metric)} against unstructured pruning and run "
-                f"{gain.speedup:.2f}x dense at batch {gain.batch}.")
-            if loss <= WORTH_IT_LOSS:
+                + (f"cost {_amount(metric, loss)}" if loss > 0
+                   else f"gain {_amount(metric, -loss)}")
+                + f" against {against} and run {gain.speedup:.2f}x dense at batch "
+                f"{gain.batch}.")
+            if loss <= _worth_it_loss(metric, _points(metric, reference)):
                 worth.append((gain.speedup, label, gain.batch))
-    base_t = timings.get(unstructured.id, {}) if unstructured else {}
-    if worth and base_t:
+    base_t = next((timings[r.id] for r in reference_runs if r.id in timings), {})
+    if worth:
         speed, label, batch = max(worth)
         ref = base_t.get(batch)
         sentences.append(
             f"Worth it on this machine at {100 * target:g}%: {label} blocks, the fastest "
-            f"block size losing at most {WORTH_IT_LOSS:g} point ({speed:.2f}x dense at batch "
+            f"block size losing at most {_worth_limit(metric, reference)} ({speed:.2f}x dense "
+            f"at batch "
             f"{batch}" + (f" against {ref.speedup:.2f}x unstructured)." if ref else ")."))
-    elif unstructured is not None and len(at) > 1:
+    elif reference is not None and (len(at) > 1 or unstructured is None):
         sentences.append(f"At {100 * target:g}%, every block size measured so far loses "
-                         f"more than {WORTH_IT_LOSS:g} point or is not timed yet.")
+                         f"more than {_worth_limit(metric, reference)} or is not timed yet.")
     return rows, sentences
 
 
