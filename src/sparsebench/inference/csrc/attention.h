@@ -2,11 +2,11 @@
 // csr_linear.cpp's namespace after exp16 and parallel_chunks.
 //
 // softmax(Q K^T * scale) V for each (batch, head), no mask, no dropout, with the sequence
-// length and the head size multiples of 16. Per head: K is transposed into a (D, S) buffer,
-// the scores are computed in tiles of up to 6 rows x 64 columns (24 sums in registers, one
-// load of K^T serving 6 rows, the query element a broadcast operand), each score row goes
-// through the softmax where it lies, and the output is built in tiles of 6 rows x 64 head
-// columns the same way from V's rows. Q, K and V may be strided views (the head split of a
+// length and the head size multiples of 16. Per head: K is transposed into a (D, S) buffer
+// in 16 x 16 blocks; then for each tile of up to 6 query rows, its scores are computed 64
+// columns at a time (24 sums in registers, one load of K^T serving 6 rows, the query element
+// a broadcast operand), put through the softmax where they lie, and turned into the tile's
+// output 64 head columns at a time the same way from V's rows. Q, K and V may be strided views (the head split of a
 // Linear's (batch, seq, heads * D) output) as long as their last dimension is contiguous.
 #if SB_HAVE_AVX512
 
@@ -83,9 +83,9 @@ void attention_rows(bool scores, int64_t n, int nc, const float* a, int64_t a_ld
   }
 }
 
-// In place: each of the S rows of p (S floats, S % 16 == 0) becomes its softmax.
-void softmax_rows(float* p, int64_t S) {
-  for (int64_t i = 0; i < S; ++i) {
+// In place: each of the n rows of p (S floats, S % 16 == 0) becomes its softmax.
+void softmax_rows(float* p, int64_t n, int64_t S) {
+  for (int64_t i = 0; i < n; ++i) {
     float* r = p + i * S;
     __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t j = 0; j < S; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(r + j));
@@ -101,26 +101,59 @@ void softmax_rows(float* p, int64_t S) {
   }
 }
 
-// One head: q, k, v rows `*_ld` floats apart (S rows of D), o likewise; buf holds D*S + S*S.
+// dst[c][r] = src[r][c] for a 16 x 16 block: unpacks pair rows within 128-bit lanes, then
+// a 4 x 4 transpose of the lanes.
+inline void transpose16x16(const float* src, int64_t src_ld, float* dst, int64_t dst_ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * src_ld);
+  for (int i = 0; i < 8; ++i) {  // lane L of t[2i]: r[2i][4L], r[2i+1][4L], r[2i][4L+1], ...
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // lane L of r[4g + x]: rows 4g..4g+3 at column 4L + x
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int x = 0; x < 4; ++x) {  // column 4L + x gathers lane L of r[x], r[4+x], r[8+x], r[12+x]
+    const __m512 v0 = _mm512_shuffle_f32x4(r[x], r[4 + x], 0x44);
+    const __m512 v1 = _mm512_shuffle_f32x4(r[x], r[4 + x], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(r[8 + x], r[12 + x], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(r[8 + x], r[12 + x], 0xEE);
+    _mm512_storeu_ps(dst + x * dst_ld, _mm512_shuffle_f32x4(v0, v2, 0x88));
+    _mm512_storeu_ps(dst + (4 + x) * dst_ld, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+    _mm512_storeu_ps(dst + (8 + x) * dst_ld, _mm512_shuffle_f32x4(v1, v3, 0x88));
+    _mm512_storeu_ps(dst + (12 + x) * dst_ld, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+  }
+}
+
+// Floats of scratch one head needs: K^T and one tile's rows of scores.
+inline int64_t attention_buffer_floats(int64_t S, int64_t D) {
+  return D * S + kAttentionTileRows * S;
+}
+
+// One head: q, k, v rows `*_ld` floats apart (S rows of D), o likewise; buf holds
+// attention_buffer_floats(S, D). Each tile of rows goes through scores, softmax and output
+// in turn, so its scores stay in L1.
 void attention_head(const float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v,
                     int64_t v_ld, float* o, int64_t o_ld, int64_t S, int64_t D, float scale,
                     float* buf) {
-  float* kt = buf;      // (D, S)
-  float* p = buf + D * S;  // (S, S)
-  for (int64_t j = 0; j < S; ++j)
-    for (int64_t d = 0; d < D; ++d) kt[d * S + j] = k[j * k_ld + d];
+  float* kt = buf;         // (D, S)
+  float* p = buf + D * S;  // (kAttentionTileRows, S)
+  for (int64_t j = 0; j < S; j += 16)
+    for (int64_t d = 0; d < D; d += 16) transpose16x16(k + j * k_ld + d, k_ld, kt + d * S + j, S);
   for (int64_t i0 = 0; i0 < S; i0 += kAttentionTileRows) {
     const int64_t n = std::min<int64_t>(kAttentionTileRows, S - i0);
     for (int64_t j0 = 0; j0 < S; j0 += 64)
       attention_rows(true, n, static_cast<int>(std::min<int64_t>(64, S - j0) / 16),
-                     q + i0 * q_ld, q_ld, kt + j0, 0, S, D, p + i0 * S + j0, S, scale);
-  }
-  softmax_rows(p, S);
-  for (int64_t i0 = 0; i0 < S; i0 += kAttentionTileRows) {
-    const int64_t n = std::min<int64_t>(kAttentionTileRows, S - i0);
+                     q + i0 * q_ld, q_ld, kt + j0, 0, S, D, p + j0, S, scale);
+    softmax_rows(p, n, S);
     for (int64_t d0 = 0; d0 < D; d0 += 64)
       attention_rows(false, n, static_cast<int>(std::min<int64_t>(64, D - d0) / 16),
-                     p + i0 * S, S, v + d0, v_ld, S, D, o + i0 * o_ld + d0, o_ld, 0.f);
+                     p, S, v + d0, v_ld, S, D, o + i0 * o_ld + d0, o_ld, 0.f);
   }
 }
 #endif  // SB_HAVE_AVX512
@@ -145,10 +178,25 @@ at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at:
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
   if (threading < 0) threading = kAdaptive;
+  // A head's rows lie H * D floats apart (the head split of a Linear's output), too far
+  // apart for the hardware prefetcher: each row's first line would wait on L3 or memory.
+  // Asking for the next head's rows (to L2) while this one computes hides that wait.
+  auto prefetch_head = [&](int64_t c) {
+    if (c >= B * H) return;
+    const int64_t b = c / H, h = c % H;
+    for (const at::Tensor* t : {&q, &k, &v}) {
+      const char* base = reinterpret_cast<const char*>(t->data_ptr<float>() +
+                                                       b * t->stride(0) + h * t->stride(1));
+      for (int64_t j = 0; j < S; ++j)
+        for (int64_t byte = 0; byte < D * 4; byte += 64)
+          _mm_prefetch(base + j * t->stride(2) * 4 + byte, _MM_HINT_T1);
+    }
+  };
   parallel_chunks(B * H, threading, [&](int64_t c) {
     const int64_t b = c / H, h = c % H;
+    prefetch_head(c + 1);
     thread_local std::vector<float> buf;
-    buf.resize(D * S + S * S);
+    buf.resize(attention_buffer_floats(S, D));
     attention_head(qp + b * q.stride(0) + h * q.stride(1), q.stride(2),
                    kp + b * k.stride(0) + h * k.stride(1), k.stride(2),
                    vp + b * v.stride(0) + h * v.stride(1), v.stride(2),
