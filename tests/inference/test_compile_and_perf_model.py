@@ -148,3 +148,21 @@ def test_compile_runs_a_tied_output_projection_sparse(tmp_path):
     with torch.no_grad():
         assert torch.allclose(fast(src, tgt), model(src, tgt), atol=1e-5)
         assert torch.equal(fast.greedy_decode(src, max_len=6), model.greedy_decode(src, max_len=6))
+
+
+def test_without_a_hint_each_layer_is_judged_at_the_rows_it_sees_in_the_example(tmp_path):
+    # Measured only where the planner should look: 3 x 4 = 12 rows reach every Linear of
+    # an input (3, 4, 30); sparse (10 us x density) beats dense (5 us) at 12 rows, loses at 1.
+    pm = PerformanceModel(tmp_path / "cal.json", densities=DENS)
+    for out_f, in_f in [(40, 30), (20, 40), (5, 20)]:
+        pm.record(Calibration(out_f, in_f, 12, 5e-6, DENS, tuple(1e-5 * d for d in DENS)))
+        pm.record(Calibration(out_f, in_f, 1, 5e-6, DENS, tuple(1e-3 * d for d in DENS)))
+    model = _mlp()
+    plan = plan_sparse(model, perf_model=pm, example_input=torch.randn(3, 4, 30))
+    assert [set(d.predicted_speedup) for d in plan] == [{12}, {12}, {12}]
+    assert [d.use_sparse for d in plan] == [True, True, False]
+    # No example and no hint: one row, where this model says dense wins everywhere.
+    assert not any(d.use_sparse for d in plan_sparse(model, perf_model=pm))
+    # An explicit hint still overrides the example.
+    assert {1} == set(plan_sparse(model, batch_hint=1, perf_model=pm,
+                                  example_input=torch.randn(3, 4, 30))[0].predicted_speedup)

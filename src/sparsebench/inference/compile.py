@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -85,10 +86,22 @@ def _batches(batch_hint: int | Sequence[int]) -> tuple[int, ...]:
 
 @dataclass
 class _Context:
-    batches: tuple[int, ...]
+    batches: tuple[int, ...] | None  # None: the rows each layer saw in the example input
     min_speedup: float
     model: PerformanceModel
-    input_shapes: dict[str, tuple[int, ...]]  # module name -> input shape of one sample
+    input_shapes: dict[str, tuple[int, ...]]  # module name -> its input's shape in the example
+
+    def batches_for(self, name: str, kind: str) -> tuple[int, ...]:
+        """The batches a layer is judged at: the hinted ones, else what it saw in the example
+        input (a Linear's rows, all dimensions but the last; a convolution's images), else 1."""
+        if self.batches is not None:
+            return self.batches
+        shape = self.input_shapes.get(name)
+        if not shape:
+            return (1,)
+        if kind == "Conv2d":
+            return (max(shape[0], 1),)
+        return (max(math.prod(shape[:-1]), 1),)
 
 
 def _block_candidates(matrix: torch.Tensor) -> list[tuple[tuple[int, int], float]]:
@@ -119,9 +132,10 @@ def _choose(
     """
     density = float((matrix != 0).sum()) / max(matrix.numel(), 1)
     best: LayerDecision | None = None
+    batches = ctx.batches_for(name, kind)
     for block, d in _block_candidates(matrix):
-        cals = {b: calibrate(b, block) for b in ctx.batches}
-        speedups = {b: min(c.speedup(d) for c in cals[b]) for b in ctx.batches}
+        cals = {b: calibrate(b, block) for b in batches}
+        speedups = {b: min(c.speedup(d) for c in cals[b]) for b in batches}
         worst = min(speedups.values())
         if best is None or worst > min(best.predicted_speedup.values()):
             break_even = min(c.break_even_density(ctx.min_speedup)
@@ -171,7 +185,7 @@ def _decide_conv(name: str, conv: nn.Conv2d, ctx: _Context) -> LayerDecision:
     density = float((w != 0).sum()) / max(w.numel(), 1)
     if (why := conv_unsupported_reason(conv)) is not None:
         return LayerDecision(name, "Conv2d", shape, density, {}, 0.0, False, why)
-    if name not in ctx.input_shapes:
+    if len(ctx.input_shapes.get(name, ())) != 4:
         why = "input size unknown: pass example_input to size the convolution"
         return LayerDecision(name, "Conv2d", shape, density, {}, 0.0, False, why)
     hw = ctx.input_shapes[name][-2:]
@@ -217,14 +231,16 @@ def _converter(module: nn.Module) -> tuple[Decider, Converter] | None:
 
 
 def _input_shapes(model: nn.Module, example_input: object) -> dict[str, tuple[int, ...]]:
-    """Return the per-sample input shape of each Conv2d seen in one forward of the example."""
+    """Return the input shape of each supported layer at its first call in one forward of
+    the example."""
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if _converter(module) is not None:
 
             def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
-                shapes.setdefault(name, tuple(args[0].shape[1:]))
+                if args and isinstance(args[0], torch.Tensor):
+                    shapes.setdefault(name, tuple(args[0].shape))
 
             hooks.append(module.register_forward_pre_hook(hook))
     try:
@@ -242,7 +258,7 @@ def _input_shapes(model: nn.Module, example_input: object) -> dict[str, tuple[in
 def plan_sparse(
     model: nn.Module,
     *,
-    batch_hint: int | Sequence[int] = 1,
+    batch_hint: int | Sequence[int] | None = None,
     min_speedup: float = MIN_SPEEDUP,
     perf_model: PerformanceModel | None = None,
     example_input: object = None,
@@ -253,7 +269,8 @@ def plan_sparse(
         model: a finalized model (pruned weights are exact zeros).
         batch_hint: the batch size(s) the model will run at; for inputs ``(batch, seq, in)``
             pass ``batch * seq``, the rows a Linear sees. Sparse is chosen only if it wins at
-            every hinted batch.
+            every hinted batch. None (default): each layer is judged at what it sees in
+            ``example_input`` (a Linear's rows, a convolution's images), or at 1 without one.
         min_speedup: predicted dense/sparse time a layer must reach to go sparse; the margin
             above 1 absorbs calibration noise so no layer ends up slower than dense.
         perf_model: the calibration cache to use (default: this machine's cache file).
@@ -267,7 +284,7 @@ def plan_sparse(
         raise ValueError(f"min_speedup must be > 0, got {min_speedup}")
     pm = perf_model if perf_model is not None else PerformanceModel()
     shapes = {} if example_input is None else _input_shapes(model, example_input)
-    ctx = _Context(_batches(batch_hint), min_speedup, pm, shapes)
+    ctx = _Context(None if batch_hint is None else _batches(batch_hint), min_speedup, pm, shapes)
     decisions = []
     for name, module in model.named_modules():
         entry = _converter(module)
@@ -279,7 +296,7 @@ def plan_sparse(
 def compile_sparse(
     model: nn.Module,
     *,
-    batch_hint: int | Sequence[int] = 1,
+    batch_hint: int | Sequence[int] | None = None,
     min_speedup: float = MIN_SPEEDUP,
     perf_model: PerformanceModel | None = None,
     plan: Sequence[LayerDecision] | None = None,
