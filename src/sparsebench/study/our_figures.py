@@ -119,21 +119,27 @@ def training_cost_figure(
 
 
 def small_dense_figure(
-    pairs: Sequence[tuple[int, float, int, float]],
+    series: Mapping[str, Sequence[tuple[int, float, float, float]]],
     path: str | Path,
     *,
     metric: str,
     title: str,
 ) -> Path:
-    """Draws the sparse models (nonzero count, metric) and the small dense ones they match
-    (parameter count, metric) against a log parameter axis; ``pairs`` holds (nonzeros, sparse
-    value, parameters, dense value). Returns the PNG path."""
+    """Draws the metric against the nonzero parameter count (log axis), one line per series
+    (sparse models, small dense ones, block-sparse ones, the full dense model): ``series``
+    maps a label to points (nonzeros, mean, min, max) over the seeds, drawn as the mean with
+    the seeds' range as an error bar. Returns the PNG path."""
     k = _scale(metric)
-    pairs = sorted(pairs)
     fig = Figure(figsize=(6.5, 4.0))
     ax = fig.subplots()
-    ax.plot([p[0] for p in pairs], [k * p[1] for p in pairs], "o-", label="sparse (magnitude)")
-    ax.plot([p[2] for p in pairs], [k * p[3] for p in pairs], "s--", label="small dense")
+    styles = ("o-", "s--", "^-.", "D:")
+    for (label, points), style in zip(series.items(), styles * len(series), strict=False):
+        points = sorted(points)
+        xs = [p[0] for p in points]
+        means = [k * p[1] for p in points]
+        below = [k * (p[1] - p[2]) for p in points]
+        above = [k * (p[3] - p[1]) for p in points]
+        ax.errorbar(xs, means, yerr=[below, above], fmt=style, capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("parameters (nonzero)")
     ax.set_ylabel(metric_label(metric))

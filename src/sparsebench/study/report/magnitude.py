@@ -11,6 +11,7 @@ from ...methods import catalogue
 from .. import figures
 from .. import pareto as P
 from ..our_figures import small_dense_figure
+from ..speed import block_of
 from ..store import Run
 from .shared import ReportContext, Scope, Section, Table, cell, finished, metric_of
 
@@ -110,7 +111,7 @@ def small_dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
         return None
     by_id = {r.id: r for r in runs}
     metric, higher = metric_of(runs)
-    rows, sentences, pairs = [], [], []
+    rows, sentences = [], []
     for run in sorted(small, key=lambda r: r.hyperparameters.get("matched_sparsity", 0)):
         sparse = by_id.get(run.hyperparameters.get("matched_run", ""))
         if sparse is None or sparse.metric_value is None or run.metric_value is None:
@@ -120,7 +121,6 @@ def small_dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
         rows.append([f"{100 * (sparse.achieved_sparsity or 0):.1f}", sparse.id, nonzero,
                      cell(sparse.metric_value, metric), run.variant, params,
                      cell(run.metric_value, metric)])
-        pairs.append((nonzero, sparse.metric_value, params, run.metric_value))
         wins = (sparse.metric_value > run.metric_value) == higher
         sentences.append(
             f"With {nonzero:,} nonzero parameters, the {100 * sparse.achieved_sparsity:.0f}% "
@@ -135,18 +135,77 @@ def small_dense_section(ctx: ReportContext, scope: Scope) -> Section | None:
     if seeds is not None:  # replicas on both sides: one verdict per level, not per pair
         sentences = seeds[1]
     name = f"{scope.key}_small_dense.png"
-    small_dense_figure(pairs, ctx.out_dir / name, metric=metric,
-                       title=f"{scope.title}: sparse vs small dense at equal parameters")
+    series = _nonzero_series(ctx, scope, small, runs, by_id)
+    small_dense_figure(series, ctx.out_dir / name, metric=metric,
+                       title=f"{scope.title}: {P.metric_label(metric)} against nonzero "
+                             "parameters")
     return Section(
         id=f"{scope.key}-small-dense", title=f"{scope.title}: sparse vs small dense",
         question="At equal parameter count, is a large sparse model better than a small dense "
                  "one?",
-        sentences=sentences, figures=[(name, "sparse vs small dense")],
+        sentences=sentences,
+        figures=[(name, "against nonzero parameters: the sparse models and the small dense ones "
+                        "matched to them, block-sparse runs and the full dense model")],
         tables=[Table(f"{scope.key}_small_dense", ["sparsity %", "sparse run", "nonzeros",
                                                    "sparse", "small dense", "parameters",
                                                    P.display_name(catalogue.DENSE)], rows,
                       f"{P.metric_label(metric)}; nonzeros counted on the finalized weights.")]
         + ([seeds[0]] if seeds is not None else []))
+
+
+def _spread(x: int, values: Sequence[float]) -> tuple[int, float, float, float]:
+    return x, sum(values) / len(values), min(values), max(values)
+
+
+def _zeros(run: Run) -> int:
+    return sum(int(la["size"]) - int(la["nonzeros"]) for la in run.layers
+               if "size" in la and "nonzeros" in la)
+
+
+def _nonzero_series(ctx: ReportContext, scope: Scope, small: Sequence[Run], runs: Sequence[Run],
+                    by_id: dict[str, Run]) -> dict[str, list[tuple[int, float, float, float]]]:
+    """The figure's lines, each point (nonzero parameters, mean, min, max over seeds): the
+    sparse models the small dense ones were matched to, the small dense models, the same
+    technique's block-sparse runs at those sparsities, and the full dense model. A block
+    run's nonzeros are the matched run's, less the zeros it has beyond it (same model, so
+    the same parameters outside the pruned layers)."""
+    sparse: dict[str, tuple[int, float, float, float]] = {}
+    dense: dict[str, list[float]] = {}
+    matched: dict[float, tuple[Run, int]] = {}
+    for run in small:
+        hp = run.hyperparameters
+        source = by_id.get(hp.get("matched_run", ""))
+        if source is None or run.metric_value is None or hp.get("matched_nonzero") is None:
+            continue
+        seeds = [r.metric_value for r in _trained_alike(source, runs)]
+        sparse[source.id] = _spread(hp["matched_nonzero"], seeds)
+        dense.setdefault(run.variant, []).append(run.metric_value)
+        dense[run.variant + " parameters"] = [hp.get("parameters", 0)]
+        matched[source.target_sparsity or 0.0] = (source, hp["matched_nonzero"])
+    technique = next(iter(matched.values()))[0].technique if matched else None
+    series = {f"sparse ({P.display_name(technique)})" if technique else "sparse":
+              list(sparse.values()),
+              "small dense": [_spread(int(dense[v + " parameters"][0]), dense[v])
+                              for v in dense if not v.endswith(" parameters")]}
+    blocks: dict[tuple[int, int], dict[float, list[Run]]] = {}
+    for run in finished(ctx.scope_runs(scope, structured=True)):
+        if (run.technique == technique and run.metric_value is not None and run.layers
+                and run.target_sparsity in matched and block_of(run) != (1, 1)):
+            blocks.setdefault(block_of(run), {}).setdefault(run.target_sparsity, []).append(run)
+    for (bh, bw), levels in sorted(blocks.items()):
+        points = []
+        for target, alike in levels.items():
+            source, nonzero = matched[target]
+            points.append(_spread(round(statistics.mean(nonzero + _zeros(source) - _zeros(r)
+                                                         for r in alike)),
+                                  [r.metric_value for r in alike]))
+        series[f"sparse, {bh}x{bw} blocks"] = points
+    full = [r.metric_value for r in runs
+            if r.technique == catalogue.DENSE and r.metric_value is not None]
+    if full and matched:
+        source, nonzero = next(iter(matched.values()))
+        series["dense (full size)"] = [_spread(nonzero + _zeros(source), full)]
+    return series
 
 
 def _trained_alike(run: Run, runs: Sequence[Run]) -> list[Run]:
