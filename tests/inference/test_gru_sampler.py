@@ -69,7 +69,7 @@ def test_sparse_matrices_in_csr_sample_the_same_ids():
     for cell in plain.cells:  # every matrix of every layer in CSR, whatever the cost model says
         cell.ih = SparseLinear.from_linear(cell.ih)
         cell.hh = SparseLinear.from_linear(cell.hh)
-    sampler = GRUSampler(plain)
+    sampler = GRUSampler(plain, tune=False)  # as held: no formats timed in the loop
     assert sampler.formats == {"cells.0.ih": "csr", "cells.0.hh": "csr", "cells.1.ih": "csr",
                                "cells.1.hh": "csr", "output": "dense"}
     assert plain.cells[0].hh.col_indices.dtype == torch.int16  # the narrow-index kernel
@@ -84,13 +84,13 @@ def test_block_layers_and_compile_sparse_output():
     plain.cells[0].hh = SparseLinear.from_linear(plain.cells[0].hh, block=(4, 4))
     plain.cells[0].ih = SparseLinear.from_linear(plain.cells[0].ih, block=(16, 1))
     plain.output = SparseLinear.from_linear(plain.output, block=(8, 8))  # 23 rows: padded
-    sampler = GRUSampler(plain)
+    sampler = GRUSampler(plain, tune=False)
     assert sampler.formats == {"cells.0.ih": "bsr 16x1", "cells.0.hh": "bsr 4x4",
                                "output": "bsr 8x8"}
     assert torch.equal(*_both(plain, sampler))
     odd = _model(hidden_size=64, embed_dim=9)  # 9 inputs: not whole 4-wide blocks
     odd.cells[0].ih = SparseLinear.from_linear(odd.cells[0].ih, block=(4, 4))
-    sampler = GRUSampler(odd)
+    sampler = GRUSampler(odd, tune=False)
     assert sampler.formats["cells.0.ih"] == "csr (from 4x4 blocks: 9 inputs)"
     assert torch.equal(*_both(odd, sampler))
     compiled = compile_sparse(sb.sparsify(_model(hidden_size=64), "magnitude", sparsity=0.95)
@@ -176,3 +176,35 @@ def test_a_character_model_is_timed_sampling_at_batch_1():
     (result,) = results
     assert result.dense_s > 0 and result.sparse_s > 0 and len(result.plan) == 3
     assert result.layers == {}  # the compiled loop calls no module: no per-layer times
+
+
+@needs_kernels
+def test_a_compiled_models_formats_are_timed_in_the_loop(monkeypatch):
+    import sparsebench.inference.gru_sampler as gs
+
+    plain = sb.sparsify(_model(hidden_size=64), "magnitude", sparsity=0.9).finalize().eval()
+    plain.cells[0].hh = SparseLinear.from_linear(plain.cells[0].hh)  # ih and output: dense
+    # The loop's timings, in the order taken: as held; ih in CSR (faster by half: kept); hh
+    # dense (slower: left in CSR); output in CSR (4% faster: within the margin, left dense).
+    times = iter([1.0, 0.5, 0.9, 0.48])
+    monkeypatch.setattr(gs.GRUSampler, "_loop_seconds", lambda self: next(times))
+    sampler = GRUSampler(plain)
+    assert sampler.formats == {"cells.0.ih": "csr (faster in the loop)", "cells.0.hh": "csr",
+                               "output": "dense"}
+    assert next(times, None) is None  # every candidate timed once
+    monkeypatch.undo()
+    assert torch.equal(*_both(plain, sampler))  # the same ids, whatever runs
+    # A plain model is the dense baseline: nothing is timed or changed, zeros or not.
+    assert set(GRUSampler(_reference_of(plain)).formats.values()) == {"dense"}
+
+
+@needs_kernels
+def test_tuning_keeps_the_ids_and_never_makes_a_dense_matrix_sparse():
+    compiled = compile_sparse(sb.sparsify(_model(hidden_size=64), "magnitude", sparsity=0.95)
+                              .finalize().eval(), batch_hint=1, min_speedup=1e-9)
+    tuned = GRUSampler(compiled)
+    assert set(tuned.formats.values()) <= {"csr", "dense", "csr (faster in the loop)",
+                                           "dense (faster in the loop)"}
+    assert torch.equal(*_both(compiled, tuned))
+    dense_output = compile_sparse(_model(hidden_size=64), batch_hint=1)  # no zeros anywhere
+    assert set(GRUSampler(dense_output, tune=True).formats.values()) == {"dense"}
