@@ -14,6 +14,8 @@ engines' thread pools. The switches:
   are custom ops, ``inference/ops.py``, so inductor takes the model whole); off, eagerly.
 * ``attention``: the modules that call torch's scaled dot product attention run the
   extension's attention kernel instead (``glue.route_attention``); off, torch's.
+* ``layer-norm``: ``nn.LayerNorm`` layers run the extension's row kernel
+  (``glue.RowLayerNorm``); off, torch's.
 * ``stream``: outputs larger than the kernels' threshold written by non-temporal stores
   (``set_stream_min_bytes``); off, never.
 
@@ -76,8 +78,13 @@ def _attention(on: bool) -> None:
     glue.ATTENTION_KERNEL = on
 
 
+def _layer_norm(on: bool) -> None:
+    glue.LAYER_NORM_KERNEL = on
+
+
 SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "compiled": _compiled,
                                                "attention": _attention,
+                                               "layer-norm": _layer_norm,
                                                "torch-compile": lambda on: None,
                                                "stream": _stream}
 

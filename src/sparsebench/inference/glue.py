@@ -1,7 +1,8 @@
 """Faster stand-ins for the dense operations between the sparse layers.
 
 Once the products are sparse, what torch does around them can take a large share of the time.
-``compile_sparse`` swaps in the replacements here; each computes exactly what it replaces.
+``compile_sparse`` swaps in the replacements here; each computes what it replaces (the layer
+norm within float rounding).
 
 * ``nn.MaxPool2d`` (without indices): torch's NCHW max pooling is slow on the CPU. In a
   90%-sparse ResNet-50 at batch 1 on one core (``benchmarks/end_to_end_profile.py --model
@@ -66,6 +67,40 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
                    ceil_mode=pool.ceil_mode)
 
 
+#: Whether ``RowLayerNorm`` runs the extension's kernel (a switch for timing both side by side:
+#: ``benchmarks/switch_ab.py --switch layer-norm``).
+LAYER_NORM_KERNEL = True
+
+
+class RowLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dimension computed by the extension's kernel
+    (``csrc/layer_norm.h``: each row normalized while it sits in L1) for contiguous float32
+    CPU inputs a multiple of 16 wide, without gradients; otherwise torch's."""
+
+    @classmethod
+    def from_module(cls, norm: nn.LayerNorm) -> RowLayerNorm:
+        """The same normalization, sharing ``norm``'s parameters."""
+        new = cls(norm.normalized_shape, norm.eps, norm.elementwise_affine,
+                  bias=norm.bias is not None, device="meta")
+        new.weight, new.bias = norm.weight, norm.bias
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the layer norm of ``x``, as ``nn.LayerNorm`` does."""
+        if (LAYER_NORM_KERNEL and len(self.normalized_shape) == 1 and x.dim() >= 1
+                and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
+                and x.shape[-1] % 16 == 0 and x.numel() > 0
+                and not (torch.is_grad_enabled() and (x.requires_grad or any(
+                    p.requires_grad for p in self.parameters())))
+                and not torch.compiler.is_compiling()):
+            ext = _extension.load_extension()
+            if ext is not None and hasattr(ext, "layer_norm_rows"):
+                return ext.layer_norm_rows(
+                    x, None if self.weight is None else self.weight.detach(),
+                    None if self.bias is None else self.bias.detach(), self.eps)
+        return super().forward(x)
+
+
 def replace_glue(model: nn.Module) -> int:
     """Swap in the faster stand-ins throughout ``model``, in place; return how many."""
     swapped = 0
@@ -73,6 +108,9 @@ def replace_glue(model: nn.Module) -> int:
         for name, child in list(parent.named_children()):
             if type(child) is nn.MaxPool2d and not child.return_indices:
                 setattr(parent, name, ChannelsLastMaxPool2d.from_module(child))
+                swapped += 1
+            elif type(child) is nn.LayerNorm:
+                setattr(parent, name, RowLayerNorm.from_module(child))
                 swapped += 1
     return swapped
 

@@ -2725,6 +2725,7 @@ void pool_plane(const float* x, int64_t H, int64_t W, int64_t k, int64_t s, int6
 }  // namespace
 
 #include "attention.h"
+#include "layer_norm.h"
 
 
 // y = max_pool2d(x, kernel, stride, padding) for x (N, C, H, W) float32: square windows,
@@ -3211,6 +3212,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_forward", &attention_forward,
         "softmax(q k^T * scale) v per (batch, head), (B, H, S, D) float32, S and D multiples of 16",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("threading") = -1);
+  m.def("layer_norm_rows", &layer_norm_rows,
+        "layer norm over the last dimension of contiguous float32 rows (a multiple of 16 wide)",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
+        py::arg("threading") = -1);
   m.def("max_pool2d_nchw", &max_pool2d_nchw, "max pooling of NCHW float32 images",
         py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("threading") = -1);
