@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import subprocess
 import warnings
 from collections.abc import Callable
@@ -109,6 +110,19 @@ def _conv_case(ext, conv: SparseConv2d, x: torch.Tensor) -> Callable[[], torch.T
     return im2col
 
 
+def _revision_source(root: Path, revision: str) -> str:
+    """The kernels' source at ``revision`` as one translation unit: its ``csr_linear.cpp`` with
+    each local ``#include "name.h"`` replaced by that revision's header, as the package's own
+    build does with the checked-out files."""
+    def show(path: str) -> str:
+        return subprocess.run(["git", "show", f"{revision}:{path}"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+
+    folder = SOURCE.rsplit("/", 1)[0]
+    return re.sub(r'^#include "([A-Za-z0-9_]+\.h)"$', lambda m: show(f"{folder}/{m.group(1)}"),
+                  show(SOURCE), flags=re.MULTILINE)
+
+
 def main() -> None:
     """Build both revisions' kernels, time every case and print the ratios."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -128,8 +142,7 @@ def main() -> None:
     watch = LoadWatch(args.threads)
     warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
     root = Path(__file__).resolve().parents[1]
-    old_src = subprocess.run(["git", "show", f"{args.revision}:{SOURCE}"], cwd=root, check=True,
-                             capture_output=True, text=True).stdout
+    old_src = _revision_source(root, args.revision)
     old, new = _extension._build(old_src), _extension.load_extension()
     if new is None:
         raise SystemExit("the compiled kernels are unavailable here; nothing to compare")
