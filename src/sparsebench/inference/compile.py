@@ -313,8 +313,8 @@ def compile_sparse(
     ``fold_batchnorm`` to let the convolution feed its ReLU directly. A ReLU or GELU that only
     a sparse Linear feeds is applied by its kernel (``fusion.fuse_activations``), and a
     block's ``relu(conv(x) + shortcut)`` becomes one call of the sparse convolution
-    (``fusion.fuse_residual_relu``). Max pooling layers run a faster equivalent
-    (``glue.replace_glue``).
+    (``fusion.fuse_residual_relu``). Max pooling and layer norm layers run faster
+    equivalents (``glue.replace_glue``).
 
     Args:
         model, batch_hint, min_speedup, perf_model, example_input: as for ``plan_sparse``.
