@@ -170,3 +170,9 @@ def test_retraining_sentences_set_scratch_e_beside_a_longer_trained_best():
     assert sentences[2] == ("At 90%, scratch-e, with the pruning run's steps, averages 85.00% "
                             "over 3: 5.00 points above the frontier.")
     assert sentences[-1].startswith("The series marked scratch-b train twice the steps")
+
+
+def test_a_sentence_starts_upper_case_without_lowering_the_rest():
+    assert P.sentence_start("RigL") == "RigL"
+    assert P.sentence_start("magnitude pruning") == "Magnitude pruning"
+    assert P.sentence_start("") == ""

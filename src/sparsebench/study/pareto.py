@@ -112,6 +112,12 @@ def metric_label(metric_name: str) -> str:
     return {"top1": "top-1 accuracy (%)", "bleu": "BLEU"}.get(metric_name, metric_name)
 
 
+def sentence_start(text: str) -> str:
+    """``text`` with its first letter upper-case and the rest as written ("RigL" stays
+    "RigL", where ``str.capitalize`` gives "Rigl")."""
+    return text[:1].upper() + text[1:]
+
+
 def format_metric(value: float, metric_name: str) -> str:
     """Returns a metric for a sentence: top-1 (a fraction) as a percent, BLEU as points, both
     with two decimals ("72.48%", "23.26 BLEU"); a loss or bits per character with three
@@ -318,7 +324,7 @@ def leaders_sentence(
 
     ordered = sorted(won.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))
     first, *others = ordered
-    text = (f"{display_name(first[0]).capitalize()} has the best frontier point at "
+    text = (f"{sentence_start(display_name(first[0]))} has the best frontier point at "
             f"{_levels(first[1])} sparsity")
     text += "".join(f"; {display_name(n)} at {_levels(lvs)}" for n, lvs in others)
     return text + "."

@@ -83,7 +83,7 @@ def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
                 f"of {len(groups[layout][t])})" for layout in layouts if t in groups[layout]]
         if here:
             listed = ", ".join(here[:-1]) + (" and " if len(here) > 1 else "") + here[-1]
-            sentences.append(f"{P.display_name(t).capitalize()} runs took {listed} "
+            sentences.append(f"{P.sentence_start(P.display_name(t))} runs took {listed} "
                              "magnitude pruning's wall-clock time per step here, against "
                              f"{study:.2f}x in the study's Transformer.")
     if len(layouts) > 1:

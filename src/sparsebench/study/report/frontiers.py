@@ -76,7 +76,7 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
             top = max((fp.value for fp in frontier.values()), default=None)
             if higher and top is not None and top < 0.5 * baseline.mean:
                 sentences.append(
-                    f"{P.display_name(series).capitalize()} stays under half of the dense "
+                    f"{P.sentence_start(P.display_name(series))} stays under half of the dense "
                     f"baseline at every level (best {P.format_metric(top, metric)}): it did not "
                     f"produce a usable sparse {family_name(scope.family)} in these runs.")
     outside = {s: sum(P.nearest_level(p.sparsity, tolerance_pp=ctx.tolerance_pp) is None
