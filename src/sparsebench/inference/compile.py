@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from sparsebench.inference.fusion import fuse_activations, fuse_relu, fuse_residual_relu
+from sparsebench.inference.chains import chain_linears
 from sparsebench.inference.glue import replace_glue, route_attention
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d, conv_unsupported_reason
@@ -357,6 +358,8 @@ def compile_sparse(
         log.info("compile_sparse: %d pooling layers replaced by faster equivalents", swapped)
     if (routed := route_attention(compiled, example_input)) > 0:
         log.info("compile_sparse: %d attention modules run the attention kernel", routed)
+    if (chained := chain_linears(compiled, example_input)) > 0:
+        log.info("compile_sparse: %d pairs of sparse Linears computed in one call each", chained)
     return compiled
 
 

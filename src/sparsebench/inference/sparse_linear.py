@@ -441,8 +441,70 @@ class SparseLinear(nn.Module):
             check_invariants=False,
         )
 
+    @property
+    def chained(self) -> tuple[SparseLinear, SparseLinear] | None:
+        """``(first, second)`` where this layer is one of two linked by ``chains.chain_linears``
+        (the first's output feeds only the second): the first then hands its input through
+        unchanged and the second computes both products. None otherwise."""
+        return getattr(self, "_chain", None)
+
     def forward(self, x: Tensor) -> Tensor:
-        """Return ``x @ W.T + b`` with shape ``(..., out_features)``."""
+        """Return ``x @ W.T + b`` with shape ``(..., out_features)``; for a chained pair (see
+        ``chained``) the first returns ``x`` and the second takes it."""
+        pair = self.chained
+        if pair is None:
+            return self._product(x)
+        first, second = pair
+        if self is first:
+            self._check_input(x)
+            return x
+        first._check_input(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, first.in_features)
+        y = self._chain_product(first, x2)
+        if y is None:
+            return self._product(first._product(x))
+        return y.reshape(*lead, self.out_features)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(
+                f"SparseLinear expects inputs (..., {self.in_features}), got {tuple(x.shape)}"
+            )
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                "SparseLinear is inference-only (no backward); run it under torch.no_grad()"
+            )
+
+    def _chain_product(self, first: SparseLinear, x2: Tensor) -> Tensor | None:
+        """Both products of a chained pair in one extension call (``csr_pattern_chain``) for
+        the whole 64-row panels of ``x2``, the rows left over one layer after the other; None
+        where the call does not apply (no compiled kernels at this size, another device or
+        type, torch.compile tracing)."""
+        rows = x2.shape[0]
+        if (x2.dtype != torch.float32 or x2.device.type != "cpu" or rows < 64
+                or not _pattern_kernel_rows(rows) or torch.compiler.is_compiling()):
+            return None
+        ext = _extension.load_extension()
+        if ext is None or not hasattr(ext, "csr_pattern_chain") or not ext.HAVE_PATTERN_KERNEL:
+            return None
+        threads = torch.get_num_threads()
+        parts = 1 if threads <= 1 else 2 * threads
+        layouts = [layer.panel_layout(ext, parts, rows) for layer in (first, self)]
+        if any(len(layout) != 6 for layout in layouts):  # executable memory refused
+            return None
+        x2 = x2.contiguous()
+        full = rows // 64 * 64
+        y = torch.empty(rows, self.out_features)
+        ext.csr_pattern_chain(x2, layouts[0], first.bias, ACTIVATIONS.index(first.activation),
+                              layouts[1], self.bias, ACTIVATIONS.index(self.activation), y,
+                              full, _options["threading"])
+        if full < rows:
+            y[full:] = self._product(first._product(x2[full:]))
+        return y
+
+    def _product(self, x: Tensor) -> Tensor:
+        """This layer's own product, ``x @ W.T + b`` through its activation."""
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(
                 f"SparseLinear expects inputs (..., {self.in_features}), got {tuple(x.shape)}"
@@ -526,4 +588,6 @@ class SparseLinear(nn.Module):
             f"block={self.block[0]}x{self.block[1]}, "
             f"index_dtype={str(self.col_indices.dtype).removeprefix('torch.')}"
             + (f", activation={self.activation}" if self.activation != "none" else "")
+            + ("" if self.chained is None
+               else ", chain=first" if self.chained[0] is self else ", chain=second")
         )

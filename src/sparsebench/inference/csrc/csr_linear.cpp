@@ -972,6 +972,7 @@ struct PanelLayout {
   int64_t group_rows = 0;
   const int64_t *chunk_code = nullptr, *chunk_w = nullptr;
   const uint8_t* code = nullptr;
+  int64_t in = 0;  // input features (the compiled code's panels are 4 slices of (in, 16))
 };
 
 constexpr int64_t kPatternMagic = 0x5053;  // meta[0] of a compiled pattern kernel
@@ -1112,15 +1113,15 @@ float* aligned_floats(std::vector<float>& v, int64_t n) {
 //
 // Rows are taken in groups of R, their sums in zmm0..zmm(R-1); features in blocks of
 // kblock. One function per group and block, of the form
-//   void chunk(const float* xb,  // rdi: the block's first feature in a 16-column slice of
-//                                //      a packed panel (features 64 floats apart)
+//   void chunk(const float* xb,  // rdi: the block's first feature in a 16-row slice of a
+//                                //      packed panel (features 16 floats apart)
 //              const float* w,   // rsi: the chunk's weights, in the order its code reads them
-//              float* sums)      // rdx: the group's first row's sums in that slice (rows 64
-//                                //      floats apart, as layout_panel_part keeps them)
+//              float* sums)      // rdx: the group's first row's sums in that slice (rows 16
+//                                //      floats apart)
 // loads the sums of the rows with nonzeros there, then for each feature with any: one load
 // of x into zmm31 and one broadcast multiply-add per nonzero; then stores the sums. It is
-// called for the 4 slices of a 64-column panel in turn, so its code, fetched once from L2 or
-// L3, runs 4 times from L1 (a chunk is about 20 KB at R = 28, 90% and 768 features).
+// called for the 4 slices of a 64-row panel in turn, so its code, fetched once from L2 or
+// L3, runs 4 times from L1 (a chunk is about 20 KB at R = 31, 90% and 768 features).
 //
 // The kernel's tensors:
 //   meta        int64 [kPatternMagic, R, kblock, parts, groups, blocks]
@@ -1136,7 +1137,13 @@ float* aligned_floats(std::vector<float>& v, int64_t n) {
 constexpr int kPatternGroupRows = 31;  // sums in zmm0-30; zmm31 holds x
 constexpr int kPatternXRegister = 31;
 constexpr int64_t kPatternSlice = 16;  // batch columns per call (one register)
-constexpr int64_t kPatternRowStride = 64 * sizeof(float);  // bytes between rows of sums / x
+// A panel's inputs and sums are kept as 4 slices of 16 batch rows, each slice a matrix with
+// one 64-byte row per feature (inputs) or output (sums): what one call reads or writes is
+// contiguous, and a product's sums have the form of the next product's packed input
+// (csr_pattern_chain). Against the 64 batch rows interleaved (one 256-byte row per feature,
+// a call's features in a quarter of the L1's sets): 0.98-1.09x on BERT's three shapes at 128
+// and 1,024 rows, level within the noise (benchmarks/kernels_ab.py, load average 3).
+constexpr int64_t kPatternStride = kPatternSlice * sizeof(float);  // bytes between features
 
 using PatternChunk = void (*)(const float*, const float*, float*);
 
@@ -1180,19 +1187,19 @@ std::vector<at::Tensor> build_pattern_kernel(const int32_t* rp, const I* ci, con
         return a.feature != b.feature ? a.feature < b.feature : a.row < b.row;
       });
       for (int r = 0; r < R; ++r)
-        if (used >> r & 1) e.load(r, pattern_jit::kRdx, static_cast<int32_t>(r * kPatternRowStride));
+        if (used >> r & 1) e.load(r, pattern_jit::kRdx, static_cast<int32_t>(r * kPatternStride));
       MovingBase x{pattern_jit::kRdi, 64}, w{pattern_jit::kRsi, 4};
       int64_t last = -1, j = 0;
       for (const Entry& n : entries) {
         if (n.feature != last) {
-          e.load(kPatternXRegister, pattern_jit::kRdi, x.disp(e, n.feature * kPatternRowStride));
+          e.load(kPatternXRegister, pattern_jit::kRdi, x.disp(e, n.feature * kPatternStride));
           last = n.feature;
         }
         e.fma_broadcast(n.row, kPatternXRegister, pattern_jit::kRsi, w.disp(e, 4 * j++));
         weights.push_back(n.w);
       }
       for (int r = 0; r < R; ++r)
-        if (used >> r & 1) e.store(pattern_jit::kRdx, static_cast<int32_t>(r * kPatternRowStride), r);
+        if (used >> r & 1) e.store(pattern_jit::kRdx, static_cast<int32_t>(r * kPatternStride), r);
       e.ret();
     }
   }
@@ -1240,24 +1247,25 @@ PanelLayout check_pattern_kernel(const std::vector<at::Tensor>& t, int64_t out, 
   L.chunk_code = t[2].data_ptr<int64_t>();
   L.chunk_w = t[3].data_ptr<int64_t>();
   L.code = t[5].data_ptr<uint8_t>();
+  L.in = in;
   return L;
 }
 
-// Part p of n full 64-column panels (xT[i]: (in, 64)) through the compiled chunks, written
-// into each panel's 64 batch rows of y (y[i]). Each chunk's code runs 4 n times in a row.
-void pattern_panel_part(const PanelLayout& L, int64_t p, const float* const* xT, float* const* y,
-                        int64_t n, const float* bias, int64_t out, int64_t act, bool stream) {
-  constexpr int64_t TB = 4 * kPatternSlice;
+// Rows [r0, r1) of n full 64-row panels through the compiled chunks of part p (whole groups).
+// xT[i] is panel i packed in slices (pack_panel: 4 consecutive (in, 16) matrices); the sums
+// go to sums[i], in the same form with `height` rows a slice, starting at row `row0`: the
+// caller's own rows, or all of a layer's outputs when they feed the next product directly
+// (csr_pattern_chain). Sums start at the bias. Each chunk's code runs 4 n times in a row.
+void pattern_chunks(const PanelLayout& L, int64_t p, const float* const* xT, int64_t n,
+                    const float* bias, float* const* sums, int64_t height, int64_t row0) {
   const int64_t r0 = L.part_rows[p], r1 = L.part_rows[p + 1], R = L.group_rows;
-  const int64_t rows = r1 - r0;
-  thread_local std::vector<float> store;
-  float* sums = aligned_floats(store, n * rows * TB);  // the chunks' aligned loads need it
-  for (int64_t o = r0; o < r1; ++o) {
-    const __m512 b = _mm512_set1_ps(bias ? bias[o] : 0.f);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t q = 0; q < TB; q += kPatternSlice)
-        _mm512_store_ps(sums + (i * rows + o - r0) * TB + q, b);
-  }
+  const int64_t slice = height * kPatternSlice;  // floats between slices of the sums
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = r0; o < r1; ++o) {
+      const __m512 b = _mm512_set1_ps(bias ? bias[o] : 0.f);
+      for (int64_t q = 0; q < 4; ++q)
+        _mm512_store_ps(sums[i] + q * slice + (o - row0) * kPatternSlice, b);
+    }
   // Block by block, every group of the part in turn: the packed inputs of one block of
   // features (768 x 64 floats a panel) stay in L2 while all groups read them. Group by group
   // the whole panel cycled through the L2 for each group once the input outgrew one block:
@@ -1272,14 +1280,28 @@ void pattern_panel_part(const PanelLayout& L, int64_t p, const float* const* xT,
       const auto chunk = reinterpret_cast<PatternChunk>(L.code + L.chunk_code[k]);
       const float* w = L.values + L.chunk_w[k];
       for (int64_t i = 0; i < n; ++i) {
-        const float* xb = xT[i] + t * L.kblock * TB;
-        float* s = sums + (i * rows + g * R - r0) * TB;
-        for (int64_t q = 0; q < TB; q += kPatternSlice) chunk(xb + q, w, s + q);
+        const float* xb = xT[i] + t * L.kblock * kPatternSlice;
+        float* s = sums[i] + (g * R - row0) * kPatternSlice;
+        for (int64_t q = 0; q < 4; ++q) chunk(xb + q * L.in * kPatternSlice, w, s + q * slice);
       }
     }
   }
+}
+
+// Part p of n full 64-row panels (packed as pattern_chunks takes them) through the compiled
+// chunks, written into each panel's 64 rows of y (y[i]).
+void pattern_panel_part(const PanelLayout& L, int64_t p, const float* const* xT, float* const* y,
+                        int64_t n, const float* bias, int64_t out, int64_t act, bool stream) {
+  const int64_t r0 = L.part_rows[p], r1 = L.part_rows[p + 1], rows = r1 - r0;
+  thread_local std::vector<float> store;
+  float* base = aligned_floats(store, n * rows * 4 * kPatternSlice);  // aligned loads need it
+  float* sums[4];
+  for (int64_t i = 0; i < n; ++i) sums[i] = base + i * rows * 4 * kPatternSlice;
+  pattern_chunks(L, p, xT, n, bias, sums, rows, r0);
   for (int64_t i = 0; i < n; ++i)
-    write_panel_rows<TB>(sums + i * rows * TB, r0, r1, y[i], out, act, stream);
+    for (int64_t q = 0; q < 4; ++q)
+      write_panel_rows<kPatternSlice>(sums[i] + q * rows * kPatternSlice, r0, r1,
+                                      y[i] + q * kPatternSlice * out, out, act, stream);
 }
 
 // Panels run together through the compiled chunks: as many as keep their packed inputs
@@ -1341,6 +1363,14 @@ inline int64_t spmm_panel_width() {
   return set >= 0 ? set : kDefaultPanel;
 }
 
+// A panel of `width` rows of x (in features each) packed for the products: transposed,
+// (in, width), or for code compiled for the pattern (slices), as 4 consecutive (in, 16)
+// matrices, one per 16 rows, so that the features one call reads are 64 bytes apart.
+inline void pack_panel(const float* x, int64_t width, int64_t in, float* dst, bool slices) {
+  if (!slices) return transpose_into(x, width, in, in, dst, width);
+  for (int64_t q = 0; q < width; q += 16) transpose_into(x + q * in, 16, in, in, dst + q * in, 16);
+}
+
 template <typename I>
 void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float* v,
                 const float* bias, float* yp, int64_t out, int64_t panel, int64_t threading,
@@ -1380,7 +1410,7 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
         for (int64_t p = u * n, pe = std::min(panels, (u + 1) * n); p < pe; ++p) {
           const int64_t b0 = p * panel, width = std::min(panel, B - b0);
           float* xp = buf + (p - u * n) * panel * in;
-          transpose_into(xs + b0 * in, width, in, in, xp, width);
+          pack_panel(xs + b0 * in, width, in, xp, width == panel && layout->code != nullptr);
           if (width < panel) {
             spmm_rows<I>(0, out, rp, ci, v, xp, width, width, bias, yp + b0 * out, out, act);
             continue;
@@ -1413,7 +1443,8 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
   parallel_chunks(serial ? 1 : panels, threading, [&](int64_t c) {
     for (int64_t p = serial ? 0 : c, pe = serial ? panels : c + 1; p < pe; ++p) {
       const int64_t b0 = p * panel, width = std::min(panel, B - b0);
-      transpose_into(xs + b0 * in, width, in, in, pp + b0 * in, width);
+      pack_panel(xs + b0 * in, width, in, pp + b0 * in,
+                 width == panel && panel == 4 * VL && layout != nullptr && layout->code != nullptr);
     }
   });
   // Each panel's rows are split in `per` parts, claimed panel by panel, so the threads work
@@ -1924,6 +1955,71 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   return y;
 }
 
+// Two products in a row, y = act2(W2 act1(W1 x + b1) + b2), for the first `rows` rows of x
+// (a multiple of 64), both weights through code compiled for their patterns; written into
+// the first `rows` rows of y. A BERT or GPT-2 feed-forward block: the 3,072-wide activations
+// between its products are 12 MB at 1,024 rows, written out by the first product (transposed
+// back from its sums) and read and packed again by the second. Here each panel's sums of the
+// first product, in L2, are the packed input of the second: nothing between them goes to
+// memory and neither transpose happens.
+void csr_pattern_chain(const at::Tensor& x, const std::vector<at::Tensor>& first,
+                       const c10::optional<at::Tensor>& bias1, int64_t act1,
+                       const std::vector<at::Tensor>& second,
+                       const c10::optional<at::Tensor>& bias2, int64_t act2, at::Tensor& y,
+                       int64_t rows, int64_t threading) {
+#if SB_HAVE_PATTERN_JIT
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "csr_pattern_chain: x must be a contiguous float32 matrix");
+  TORCH_CHECK(y.dim() == 2 && y.scalar_type() == at::kFloat && y.is_contiguous() &&
+                  y.size(0) == x.size(0),
+              "csr_pattern_chain: y must be a contiguous float32 matrix with x's rows");
+  TORCH_CHECK(rows % 64 == 0 && rows >= 0 && rows <= x.size(0),
+              "csr_pattern_chain: rows must be a multiple of 64 within x, got ", rows);
+  for (int64_t a : {act1, act2})
+    TORCH_CHECK(a >= kNoActivation && a <= kGeluTanh, "csr_pattern_chain: unknown activation");
+  TORCH_CHECK(!first.empty() && !second.empty() && first[0].numel() == 6 &&
+                  second[0].numel() == 6,
+              "csr_pattern_chain: both layouts must be compiled pattern kernels");
+  const int64_t in = x.size(1);
+  const int64_t mid = first[1].data_ptr<int64_t>()[first[1].numel() - 1];  // W1's outputs
+  const int64_t out = y.size(1);
+  const PanelLayout L1 = check_pattern_kernel(first, mid, in);
+  const PanelLayout L2 = check_pattern_kernel(second, out, mid);
+  auto bias_of = [](const c10::optional<at::Tensor>& b, int64_t n) -> const float* {
+    if (!b.has_value() || !b->defined()) return nullptr;
+    TORCH_CHECK(b->scalar_type() == at::kFloat && b->is_contiguous() && b->numel() == n,
+                "csr_pattern_chain: a bias must be contiguous float32 of its layer's outputs");
+    return b->data_ptr<float>();
+  };
+  const float* b1 = bias_of(bias1, mid);
+  const float* b2 = bias_of(bias2, out);
+  const float* xs = x.data_ptr<float>();
+  float* ys = y.data_ptr<float>();
+  const int64_t panels = rows / 64;
+  if (panels == 0) return;
+  const bool serial = at::get_num_threads() <= 1 || threading == kSerial;
+  const bool stream = stream_output(rows * out);
+  parallel_chunks(serial ? 1 : panels, threading, [&](int64_t c) {
+    thread_local std::vector<float> packed_store, mid_store;
+    float* xp = aligned_floats(packed_store, 64 * in);
+    float* h = aligned_floats(mid_store, 64 * mid);
+    for (int64_t p = serial ? 0 : c, pe = serial ? panels : c + 1; p < pe; ++p) {
+      pack_panel(xs + p * 64 * in, 64, in, xp, true);
+      const float* xT = xp;
+      for (int64_t k = 0; k < L1.parts; ++k) pattern_chunks(L1, k, &xT, 1, b1, &h, mid, 0);
+      apply_activation(h, 64 * mid, act1);
+      const float* hT = h;
+      float* yo = ys + p * 64 * out;
+      for (int64_t k = 0; k < L2.parts; ++k)
+        pattern_panel_part(L2, k, &hT, &yo, 1, b2, out, act2, stream);
+    }
+    if (stream) _mm_sfence();
+  });
+#else
+  TORCH_CHECK(false, "csr_pattern_chain: needs x86-64 with AVX-512 on Linux");
+#endif
+}
+
 // The count-class layout of a CSR weight for large batches (see layout_panel_part), rows in
 // `parts` parts balanced by nonzeros; kblock <= 0 chooses the block from the density.
 std::vector<at::Tensor> csr_panel_layout(const at::Tensor& crow, const at::Tensor& col,
@@ -1950,7 +2046,7 @@ std::vector<at::Tensor> csr_panel_layout(const at::Tensor& crow, const at::Tenso
 }
 
 // Code compiled for the pattern of a CSR weight, for products of 64 rows or more (see
-// pattern_panel_part): groups of `group_rows` rows (<= 0: the default, 28), feature blocks of
+// pattern_panel_part): groups of `group_rows` rows (<= 0: the default, 31), feature blocks of
 // `kblock` (<= 0: the whole input up to 1,024 features, else blocks of 768), rows in `parts`
 // parts of whole groups balanced by nonzeros.
 std::vector<at::Tensor> csr_pattern_kernel(const at::Tensor& crow, const at::Tensor& col,
@@ -3181,6 +3277,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The count-class layout of a CSR weight for products of 128 rows or more",
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("in_features"),
         py::arg("kblock") = -1, py::arg("parts") = 1);
+  m.def("csr_pattern_chain", &csr_pattern_chain,
+        "y[:rows] = act2(W2 act1(W1 x + b1) + b2) through two compiled pattern kernels",
+        py::arg("x"), py::arg("first"), py::arg("bias1"), py::arg("act1"), py::arg("second"),
+        py::arg("bias2"), py::arg("act2"), py::arg("y"), py::arg("rows"), py::arg("threading"));
   m.def("csr_pattern_kernel", &csr_pattern_kernel,
         "Code compiled for a CSR weight's pattern, for products of 64 rows or more; "
         "csr_linear takes it as its layout",
