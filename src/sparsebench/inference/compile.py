@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsebench.inference.fusion import fuse_activations, fuse_relu, fuse_residual_relu
 from sparsebench.inference.chains import chain_linears
+from sparsebench.inference.fusion import fuse_activations, fuse_relu, fuse_residual_relu
 from sparsebench.inference.glue import replace_glue, route_attention
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d, conv_unsupported_reason
