@@ -16,6 +16,9 @@ engines' thread pools. The switches:
   extension's attention kernel instead (``glue.route_attention``); off, torch's.
 * ``layer-norm``: ``nn.LayerNorm`` layers run the extension's row kernel
   (``glue.RowLayerNorm``); off, torch's.
+* ``chain``: a sparse Linear whose output feeds only another (a transformer's feed-forward
+  block) computed with it in one call (``chains.chain_linears``,
+  ``sparse_linear.CHAIN_PRODUCTS``); off, one product after the other.
 * ``stream``: outputs larger than the kernels' threshold written by non-temporal stores
   (``set_stream_min_bytes``); off, never.
 
@@ -74,6 +77,10 @@ def _compiled(on: bool) -> None:
     sparse_linear.PATTERN_KERNEL = on
 
 
+def _chain(on: bool) -> None:
+    sparse_linear.CHAIN_PRODUCTS = on
+
+
 def _attention(on: bool) -> None:
     glue.ATTENTION_KERNEL = on
 
@@ -83,7 +90,7 @@ def _layer_norm(on: bool) -> None:
 
 
 SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "compiled": _compiled,
-                                               "attention": _attention,
+                                               "attention": _attention, "chain": _chain,
                                                "layer-norm": _layer_norm,
                                                "torch-compile": lambda on: None,
                                                "stream": _stream}
@@ -120,6 +127,7 @@ def main() -> None:
             run[True](*inputs)
         print(f"   torch.compile: first call (tracing, inductor) {time.perf_counter() - t0:.0f} s")
     times: dict[bool, list[float]] = {True: [], False: []}
+    backoff = {True: [0, 0, 0], False: [0, 0, 0]}
     try:
         with torch.no_grad():
             for on in times:  # warm: layouts built, caches filled
@@ -128,9 +136,12 @@ def main() -> None:
             for _ in range(args.rounds):
                 for on in times:
                     switch(on)
+                    before = _adaptive_stats()
                     t0 = time.perf_counter()
                     run[on](*inputs)
                     times[on].append(time.perf_counter() - t0)
+                    backoff[on] = [a + n - b for a, n, b in
+                                   zip(backoff[on], _adaptive_stats(), before, strict=True)]
     finally:
         switch(True)
     med = {on: statistics.median(t) for on, t in times.items()}
@@ -138,6 +149,16 @@ def main() -> None:
         print(f"   {args.switch} {'on ' if on else 'off'} {med[on] * 1e3:9.1f} ms median of "
               f"{args.rounds} (rounds spread {(max(t) - min(t)) / med[on]:.0%})")
     print(f"   off / on: {med[False] / med[True]:.2f}x")
+    if args.threads > 1:
+        for on, (jobs, stalls, serial) in backoff.items():
+            print(f"   {args.switch} {'on ' if on else 'off'} adaptive threading: {jobs} parallel "
+                  f"jobs, {stalls} found the cores busy, {serial} run serially after that")
+
+
+def _adaptive_stats() -> tuple[int, int, int]:
+    """The extension's adaptive threading counters (parallel jobs, stalls, serial jobs)."""
+    ext = _extension.load_extension()
+    return tuple(ext.adaptive_stats()) if ext is not None else (0, 0, 0)
 
 
 if __name__ == "__main__":

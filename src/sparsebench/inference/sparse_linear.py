@@ -56,6 +56,10 @@ PATTERN_KERNEL = True
 #: 128 tokens, batch 1, ran 0.98x with it, at batch 8 (1,024 rows) 1.14x
 #: (results/benchmarks/switch_ab_compiled.txt).
 PATTERN_KERNEL_MIN_ROWS = 256
+#: Whether the pairs linked by ``chains.chain_linears`` compute both products in one call; off,
+#: each layer of a pair computes its own (a switch for timing both side by side,
+#: ``benchmarks/switch_ab.py --switch chain``).
+CHAIN_PRODUCTS = True
 #: Why this process builds no more compiled kernels (the system refused executable memory).
 _refused: list[str] = []
 
@@ -452,7 +456,7 @@ class SparseLinear(nn.Module):
         """Return ``x @ W.T + b`` with shape ``(..., out_features)``; for a chained pair (see
         ``chained``) the first returns ``x`` and the second takes it."""
         pair = self.chained
-        if pair is None:
+        if pair is None or not CHAIN_PRODUCTS:
             return self._product(x)
         first, second = pair
         if self is first:

@@ -1997,6 +1997,7 @@ void csr_pattern_chain(const at::Tensor& x, const std::vector<at::Tensor>& first
   float* ys = y.data_ptr<float>();
   const int64_t panels = rows / 64;
   if (panels == 0) return;
+  if (threading < 0) threading = kAdaptive;  // the default, as for csr_linear
   const bool serial = at::get_num_threads() <= 1 || threading == kSerial;
   const bool stream = stream_output(rows * out);
   parallel_chunks(serial ? 1 : panels, threading, [&](int64_t c) {
