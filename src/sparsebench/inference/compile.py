@@ -355,7 +355,8 @@ def compile_sparse(
         log.info("compile_sparse: %d residual sums and ReLUs applied by sparse convolutions",
                  fused)
     if (swapped := replace_glue(compiled)) > 0:
-        log.info("compile_sparse: %d pooling layers replaced by faster equivalents", swapped)
+        log.info("compile_sparse: %d pooling and layer norm layers replaced by faster "
+                 "equivalents", swapped)
     if (routed := route_attention(compiled, example_input)) > 0:
         log.info("compile_sparse: %d attention modules run the attention kernel", routed)
     if (chained := chain_linears(compiled, example_input)) > 0:
