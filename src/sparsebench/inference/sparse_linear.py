@@ -509,14 +509,7 @@ class SparseLinear(nn.Module):
 
     def _product(self, x: Tensor) -> Tensor:
         """This layer's own product, ``x @ W.T + b`` through its activation."""
-        if x.shape[-1:] != (self.in_features,):
-            raise ValueError(
-                f"SparseLinear expects inputs (..., {self.in_features}), got {tuple(x.shape)}"
-            )
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(
-                "SparseLinear is inference-only (no backward); run it under torch.no_grad()"
-            )
+        self._check_input(x)
         if x.device.type != "cpu" and x.device == self.values.device \
                 and x.dtype == self.values.dtype:
             return apply_activation(self.forward_torch_sparse(x), self.activation)
