@@ -205,3 +205,22 @@ def test_torch_compile_of_a_chained_model_agrees(jit):
         eager = fast(x)  # builds the layouts the traced graph reads
         traced = torch.compile(fast, fullgraph=True)
         torch.testing.assert_close(traced(x), eager, rtol=1e-5, atol=1e-5)
+
+
+def test_the_default_threading_is_the_adaptive_mode(jit):
+    # threading -1 must mean csr_linear's default, the adaptive mode, which counts its jobs;
+    # it once fell through to the helper pool, which ran BERT's chained products serially.
+    w1, w2 = _sparse(64, 32, 0.3, 6), _sparse(32, 64, 0.3, 7)
+    k1 = jit.csr_pattern_kernel(*dense_to_csr(w1), 32, -1, -1, 4)
+    k2 = jit.csr_pattern_kernel(*dense_to_csr(w2), 64, -1, -1, 4)
+    x, y = torch.randn(256, 32), torch.empty(256, 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        jobs, _, serial = jit.adaptive_stats()
+        jit.csr_pattern_chain(x, k1, None, 0, k2, None, 0, y, 256, -1)
+        jobs_after, _, serial_after = jit.adaptive_stats()
+    finally:
+        torch.set_num_threads(before)
+    assert (jobs_after - jobs) + (serial_after - serial) == 1
+    torch.testing.assert_close(y, _dense_pair(x, w1, None, 0, w2, None, 0), rtol=1e-5, atol=1e-5)
