@@ -1315,10 +1315,14 @@ void pattern_panel_part(const PanelLayout& L, int64_t p, const float* const* xT,
 }
 
 // Panels run together through the compiled chunks: as many as keep their packed inputs
-// within about 512 KB of the L2 (2 at 768 features, 1 from 1,025 on).
+// within about 256 KB of the L2 (1 from 513 features on). With 512 KB (2 panels at 768
+// features), BERT-base's 768x768 products left their sums, inputs, code and weights more than
+// the L2 holds: the compiled model at batch 8, one thread, ran 1.00-1.03x faster with one
+// panel per pass in three runs of 15 interleaved rounds (switch_ab.py with a switch not
+// kept, rounds spread 12-34%).
 inline int64_t pattern_panels_per_pass(const PanelLayout& L, int64_t in) {
   if (L.code == nullptr) return 1;
-  return std::max<int64_t>(1, std::min<int64_t>(4, (int64_t{512} << 10) / (in * 64 * 4)));
+  return std::max<int64_t>(1, std::min<int64_t>(4, (int64_t{256} << 10) / (in * 64 * 4)));
 }
 #else
 #define SB_HAVE_PATTERN_JIT 0
