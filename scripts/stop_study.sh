@@ -1,18 +1,21 @@
 #!/bin/bash
-# Stops the CPU study started by scripts/run_study.sh (or run_budget.sh) so that it can be committed: the driver
-# first (nothing new starts), then each sweep with SIGTERM (its runs go back to pending and
-# resume from their last checkpoint, at most a tenth of a run ago), then each store's WAL is
-# folded into the .db file, which is what git sees.
+# Stops the CPU study started by scripts/run_study.sh (or run_budget.sh, run_new_techniques.sh)
+# so that it can be committed: the driver first (nothing new starts), then each sweep with
+# SIGTERM (its runs go back to pending and resume from their last checkpoint, at most a tenth
+# of a run ago), one-shot pruning (its finished rows are stored; the one in progress is done
+# again) and retraining (it resumes from its checkpoint), then each store's WAL is folded into
+# the .db file, which is what git sees.
 #   bash scripts/stop_study.sh && git add results/study/*.db
 set -uo pipefail
 cd "$(dirname "$0")/.."
-pkill -KILL -f "scripts/run_(study|budget).sh"  # SIGKILL: run_study.sh's trap would run the report
-pkill -TERM -f "sparsebench sweep"
+pkill -KILL -f "scripts/run_(study|budget|new_techniques).sh"  # SIGKILL: run_study.sh's trap would run the report
+workers="sparsebench (sweep|one-shot)|scripts/retrain_lost_runs.py"
+pkill -TERM -f "$workers"
 for _ in $(seq 90); do
-  pgrep -f "sparsebench sweep" > /dev/null || break
+  pgrep -f "$workers" > /dev/null || break
   sleep 2
 done
-if pgrep -fa "sparsebench sweep"; then
+if pgrep -fa "$workers"; then
   echo "sweeps still running after 3 minutes; not touching the stores" >&2
   exit 1
 fi
