@@ -245,3 +245,29 @@ def test_the_demo_report_opens_with_answers_that_match_its_store(tmp_path):
         assert set(best) == set(TECHNIQUES)
         assert any(r[1] == "variational dropout vs magnitude pruning" for r in rows)
         assert any(r[1] == "L0 regularization vs magnitude pruning" for r in rows)
+
+
+def test_a_sweeps_variant_is_drawn_apart_and_left_out_of_the_answers(tmp_path):
+    # A random pruning run at 4x the steps that would lead every technique at 90%: the answers
+    # compare at the study's budget, so they do not change; the frontiers show it as a series
+    # of its own.
+    reports = {}
+    for name, extra in (("plain", []), ("marked", [Run(
+            id="r90-long", technique="random", variant="4x steps", model_family="lenet300",
+            metric_name="top1", metric_value=0.95, achieved_sparsity=0.9, seed=0,
+            target_sparsity=0.9, status="finished")])):
+        with RunStore(tmp_path / f"{name}.db") as store:
+            _study(store)
+            store.upsert(extra)
+            reports[name] = write_report(store, tmp_path / name, source="ours")
+    assert answers_of(reports["marked"], "ours_lenet300") == \
+        answers_of(reports["plain"], "ours_lenet300")
+    with open(reports["marked"].parent / "ours_lenet300_frontiers.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    at_90 = next(row for row in table if row["sparsity %"] == "90")
+    assert at_90["random pruning (4x steps)"] == "95.00 (1)"
+    assert at_90["random pruning"] == "82.00 (1)"
+    # Ranked without it: the best at 90% is variational dropout's 85.0%, as in the plain study.
+    assert at_90["best"] == "variational dropout"
+    assert "Not ranked with the others, since they train on another budget: random pruning " \
+        "(4x steps)." in html.unescape(reports["marked"].read_text())

@@ -82,6 +82,9 @@ def _with(**changes):
     (_with(dense="yes"), "dense: must be true, false or {replicas: N}"),
     (_with(mp_v2={"sparsities": [0.9], "grid": {"kl_weight": [1e-5]}}),
      "mp_v2.grid: 'kl_weight' is not a hyperparameter of magnitude"),
+    (_with(variant="(4x steps)"), "variant: must be a short label of plain words"),
+    (_with(variant=4), "variant: must be a short label of plain words"),
+    (_with(variant=" "), "variant: must be a short label of plain words"),
 ])
 def test_validation_is_one_sentence(values, message):
     with pytest.raises(SweepError) as info:
@@ -126,6 +129,40 @@ def test_points_and_stable_ids():
     config = mp.config(spec.task)
     assert (config.sparsity.method, config.sparsity.sparsity, config.run.steps) == \
         ("magnitude", 0.9, 20)
+
+
+def test_a_variant_keeps_its_runs_apart_and_leaves_other_sweeps_ids_alone():
+    from sparsebench.study.store import Run
+
+    plain = plan_phase1(parse_sweep(_with()))
+    marked = plan_phase1(parse_sweep(_with(variant="4x steps")))
+    assert [p.technique for p in marked] == [p.technique for p in plain]
+    assert {p.variant for p in marked} == {"4x steps"} and {p.variant for p in plain} == {""}
+    # Its own runs, never the study's: no id in common with the same points unmarked.
+    assert not {p.run_id("t") for p in marked} & {p.run_id("t") for p in plain}
+    # The label tables and figures draw the series under.
+    point = next(p for p in marked if p.technique == "magnitude")
+    run = Run(id=point.run_id("t"), train_id=point.run_id("t"), technique=point.technique,
+              variant=point.variant, created="", updated="")
+    assert run.label == "magnitude (4x steps)"
+    # A sweep file without the field plans what it planned before the field existed: the
+    # identity of a point with variant "" is unchanged, so finished runs are found again.
+    assert plain[0].identity("t")["variant"] == ""
+
+
+def test_the_committed_studys_finished_sweep_still_plans_its_stored_runs(tmp_path):
+    # A change to what defines a point would silently plan the whole study again.
+    import shutil
+
+    from sparsebench.study.store import RunStore
+
+    spec = load_sweep(REPO / "sweeps" / "fmnist-resnet-new-techniques.yaml")
+    copy = tmp_path / "fmnist-resnet.db"  # opening a store may write to it; not the committed one
+    shutil.copyfile(REPO / "results" / "study" / "fmnist-resnet.db", copy)
+    with RunStore(copy) as store:
+        stored = {run.id for run in store.runs(source="ours", status="finished")}
+    planned = {p.run_id(spec.task) for p in plan_phase1(spec)}
+    assert len(planned) == 28 and planned <= stored
 
 
 def test_dense_replicas_apart_from_the_techniques():

@@ -92,8 +92,11 @@ def _spread_words(spread: SeedSpread, metric: str) -> str:
 
 def _frontiers(runs: Sequence[Run], tolerance_pp: float, higher: bool
                ) -> dict[str, P.Frontier]:
-    points = P.points_from_runs([r for r in runs if r.technique in compared_techniques()],
-                                series=lambda r: r.technique)
+    # Runs with a variant (a sweep's "4x steps") are not at the study's budget: the answers
+    # compare the techniques at equal budget, and the frontiers draw the variants apart.
+    points = P.points_from_runs(
+        [r for r in runs if r.technique in compared_techniques() and not r.variant],
+        series=lambda r: r.technique)
     return P.frontiers(points, tolerance_pp=tolerance_pp, higher_is_better=higher)
 
 

@@ -60,12 +60,19 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
     figures.frontier_figure(table, points, ctx.out_dir / name, metric_name=metric,
                             baseline=baseline, collapsed=_collapsed(family_runs),
                             title=f"{scope.title}: Pareto frontier per technique")
-    sentences = [P.leaders_sentence(table, higher_is_better=higher)]
-    sentences += [P.best_at_level_sentence(table, lv, metric, higher_is_better=higher)
+    # A sweep's variant ("imp (4x steps)") trains on another budget: drawn and tabled, never
+    # ranked against the techniques at the study's.
+    apart = sorted({r.label for r in runs if r.variant} & set(table))
+    ranked_table = {s: f for s, f in table.items() if s not in apart}
+    sentences = [P.leaders_sentence(ranked_table, higher_is_better=higher)]
+    sentences += [P.best_at_level_sentence(ranked_table, lv, metric, higher_is_better=higher)
                   for lv in HEADLINE_LEVELS]
+    if apart:
+        sentences.append("Not ranked with the others, since they train on another budget: "
+                         + ", ".join(P.display_name(s) for s in apart) + ".")
     if baseline is not None:
         for lv in HEADLINE_LEVELS:
-            ranked = P.leaders(table, lv, higher_is_better=higher)
+            ranked = P.leaders(ranked_table, lv, higher_is_better=higher)
             if ranked:
                 best_name, best = ranked[0]
                 sentences.append(
@@ -96,7 +103,7 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
     for lv in P.LEVELS:
         cells = [f"{cell(table[n][lv].value, metric)} ({table[n][lv].n})" if lv in table[n]
                  else "–" for n in names]
-        ranked = P.leaders(table, lv, higher_is_better=higher)
+        ranked = P.leaders(ranked_table, lv, higher_is_better=higher)
         rows.append([f"{100 * lv:g}", *cells, P.display_name(ranked[0][0]) if ranked else "–"])
     return Section(
         id=f"{scope.key}-techniques",

@@ -41,8 +41,9 @@ def _best_models(runs: Sequence[Run], level: float, tolerance_pp: float, higher:
     chosen: dict[str, tuple[Run, list[dict[str, Any]]]] = {}
     # The techniques that sparsify during training, in the catalogue's order.
     for technique in catalogue.trained():
-        best = _best_per_level([r for r in runs if r.technique == technique], level,
-                               tolerance_pp, higher)
+        # At the study's budget: a sweep's variant ("4x steps") is not this technique's model.
+        own = [r for r in runs if r.technique == technique and not r.variant]
+        best = _best_per_level(own, level, tolerance_pp, higher)
         all_layers = run_layers(best) if best else []
         if best and all_layers:
             layers = [la for la in all_layers if la.get("sparsity", 0) > 0

@@ -26,13 +26,14 @@ parameters. An example (``sweeps/`` at the repository root has more)::
     select_by: valid.loss   # what picks phase 2's source run (default: the headline metric)
     mp_v2: {sparsities: [0.9], last_sparsity: 0.8, steps_factor: 1.5}
     small_dense: {option: width, sparsities: [0.9]}
+    variant: 4x steps       # optional: its runs drawn apart, as "magnitude (4x steps)"
 
 Points are plain data. A point's id is a readable prefix plus a hash of everything that
-defines the run (task, technique, method, target, seed, steps, hyperparameters, overrides and
-the run it derives from), so re-running a sweep finds its finished runs in the store, and two
-sweep files sharing a point share its run. Retraining and small-dense points derive from the
-best finished magnitude-pruning run at each sparsity, so they are planned in a second phase,
-from the store (:func:`plan_phase2`).
+defines the run (task, technique, method, target, seed, steps, hyperparameters, overrides, the
+run it derives from and the sweep's variant), so re-running a sweep finds its finished runs in
+the store, and two sweep files sharing a point share its run. Retraining and small-dense
+points derive from the best finished magnitude-pruning run at each sparsity, so they are
+planned in a second phase, from the store (:func:`plan_phase2`).
 
 The package: :mod:`.spec` reads and validates the file, :mod:`.plan` turns a spec (and the
 finished runs) into points, :mod:`.in_store` keeps a sweep's rows and text in the run store and

@@ -136,7 +136,7 @@ def plan_phase1(spec: SweepSpec) -> list[Point]:
     over the whole sparsity range rather than finishing one technique first.
     """
     common = spec.overrides
-    points = [Point(DENSE, None, seed, seed, spec.steps, {}, common)
+    points = [Point(DENSE, None, seed, seed, spec.steps, {}, common, variant=spec.variant)
               for seed in spec.dense_seeds]
     groups: list[list[Point]] = []
     for name, search in spec.techniques.items():
@@ -147,7 +147,7 @@ def plan_phase1(spec: SweepSpec) -> list[Point]:
                 for hparams in search.settings():
                     values = _merge(common, search.overrides, _sparsity_values(hparams))
                     group.append(Point(name, target, seed, seed, spec.steps,
-                                       dict(hparams), values))
+                                       dict(hparams), values, variant=spec.variant))
         groups.append(group)
     if spec.mp_v2 is not None:
         reference = catalogue.reference()

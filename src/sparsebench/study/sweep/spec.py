@@ -16,7 +16,7 @@ from ...train import build_config
 from ...train.config import RunConfig
 
 _TOP_KEYS = ("name", "task", "steps", "replicas", "sparsities", "dense", "overrides", "resources",
-             "techniques", "retraining", "mp_v2", "small_dense", "select_by")
+             "techniques", "retraining", "mp_v2", "small_dense", "select_by", "variant")
 _SELECT_SPLITS = ("valid", "test")
 _DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 
@@ -126,6 +126,10 @@ class SweepSpec:
     #: headline metric (as the study did), or ``"<split>.<measure>"`` from its result's
     #: metrics, e.g. ``valid.loss`` (a loss is better lower, anything else higher).
     select_by: str | None = None
+    #: A label for runs that are not comparable with the study's own (e.g. ``4x steps``): the
+    #: dense and technique points carry it, so the report draws them as series of their own
+    #: ("imp (4x steps)") rather than beside the same technique at the study's budget.
+    variant: str = ""
     cpus: float = 1.0
     gpus: float = 0.0
     text: str = ""
@@ -292,14 +296,27 @@ def parse_spec(values: Mapping[str, Any], *, name: str = "sweep", text: str = ""
     mp_v2 = _mp_v2(values.get("mp_v2"), techniques)
     small_dense = _small_dense(values.get("small_dense"), techniques, sparsities)
     select_by = _select_by(values.get("select_by"), task, steps)
+    variant = _variant(values.get("variant"))
 
     spec = SweepSpec(
         name=str(values.get("name") or name), task=task, steps=steps, replicas=replicas,
         sparsities=sparsities, dense=dense, dense_replicas=dense_replicas,
         overrides=_overrides(values.get("overrides"), "overrides"),
         techniques=techniques, retraining=retraining, mp_v2=mp_v2, small_dense=small_dense,
-        select_by=select_by, cpus=cpus, gpus=gpus, text=text)
+        select_by=select_by, variant=variant, cpus=cpus, gpus=gpus, text=text)
     return spec
+
+
+def _variant(value: Any) -> str:
+    """Returns the sweep's variant label ("" when absent): plain words, since tables and
+    figures show it in brackets after the technique."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value.strip() or len(value) > 40 \
+            or any(c in value for c in "()[]\n"):
+        fail("variant", f"must be a short label of plain words (at most 40 characters, no "
+                        f"brackets), e.g. '4x steps'; got {value!r}.")
+    return value.strip()
 
 
 def _techniques(value: Any) -> dict[str, SearchSpec]:
