@@ -5,7 +5,7 @@
 #      (one-shot pruning needs the trained models; the store keeps only their metrics);
 #   2. one-shot pruning of them, translation then image, at the study's sparsities, without
 #      and with a short fine-tuning (mask fixed);
-#   3. the translation new-techniques sweep, then IMP at its own cost on the image task.
+#   3. the translation new-techniques sweep, then IMP at its own cost (image, translation).
 #   nohup bash scripts/run_new_techniques.sh > /dev/null 2>&1 &    # log: results/study/new-techniques.log
 # Stop it with `bash scripts/stop_study.sh`.
 set -uo pipefail
@@ -33,4 +33,6 @@ declare -A TUNED=([ding-transformer]="0.7 0.9" [fmnist-resnet]="0.5 0.7 0.9 0.95
   $SB sweep sweeps/ding-transformer-new-techniques.yaml --store "$STUDY/ding-transformer.db" \
     --threads 1
   $SB sweep sweeps/fmnist-resnet-imp-own-cost.yaml --store "$STUDY/fmnist-resnet.db" --threads 1
+  $SB sweep sweeps/ding-transformer-imp-own-cost.yaml --store "$STUDY/ding-transformer.db" \
+    --threads 1
 } >> "$STUDY/new-techniques.log" 2>&1
