@@ -1113,13 +1113,17 @@ float* aligned_floats(std::vector<float>& v, int64_t n) {
 //
 // Rows are taken in groups of R, their sums in zmm0..zmm(R-1); features in blocks of
 // kblock. One function per group and block, of the form
-//   void chunk(const float* xb,  // rdi: the block's first feature in a 16-row slice of a
-//                                //      packed panel (features 16 floats apart)
-//              const float* w,   // rsi: the chunk's weights, in the order its code reads them
-//              float* sums)      // rdx: the group's first row's sums in that slice (rows 16
-//                                //      floats apart)
-// loads the sums of the rows with nonzeros there, then for each feature with any: one load
-// of x into zmm31 and one broadcast multiply-add per nonzero; then stores the sums. It is
+//   void chunk(const float* xb,    // rdi: the block's first feature in a 16-row slice of a
+//                                  //      packed panel (features 16 floats apart)
+//              const float* w,     // rsi: the chunk's weights, in the order its code reads them
+//              float* sums,        // rdx: the group's first row's sums in that slice (rows 16
+//                                  //      floats apart)
+//              const float* bias)  // rcx: the group's first row's bias (first block only)
+// starts the sums: in the first block of features from the bias (every row of the group, so
+// the chunk exists even without nonzeros), in later blocks by loading those of the rows with
+// nonzeros there; then for each feature with any: one load of x into zmm31 and one broadcast
+// multiply-add per nonzero; then stores the sums. Starting from the bias in registers saves a
+// pass that stored it to every sum before the chunks read it back. It is
 // called for the 4 slices of a 64-row panel in turn, so its code, fetched once from L2 or
 // L3, runs 4 times from L1 (a chunk is about 20 KB at R = 31, 90% and 768 features).
 //
@@ -1145,7 +1149,7 @@ constexpr int64_t kPatternSlice = 16;  // batch columns per call (one register)
 // and 1,024 rows, level within the noise (benchmarks/kernels_ab.py, load average 3).
 constexpr int64_t kPatternStride = kPatternSlice * sizeof(float);  // bytes between features
 
-using PatternChunk = void (*)(const float*, const float*, float*);
+using PatternChunk = void (*)(const float*, const float*, float*, const float*);
 
 template <typename I>
 std::vector<at::Tensor> build_pattern_kernel(const int32_t* rp, const I* ci, const float* v,
@@ -1182,12 +1186,16 @@ std::vector<at::Tensor> build_pattern_kernel(const int32_t* rp, const I* ci, con
           entries.push_back({static_cast<int64_t>(ci[j]) - t * kb, static_cast<int>(o - r0), v[j]});
           used |= 1u << (o - r0);
         }
-      if (entries.empty()) continue;
+      if (t == 0) used = (uint32_t{1} << (r1 - r0)) - 1;  // every row starts at its bias
+      if (entries.empty() && t > 0) continue;
       std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
         return a.feature != b.feature ? a.feature < b.feature : a.row < b.row;
       });
-      for (int r = 0; r < R; ++r)
-        if (used >> r & 1) e.load(r, pattern_jit::kRdx, static_cast<int32_t>(r * kPatternStride));
+      for (int r = 0; r < R; ++r) {
+        if (!(used >> r & 1)) continue;
+        if (t == 0) e.broadcast(r, pattern_jit::kRcx, static_cast<int32_t>(4 * r));
+        else e.load(r, pattern_jit::kRdx, static_cast<int32_t>(r * kPatternStride));
+      }
       MovingBase x{pattern_jit::kRdi, 64}, w{pattern_jit::kRsi, 4};
       int64_t last = -1, j = 0;
       for (const Entry& n : entries) {
@@ -1262,12 +1270,7 @@ void pattern_chunks(const PanelLayout& L, int64_t p, const float* const* xT, int
                     int64_t act = kNoActivation) {
   const int64_t r0 = L.part_rows[p], r1 = L.part_rows[p + 1], R = L.group_rows;
   const int64_t slice = height * kPatternSlice;  // floats between slices of the sums
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t o = r0; o < r1; ++o) {
-      const __m512 b = _mm512_set1_ps(bias ? bias[o] : 0.f);
-      for (int64_t q = 0; q < 4; ++q)
-        _mm512_store_ps(sums[i] + q * slice + (o - row0) * kPatternSlice, b);
-    }
+  alignas(64) static const float kNoBias[kPatternGroupRows] = {};
   // Block by block, every group of the part in turn: the packed inputs of one block of
   // features (768 x 64 floats a panel) stay in L2 while all groups read them. Group by group
   // the whole panel cycled through the L2 for each group once the input outgrew one block:
@@ -1281,10 +1284,12 @@ void pattern_chunks(const PanelLayout& L, int64_t p, const float* const* xT, int
       if (L.chunk_code[k + 1] != L.chunk_code[k]) {
         const auto chunk = reinterpret_cast<PatternChunk>(L.code + L.chunk_code[k]);
         const float* w = L.values + L.chunk_w[k];
+        const float* b = bias ? bias + g * R : kNoBias;
         for (int64_t i = 0; i < n; ++i) {
           const float* xb = xT[i] + t * L.kblock * kPatternSlice;
           float* s = sums[i] + (g * R - row0) * kPatternSlice;
-          for (int64_t q = 0; q < 4; ++q) chunk(xb + q * L.in * kPatternSlice, w, s + q * slice);
+          for (int64_t q = 0; q < 4; ++q)
+            chunk(xb + q * L.in * kPatternSlice, w, s + q * slice, b);
         }
       }
       if (act == kNoActivation || t + 1 < L.blocks) continue;

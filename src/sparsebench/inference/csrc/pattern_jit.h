@@ -13,8 +13,8 @@
 // cycle.
 //
 // Only the instruction forms the kernels need are encoded (Intel SDM vol. 2, 2.7 "EVEX"):
-// vmovaps zmm <-> [gpr + disp], vfmadd231ps zmm, zmm, [gpr + disp]{1to16}, add gpr, imm32 and
-// ret. Displacements use the compressed 8-bit form where they fit (disp8 * N, N = 64 for a
+// vmovaps zmm <-> [gpr + disp], vbroadcastss zmm, [gpr + disp], vfmadd231ps zmm, zmm,
+// [gpr + disp]{1to16}, add gpr, imm32 and ret. Displacements use the compressed 8-bit form where they fit (disp8 * N, N = 64 for a
 // vector, 4 for a broadcast float) and 32 bits otherwise.
 #pragma once
 
@@ -32,8 +32,8 @@
 
 namespace pattern_jit {
 
-// Register numbers of the System V calling convention's first three arguments.
-constexpr int kRdi = 7, kRsi = 6, kRdx = 2;
+// Register numbers of the System V calling convention's first four arguments.
+constexpr int kRdi = 7, kRsi = 6, kRdx = 2, kRcx = 1;
 
 class Emitter {
  public:
@@ -50,6 +50,12 @@ class Emitter {
     evex(1, 0, zmm, -1, base, false);
     bytes.push_back(0x29);
     memory(zmm, base, disp, 64);
+  }
+  // zmm <- broadcast(float at [base + disp]) (vbroadcastss).
+  void broadcast(int zmm, int base, int32_t disp) {
+    evex(2, 1, zmm, -1, base, false);
+    bytes.push_back(0x18);
+    memory(zmm, base, disp, 4);
   }
   // acc += x * broadcast(float at [base + disp]).
   void fma_broadcast(int acc, int x, int base, int32_t disp) {
