@@ -14,8 +14,9 @@
 //
 // Only the instruction forms the kernels need are encoded (Intel SDM vol. 2, 2.7 "EVEX"):
 // vmovaps zmm <-> [gpr + disp], vbroadcastss zmm, [gpr + disp], vfmadd231ps zmm, zmm,
-// [gpr + disp]{1to16}, add gpr, imm32 and ret. Displacements use the compressed 8-bit form where they fit (disp8 * N, N = 64 for a
-// vector, 4 for a broadcast float) and 32 bits otherwise.
+// [gpr + disp]{1to16}, add gpr, imm32 and ret. Displacements use the compressed 8-bit form
+// where they fit (disp8 * N, N = 64 for a vector, 4 for a broadcast float) and 32 bits
+// otherwise.
 #pragma once
 
 #include <sys/mman.h>
