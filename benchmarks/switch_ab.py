@@ -19,6 +19,9 @@ engines' thread pools. The switches:
 * ``chain``: a sparse Linear whose output feeds only another (a transformer's feed-forward
   block) computed with it in one call (``chains.chain_linears``,
   ``sparse_linear.CHAIN_PRODUCTS``); off, one product after the other.
+* ``conv-pattern``: CSR convolutions with enough nonzeros per row through code compiled for
+  their pattern (``sparse_conv.CONV_PATTERN``); off, through the count-class layout or
+  ``conv_rows``.
 * ``stream``: outputs larger than the kernels' threshold written by non-temporal stores
   (``set_stream_min_bytes``); off, never.
 
@@ -77,6 +80,10 @@ def _compiled(on: bool) -> None:
     sparse_linear.PATTERN_KERNEL = on
 
 
+def _conv_pattern(on: bool) -> None:
+    sparse_conv.CONV_PATTERN = on
+
+
 def _chain(on: bool) -> None:
     sparse_linear.CHAIN_PRODUCTS = on
 
@@ -93,7 +100,8 @@ SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "compiled": _c
                                                "attention": _attention, "chain": _chain,
                                                "layer-norm": _layer_norm,
                                                "torch-compile": lambda on: None,
-                                               "stream": _stream}
+                                               "stream": _stream,
+                                               "conv-pattern": _conv_pattern}
 
 
 def main() -> None:

@@ -16,10 +16,12 @@ from sparsebench.inference import SparseConv2d, dense_to_csr, sparse_conv
 
 
 @pytest.fixture
-def layout_ext(ext):
-    """The kernels, where the build runs convolutions through the layout (AVX-512)."""
+def layout_ext(ext, monkeypatch):
+    """The kernels, where the build runs convolutions through the layout (AVX-512), with the
+    compiled pattern kernels, which take precedence over it, turned off."""
     if not ext.conv_layout_pays(10 * 9, 1, 14, 14, [3, 3, 1, 1, 1, 1, 1, 1]):
         pytest.skip("this build runs no convolution through the layout (no AVX-512)")
+    monkeypatch.setattr(sparse_conv, "CONV_PATTERN", False)
     return ext
 
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from sparsebench.inference import _extension, ops
 from sparsebench.inference.sparse_linear import (
     _options,
+    _refused,
     bsr_to_dense,
     check_block,
     count_class_layout,
@@ -52,6 +53,15 @@ from sparsebench.inference.sparse_linear import (
 #: kernels say it pays (``conv_layout_pays``: taps whose runs start off a cache line, and
 #: enough nonzeros per weight column). A switch for timing both paths side by side.
 CONV_LAYOUT = True
+
+#: Whether CSR convolutions run through code compiled for their weight's pattern
+#: (``conv_pattern.h``, the kernel of the large Linear products) where their rows hold
+#: ``CONV_PATTERN_MIN_ROW_NONZEROS`` nonzeros or more on average. Each group of rows and slice
+#: of 16 positions pays a fixed cost (its sums started at the bias, stored, then written out)
+#: that only enough multiply-adds per row hide. A switch for timing both paths side by side
+#: (``benchmarks/switch_ab.py --switch conv-pattern``).
+CONV_PATTERN = True
+CONV_PATTERN_MIN_ROW_NONZEROS = 24
 
 
 def conv_unsupported_reason(conv: nn.Conv2d) -> str | None:
@@ -104,22 +114,53 @@ class SparseConv2d(nn.Module):
         self._offsets: dict[tuple[int, int], Tensor] = {}  # input (H, W) -> nonzeros' offsets
         self._layout_pays: dict[tuple[int, int, int], bool] = {}  # (H, W, nonzeros) -> bool
         self._panel_layout = None
+        self._pattern_kernel = None
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self._torch_csr = None  # device/dtype moves invalidate the cached torch CSR tensor
         self._offsets = {}
         self._panel_layout = None
+        self._pattern_kernel = None
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
-        """Pickle without the layout cache: it is rebuilt from the buffers on first use."""
+        """Pickle without the layout caches: they are rebuilt from the buffers on first use."""
         state = self.__dict__.copy()
         state["_panel_layout"] = None
+        state["_pattern_kernel"] = None
         return state
 
+    def _compiled_kernel(self, ext) -> list[Tensor] | None:  # type: ignore[no-untyped-def]
+        """Return the code compiled for this weight's pattern (built on first use, kept until
+        the weight changes), or None where the extension has none or may not map code."""
+        if not getattr(ext, "HAVE_PATTERN_KERNEL", False) or _refused:
+            return None
+        key = (self.values.data_ptr(), self.values._version, self.col_indices._version,
+               self.crow_indices._version)
+        cached = self.__dict__.get("_pattern_kernel")
+        if cached is None or cached[0] != key:
+            try:
+                kernel = ext.csr_pattern_kernel(self.crow_indices, self.col_indices, self.values,
+                                                self.cols, -1, -1, 1)
+            except RuntimeError as error:  # executable memory refused: never ask again
+                _refused.append(str(error))
+                return None
+            self._pattern_kernel = cached = (key, kernel)
+        return cached[1]
+
+    def _pattern_pays(self) -> bool:
+        """Whether the compiled pattern kernel is the one to run (``CONV_PATTERN``)."""
+        return (CONV_PATTERN and self.block == (1, 1) and self.out_channels > 0
+                and self.values.numel() >= CONV_PATTERN_MIN_ROW_NONZEROS * self.out_channels)
+
     def _layout_for(self, ext: object, h: int, w: int) -> list[Tensor]:
-        """Return the weight's count-class layout when the kernels run an ``h x w`` input
-        through it (``conv_layout_pays``), else an empty list."""
+        """Return what the kernels take for an ``h x w`` input: the compiled pattern kernel
+        where it pays (``_pattern_pays``), else the count-class layout where
+        ``conv_layout_pays``, else an empty list (``conv_rows``)."""
+        if self._pattern_pays():
+            kernel = self._compiled_kernel(ext)
+            if kernel is not None:
+                return kernel
         if not CONV_LAYOUT or not hasattr(ext, "conv_layout_pays"):
             return []
         known = self.__dict__.setdefault("_layout_pays", {})  # absent in older pickles
@@ -266,7 +307,10 @@ class SparseConv2d(nn.Module):
         layout: list[Tensor] = []
         known = self.__dict__.get("_layout_pays", {})
         counted = getattr(self, "_panel_layout", None)
-        if CONV_LAYOUT and known.get((x.shape[2], x.shape[3], self.values.numel())) \
+        compiled = self.__dict__.get("_pattern_kernel")
+        if self._pattern_pays() and compiled is not None:
+            layout = list(compiled[1])
+        elif CONV_LAYOUT and known.get((x.shape[2], x.shape[3], self.values.numel())) \
                 and counted is not None:
             layout = list(counted[1])
         return ops.csr_conv2d(x.contiguous(), self.crow_indices, offsets, self.values,

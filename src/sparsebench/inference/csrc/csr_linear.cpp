@@ -2689,8 +2689,12 @@ void conv_layout(const ConvGeometry& g, const PanelLayout& lay, const std::vecto
 }
 #endif
 
+#include "conv_pattern.h"
+
 // y = conv2d(x, W) + b (then ReLU if relu) with W (out, C*kh*kw) in CSR, its nonzeros' input
 // offsets from conv_offsets for this input size. x: (N, C, H, W) float32, contiguous.
+// `layout` is empty, the weight's count-class layout (used where conv_layout_pays) or its
+// compiled pattern kernel (always used: conv_pattern.h).
 at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& off,
                       const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                       int64_t out, std::vector<int64_t> geometry, bool relu, int64_t threading,
@@ -2747,7 +2751,15 @@ at::Tensor csr_conv2d(const at::Tensor& x, const at::Tensor& crow, const at::Ten
   if (!layout.empty()) {
 #if SB_HAVE_AVX512
     const PanelLayout lay = check_panel_layout(layout, out, g.C * g.kh * g.kw);
-    TORCH_CHECK(lay.code == nullptr, "csr_conv2d: takes a count-class layout, not a pattern kernel");
+#if SB_HAVE_PATTERN_JIT
+    if (lay.code != nullptr) {
+      TORCH_CHECK(layout[4].numel() == values.numel(), "csr_conv2d: the compiled kernel holds ",
+                  layout[4].numel(), " nonzeros, the weight ", values.numel());
+      conv_pattern(g, lay, conv_feature_offsets(g), xs, N, serial, threads, threading, bp, relu,
+                   rs, yd, out);
+      return y;
+    }
+#endif
     TORCH_CHECK(layout[6].numel() == values.numel(), "csr_conv2d: the layout holds ",
                 layout[6].numel(), " nonzeros, the weight ", values.numel());
     const int64_t len = in_place ? g.H * g.W : L;
