@@ -77,14 +77,20 @@ def _linear_case(ext, layer: SparseLinear, x: torch.Tensor) -> Callable[[], torc
 
 def _conv_case(ext, conv: SparseConv2d, x: torch.Tensor) -> Callable[[], torch.Tensor]:
     """The call SparseConv2d makes with this build: the CSR convolution of any stride where
-    the build has it (through the count-class layout where the build has one and says it
-    pays), else the direct stride-1 kernel (1x1: subsample first) or im2col."""
+    the build has it (through code compiled for the pattern where the build takes it and the
+    rows hold enough nonzeros, ``SparseConv2d._pattern_pays``; else through the count-class
+    layout where the build has one and says it pays), else the direct stride-1 kernel (1x1:
+    subsample first) or im2col."""
     if conv.block == (1, 1) and hasattr(ext, "csr_conv2d"):
         geometry = [*conv.kernel_size, *conv.stride, *conv.padding, *conv.dilation]
         offsets = ext.conv_offsets(conv.col_indices, conv.in_channels, x.shape[2], x.shape[3],
                                    geometry)
         args = (x, conv.crow_indices, offsets, conv.values, conv.bias, conv.out_channels,
                 geometry, False, -1)
+        if getattr(ext, "HAVE_CONV_PATTERN", False) and conv._pattern_pays():
+            kernel = ext.csr_pattern_kernel(conv.crow_indices, conv.col_indices, conv.values,
+                                            conv.cols, -1, -1, 1)
+            return lambda: ext.csr_conv2d(*args, None, kernel)
         if hasattr(ext, "conv_layout_pays") and ext.conv_layout_pays(
                 conv.values.numel(), conv.in_channels, x.shape[2], x.shape[3], geometry):
             layout = ext.csr_panel_layout(conv.crow_indices, conv.col_indices, conv.values,

@@ -22,6 +22,9 @@ engines' thread pools. The switches:
 * ``conv-pattern``: CSR convolutions with enough nonzeros per row through code compiled for
   their pattern (``sparse_conv.CONV_PATTERN``); off, through the count-class layout or
   ``conv_rows``.
+* ``norm-epilogue``: a post-norm Transformer's ``norm(linear(x) + r)`` computed by the
+  sparse Linear's kernel as it writes its rows (``fusion.fuse_residual_norm``,
+  ``sparse_linear.NORM_EPILOGUE``); off, as a sum and a layer norm after the product.
 * ``stream``: outputs larger than the kernels' threshold written by non-temporal stores
   (``set_stream_min_bytes``); off, never.
 
@@ -84,6 +87,10 @@ def _conv_pattern(on: bool) -> None:
     sparse_conv.CONV_PATTERN = on
 
 
+def _norm_epilogue(on: bool) -> None:
+    sparse_linear.NORM_EPILOGUE = on
+
+
 def _chain(on: bool) -> None:
     sparse_linear.CHAIN_PRODUCTS = on
 
@@ -101,7 +108,8 @@ SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "compiled": _c
                                                "layer-norm": _layer_norm,
                                                "torch-compile": lambda on: None,
                                                "stream": _stream,
-                                               "conv-pattern": _conv_pattern}
+                                               "conv-pattern": _conv_pattern,
+                                               "norm-epilogue": _norm_epilogue}
 
 
 def main() -> None:

@@ -116,9 +116,16 @@ def test_bad_arguments_get_one_sentence(jit):
         jit.csr_linear(torch.randn(64, 91), crow, col, values, None, 91, -1, -1, 0, kernel)
     geometry = [3, 3, 1, 1, 1, 1, 1, 1]  # the same weight as a 3x3 convolution of 10 channels
     offsets = jit.conv_offsets(col, 10, 3, 3, geometry)
-    with pytest.raises(RuntimeError, match="not a pattern kernel"):
-        jit.csr_conv2d(torch.randn(1, 10, 3, 3), crow, offsets, values, None, 40, geometry,
-                       False, -1, None, kernel)
+    x = torch.randn(1, 10, 3, 3)
+    wider = jit.csr_pattern_kernel(*dense_to_csr(_sparse(70, 90, 0.2)), 90)
+    with pytest.raises(RuntimeError, match="another output width"):
+        jit.csr_conv2d(x, crow, offsets, values, None, 40, geometry, False, -1, None, wider)
+    # A convolution takes the kernel of its own weight (test_conv_pattern.py).
+    got = jit.csr_conv2d(x, crow, offsets, values, None, 40, geometry, False, -1, None, kernel)
+    dense = torch.zeros(40, 90).index_put_(
+        (torch.repeat_interleave(torch.arange(40), crow.diff().long()), col.long()), values)
+    torch.testing.assert_close(got, F.conv2d(x, dense.view(40, 10, 3, 3), padding=1),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_sparse_linear_keeps_the_layout_below_the_kernel_rows(jit, monkeypatch):

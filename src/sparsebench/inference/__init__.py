@@ -31,6 +31,7 @@ from sparsebench.inference.fusion import (
     fold_batchnorm,
     fuse_activations,
     fuse_relu,
+    fuse_residual_norm,
     fuse_residual_relu,
 )
 from sparsebench.inference.gru_sampler import GRUSampler
@@ -64,6 +65,7 @@ __all__ = [
     "fold_batchnorm",
     "fuse_activations",
     "fuse_relu",
+    "fuse_residual_norm",
     "fuse_residual_relu",
     "retain_freed_memory",
     "interleaved_medians",

@@ -12,7 +12,8 @@ feeds which cannot be read from one module's graph. ``chain_linears`` runs the e
 once and watches: a pair is linked when the first layer's output (with its activation
 already fused, ``fusion.fuse_activations``) is passed, as the same tensor, to the second and
 to nothing else: no torch function outside the second layer takes it (a dropout, a view, a
-reshape or a size query would), and the model does not return it. Then the first layer hands
+reshape or a size query would), no sparse layer takes it as a residual, and the model does
+not return it. Then the first layer hands
 its input through unchanged and the second computes both (``SparseLinear.chained``). A forward
 whose control flow changes with its input could route the first layer's output elsewhere on
 another input than the example; such models should not be compiled with an example that
@@ -65,10 +66,15 @@ def _pairs(model: nn.Module, example_input: object) -> list[tuple[str, str]]:
     calls: Counter[str] = Counter()
 
     def before(name: str):  # noqa: ANN202
-        def hook(_module: nn.Module, args: tuple) -> None:
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             calls[name] += 1
             if args and isinstance(args[0], Tensor) and id(args[0]) in made:
                 fed[made[id(args[0])][0]].append(name)
+            # Anything else a layer takes (a residual, fusion.fuse_residual_norm) is a use
+            # outside the pair.
+            for leaf in tree_leaves((args[1:], kwargs)):
+                if isinstance(leaf, Tensor) and id(leaf) in made:
+                    watch.uses[made[id(leaf)][0]] += 1
             watch.depth += 1
         return hook
 
@@ -81,7 +87,7 @@ def _pairs(model: nn.Module, example_input: object) -> list[tuple[str, str]]:
 
     handles = []
     for name, m in linears.items():
-        handles.append(m.register_forward_pre_hook(before(name)))
+        handles.append(m.register_forward_pre_hook(before(name), with_kwargs=True))
         handles.append(m.register_forward_hook(after(name)))
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     try:

@@ -25,7 +25,12 @@ import torch
 from torch import nn
 
 from sparsebench.inference.chains import chain_linears
-from sparsebench.inference.fusion import fuse_activations, fuse_relu, fuse_residual_relu
+from sparsebench.inference.fusion import (
+    fuse_activations,
+    fuse_relu,
+    fuse_residual_norm,
+    fuse_residual_relu,
+)
 from sparsebench.inference.glue import replace_glue, route_attention
 from sparsebench.inference.perf_model import Calibration, PerformanceModel
 from sparsebench.inference.sparse_conv import SparseConv2d, conv_unsupported_reason
@@ -314,7 +319,9 @@ def compile_sparse(
     ``fold_batchnorm`` to let the convolution feed its ReLU directly. A ReLU or GELU that only
     a sparse Linear feeds is applied by its kernel (``fusion.fuse_activations``), and a
     block's ``relu(conv(x) + shortcut)`` becomes one call of the sparse convolution
-    (``fusion.fuse_residual_relu``). Max pooling and layer norm layers run faster
+    (``fusion.fuse_residual_relu``), a post-norm Transformer's ``norm(linear(x) + r)`` one
+    call of the sparse Linear (``fusion.fuse_residual_norm``). Max pooling and layer norm
+    layers run faster
     equivalents (``glue.replace_glue``).
 
     Args:
@@ -357,6 +364,9 @@ def compile_sparse(
     if (swapped := replace_glue(compiled)) > 0:
         log.info("compile_sparse: %d pooling and layer norm layers replaced by faster "
                  "equivalents", swapped)
+    if (fused := fuse_residual_norm(compiled)) > 0:
+        log.info("compile_sparse: %d residual sums and layer norms applied by sparse Linears",
+                 fused)
     if (routed := route_attention(compiled, example_input)) > 0:
         log.info("compile_sparse: %d attention modules run the attention kernel", routed)
     if (chained := chain_linears(compiled, example_input)) > 0:

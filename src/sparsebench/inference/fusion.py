@@ -30,6 +30,14 @@ traced are left as they are.
   (no defaulted arguments whose values a trace would freeze) are rewritten, and only where no
   in-place operation lies between the convolution and the sum. The rewritten forward calls
   the layers directly: hooks on the custom modules it traced through no longer fire.
+* ``fuse_residual_norm``: a post-norm Transformer's ``norm(dropout(linear(x)) + r)`` (BERT's
+  attention output and second feed-forward product), where the sum is written in a module's
+  own forward and the dropout is in eval mode (it is then the identity, and the rewritten
+  forward leaves it out for good: the compiled model is for inference), becomes one call
+  ``linear(x, residual=r)`` of a ``SparseLinear`` that carries the ``nn.LayerNorm``
+  (``SparseLinear.fused_norm``; the norm stays the module's child and keeps its state).
+  The product then normalizes each panel of rows as it writes it. Rewritten as for
+  ``fuse_residual_relu``, with the same conditions.
 """
 
 from __future__ import annotations
@@ -214,11 +222,12 @@ def fuse_activations(model: nn.Module) -> int:
 
 
 class _ToLayers(fx.Tracer):
-    """Traces through every module but torch's own layers and the sparse ones."""
+    """Traces through every module but torch's own layers (and subclasses of its layer norm,
+    such as ``glue.RowLayerNorm``) and the sparse ones."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (SparseConv2d, SparseLinear)) or super().is_leaf_module(
-            m, module_qualified_name)
+        return isinstance(m, (SparseConv2d, SparseLinear, nn.LayerNorm)) or super(
+            ).is_leaf_module(m, module_qualified_name)
 
 
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -312,6 +321,89 @@ def _fuse_in_graph(graph: fx.Graph, root: nn.Module, single: set[int]) -> int:
                 graph.erase_node(dead)
             fused += 1
             break
+    return fused
+
+
+def _linear_before(node: object, root: nn.Module, calls: Counter) -> tuple[fx.Node, list] | None:
+    """If ``node`` is a sparse CSR Linear's output (through Identity modules and dropouts in
+    eval mode), each value used once, return (the Linear's call, the calls after it)."""
+    chain = []
+    while isinstance(node, fx.Node) and len(node.users) == 1 and node.op == "call_module":
+        module = root.get_submodule(node.target)
+        if isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout)
+                                               and not module.training):
+            chain.append(node)
+            node = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+            continue
+        ok = (isinstance(module, SparseLinear) and module.block == (1, 1)
+              and module.fused_norm is None and calls[node.target] == 1
+              and len(node.args) == 1 and not node.kwargs)
+        return (node, chain) if ok else None
+    return None
+
+
+def _fuse_norm_in_graph(graph: fx.Graph, root: nn.Module, single: set[int]) -> int:
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    fused = 0
+    for norm_node in list(graph.nodes):
+        if (norm_node.op != "call_module" or len(norm_node.args) != 1 or norm_node.kwargs
+                or calls[norm_node.target] != 1):
+            continue
+        norm = root.get_submodule(norm_node.target)
+        add = norm_node.args[0]
+        if (not isinstance(norm, nn.LayerNorm) or id(norm) not in single
+                or not isinstance(add, fx.Node) or not _is_add_node(add)
+                or len(add.users) != 1):
+            continue
+        for side in (0, 1):
+            found = _linear_before(add.args[side], root, calls)
+            residual = add.args[1 - side]
+            if found is None or not isinstance(residual, fx.Node):
+                continue
+            linear_node, chain = found
+            linear = root.get_submodule(linear_node.target)
+            if (id(linear) not in single or tuple(norm.normalized_shape) != (
+                    linear.out_features,) or residual is linear_node or residual in chain
+                    or not _movable(linear_node, add, root)):
+                continue
+            with graph.inserting_before(add):
+                call = graph.call_module(linear_node.target, linear_node.args,
+                                         {"residual": residual})
+            norm_node.replace_all_uses_with(call)
+            for dead in [norm_node, add, *chain, linear_node]:  # each after its users
+                graph.erase_node(dead)
+            linear.fuse_norm(norm)
+            fused += 1
+            break
+    return fused
+
+
+def fuse_residual_norm(model: nn.Module) -> int:
+    """Rewrite each module whose forward computes ``layer_norm(sparse_linear(x) + r)`` (see
+    the module docstring) to make that one call of the Linear with ``residual=r``; deepest
+    modules first. Return how many were fused."""
+    single = _once_in_model(model)
+    fused = 0
+    named = sorted(model.named_modules(), key=lambda kv: -kv[0].count("."))
+    for _, module in named:
+        if (isinstance(module, (SparseConv2d, SparseLinear, nn.Sequential, nn.ModuleList))
+                or "forward" in vars(module)
+                or type(module).__module__.startswith("torch.")
+                or not any(isinstance(m, SparseLinear) for m in module.modules())
+                or not any(isinstance(m, nn.LayerNorm) for m in module.modules())
+                or not _takes_tensors_only(module)):
+            continue
+        try:
+            graph = _ToLayers().trace(module)
+        except Exception:  # noqa: BLE001 - an untraceable forward stays as it is
+            continue
+        count = _fuse_norm_in_graph(graph, module, single)
+        if count == 0:
+            continue
+        graph.lint()
+        code = fx.GraphModule(module, graph)
+        module.forward = types.MethodType(type(code).forward, module)
+        fused += count
     return fused
 
 

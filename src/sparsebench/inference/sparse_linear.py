@@ -60,6 +60,10 @@ PATTERN_KERNEL_MIN_ROWS = 256
 #: each layer of a pair computes its own (a switch for timing both side by side,
 #: ``benchmarks/switch_ab.py --switch chain``).
 CHAIN_PRODUCTS = True
+#: Whether a layer that carries a layer norm (``fused_norm``) computes ``norm(y + residual)``
+#: in its own kernel call, panel by panel as it writes its rows; off, as a sum and a layer
+#: norm after the product (``benchmarks/switch_ab.py --switch norm-epilogue``).
+NORM_EPILOGUE = True
 #: Why this process builds no more compiled kernels (the system refused executable memory).
 _refused: list[str] = []
 
@@ -446,29 +450,83 @@ class SparseLinear(nn.Module):
         )
 
     @property
+    def fused_norm(self) -> nn.LayerNorm | None:
+        """The ``nn.LayerNorm`` this layer applies to ``output + residual`` when called with a
+        residual (``fuse_norm``, called by ``fusion.fuse_residual_norm``; a reference, not a
+        child: the norm stays where the model keeps it). None otherwise."""
+        held = getattr(self, "_norm", None)
+        return None if held is None else held[0]
+
+    def fuse_norm(self, norm: nn.LayerNorm | None) -> None:
+        """Make this layer apply ``norm`` to ``output + residual`` when called with a residual
+        (None: undo). A method, not an attribute: ``nn.Module`` would register an assigned
+        module as a child."""
+        if norm is not None and (not isinstance(norm, nn.LayerNorm)
+                                 or tuple(norm.normalized_shape) != (self.out_features,)):
+            raise ValueError(f"a fused norm must be an nn.LayerNorm over the layer's "
+                             f"{self.out_features} outputs, got {norm!r}")
+        self._norm = None if norm is None else (norm,)  # a tuple: not registered as a child
+
+    def _epilogue(self, x: Tensor, residual: Tensor) -> dict | None:
+        """The extension's arguments for ``fused_norm(y + residual)`` within its product, or
+        None where the product cannot apply it (the caller then adds and normalizes)."""
+        norm = self.fused_norm
+        out = self.out_features
+        if (norm is None or not NORM_EPILOGUE or self.block != (1, 1) or out % 16
+                or x.dtype != torch.float32 or x.device.type != "cpu"
+                or residual.dtype != torch.float32 or residual.device.type != "cpu"
+                or residual.shape != (*x.shape[:-1], out)
+                or torch.compiler.is_compiling() or (torch.is_grad_enabled() and (
+                    residual.requires_grad or any(p.requires_grad for p in norm.parameters())))):
+            return None
+        ext = _extension.load_extension()
+        if ext is None or not getattr(ext, "HAVE_NORM_EPILOGUE", False):
+            return None
+        detached = [None if t is None else t.detach() for t in (norm.weight, norm.bias)]
+        return {"residual": residual.reshape(-1, out).contiguous(), "norm_weight": detached[0],
+                "norm_bias": detached[1], "eps": float(norm.eps)}
+
+    def _finish(self, y: Tensor, residual: Tensor) -> Tensor:
+        """``fused_norm(y + residual)`` (or the sum alone, without a norm) computed after the
+        product."""
+        y = y + residual
+        norm = self.fused_norm
+        return y if norm is None else norm(y)
+
+    @property
     def chained(self) -> tuple[SparseLinear, SparseLinear] | None:
         """``(first, second)`` where this layer is one of two linked by ``chains.chain_linears``
         (the first's output feeds only the second): the first then hands its input through
         unchanged and the second computes both products. None otherwise."""
         return getattr(self, "_chain", None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """Return ``x @ W.T + b`` with shape ``(..., out_features)``; for a chained pair (see
-        ``chained``) the first returns ``x`` and the second takes it."""
+        ``chained``) the first returns ``x`` and the second takes it. With ``residual``
+        (shaped as the output), return ``fused_norm(y + residual)``, or ``y + residual``
+        where the layer carries no norm."""
         pair = self.chained
-        if pair is None or not CHAIN_PRODUCTS:
-            return self._product(x)
-        first, second = pair
-        if self is first:
+        if pair is not None and CHAIN_PRODUCTS and self is pair[0]:
+            if residual is not None:
+                raise ValueError("the first layer of a chained pair hands its input through; "
+                                 "it takes no residual")
             self._check_input(x)
             return x
-        first._check_input(x)
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, first.in_features)
-        y = self._chain_product(first, x2)
-        if y is None:
-            return self._product(first._product(x))
-        return y.reshape(*lead, self.out_features)
+        post = None if residual is None else self._epilogue(x, residual)
+        if pair is None or not CHAIN_PRODUCTS:
+            y = self._product(x, post)
+        else:
+            first = pair[0]
+            first._check_input(x)
+            x2 = x.reshape(-1, first.in_features)
+            y = self._chain_product(first, x2, post)
+            if y is None:
+                y = self._product(first._product(x), post)
+            else:
+                y = y.reshape(*x.shape[:-1], self.out_features)
+        if residual is not None and post is None:
+            return self._finish(y, residual)
+        return y
 
     def _check_input(self, x: Tensor) -> None:
         if x.shape[-1:] != (self.in_features,):
@@ -480,7 +538,8 @@ class SparseLinear(nn.Module):
                 "SparseLinear is inference-only (no backward); run it under torch.no_grad()"
             )
 
-    def _chain_product(self, first: SparseLinear, x2: Tensor) -> Tensor | None:
+    def _chain_product(self, first: SparseLinear, x2: Tensor,
+                       post: dict | None = None) -> Tensor | None:
         """Both products of a chained pair in one extension call (``csr_pattern_chain``) for
         the whole 64-row panels of ``x2``, the rows left over one layer after the other; None
         where the call does not apply (no compiled kernels at this size, another device or
@@ -502,13 +561,22 @@ class SparseLinear(nn.Module):
         y = torch.empty(rows, self.out_features)
         ext.csr_pattern_chain(x2, layouts[0], first.bias, ACTIVATIONS.index(first.activation),
                               layouts[1], self.bias, ACTIVATIONS.index(self.activation), y,
-                              full, _options["threading"])
+                              full, _options["threading"], **(post or {}))
         if full < rows:
-            y[full:] = self._product(first._product(x2[full:]))
+            rest = None if post is None else {**post, "residual": post["residual"][full:]}
+            y[full:] = self._product(first._product(x2[full:]), rest)
         return y
 
-    def _product(self, x: Tensor) -> Tensor:
-        """This layer's own product, ``x @ W.T + b`` through its activation."""
+    def _product(self, x: Tensor, post: dict | None = None) -> Tensor:
+        """This layer's own product, ``x @ W.T + b`` through its activation, then the
+        epilogue ``post`` (``_epilogue``) where given."""
+        if post is not None:
+            ext = _extension.load_extension()
+            if self.block == (1, 1) and ext is not None and not torch.compiler.is_compiling():
+                return self._csr_product(ext, x, post)
+            y = self._product(x)
+            norm = self.fused_norm
+            return norm(y + post["residual"].view_as(y))
         self._check_input(x)
         if x.device.type != "cpu" and x.device == self.values.device \
                 and x.dtype == self.values.dtype:
@@ -534,27 +602,26 @@ class SparseLinear(nn.Module):
                 _options["threading"],
             )
         elif ext is not None:
-            layout = []
-            if x2.shape[0] >= PANEL_LAYOUT_MIN_ROWS and hasattr(ext, "csr_panel_layout"):
-                threads = torch.get_num_threads()
-                layout = self.panel_layout(ext, 1 if threads <= 1 else 2 * threads,
-                                           x2.shape[0])
-            y = ext.csr_linear(
-                x2,
-                self.crow_indices,
-                self.col_indices,
-                self.values,
-                self.bias,
-                self.in_features,
-                _options["spmv"],
-                _options["threading"],
-                ACTIVATIONS.index(self.activation),
-                layout,
-            )
-            return y.reshape(*lead, self.out_features)
+            return self._csr_product(ext, x)
         else:
             y = sparse_mm_torch(self.torch_csr(), x2, self.bias)
         return apply_activation(y, self.activation).reshape(*lead, self.out_features)
+
+    def _csr_product(self, ext, x: Tensor,  # type: ignore[no-untyped-def]
+                     post: dict | None = None) -> Tensor:
+        """The product of a float32 CPU ``x`` through the extension's CSR kernels, with the
+        epilogue ``post`` applied by the kernel where given."""
+        self._check_input(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        layout = []
+        if x2.shape[0] >= PANEL_LAYOUT_MIN_ROWS and hasattr(ext, "csr_panel_layout"):
+            threads = torch.get_num_threads()
+            layout = self.panel_layout(ext, 1 if threads <= 1 else 2 * threads, x2.shape[0])
+        y = ext.csr_linear(x2, self.crow_indices, self.col_indices, self.values, self.bias,
+                           self.in_features, _options["spmv"], _options["threading"],
+                           ACTIVATIONS.index(self.activation), layout, **(post or {}))
+        return y.reshape(*lead, self.out_features)
 
     def _forward_op(self, x2: Tensor) -> Tensor:
         """The product of a float32 CPU ``x2`` (rows, in) as one custom op (``ops.py``), for

@@ -1347,6 +1347,70 @@ void panel_part(const PanelLayout& L, int64_t p, const float* xT, const float* b
   layout_panel_part<VL, 4>(L, p, xT, bias, y, out, act, stream);
 }
 
+#include "layer_norm.h"
+
+// LayerNorm(y + residual) over each output row: the epilogue of a product whose output goes
+// only there (a post-norm Transformer's attention output and second feed-forward product,
+// fusion.fuse_residual_norm). A product through compiled pattern kernels applies it to each
+// panel's 64 rows just written, while they are in L2; every other path applies it to all
+// rows after the product. Torch's sum and our layer norm as passes of their own read and
+// wrote 3 MB each from memory per call in BERT-base at batch 8, 26 + 25 calls a forward.
+struct NormEpilogue {
+  const float* residual = nullptr;  // (rows, out) contiguous, or null
+  const float* weight = nullptr;    // (out,), or null
+  const float* bias = nullptr;      // (out,), or null
+  float eps = 0.f;
+  bool on = false;
+  // Rows [r0, r1) of y (out floats apart), in place.
+  void apply(float* y, int64_t r0, int64_t r1, int64_t out) const {
+#if SB_HAVE_AVX512
+    if (!on) return;
+    for (int64_t r = r0; r < r1; ++r)
+      residual_layer_norm_row(y + r * out, residual ? residual + r * out : nullptr, out, weight,
+                              bias, eps);
+#endif
+  }
+  // All `rows` rows, split between threads as the layer norm kernel splits them.
+  void apply_all(float* y, int64_t rows, int64_t out, int64_t threading) const {
+    if (!on || rows == 0) return;
+    const int64_t threads = at::get_num_threads();
+    const int64_t chunks = threads <= 1 || rows * out < (1 << 16)
+                               ? 1 : std::min<int64_t>(rows, threads * kChunksPerThread);
+    parallel_chunks(chunks, threading, [&](int64_t c) {
+      apply(y, rows * c / chunks, rows * (c + 1) / chunks, out);
+    });
+  }
+};
+
+// The epilogue of a call's arguments: on where eps >= 0 (then the rows must be a multiple of
+// 16 wide and the machine have AVX-512); residual (rows, out), weight and bias (out,), each
+// optional, contiguous float32.
+NormEpilogue norm_epilogue(const c10::optional<at::Tensor>& residual,
+                           const c10::optional<at::Tensor>& weight,
+                           const c10::optional<at::Tensor>& bias, double eps, int64_t rows,
+                           int64_t out, const char* who) {
+  NormEpilogue e;
+  if (eps < 0) {
+    TORCH_CHECK(!residual.has_value() || !residual->defined(), who,
+                ": a residual is only added before a layer norm (eps >= 0)");
+    return e;
+  }
+  TORCH_CHECK(SB_HAVE_AVX512 && out % 16 == 0, who, ": the layer norm epilogue needs AVX-512 "
+              "and outputs a multiple of 16 wide, got ", out);
+  auto take = [&](const c10::optional<at::Tensor>& t, int64_t n, const char* what) -> const float* {
+    if (!t.has_value() || !t->defined()) return nullptr;
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == n, who,
+                ": ", what, " must be contiguous float32 with ", n, " values");
+    return t->data_ptr<float>();
+  };
+  e.residual = take(residual, rows * out, "the residual");
+  e.weight = take(weight, out, "the norm's weight");
+  e.bias = take(bias, out, "the norm's bias");
+  e.eps = static_cast<float>(eps);
+  e.on = true;
+  return e;
+}
+
 // Large batches (a BERT encoder at batch 8 x 128 tokens multiplies 1,024 rows): xT as one
 // (in, B) matrix is megabytes, and visiting it once per block of 16 output rows streamed all
 // of it from memory again and again; with B a power of two its rows are also 4 KB apart, so
@@ -1390,10 +1454,11 @@ inline void pack_panel(const float* x, int64_t width, int64_t in, float* dst, bo
   for (int64_t q = 0; q < width; q += 16) transpose_into(x + q * in, 16, in, in, dst + q * in, 16);
 }
 
+// Returns whether it applied `post` (panel by panel); if not, the caller applies it.
 template <typename I>
-void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float* v,
+bool run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float* v,
                 const float* bias, float* yp, int64_t out, int64_t panel, int64_t threading,
-                int64_t act, const PanelLayout* layout) {
+                int64_t act, const PanelLayout* layout, const NormEpilogue& post) {
   const int64_t B = x.size(0), in = x.size(1);
   const int64_t panels = (B + panel - 1) / panel;
   const at::Tensor xc = x.contiguous();
@@ -1405,7 +1470,8 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
 #else
   constexpr int VL = 8;
 #endif
-  const bool stream = stream_output(B * out);
+  // Rows the epilogue reads back at once are better left in cache.
+  const bool stream = stream_output(B * out) && !post.on;
   if (layout != nullptr && panel == 4 * VL && (serial || panels >= 2 * threads)) {
     // Whole panels per thread, each packed just before its products into a buffer of the
     // thread's that stays in L2, rather than all of x packed first: at 1,024 rows the packed
@@ -1425,15 +1491,17 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
       for (int64_t u = serial ? 0 : c, ue = serial ? passes : c + 1; u < ue; ++u) {
         const float* xT[4];
         float* yo[4];
-        int64_t full = 0;
+        int64_t full = 0, first = -1;
         for (int64_t p = u * n, pe = std::min(panels, (u + 1) * n); p < pe; ++p) {
           const int64_t b0 = p * panel, width = std::min(panel, B - b0);
           float* xp = buf + (p - u * n) * panel * in;
           pack_panel(xs + b0 * in, width, in, xp, width == panel && layout->code != nullptr);
           if (width < panel) {
             spmm_rows<I>(0, out, rp, ci, v, xp, width, width, bias, yp + b0 * out, out, act);
+            post.apply(yp, b0, B, out);
             continue;
           }
+          if (full == 0) first = b0;
           xT[full] = xp;
           yo[full++] = yp + b0 * out;
         }
@@ -1447,12 +1515,13 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
           for (int64_t i = 0; i < full; ++i)
             layout_panel_part<VL, 4>(*layout, k, xT[i], bias, yo[i], out, act, stream);
         }
+        if (full > 0) post.apply(yp, first, first + full * panel, out);  // the pass's rows
       }
 #if SB_HAVE_AVX512
       if (stream) _mm_sfence();  // streamed lines visible before another thread reads y
 #endif
     });
-    return;
+    return true;
   }
   // Panel p holds batch rows [p * panel, + width) transposed, (in, width), width = panel
   // except in the last one. torch's transposing copy ran at 2.5 GB/s here (1.2 ms for a
@@ -1517,12 +1586,13 @@ void run_panels(const at::Tensor& x, const int32_t* rp, const I* ci, const float
     }
     spmm_rows<I>(splits[k], splits[k + 1], rp, ci, v, xT, width, width, bias, yo, out, act);
   });
+  return false;
 }
 
 template <typename I>
 void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
          const at::Tensor& v_t, const float* bias, at::Tensor& y, int64_t variant,
-         int64_t threading, int64_t act, const PanelLayout* layout) {
+         int64_t threading, int64_t act, const PanelLayout* layout, const NormEpilogue& post) {
   const int64_t B = x.size(0);
   const int64_t out = y.size(1);
   const int32_t* rp = rp_t.data_ptr<int32_t>();
@@ -1545,6 +1615,7 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
       spmv_dispatch<I>(variant, splits[c], splits[c + 1], rp, ci, v, xp, bias, yp);
       apply_activation(yp + splits[c], splits[c + 1] - splits[c], act);
     });
+    post.apply(yp, 0, 1, out);
     return;
   }
   const int64_t in = x.size(1);
@@ -1553,7 +1624,8 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
                             : threads > 1     ? kPanelMinBatchThreaded
                                               : kPanelMinBatch;
   if (panel > 0 && B >= min_batch) {
-    run_panels<I>(x, rp, ci, v, bias, yp, out, panel, threading, act, layout);
+    if (!run_panels<I>(x, rp, ci, v, bias, yp, out, panel, threading, act, layout, post))
+      post.apply_all(yp, B, out, threading);
     return;
   }
   // x.t() is already contiguous when x came out of a previous transposed producer.
@@ -1569,6 +1641,7 @@ void run(const at::Tensor& x, const at::Tensor& rp_t, const at::Tensor& ci_t,
   parallel_chunks(chunks, threading, [&](int64_t c) {
     spmm_rows<I>(splits[c], splits[c + 1], rp, ci, v, xtp, B, B, bias, yp, out, act);
   });
+  post.apply_all(yp, B, out, threading);
 }
 
 
@@ -1934,7 +2007,10 @@ void bsr_call(const BsrArgs& a, const float* xT, const int64_t* coff, int64_t B,
 at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                       const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                       int64_t in_features, int64_t variant, int64_t threading,
-                      int64_t activation, const std::vector<at::Tensor>& layout) {
+                      int64_t activation, const std::vector<at::Tensor>& layout,
+                      const c10::optional<at::Tensor>& residual,
+                      const c10::optional<at::Tensor>& norm_weight,
+                      const c10::optional<at::Tensor>& norm_bias, double eps) {
   TORCH_CHECK(x.dim() == 2, "csr_linear: x must be 2-D (batch, in), got ", x.sizes());
   TORCH_CHECK(activation >= kNoActivation && activation <= kGeluTanh,
               "csr_linear: activation must be 0 (none), 1 (relu), 2 (gelu) or 3 (gelu tanh)");
@@ -1952,6 +2028,8 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
     TORCH_CHECK(bc.scalar_type() == at::kFloat && bc.numel() == out, "bias must be float32 (out,)");
     bp = bc.data_ptr<float>();
   }
+  const NormEpilogue post =
+      norm_epilogue(residual, norm_weight, norm_bias, eps, x.size(0), out, "csr_linear");
   at::Tensor y = at::empty({x.size(0), out}, x.options());
   if (x.size(0) == 0 || out == 0) return y;
   if (variant < 0) variant = default_spmv_variant();
@@ -1966,10 +2044,10 @@ at::Tensor csr_linear(const at::Tensor& x, const at::Tensor& crow, const at::Ten
     lp = &checked;
   }
   if (col.scalar_type() == at::kShort) {
-    run<int16_t>(x, crow, col, values, bp, y, variant, threading, activation, lp);
+    run<int16_t>(x, crow, col, values, bp, y, variant, threading, activation, lp, post);
   } else {
     TORCH_CHECK(col.scalar_type() == at::kInt, "col indices must be int16 or int32");
-    run<int32_t>(x, crow, col, values, bp, y, variant, threading, activation, lp);
+    run<int32_t>(x, crow, col, values, bp, y, variant, threading, activation, lp, post);
   }
   return y;
 }
@@ -1985,7 +2063,10 @@ void csr_pattern_chain(const at::Tensor& x, const std::vector<at::Tensor>& first
                        const c10::optional<at::Tensor>& bias1, int64_t act1,
                        const std::vector<at::Tensor>& second,
                        const c10::optional<at::Tensor>& bias2, int64_t act2, at::Tensor& y,
-                       int64_t rows, int64_t threading) {
+                       int64_t rows, int64_t threading,
+                       const c10::optional<at::Tensor>& residual,
+                       const c10::optional<at::Tensor>& norm_weight,
+                       const c10::optional<at::Tensor>& norm_bias, double eps) {
 #if SB_HAVE_PATTERN_JIT
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "csr_pattern_chain: x must be a contiguous float32 matrix");
@@ -2014,11 +2095,14 @@ void csr_pattern_chain(const at::Tensor& x, const std::vector<at::Tensor>& first
   const float* b2 = bias_of(bias2, out);
   const float* xs = x.data_ptr<float>();
   float* ys = y.data_ptr<float>();
+  // The residual covers y's rows; the epilogue reaches the first `rows` of them.
+  const NormEpilogue post = norm_epilogue(residual, norm_weight, norm_bias, eps, y.size(0), out,
+                                          "csr_pattern_chain");
   const int64_t panels = rows / 64;
   if (panels == 0) return;
   if (threading < 0) threading = kAdaptive;  // the default, as for csr_linear
   const bool serial = at::get_num_threads() <= 1 || threading == kSerial;
-  const bool stream = stream_output(rows * out);
+  const bool stream = stream_output(rows * out) && !post.on;
   parallel_chunks(serial ? 1 : panels, threading, [&](int64_t c) {
     thread_local std::vector<float> packed_store, mid_store;
     float* xp = aligned_floats(packed_store, 64 * in);
@@ -2034,6 +2118,7 @@ void csr_pattern_chain(const at::Tensor& x, const std::vector<at::Tensor>& first
       float* yo = ys + p * 64 * out;
       for (int64_t k = 0; k < L2.parts; ++k)
         pattern_panel_part(L2, k, &hT, &yo, 1, b2, out, act2, stream);
+      post.apply(ys, p * 64, (p + 1) * 64, out);
     }
     if (stream) _mm_sfence();
   });
@@ -2862,7 +2947,6 @@ void pool_plane(const float* x, int64_t H, int64_t W, int64_t k, int64_t s, int6
 }  // namespace
 
 #include "attention.h"
-#include "layer_norm.h"
 
 
 // y = max_pool2d(x, kernel, stride, padding) for x (N, C, H, W) float32: square windows,
@@ -3306,7 +3390,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_linear", &csr_linear, "y = x @ W.T + b with W in CSR (fp32)", py::arg("x"),
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("bias"),
         py::arg("in_features"), py::arg("variant") = -1, py::arg("threading") = -1,
-        py::arg("activation") = 0, py::arg("layout") = std::vector<at::Tensor>{});
+        py::arg("activation") = 0, py::arg("layout") = std::vector<at::Tensor>{},
+        py::arg("residual") = py::none(), py::arg("norm_weight") = py::none(),
+        py::arg("norm_bias") = py::none(), py::arg("eps") = -1.0);
   m.def("csr_panel_layout", &csr_panel_layout,
         "The count-class layout of a CSR weight for products of 128 rows or more",
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("in_features"),
@@ -3314,13 +3400,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_pattern_chain", &csr_pattern_chain,
         "y[:rows] = act2(W2 act1(W1 x + b1) + b2) through two compiled pattern kernels",
         py::arg("x"), py::arg("first"), py::arg("bias1"), py::arg("act1"), py::arg("second"),
-        py::arg("bias2"), py::arg("act2"), py::arg("y"), py::arg("rows"), py::arg("threading"));
+        py::arg("bias2"), py::arg("act2"), py::arg("y"), py::arg("rows"), py::arg("threading"),
+        py::arg("residual") = py::none(), py::arg("norm_weight") = py::none(),
+        py::arg("norm_bias") = py::none(), py::arg("eps") = -1.0);
   m.def("csr_pattern_kernel", &csr_pattern_kernel,
         "Code compiled for a CSR weight's pattern, for products of 64 rows or more; "
         "csr_linear takes it as its layout",
         py::arg("crow"), py::arg("col"), py::arg("values"), py::arg("in_features"),
         py::arg("group_rows") = -1, py::arg("kblock") = -1, py::arg("parts") = 1);
   m.attr("HAVE_PATTERN_KERNEL") = static_cast<bool>(SB_HAVE_PATTERN_JIT);
+  // csr_conv2d takes a compiled pattern kernel as its layout (conv_pattern.h).
+  m.attr("HAVE_CONV_PATTERN") = static_cast<bool>(SB_HAVE_PATTERN_JIT);
+  // csr_linear and csr_pattern_chain apply LayerNorm(y + residual) to their rows (eps >= 0).
+  m.attr("HAVE_NORM_EPILOGUE") = static_cast<bool>(SB_HAVE_AVX512);
   m.def("pool_stats", [] { return WorkPool::instance().stats(); },
         "(pooled jobs, stalls detected, jobs run serially while backing off from a stall)");
   m.def("adaptive_stats", [] {

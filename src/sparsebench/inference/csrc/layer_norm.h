@@ -1,5 +1,6 @@
 // Layer normalization over the last dimension of float32 rows (AVX-512), included inside
-// csr_linear.cpp's namespace after parallel_chunks.
+// csr_linear.cpp's namespace after parallel_chunks, before the products that apply it to
+// their own output rows (NormEpilogue).
 //
 // Each row (C floats, C % 16 == 0) is read three times while it sits in L1: its mean, the
 // mean of its squared deviations (two passes, as exact as torch's float32 moments), then
@@ -38,6 +39,15 @@ inline void layer_norm_row(const float* x, float* y, int64_t C, const float* w, 
     if (b != nullptr) v = _mm512_add_ps(v, _mm512_loadu_ps(b + j));
     _mm512_storeu_ps(y + j, v);
   }
+}
+
+// Row y (C floats) replaced by layer_norm(y + r) (r null: layer_norm(y)), in place.
+inline void residual_layer_norm_row(float* y, const float* r, int64_t C, const float* w,
+                                    const float* b, float eps) {
+  if (r != nullptr)
+    for (int64_t j = 0; j < C; j += 16)
+      _mm512_storeu_ps(y + j, _mm512_add_ps(_mm512_loadu_ps(y + j), _mm512_loadu_ps(r + j)));
+  layer_norm_row(y, y, C, w, b, eps);  // each vector read before it is written
 }
 #endif  // SB_HAVE_AVX512
 
