@@ -166,3 +166,34 @@ def test_without_a_hint_each_layer_is_judged_at_the_rows_it_sees_in_the_example(
     # An explicit hint still overrides the example.
     assert {1} == set(plan_sparse(model, batch_hint=1, perf_model=pm,
                                   example_input=torch.randn(3, 4, 30))[0].predicted_speedup)
+
+
+def test_weights_streamed_from_memory_floor_both_sides(tmp_path, monkeypatch):
+    """A model whose weights outgrow the cache reads each layer's weight from memory: the plan
+    floors both predicted times at bytes / bandwidth (numbers worked by hand)."""
+    from sparsebench.inference import compile as compile_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 40), nn.Linear(40, 40))
+    with torch.no_grad():
+        for layer in model:
+            flat = layer.weight.view(-1)
+            flat[torch.randperm(flat.numel())[: int(0.55 * flat.numel())]] = 0.0  # 45% kept
+    pm = _fake_model(tmp_path, [(40, 30), (40, 40)], batches=(1,))
+    # Warm, as calibrated: dense 5 us, sparse 10 us x 0.45 = 4.5 us: 1.11x, below 1.3.
+    assert [d.use_sparse for d in plan_sparse(model, batch_hint=1, perf_model=pm)] == [False] * 2
+    # 4,800 + 6,400 bytes of weights outgrow a 6,400-byte cache; read at 100 MB/s, the
+    # 40x40 dense weight takes 64 us, and its CSR copy (41 row pointers of 4 bytes, 720
+    # nonzeros of 4 + 2 bytes) 4,484 bytes, 44.8 us: 1.43x. The 40x30 one too: 48 us
+    # against (41 * 4 + 540 * 6) / 1e8 = 34.0 us, 1.41x.
+    monkeypatch.setattr(compile_module, "last_level_cache_bytes", lambda: 6400)
+    monkeypatch.setattr(compile_module, "stream_bandwidth", lambda: 1e8)
+    plan = plan_sparse(model, batch_hint=1, perf_model=pm)
+    assert [d.use_sparse for d in plan] == [True, True]
+    assert plan[1].predicted_speedup[1] == pytest.approx(64e-6 / 44.84e-6, rel=1e-3)
+    assert plan[0].predicted_speedup[1] == pytest.approx(48e-6 / 34.04e-6, rel=1e-3)
+    assert "weights streamed from memory" in plan[0].reason
+    # A weight larger than the cache streamed in its own calibration: taken as measured.
+    monkeypatch.setattr(compile_module, "last_level_cache_bytes", lambda: 5000)
+    plan = plan_sparse(model, batch_hint=1, perf_model=pm)
+    assert [d.use_sparse for d in plan] == [True, False]

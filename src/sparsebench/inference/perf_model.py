@@ -17,11 +17,13 @@ per (shape, stride, padding, dilation, input size) against dense ``F.conv2d``.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import logging
 import os
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +43,35 @@ DEFAULT_DENSITIES: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1
 #: decision made on a busy machine does not outlive the neighbour that caused it.
 BUSY_LOAD_PER_CORE = 0.75
 QUIET_LOAD_PER_CORE = 0.25
+
+
+def last_level_cache_bytes() -> int | None:
+    """Return the largest CPU cache's size in bytes (Linux sysfs), or None where unknown."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else None
+
+
+@functools.cache
+def stream_bandwidth() -> float:
+    """Return the bytes per second one thread reads from memory, measured once per process:
+    a copy of a buffer four times the largest cache (at least 64 MB), best of three, read
+    bytes only (the copy also writes as many)."""
+    size = max(4 * (last_level_cache_bytes() or 0), 64 << 20)
+    src = torch.ones(size // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return size / best
 
 
 def default_thread_counts() -> tuple[int, ...]:
