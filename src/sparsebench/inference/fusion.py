@@ -382,29 +382,11 @@ def fuse_residual_norm(model: nn.Module) -> int:
     """Rewrite each module whose forward computes ``layer_norm(sparse_linear(x) + r)`` (see
     the module docstring) to make that one call of the Linear with ``residual=r``; deepest
     modules first. Return how many were fused."""
-    single = _once_in_model(model)
-    fused = 0
-    named = sorted(model.named_modules(), key=lambda kv: -kv[0].count("."))
-    for _, module in named:
-        if (isinstance(module, (SparseConv2d, SparseLinear, nn.Sequential, nn.ModuleList))
-                or "forward" in vars(module)
-                or type(module).__module__.startswith("torch.")
-                or not any(isinstance(m, SparseLinear) for m in module.modules())
-                or not any(isinstance(m, nn.LayerNorm) for m in module.modules())
-                or not _takes_tensors_only(module)):
-            continue
-        try:
-            graph = _ToLayers().trace(module)
-        except Exception:  # noqa: BLE001 - an untraceable forward stays as it is
-            continue
-        count = _fuse_norm_in_graph(graph, module, single)
-        if count == 0:
-            continue
-        graph.lint()
-        code = fx.GraphModule(module, graph)
-        module.forward = types.MethodType(type(code).forward, module)
-        fused += count
-    return fused
+    return _rewrite_forwards(
+        model,
+        lambda m: any(isinstance(c, SparseLinear) for c in m.modules())
+        and any(isinstance(c, nn.LayerNorm) for c in m.modules()),
+        _fuse_norm_in_graph)
 
 
 def _takes_tensors_only(module: nn.Module) -> bool:
@@ -420,6 +402,15 @@ def fuse_residual_relu(model: nn.Module) -> int:
     """Rewrite each module whose forward computes ``relu(sparse_conv(x) + r)`` to make that
     one call of the convolution with ``residual=r`` (see the module docstring); deepest
     modules first. Return how many sums were fused."""
+    return _rewrite_forwards(
+        model, lambda m: any(isinstance(c, SparseConv2d) for c in m.modules()), _fuse_in_graph)
+
+
+def _rewrite_forwards(model: nn.Module, candidate, fuse_in_graph) -> int:  # noqa: ANN001
+    """Trace each module of ``model`` that ``candidate`` accepts (deepest first; not torch's
+    own, the sparse layers or containers, nor one rewritten already), rewrite its graph with
+    ``fuse_in_graph(graph, module, single)`` and bind the result as the module's forward
+    where it fused anything. Return how many fusions in all."""
     single = _once_in_model(model)
     fused = 0
     named = sorted(model.named_modules(), key=lambda kv: -kv[0].count("."))
@@ -427,14 +418,14 @@ def fuse_residual_relu(model: nn.Module) -> int:
         if (isinstance(module, (SparseConv2d, SparseLinear, nn.Sequential, nn.ModuleList))
                 or "forward" in vars(module)  # rewritten already (fx traces the class's)
                 or type(module).__module__.startswith("torch.")
-                or not any(isinstance(m, SparseConv2d) for m in module.modules())
+                or not candidate(module)
                 or not _takes_tensors_only(module)):
             continue
         try:
             graph = _ToLayers().trace(module)
         except Exception:  # noqa: BLE001 - an untraceable forward stays as it is
             continue
-        count = _fuse_in_graph(graph, module, single)
+        count = fuse_in_graph(graph, module, single)
         if count == 0:
             continue
         graph.lint()
