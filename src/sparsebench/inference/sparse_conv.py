@@ -17,6 +17,10 @@ columns of a BSR conv group ``bw`` consecutive (channel, tap) entries. How it ru
   layout of the weight that the large-batch Linear products use (built once, kept in
   ``_panel_layout``; ``conv_layout_pays`` in the C++ source decides, ``CONV_LAYOUT`` turns
   it off).
+  Where the weight's rows hold enough nonzeros (``CONV_PATTERN_MIN_ROW_NONZEROS``), on x86-64
+  with AVX-512 under Linux, it runs code compiled for the weight's pattern instead
+  (``conv_pattern.h``: the kernel of the large Linear products; built once, kept in
+  ``_pattern_kernel``, never saved).
 * BSR, stride 1 (and 1x1 convolutions of any stride, by subsampling the input first): the same
   direct convolution with blocks.
 * BSR, other strides: im2col: ``F.unfold`` gives columns ``(N, C·kh·kw, L)`` and the kernel
