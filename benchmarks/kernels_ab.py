@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import re
 import subprocess
 import warnings
@@ -87,7 +88,8 @@ def _conv_case(ext, conv: SparseConv2d, x: torch.Tensor) -> Callable[[], torch.T
                                    geometry)
         args = (x, conv.crow_indices, offsets, conv.values, conv.bias, conv.out_channels,
                 geometry, False, -1)
-        if getattr(ext, "HAVE_CONV_PATTERN", False) and conv._pattern_pays():
+        positions = x.shape[0] * math.prod(conv.output_size(x.shape[2], x.shape[3]))
+        if getattr(ext, "HAVE_CONV_PATTERN", False) and conv._pattern_pays(positions):
             kernel = ext.csr_pattern_kernel(conv.crow_indices, conv.col_indices, conv.values,
                                             conv.cols, -1, -1, 1)
             return lambda: ext.csr_conv2d(*args, None, kernel)

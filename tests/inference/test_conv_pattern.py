@@ -2,8 +2,8 @@
 equal to ``F.conv2d`` on every path (in place with positions numbered across images, slices
 that cross images, maps smaller than a slice, the prepared buffer image by image and tile by
 tile, rows split between threads, several feature blocks, streamed outputs, residual and
-ReLU); ``SparseConv2d`` taking it where its rows hold enough nonzeros (the rule worked by
-hand); the switch; the cache not pickled; a kernel of another weight refused."""
+ReLU); ``SparseConv2d`` taking it where its rows hold enough nonzeros and the call enough
+positions (the rule worked by hand); the switch; the cache not pickled; a kernel of another weight refused."""
 
 from __future__ import annotations
 
@@ -114,12 +114,16 @@ def _sparse_conv(c_in: int, c_out: int, k: int, per_row: int) -> tuple[nn.Conv2d
     return conv, SparseConv2d.from_conv(conv)
 
 
-def test_sparse_conv2d_takes_the_compiled_code_from_enough_nonzeros_per_row(jit):
+def test_sparse_conv2d_takes_the_compiled_code_from_enough_nonzeros_and_positions(jit):
     torch.manual_seed(0)
-    x = torch.randn(2, 8, 10, 10)
     need = sparse_conv.CONV_PATTERN_MIN_ROW_NONZEROS
+    assert sparse_conv.CONV_PATTERN_MIN_POSITIONS == 256
+    x = torch.randn(3, 8, 10, 10)  # 3 images of 10x10 outputs: 300 positions
     with torch.no_grad():
         conv, sparse = _sparse_conv(8, 40, 3, need)  # 72 columns, exactly enough per row
+        few = x[:2]  # 200 positions: too few to reuse the code over
+        torch.testing.assert_close(sparse(few), conv(few), rtol=1e-4, atol=1e-4)
+        assert sparse._pattern_kernel is None
         torch.testing.assert_close(sparse(x), conv(x), rtol=1e-4, atol=1e-4)
         assert sparse._pattern_kernel is not None
         thin, thin_sparse = _sparse_conv(8, 40, 3, need - 1)  # one short
@@ -130,7 +134,7 @@ def test_sparse_conv2d_takes_the_compiled_code_from_enough_nonzeros_per_row(jit)
 def test_the_switch_turns_the_compiled_code_off_with_the_same_result(jit):
     torch.manual_seed(1)
     conv, sparse = _sparse_conv(16, 48, 3, 60)
-    x = torch.randn(3, 16, 9, 9)
+    x = torch.randn(4, 16, 9, 9)  # 324 positions
     with torch.no_grad():
         compiled = sparse(x)
         try:
@@ -145,7 +149,7 @@ def test_the_switch_turns_the_compiled_code_off_with_the_same_result(jit):
 def test_the_compiled_code_is_not_pickled_and_follows_weight_changes(jit):
     torch.manual_seed(2)
     conv, sparse = _sparse_conv(16, 32, 3, 40)
-    x = torch.randn(1, 16, 8, 8)
+    x = torch.randn(5, 16, 8, 8)  # 320 positions
     with torch.no_grad():
         sparse(x)
         assert sparse._pattern_kernel is not None

@@ -35,6 +35,7 @@ torch's CSR (correct, slower).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -66,6 +67,13 @@ CONV_LAYOUT = True
 #: (``benchmarks/switch_ab.py --switch conv-pattern``).
 CONV_PATTERN = True
 CONV_PATTERN_MIN_ROW_NONZEROS = 24
+#: Output positions (images x height x width) a call needs for the compiled code: each call
+#: streams the code and weights (about 13 bytes per nonzero, against CSR's 6-8) once per
+#: tile of 64 positions it reuses them over. In ResNet-50 at batch 1, one thread, the layers
+#: with 7x7 outputs (49 positions) ran 0.63-0.81x through it, those with 14x14 outputs
+#: 0.84-1.04x, the larger ones 0.84-1.21x (per layer by hooks, one compiled model with the
+#: switch on and off in turn; a script, not kept).
+CONV_PATTERN_MIN_POSITIONS = 256
 
 
 def conv_unsupported_reason(conv: nn.Conv2d) -> str | None:
@@ -152,16 +160,18 @@ class SparseConv2d(nn.Module):
             self._pattern_kernel = cached = (key, kernel)
         return cached[1]
 
-    def _pattern_pays(self) -> bool:
-        """Whether the compiled pattern kernel is the one to run (``CONV_PATTERN``)."""
+    def _pattern_pays(self, positions: int) -> bool:
+        """Whether the compiled pattern kernel is the one to run for a call of ``positions``
+        output positions (``CONV_PATTERN``)."""
         return (CONV_PATTERN and self.block == (1, 1) and self.out_channels > 0
+                and positions >= CONV_PATTERN_MIN_POSITIONS
                 and self.values.numel() >= CONV_PATTERN_MIN_ROW_NONZEROS * self.out_channels)
 
-    def _layout_for(self, ext: object, h: int, w: int) -> list[Tensor]:
-        """Return what the kernels take for an ``h x w`` input: the compiled pattern kernel
-        where it pays (``_pattern_pays``), else the count-class layout where
+    def _layout_for(self, ext: object, n: int, h: int, w: int) -> list[Tensor]:
+        """Return what the kernels take for ``n`` images of ``h x w``: the compiled pattern
+        kernel where it pays (``_pattern_pays``), else the count-class layout where
         ``conv_layout_pays``, else an empty list (``conv_rows``)."""
-        if self._pattern_pays():
+        if self._pattern_pays(n * math.prod(self.output_size(h, w))):
             kernel = self._compiled_kernel(ext)
             if kernel is not None:
                 return kernel
@@ -312,7 +322,8 @@ class SparseConv2d(nn.Module):
         known = self.__dict__.get("_layout_pays", {})
         counted = getattr(self, "_panel_layout", None)
         compiled = self.__dict__.get("_pattern_kernel")
-        if self._pattern_pays() and compiled is not None:
+        positions = x.shape[0] * math.prod(self.output_size(x.shape[2], x.shape[3]))
+        if self._pattern_pays(positions) and compiled is not None:
             layout = list(compiled[1])
         elif CONV_LAYOUT and known.get((x.shape[2], x.shape[3], self.values.numel())) \
                 and counted is not None:
@@ -339,7 +350,7 @@ class SparseConv2d(nn.Module):
                 relu,
                 _options["threading"],
                 residual,
-                self._layout_for(ext, x.shape[2], x.shape[3]),
+                self._layout_for(ext, x.shape[0], x.shape[2], x.shape[3]),
             )
         ho, wo = self.output_size(x.shape[2], x.shape[3])
         return self._finish(self._forward_blocks(ext, x, ho, wo), residual, relu)
