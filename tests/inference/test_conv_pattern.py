@@ -3,7 +3,8 @@ equal to ``F.conv2d`` on every path (in place with positions numbered across ima
 that cross images, maps smaller than a slice, the prepared buffer image by image and tile by
 tile, rows split between threads, several feature blocks, streamed outputs, residual and
 ReLU); ``SparseConv2d`` taking it where its rows hold enough nonzeros and the call enough
-positions (the rule worked by hand); the switch; the cache not pickled; a kernel of another weight refused."""
+positions (the rule worked by hand); the switch; the cache not pickled; a kernel of another
+weight refused."""
 
 from __future__ import annotations
 
