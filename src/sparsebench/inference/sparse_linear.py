@@ -570,13 +570,8 @@ class SparseLinear(nn.Module):
     def _product(self, x: Tensor, post: dict | None = None) -> Tensor:
         """This layer's own product, ``x @ W.T + b`` through its activation, then the
         epilogue ``post`` (``_epilogue``) where given."""
-        if post is not None:
-            ext = _extension.load_extension()
-            if self.block == (1, 1) and ext is not None and not torch.compiler.is_compiling():
-                return self._csr_product(ext, x, post)
-            y = self._product(x)
-            norm = self.fused_norm
-            return norm(y + post["residual"].view_as(y))
+        if post is not None:  # only given where the CSR kernels apply it (_epilogue)
+            return self._csr_product(_extension.load_extension(), x, post)
         self._check_input(x)
         if x.device.type != "cpu" and x.device == self.values.device \
                 and x.dtype == self.values.dtype:
