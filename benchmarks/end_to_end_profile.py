@@ -171,6 +171,8 @@ def main() -> None:
     p.add_argument("--model", choices=list(BUILDERS), default="bert")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sparsity", type=float, default=0.9,
+                   help="fraction of each pruned weight's entries set to zero")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rows", type=int, default=12, help="operations listed per model")
     p.add_argument("--layers", type=int, default=0,
@@ -182,6 +184,7 @@ def main() -> None:
     if not args.default_malloc:
         print(f"allocator: freed memory kept in the process: {retain_freed_memory()}")
     opts = e2e.Options(models=(args.model,), batches=(args.batch,), threads=(args.threads,),
+                       sparsity=args.sparsity,
                        engines=("torch", "sparse"))
     work = BUILDERS[args.model](opts)
     inputs = work.inputs(args.batch)
