@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.inference import compile_sparse, glue
+from sparsebench.inference import _extension, compile_sparse, glue
 from sparsebench.inference.glue import attention
 
 
@@ -44,10 +44,49 @@ def test_large_scores_stay_finite():
                                atol=1e-4)
 
 
-def test_shapes_it_does_not_take_go_to_torch():
-    q, k, v = _heads(1, 20, 2, 16), _heads(1, 20, 2, 16), _heads(1, 20, 2, 16)  # 20 tokens
+def test_head_sizes_it_does_not_take_go_to_torch():
+    q, k, v = _heads(1, 20, 2, 20), _heads(1, 20, 2, 20), _heads(1, 20, 2, 20)  # head of 20
     with torch.no_grad():
         torch.testing.assert_close(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+@pytest.mark.parametrize("b,queries,keys,h,d", [(8, 1, 128, 3, 64), (2, 1, 1, 2, 16),
+                                                 (1, 3, 37, 2, 32), (2, 7, 17, 1, 64),
+                                                 (1, 20, 20, 2, 16), (1, 40, 9, 2, 48),
+                                                 (2, 8, 130, 2, 16)])
+def test_queries_and_keys_of_any_count(threads, b, queries, keys, h, d):
+    """Queries against more (cached) keys or fewer, and key counts off a multiple of 16,
+    whose last block of K^T is padded: the extension's kernel itself, and ``attention``
+    (which sends fewer than ATTENTION_MIN_QUERIES queries to torch), against torch."""
+    torch.manual_seed(queries * keys + d)
+    q, k, v = _heads(b, queries, h, d), _heads(b, keys, h, d), _heads(b, keys, h, d)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    ext = _extension.load_extension()
+    with torch.no_grad():
+        got = attention(q, k, v)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        if ext is not None and hasattr(ext, "attention_forward"):
+            torch.testing.assert_close(ext.attention_forward(q, k, v, d ** -0.5), expected,
+                                       rtol=1e-5, atol=1e-5)
+    assert got.shape == (b, h, queries, d)
+
+
+@pytest.mark.parametrize("keys", [1, 15, 37, 64])
+def test_equal_scores_average_the_values_over_the_real_keys_only(keys):
+    """With every key the same, each query weighs every key alike: its output is the mean of
+    the values over the `keys` rows, whatever padding K^T carries up to a multiple of 16."""
+    torch.manual_seed(keys)
+    q = _heads(1, 5, 2, 16)
+    k = torch.randn(1, 2, 1, 16).expand(1, 2, keys, 16)
+    k = k.transpose(1, 2).contiguous().transpose(1, 2)  # (1, 2, keys, 16), head rows strided
+    v = _heads(1, keys, 2, 16)
+    ext = _extension.load_extension()
+    if ext is None or not hasattr(ext, "attention_forward"):
+        pytest.skip("no compiled attention kernel here")
+    with torch.no_grad():
+        got = ext.attention_forward(q, k, v, 0.25)
+    expected = v.mean(dim=2, keepdim=True).expand(1, 2, 5, 16)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 class _SelfAttention(nn.Module):

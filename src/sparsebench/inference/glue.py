@@ -115,15 +115,24 @@ def replace_glue(model: nn.Module) -> int:
     return swapped
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
-    """Return ``softmax(q k^T * scale) v`` for ``(batch, heads, seq, head)`` tensors, no mask
-    or dropout (``scale`` defaults to ``head ** -0.5``, as in
-    ``F.scaled_dot_product_attention``).
+#: Queries from which :func:`attention` runs the extension's kernel. Each head's K is
+#: transposed first, which a few queries do not repay: 12 heads of 64 against 128 keys at
+#: batch 8, one thread, torch's SDPA over ours (medians of 40 interleaved calls, a script,
+#: not kept): 0.88 with one query (a decoder's step), 0.99 with 4, 1.08 with 8, 1.13 with
+#: 16; and 1.31, 1.35 and 1.66 for self-attention over 128, 100 and 77 tokens.
+ATTENTION_MIN_QUERIES = 8
 
-    Float32 CPU inputs whose sequence length and head size are multiples of 16 run the
-    extension's kernel (``csrc/attention.h``): one head per call of a register-tiled loop, six
-    query rows at a time through scores, softmax and output, with the next head's rows
-    prefetched. On BERT-base's heads at batch 8 (12 layers of 12 heads of 64 over 128 tokens,
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """Return ``softmax(q k^T * scale) v`` for ``q`` ``(batch, heads, queries, head)`` and
+    ``k``, ``v`` ``(batch, heads, keys, head)``, no mask or dropout (``scale`` defaults to
+    ``head ** -0.5``, as in ``F.scaled_dot_product_attention``).
+
+    Float32 CPU inputs whose head size is a multiple of 16 run the extension's kernel
+    (``csrc/attention.h``): one head per call of a register-tiled loop, six query rows at a
+    time through scores, softmax and output, with the next head's rows prefetched; any
+    number of keys (K^T padded to a multiple of 16), and ``ATTENTION_MIN_QUERIES`` queries or
+    more. On BERT-base's heads at batch 8 (12 layers of 12 heads of 64 over 128 tokens,
     split from the projections' outputs as the model does) it took 63.7 ms against 82.0 for
     torch's SDPA, one thread, medians of 15 interleaved rounds (a script, not kept).
     Anything else goes to ``F.scaled_dot_product_attention``; ``compile_sparse`` routes a
@@ -133,8 +142,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Te
         scale = q.shape[-1] ** -0.5
     ext = _extension.load_extension()
     usable = (ext is not None and hasattr(ext, "attention_forward") and q.dim() == 4
-              and q.shape == k.shape == v.shape and q.shape[2] % 16 == 0
-              and q.shape[3] % 16 == 0
+              and k.dim() == 4 and k.shape == v.shape and q.shape[:2] == k.shape[:2]
+              and q.shape[3] == k.shape[3] and q.shape[3] % 16 == 0
+              and q.shape[2] >= ATTENTION_MIN_QUERIES and k.shape[2] > 0
               and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(3) == 1
                       and not (t.requires_grad and torch.is_grad_enabled()) for t in (q, k, v)))
     if not usable:

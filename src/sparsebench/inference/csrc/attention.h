@@ -1,12 +1,14 @@
 // Scaled dot-product attention for one CPU core per head (AVX-512), included inside
 // csr_linear.cpp's namespace after exp16 and parallel_chunks.
 //
-// softmax(Q K^T * scale) V for each (batch, head), no mask, no dropout, with the sequence
-// length and the head size multiples of 16. Per head: K is transposed into a (D, S) buffer
-// in 16 x 16 blocks; then for each tile of up to 6 query rows, its scores are computed 64
-// columns at a time (24 sums in registers, one load of K^T serving 6 rows, the query element
-// a broadcast operand), put through the softmax where they lie, and turned into the tile's
-// output 64 head columns at a time the same way from V's rows. Q, K and V may be strided views (the head split of a
+// softmax(Q K^T * scale) V for each (batch, head), no mask, no dropout, with the head size a
+// multiple of 16; any number of query rows and of keys (one query row against a cache of
+// keys, as a decoder's step has it). Per head: K is transposed into a (D, Sp) buffer in
+// 16 x 16 blocks, Sp the keys rounded up to 16 (the last block padded with zeros); then for
+// each tile of up to 6 query rows, its scores are computed 64 columns at a time (24 sums in
+// registers, one load of K^T serving 6 rows, the query element a broadcast operand), the
+// padding's scores set to -inf, put through the softmax where they lie, and turned into the
+// tile's output 64 head columns at a time the same way from V's rows. Q, K and V may be strided views (the head split of a
 // Linear's (batch, seq, heads * D) output) as long as their last dimension is contiguous.
 #if SB_HAVE_AVX512
 
@@ -32,10 +34,10 @@ inline void attention_scores_tile(const float* q, int64_t q_ld, const float* kt,
     for (int c = 0; c < NC; ++c) _mm512_storeu_ps(s + n * S + 16 * c, _mm512_mul_ps(acc[n][c], sc));
 }
 
-// o[n][16c] = sum_j p[n][j] v[j][16c] for n < N, c < NC.
+// o[n][16c] = sum_{j < S} p[n][j] v[j][16c] for n < N, c < NC (p's rows p_ld floats apart).
 template <int N, int NC>
-inline void attention_output_tile(const float* p, int64_t S, const float* v, int64_t v_ld,
-                                  float* o, int64_t o_ld) {
+inline void attention_output_tile(const float* p, int64_t p_ld, int64_t S, const float* v,
+                                  int64_t v_ld, float* o, int64_t o_ld) {
   __m512 acc[N][NC];
   for (int n = 0; n < N; ++n)
     for (int c = 0; c < NC; ++c) acc[n][c] = _mm512_setzero_ps();
@@ -43,7 +45,7 @@ inline void attention_output_tile(const float* p, int64_t S, const float* v, int
     __m512 vj[NC];
     for (int c = 0; c < NC; ++c) vj[c] = _mm512_loadu_ps(v + j * v_ld + 16 * c);
     for (int n = 0; n < N; ++n) {
-      const __m512 pv = _mm512_set1_ps(p[n * S + j]);
+      const __m512 pv = _mm512_set1_ps(p[n * p_ld + j]);
       for (int c = 0; c < NC; ++c) acc[n][c] = _mm512_fmadd_ps(pv, vj[c], acc[n][c]);
     }
   }
@@ -51,7 +53,9 @@ inline void attention_output_tile(const float* p, int64_t S, const float* v, int
     for (int c = 0; c < NC; ++c) _mm512_storeu_ps(o + n * o_ld + 16 * c, acc[n][c]);
 }
 
-// The tiles above for a run-time number of rows (1-6) and of 16-column vectors (1-4).
+// The tiles above for a run-time number of rows (1-6) and of 16-column vectors (1-4). Scores:
+// a = q, b = K^T with rows S floats apart, out rows S apart too. Output: a = p with rows a_ld
+// apart, summed over its first S columns; b = v.
 template <int N>
 void attention_tiles(bool scores, int nc, const float* a, int64_t a_ld, const float* b,
                      int64_t b_ld, int64_t S, int64_t D, float* out, int64_t out_ld,
@@ -59,7 +63,7 @@ void attention_tiles(bool scores, int nc, const float* a, int64_t a_ld, const fl
 #define SB_ATTENTION_NC(NC)                                                   \
   case NC:                                                                    \
     if (scores) attention_scores_tile<N, NC>(a, a_ld, b, S, D, out, scale);   \
-    else attention_output_tile<N, NC>(a, S, b, b_ld, out, out_ld);            \
+    else attention_output_tile<N, NC>(a, a_ld, S, b, b_ld, out, out_ld);      \
     return;
   switch (nc) {
     SB_ATTENTION_NC(1)
@@ -130,30 +134,46 @@ inline void transpose16x16(const float* src, int64_t src_ld, float* dst, int64_t
   }
 }
 
+// The keys rounded up to whole vectors: K^T's columns and a row of scores.
+inline int64_t attention_padded_keys(int64_t Sk) { return (Sk + 15) / 16 * 16; }
+
 // Floats of scratch one head needs: K^T and one tile's rows of scores.
-inline int64_t attention_buffer_floats(int64_t S, int64_t D) {
-  return D * S + kAttentionTileRows * S;
+inline int64_t attention_buffer_floats(int64_t Sk, int64_t D) {
+  return (D + kAttentionTileRows) * attention_padded_keys(Sk);
 }
 
-// One head: q, k, v rows `*_ld` floats apart (S rows of D), o likewise; buf holds
-// attention_buffer_floats(S, D). Each tile of rows goes through scores, softmax and output
-// in turn, so its scores stay in L1.
+// One head: q (Sq rows of D), k and v (Sk rows of D), rows `*_ld` floats apart, o like q;
+// buf holds attention_buffer_floats(Sk, D). Each tile of rows goes through scores, softmax
+// and output in turn, so its scores stay in L1.
 void attention_head(const float* q, int64_t q_ld, const float* k, int64_t k_ld, const float* v,
-                    int64_t v_ld, float* o, int64_t o_ld, int64_t S, int64_t D, float scale,
-                    float* buf) {
-  float* kt = buf;         // (D, S)
-  float* p = buf + D * S;  // (kAttentionTileRows, S)
-  for (int64_t j = 0; j < S; j += 16)
-    for (int64_t d = 0; d < D; d += 16) transpose16x16(k + j * k_ld + d, k_ld, kt + d * S + j, S);
-  for (int64_t i0 = 0; i0 < S; i0 += kAttentionTileRows) {
-    const int64_t n = std::min<int64_t>(kAttentionTileRows, S - i0);
-    for (int64_t j0 = 0; j0 < S; j0 += 64)
-      attention_rows(true, n, static_cast<int>(std::min<int64_t>(64, S - j0) / 16),
-                     q + i0 * q_ld, q_ld, kt + j0, 0, S, D, p + j0, S, scale);
-    softmax_rows(p, n, S);
+                    int64_t v_ld, float* o, int64_t o_ld, int64_t Sq, int64_t Sk, int64_t D,
+                    float scale, float* buf) {
+  const int64_t Sp = attention_padded_keys(Sk);
+  float* kt = buf;          // (D, Sp)
+  float* p = buf + D * Sp;  // (kAttentionTileRows, Sp)
+  const int64_t whole = Sk / 16 * 16;
+  for (int64_t j = 0; j < whole; j += 16)
+    for (int64_t d = 0; d < D; d += 16) transpose16x16(k + j * k_ld + d, k_ld, kt + d * Sp + j, Sp);
+  if (whole < Sk) {  // the last keys through a block padded with zero rows
+    alignas(64) float block[16 * 16];
+    for (int64_t d = 0; d < D; d += 16) {
+      std::fill(block, block + 16 * 16, 0.f);
+      for (int64_t j = whole; j < Sk; ++j)
+        std::copy(k + j * k_ld + d, k + j * k_ld + d + 16, block + (j - whole) * 16);
+      transpose16x16(block, 16, kt + d * Sp + whole, Sp);
+    }
+  }
+  for (int64_t i0 = 0; i0 < Sq; i0 += kAttentionTileRows) {
+    const int64_t n = std::min<int64_t>(kAttentionTileRows, Sq - i0);
+    for (int64_t j0 = 0; j0 < Sp; j0 += 64)
+      attention_rows(true, n, static_cast<int>(std::min<int64_t>(64, Sp - j0) / 16),
+                     q + i0 * q_ld, q_ld, kt + j0, 0, Sp, D, p + j0, Sp, scale);
+    for (int64_t r = 0; r < n; ++r)  // the padding's scores: no weight after the softmax
+      std::fill(p + r * Sp + Sk, p + (r + 1) * Sp, -std::numeric_limits<float>::infinity());
+    softmax_rows(p, n, Sp);
     for (int64_t d0 = 0; d0 < D; d0 += 64)
       attention_rows(false, n, static_cast<int>(std::min<int64_t>(64, D - d0) / 16),
-                     p, S, v + d0, v_ld, S, D, o + i0 * o_ld + d0, o_ld, 0.f);
+                     p, Sp, v + d0, v_ld, Sk, D, o + i0 * o_ld + d0, o_ld, 0.f);
   }
 }
 #endif  // SB_HAVE_AVX512
@@ -164,17 +184,19 @@ void attention_head(const float* q, int64_t q_ld, const float* k, int64_t k_ld, 
 at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              double scale, int64_t threading) {
 #if SB_HAVE_AVX512
-  TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-              "attention_forward: q, k and v must share one (batch, heads, seq, head) shape");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() &&
+                  q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              "attention_forward: q must be (batch, heads, queries, head) and k, v (batch, "
+              "heads, keys, head) with the same batch, heads and head size");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
                   v.scalar_type() == at::kFloat, "attention_forward: float32 only");
   TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
               "attention_forward: the head dimension must be contiguous");
-  const int64_t B = q.size(0), H = q.size(1), S = q.size(2), D = q.size(3);
-  TORCH_CHECK(S % 16 == 0 && D % 16 == 0 && S > 0 && D > 0,
-              "attention_forward: sequence length and head size must be multiples of 16, got ",
-              S, " and ", D);
-  at::Tensor out = at::empty({B, S, H, D}, q.options());
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), Sk = k.size(2), D = q.size(3);
+  TORCH_CHECK(D % 16 == 0 && D > 0 && Sq > 0 && Sk > 0,
+              "attention_forward: the head size must be a multiple of 16 and there must be "
+              "queries and keys, got head ", D, ", ", Sq, " queries and ", Sk, " keys");
+  at::Tensor out = at::empty({B, Sq, H, D}, q.options());
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
   if (threading < 0) threading = kAdaptive;
@@ -187,7 +209,7 @@ at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at:
     for (const at::Tensor* t : {&q, &k, &v}) {
       const char* base = reinterpret_cast<const char*>(t->data_ptr<float>() +
                                                        b * t->stride(0) + h * t->stride(1));
-      for (int64_t j = 0; j < S; ++j)
+      for (int64_t j = 0; j < t->size(2); ++j)
         for (int64_t byte = 0; byte < D * 4; byte += 64)
           _mm_prefetch(base + j * t->stride(2) * 4 + byte, _MM_HINT_T1);
     }
@@ -196,11 +218,12 @@ at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at:
     const int64_t b = c / H, h = c % H;
     prefetch_head(c + 1);
     thread_local std::vector<float> buf;
-    buf.resize(attention_buffer_floats(S, D));
+    buf.resize(attention_buffer_floats(Sk, D));
     attention_head(qp + b * q.stride(0) + h * q.stride(1), q.stride(2),
                    kp + b * k.stride(0) + h * k.stride(1), k.stride(2),
                    vp + b * v.stride(0) + h * v.stride(1), v.stride(2),
-                   op + (b * S * H + h) * D, H * D, S, D, static_cast<float>(scale), buf.data());
+                   op + (b * Sq * H + h) * D, H * D, Sq, Sk, D, static_cast<float>(scale),
+                   buf.data());
   });
   return out.permute({0, 2, 1, 3});
 #else
