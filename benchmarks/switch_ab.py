@@ -25,6 +25,8 @@ engines' thread pools. The switches:
 * ``norm-epilogue``: a post-norm Transformer's ``norm(linear(x) + r)`` computed by the
   sparse Linear's kernel as it writes its rows (``fusion.fuse_residual_norm``,
   ``sparse_linear.NORM_EPILOGUE``); off, as a sum and a layer norm after the product.
+* ``few-rows``: BSR weights of 16x1 blocks at 2-16 batch rows multiplied with the block's 16
+  rows as the vector (``set_bsr_few_rows``); off, through the register tile over the batch.
 * ``stream``: outputs larger than the kernels' threshold written by non-temporal stores
   (``set_stream_min_bytes``); off, never.
 
@@ -76,6 +78,13 @@ def _stream(on: bool) -> None:
     ext.set_stream_min_bytes(-1 if on else 1 << 62)
 
 
+def _few_rows(on: bool) -> None:
+    ext = _extension.load_extension()
+    if ext is None or not hasattr(ext, "set_bsr_few_rows"):
+        raise SystemExit("this build has no few-rows kernel for 16x1 blocks to switch")
+    ext.set_bsr_few_rows(on)
+
+
 def _compiled(on: bool) -> None:
     ext = _extension.load_extension()
     if ext is None or not getattr(ext, "HAVE_PATTERN_KERNEL", False):
@@ -109,7 +118,8 @@ SWITCHES: dict[str, Callable[[bool], None]] = {"layout": _layout, "compiled": _c
                                                "torch-compile": lambda on: None,
                                                "stream": _stream,
                                                "conv-pattern": _conv_pattern,
-                                               "norm-epilogue": _norm_epilogue}
+                                               "norm-epilogue": _norm_epilogue,
+                                               "few-rows": _few_rows}
 
 
 def main() -> None:

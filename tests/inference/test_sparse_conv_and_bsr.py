@@ -142,6 +142,23 @@ def test_bsr_linear_matches_dense(kernel, block, shape):
             assert _rel(layer(x), F.linear(x, w, b)) <= 1e-5, batch
 
 
+@pytest.mark.parametrize("density", [1.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_16x1_blocks_at_every_few_rows_batch(threads, density, bias):
+    """16x1 blocks at 2-16 batch rows take the kernel that makes a block's 16 rows the vector
+    (a dense output projection in that format, as compile_sparse runs GPT-2's at batch 8):
+    every such batch, a last block row cut by the width, with and without a bias, against
+    the dense product."""
+    torch.manual_seed(int(density * 10) + bias)
+    w = _block_weight(77, 45, (16, 1), density)
+    b = torch.randn(77) if bias else None
+    layer = SparseLinear.from_dense(w, b, (16, 1))
+    for batch in range(2, 18):
+        x = torch.randn(batch, 45)
+        with torch.no_grad():
+            assert _rel(layer(x), F.linear(x, w, b)) <= 1e-5, batch
+
+
 def test_bsr_stores_only_nonzero_blocks():
     w = _block_weight(64, 64, (16, 16), 0.25)
     layer = SparseLinear.from_dense(w, block=(16, 16))

@@ -1899,6 +1899,68 @@ void bsr_rows_spmv(int64_t R0, int64_t R1, const int32_t* rp, const I* bci, cons
   }
 }
 
+// Whether 16x1 blocks at 2-16 batch rows take bsr16x1_few_rows (set_bsr_few_rows; a switch for
+// timing both side by side, benchmarks/switch_ab.py --switch few-rows).
+std::atomic<bool> g_few_rows{true};
+
+#if SB_HAVE_AVX512
+// 16x1 blocks (16 rows of one column) times a few batch rows, into y (B, out). The register
+// tile above puts the batch in a vector: at 8 rows that is a 256-bit multiply-add per weight,
+// each weight a broadcast. Here a block's 16 rows are the vector: one load per block and NB
+// full-width multiply-adds with the batch rows' inputs broadcast, and each batch row's sums
+// are 16 consecutive outputs of y as stored. GPT-2's dense tied output projection (50257 x
+// 768, which compile_sparse runs in 16x1 blocks at batch 8): see the README, session 24.
+template <int NB, typename I>
+void bsr16x1_few_rows(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, const float* v,
+                      const float* xT, const int64_t* coff, const float* bias, float* y,
+                      int64_t out) {
+  constexpr int U = NB >= 4 ? 1 : 2;  // with few rows, two blocks in flight (FMA latency)
+  for (int64_t R = R0; R < R1; ++R) {
+    __m512 acc[U][NB];
+    for (int u = 0; u < U; ++u)
+      for (int b = 0; b < NB; ++b) acc[u][b] = _mm512_setzero_ps();
+    int64_t j = brp[R];
+    const int64_t e = brp[R + 1];
+    auto block = [&](int64_t jj, __m512 (&a)[NB]) {
+      const int64_t off = coff[static_cast<int64_t>(bci[jj])];
+      if (off < 0) return;  // a padded column
+      const __m512 w = _mm512_loadu_ps(v + jj * 16);
+      const float* xr = xT + off;
+      for (int b = 0; b < NB; ++b) a[b] = _mm512_fmadd_ps(w, _mm512_set1_ps(xr[b]), a[b]);
+    };
+    for (; j + U <= e; j += U)
+      for (int u = 0; u < U; ++u) block(j + u, acc[u]);
+    for (; j < e; ++j) block(j, acc[0]);
+    const int64_t row0 = R * 16;
+    const int64_t nr = std::min<int64_t>(16, out - row0);
+    const __mmask16 m = static_cast<__mmask16>(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
+    const __m512 add = bias ? _mm512_maskz_loadu_ps(m, bias + row0) : _mm512_setzero_ps();
+    for (int b = 0; b < NB; ++b) {
+      __m512 sum = acc[0][b];
+      for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][b]);
+      _mm512_mask_storeu_ps(y + b * out + row0, m, _mm512_add_ps(sum, add));
+    }
+  }
+}
+
+// bsr16x1_few_rows for a run-time batch of 2 to kFewRowsMax rows; false for any other.
+constexpr int64_t kFewRowsMax = 16;
+template <typename I>
+bool bsr16x1_few_rows_any(int64_t B, int64_t R0, int64_t R1, const int32_t* brp, const I* bci,
+                          const float* v, const float* xT, const int64_t* coff,
+                          const float* bias, float* y, int64_t out) {
+  switch (B) {
+#define SB_FEW_ROWS(N) \
+  case N: bsr16x1_few_rows<N, I>(R0, R1, brp, bci, v, xT, coff, bias, y, out); return true;
+    SB_FEW_ROWS(2) SB_FEW_ROWS(3) SB_FEW_ROWS(4) SB_FEW_ROWS(5) SB_FEW_ROWS(6) SB_FEW_ROWS(7)
+    SB_FEW_ROWS(8) SB_FEW_ROWS(9) SB_FEW_ROWS(10) SB_FEW_ROWS(11) SB_FEW_ROWS(12)
+    SB_FEW_ROWS(13) SB_FEW_ROWS(14) SB_FEW_ROWS(15) SB_FEW_ROWS(16)
+#undef SB_FEW_ROWS
+    default: return false;
+  }
+}
+#endif
+
 template <int BH, int BW, typename I>
 void bsr_run(const float* xT, const int64_t* coff, int64_t B, int64_t images, int64_t x_stride,
              const int32_t* brp,
@@ -1929,7 +1991,17 @@ void bsr_run(const float* xT, const int64_t* coff, int64_t B, int64_t images, in
     float* yn = y + n * y_stride;
     if (B == 1 && !rows_layout) {
       bsr_rows_spmv<BH, BW, I>(splits[k], splits[k + 1], brp, bci, v, xn, bias, yn, out);
-    } else {
+      return;
+    }
+#if SB_HAVE_AVX512
+    if constexpr (BH == 16 && BW == 1) {
+      if (!rows_layout && g_few_rows.load(std::memory_order_relaxed) &&
+          bsr16x1_few_rows_any<I>(B, splits[k], splits[k + 1], brp, bci, v, xn, coff, bias, yn,
+                                  out))
+        return;
+    }
+#endif
+    {
       const BsrOut o{yn, out, rows_layout, bias, B};
       bsr_rows_spmm<BH, BW, RG, VL, NV, I>(splits[k], splits[k + 1], brp, bci, v, xn, coff, B, o);
     }
@@ -3422,6 +3494,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(parallel jobs, stalls detected, jobs run serially while backing off), adaptive mode");
   m.def("set_spmm_panel", [](int64_t width) { g_spmm_panel.store(width); },
         "Batch columns per packed panel of the CSR SpMM (0: no panels, -1: chosen from in).");
+  m.def("set_bsr_few_rows", [](bool on) { g_few_rows.store(on); },
+        "whether 16x1 blocks at 2-16 batch rows run the kernel that vectorizes over the rows",
+        py::arg("on"));
   m.def("set_stream_min_bytes", [](int64_t n) { g_stream_min_bytes.store(n); },
         "outputs above this many bytes are written by non-temporal stores (-1: the default)",
         py::arg("bytes"));
