@@ -1910,10 +1910,11 @@ std::atomic<bool> g_few_rows{true};
 // full-width multiply-adds with the batch rows' inputs broadcast, and each batch row's sums
 // are 16 consecutive outputs of y as stored. GPT-2's dense tied output projection (50257 x
 // 768, which compile_sparse runs in 16x1 blocks at batch 8): see the README, session 24.
+// xT is a Linear's (in, NB): column k's inputs start at k * NB (bsr_linear's coff, computed
+// here rather than loaded per block).
 template <int NB, typename I>
 void bsr16x1_few_rows(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, const float* v,
-                      const float* xT, const int64_t* coff, const float* bias, float* y,
-                      int64_t out) {
+                      const float* xT, const float* bias, float* y, int64_t out) {
   constexpr int U = NB >= 4 ? 1 : 2;  // with few rows, two blocks in flight (FMA latency)
   for (int64_t R = R0; R < R1; ++R) {
     __m512 acc[U][NB];
@@ -1922,10 +1923,8 @@ void bsr16x1_few_rows(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, 
     int64_t j = brp[R];
     const int64_t e = brp[R + 1];
     auto block = [&](int64_t jj, __m512 (&a)[NB]) {
-      const int64_t off = coff[static_cast<int64_t>(bci[jj])];
-      if (off < 0) return;  // a padded column
       const __m512 w = _mm512_loadu_ps(v + jj * 16);
-      const float* xr = xT + off;
+      const float* xr = xT + static_cast<int64_t>(bci[jj]) * NB;
       for (int b = 0; b < NB; ++b) a[b] = _mm512_fmadd_ps(w, _mm512_set1_ps(xr[b]), a[b]);
     };
     for (; j + U <= e; j += U)
@@ -1947,11 +1946,11 @@ void bsr16x1_few_rows(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, 
 constexpr int64_t kFewRowsMax = 16;
 template <typename I>
 bool bsr16x1_few_rows_any(int64_t B, int64_t R0, int64_t R1, const int32_t* brp, const I* bci,
-                          const float* v, const float* xT, const int64_t* coff,
-                          const float* bias, float* y, int64_t out) {
+                          const float* v, const float* xT, const float* bias, float* y,
+                          int64_t out) {
   switch (B) {
 #define SB_FEW_ROWS(N) \
-  case N: bsr16x1_few_rows<N, I>(R0, R1, brp, bci, v, xT, coff, bias, y, out); return true;
+  case N: bsr16x1_few_rows<N, I>(R0, R1, brp, bci, v, xT, bias, y, out); return true;
     SB_FEW_ROWS(2) SB_FEW_ROWS(3) SB_FEW_ROWS(4) SB_FEW_ROWS(5) SB_FEW_ROWS(6) SB_FEW_ROWS(7)
     SB_FEW_ROWS(8) SB_FEW_ROWS(9) SB_FEW_ROWS(10) SB_FEW_ROWS(11) SB_FEW_ROWS(12)
     SB_FEW_ROWS(13) SB_FEW_ROWS(14) SB_FEW_ROWS(15) SB_FEW_ROWS(16)
@@ -1995,9 +1994,10 @@ void bsr_run(const float* xT, const int64_t* coff, int64_t B, int64_t images, in
     }
 #if SB_HAVE_AVX512
     if constexpr (BH == 16 && BW == 1) {
-      if (!rows_layout && g_few_rows.load(std::memory_order_relaxed) &&
-          bsr16x1_few_rows_any<I>(B, splits[k], splits[k + 1], brp, bci, v, xn, coff, bias, yn,
-                                  out))
+      // Only a Linear's (in, B) input (images == 1, column k at k * B), which the kernel
+      // indexes itself.
+      if (!rows_layout && images == 1 && g_few_rows.load(std::memory_order_relaxed) &&
+          bsr16x1_few_rows_any<I>(B, splits[k], splits[k + 1], brp, bci, v, xn, bias, yn, out))
         return;
     }
 #endif
