@@ -61,3 +61,30 @@ def test_bad_options_get_one_sentence(capsys):
     assert "sparsity must be in [0, 1), got 1.5" in capsys.readouterr().err
     with pytest.raises(ValueError, match="engines must include 'torch'"):
         harness.Options(engines=("sparse",))
+
+
+def test_each_cell_plans_at_its_own_thread_count(tmp_path, monkeypatch):
+    """A one-thread cell's layers are judged at one thread, as a user compiling on one thread
+    would have them, even when the process runs torch on two; a two-thread cell at two and
+    one (PerformanceModel's default for a process of two threads)."""
+    import torch
+
+    harness = _harness()
+    judged = []
+    original = harness.PerformanceModel
+
+    class Recording(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            judged.append(self.thread_counts)
+
+    monkeypatch.setattr(harness, "PerformanceModel", Recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        harness.main(["--quick", "--models", "bert", "--threads", "1", "2", "--batches", "1",
+                      "--rounds", "3", "--budget", "1", "--engines", "torch", "sparse",
+                      "--out-dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(before)
+    assert judged == [(1,), (2, 1)]
