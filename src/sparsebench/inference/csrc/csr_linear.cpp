@@ -1942,8 +1942,7 @@ void bsr16x1_few_rows(int64_t R0, int64_t R1, const int32_t* brp, const I* bci, 
   }
 }
 
-// bsr16x1_few_rows for a run-time batch of 2 to kFewRowsMax rows; false for any other.
-constexpr int64_t kFewRowsMax = 16;
+// bsr16x1_few_rows for a run-time batch of 2 to 16 rows; false for any other.
 template <typename I>
 bool bsr16x1_few_rows_any(int64_t B, int64_t R0, int64_t R1, const int32_t* brp, const I* bci,
                           const float* v, const float* xT, const float* bias, float* y,
@@ -2001,10 +2000,8 @@ void bsr_run(const float* xT, const int64_t* coff, int64_t B, int64_t images, in
         return;
     }
 #endif
-    {
-      const BsrOut o{yn, out, rows_layout, bias, B};
-      bsr_rows_spmm<BH, BW, RG, VL, NV, I>(splits[k], splits[k + 1], brp, bci, v, xn, coff, B, o);
-    }
+    const BsrOut o{yn, out, rows_layout, bias, B};
+    bsr_rows_spmm<BH, BW, RG, VL, NV, I>(splits[k], splits[k + 1], brp, bci, v, xn, coff, B, o);
   });
 }
 
