@@ -394,21 +394,23 @@ def test_retraining_in_loss_is_drawn_better_up_with_a_collapsed_replica_off_the_
 
 def test_sections_are_listed_once_in_reading_order():
     """The sections are one explicit list: the loss frontiers right after the headline ones,
-    the seed spread after them, then the retraining and published comparison, then our own
-    and the speed sections; each once."""
+    the seed spread after them, one-shot pruning against them, then the retraining and
+    published comparison, then our own and the speed sections; each once."""
     from sparsebench.study import report
-    from sparsebench.study.report import loss, seeds
+    from sparsebench.study.report import loss, one_shot, seeds
 
     order = list(report.SECTION_BUILDERS)
     assert len(order) == len(set(order))
     technique = order.index(report.technique_section)
     assert order[technique - 1] is report.dense_section
-    assert order[technique + 1:technique + 6] == [
-        loss.loss_section, seeds.seed_section, report.retraining_section,
+    assert order[technique + 1:technique + 7] == [
+        loss.loss_section, seeds.seed_section, one_shot.one_shot_section,
+        report.retraining_section,
         loss.retraining_loss_section, report.published_comparison_section]
 
 
-@pytest.mark.parametrize("first", ["report.loss", "report.seeds", "report.magnitude",
+@pytest.mark.parametrize("first", ["report.loss", "report.seeds", "report.one_shot",
+                                   "report.magnitude",
                                    "report.speed", "report.shared", "report"])
 def test_any_section_module_can_be_imported_first(first):
     """Whichever report module a program imports first, the report gets every section, in
@@ -421,11 +423,11 @@ def test_any_section_module_can_be_imported_first(first):
             "print(' '.join(b.__name__ for b in report.SECTION_BUILDERS))")
     names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.split()
-    assert names[:7] == ["dense_section", "technique_section", "loss_section", "seed_section",
-                         "retraining_section", "retraining_loss_section",
+    assert names[:8] == ["dense_section", "technique_section", "loss_section", "seed_section",
+                         "one_shot_section", "retraining_section", "retraining_loss_section",
                          "published_comparison_section"]
     assert names[-3:] == ["inference_section", "sampling_section", "block_section"]
-    assert len(names) == 17
+    assert len(names) == 18
 
 
 def test_collapsed_frontier_points_sit_on_the_edge_of_an_axis_that_spans_the_sound_ones(

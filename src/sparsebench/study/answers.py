@@ -21,7 +21,17 @@ from . import pareto as P
 from .seeds import SeedSpread, seed_spread
 from .store import Run
 
-__all__ = ["Gap", "compared_techniques", "gap_verdict", "measure_answers", "pair_gaps"]
+__all__ = [
+    "Gap",
+    "amount",
+    "compared_techniques",
+    "gap_verdict",
+    "levels_text",
+    "measure_answers",
+    "pair_gaps",
+    "pair_sentence",
+    "quantity",
+]
 
 
 def compared_techniques() -> list[str]:
@@ -60,32 +70,35 @@ def gap_verdict(gap: float, spread: SeedSpread | None) -> str:
     return "ahead" if gap > 0 else "behind"
 
 
-def _number(value: float, metric: str) -> str:
+def quantity(value: float, metric: str) -> str:
+    """Returns a value in the metric's units as the sentences and tables write it: top-1 in
+    percent or points (two decimals), a loss with three, others with two."""
     if metric == "top1":
         return f"{100 * value:.2f}"
     return f"{value:.3f}" if metric == "loss" else f"{value:.2f}"
 
 
-def _amount(value: float, metric: str) -> str:
-    """Returns e.g. "3.51 points", "0.020 nats"."""
-    return f"{_number(abs(value), metric)} {_UNITS.get(metric, '')}".rstrip()
+def amount(value: float, metric: str) -> str:
+    """Returns a gap with its unit, e.g. "3.51 points", "0.020 nats"."""
+    return f"{quantity(abs(value), metric)} {_UNITS.get(metric, '')}".rstrip()
 
 
 def _span(values: Sequence[float], metric: str) -> str:
     """Returns "0.55 points" for one value, "0.55–3.51 points" for several."""
     low, high = min(map(abs, values)), max(map(abs, values))
-    if _number(low, metric) == _number(high, metric):
-        return _amount(low, metric)
-    return f"{_number(low, metric)}–{_amount(high, metric)}"
+    if quantity(low, metric) == quantity(high, metric):
+        return amount(low, metric)
+    return f"{quantity(low, metric)}–{amount(high, metric)}"
 
 
-def _levels(levels: Sequence[float]) -> str:
+def levels_text(levels: Sequence[float]) -> str:
+    """Returns levels as a sentence lists them: "50%", "50, 70 and 90%"."""
     texts = [f"{100 * lv:g}" for lv in sorted(levels)]
     return (texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " and " + texts[-1]) + "%"
 
 
 def _spread_words(spread: SeedSpread, metric: str) -> str:
-    return f"the seed spread of {_amount(spread.value, metric)}"
+    return f"the seed spread of {amount(spread.value, metric)}"
 
 
 # ---- the comparisons --------------------------------------------------------------------------
@@ -112,7 +125,7 @@ def pair_gaps(table: Mapping[str, P.Frontier], first: str, second: str, *, highe
     return gaps
 
 
-def _pair_sentence(name: str, other: str, gaps: Sequence[Gap], metric: str,
+def pair_sentence(name: str, other: str, gaps: Sequence[Gap], metric: str,
                    spread: SeedSpread | None) -> str:
     """E.g. "Random pruning against magnitude pruning: level at 50–90% (...); ahead at 95%
     by 3.51 points." — the levels grouped by verdict, in order of their first level."""
@@ -121,7 +134,7 @@ def _pair_sentence(name: str, other: str, gaps: Sequence[Gap], metric: str,
         groups.setdefault(gap.verdict, []).append(gap)
     parts = []
     for verdict, members in sorted(groups.items(), key=lambda kv: kv[1][0].level):
-        levels, values = _levels([g.level for g in members]), [g.gap for g in members]
+        levels, values = levels_text([g.level for g in members]), [g.gap for g in members]
         if verdict == "level":
             within = f", within {_spread_words(spread, metric)}" if spread else ""
             parts.append(f"level at {levels} ({_span(values, metric)} apart{within})")
@@ -149,10 +162,10 @@ def _winners_sentence(table: Mapping[str, P.Frontier], metric: str, higher: bool
         if tied:
             names = [P.display_name(n) for n in (best, *(n for n, _ in tied))]
             parts.append(f"at {100 * level:g}% {', '.join(names[:-1])} and {names[-1]} tie "
-                         f"(within {_amount(tied[-1][1], metric)})")
+                         f"(within {amount(tied[-1][1], metric)})")
         else:
             parts.append(f"at {100 * level:g}% {P.display_name(best)}, "
-                         f"{_amount(lead, metric)} ahead of {P.display_name(second)}")
+                         f"{amount(lead, metric)} ahead of {P.display_name(second)}")
     if not parts:
         return "", gaps
     return "best technique at each sparsity: " + "; ".join(parts) + ".", gaps
@@ -193,7 +206,7 @@ def measure_answers(runs: Sequence[Run], metric: str, higher: bool, *, tolerance
     table = _frontiers(runs, tolerance_pp, higher)
     measure = "test loss" if metric == "loss" else metric
     if spread is not None:
-        first = (f"one setting moves by up to {_amount(spread.value, metric)} with the seed "
+        first = (f"one setting moves by up to {amount(spread.value, metric)} with the seed "
                  f"alone ({spread.setting}, {spread.n} seeds); a gap no larger than that is "
                  "a tie below.")
     else:
@@ -203,8 +216,8 @@ def measure_answers(runs: Sequence[Run], metric: str, higher: bool, *, tolerance
 
     def row(comparison: str, gap: Gap) -> list[str]:
         return [measure, comparison, f"{100 * gap.level:g}", P.display_name(gap.first),
-                P.display_name(gap.second), _number(gap.gap, metric),
-                _number(spread.value, metric) if spread else "–", gap.verdict]
+                P.display_name(gap.second), quantity(gap.gap, metric),
+                quantity(spread.value, metric) if spread else "–", gap.verdict]
 
     winners, gaps = _winners_sentence(table, metric, higher, spread)
     if winners:
@@ -217,7 +230,7 @@ def measure_answers(runs: Sequence[Run], metric: str, higher: bool, *, tolerance
             continue
         pairs = pair_gaps(table, technique, reference, higher=higher, spread=spread)
         if pairs:
-            sentences.append(_pair_sentence(P.display_name(technique), against,
+            sentences.append(pair_sentence(P.display_name(technique), against,
                                             pairs, metric, spread))
             rows += [row(f"{P.display_name(technique)} vs {against}", g) for g in pairs]
         else:
@@ -225,7 +238,7 @@ def measure_answers(runs: Sequence[Run], metric: str, higher: bool, *, tolerance
                              f"level {against} reaches.")
     retrained = _retraining_gaps(runs, table.get(reference, {}), tolerance_pp, higher, spread)
     for kind, (gaps, n) in retrained.items():
-        sentences.append(_pair_sentence(
+        sentences.append(pair_sentence(
             f"{kind} ({'one run' if n == 1 else f'mean of {n}'})",
             "joint pruning (the magnitude pruning frontier)",
             gaps, metric, spread))

@@ -11,6 +11,7 @@
 * :func:`inference_figure`: the inference speed-up of the best sparse models per batch size.
 * :func:`break_even_figure`: each layer's density against the performance model's break-even.
 * :func:`budget_figure`: issue 28's gaps to magnitude pruning against the training budget.
+* :func:`one_shot_figure`: one-shot pruning of trained models against pruning while training.
 
 Each returns the path of the PNG it wrote. Top-1 is drawn in percent.
 """
@@ -34,6 +35,7 @@ __all__ = [
     "break_even_figure",
     "budget_figure",
     "inference_figure",
+    "one_shot_figure",
     "per_layer_figure",
     "sampling_figure",
     "small_dense_figure",
@@ -346,5 +348,61 @@ def budget_figure(
     converge.grid(True, alpha=0.3)
     target = f" at {100 * gaps[0].target:g}%" if gaps else ""
     fig.suptitle(title or f"Does the budget explain the gaps{target}?")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def one_shot_figure(
+    panels: Sequence[tuple[str, bool, Mapping[str, Mapping[float, Summary]],
+                           Mapping[float, tuple[str, float]], Summary | None]],
+    path: str | Path,
+    *,
+    title: str,
+) -> Path:
+    """Draws one panel per measure (metric name, higher is better, series, joint, dense): each
+    one-shot series' mean over the dense models it pruned against the target sparsity, with
+    their range as bars (a fine-tuned variant dashed, in its technique's colour); the best
+    run of any technique that prunes while it trains at each level, in black, its technique
+    written where the leader changes; the dense models' mean as a dotted line. A
+    lower-is-better axis is inverted, as in the report's other loss figures, so better is
+    always up. Returns the PNG path."""
+    fig = Figure(figsize=(6.2 * len(panels), 5.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (metric, higher, series, joint, dense) in zip(axes, panels, strict=True):
+        k = _scale(metric)
+        names = sorted(series, key=series_order)
+        plain = {n.split(" ", 1)[0] for n in names}
+        colour_of = colours(sorted(plain, key=series_order))
+        for index, name in enumerate(names):
+            cells = sorted(series[name].items())
+            xs = [100 * level for level, _ in cells]
+            means = [k * s.mean for _, s in cells]
+            ax.errorbar(xs, means, yerr=[[k * (s.mean - s.min) for _, s in cells],
+                                         [k * (s.max - s.mean) for _, s in cells]],
+                        fmt=MARKERS[index % len(MARKERS)] + ("-" if name in plain else "--"),
+                        color=colour_of[name.split(" ", 1)[0]], capsize=3, markersize=5,
+                        label=f"{display_name(name)} (n={max(s.n for _, s in cells)})")
+        points = sorted(joint.items())
+        ax.plot([100 * level for level, _ in points], [k * v for _, (_, v) in points], "k*-",
+                markersize=9, linewidth=1.6, label="best run pruning while training")
+        previous = None
+        for level, (technique, value) in points:
+            if technique != previous:  # a run of levels led by one technique: named once
+                ax.annotate(display_name(technique), (100 * level, k * value), fontsize=6,
+                            textcoords="offset points", xytext=(3, 5))
+            previous = technique
+        if dense is not None:
+            ax.axhline(k * dense.mean, color="grey", linestyle=":",
+                       label=f"dense (mean of {dense.n})")
+        ax.set_xlabel("target sparsity (%)")
+        if higher:
+            ax.set_ylabel(f"test {metric_label(metric)} (higher is better)")
+        else:  # as the report's other loss figures: better is up
+            ax.set_ylabel(f"test {metric_label(metric)} (lower is better, drawn upward)")
+            ax.invert_yaxis()
+        ax.grid(True, alpha=0.3)
+        # Below the axes: the curves fill every corner between 50 and 98%.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_png(fig, path)

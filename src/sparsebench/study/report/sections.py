@@ -19,6 +19,7 @@ from .frontiers import (
 from .layers import per_layer_section
 from .loss import loss_section, retraining_loss_section
 from .magnitude import mp_v2_section, pruned_weights_section, small_dense_section
+from .one_shot import one_shot_section
 from .records import off_target_section, sweep_definition_section
 from .sampling import sampling_section
 from .seeds import seed_section
@@ -35,6 +36,8 @@ SECTION_BUILDERS: tuple[SectionBuilder, ...] = (
     technique_section,
     loss_section,
     seed_section,
+    # Pruning a trained model once, without training, against pruning while training.
+    one_shot_section,
     # Its second question, in the headline metric and in loss; then ours beside the study's.
     retraining_section,
     retraining_loss_section,
