@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 pkill -KILL -f "scripts/run_(study|budget|new_techniques).sh"  # SIGKILL: run_study.sh's trap would run the report
 workers="sparsebench (sweep|one-shot)|scripts/retrain_lost_runs.py"
 pkill -TERM -f "$workers"
+# A worker paused with SIGSTOP (as for a benchmark) acts on SIGTERM only once continued.
+pkill -CONT -f "$workers"
 for _ in $(seq 90); do
   pgrep -f "$workers" > /dev/null || break
   sleep 2
