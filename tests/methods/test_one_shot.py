@@ -23,6 +23,7 @@ from sparsebench.methods.one_shot import (
 )
 from sparsebench.methods.sparsegpt import sparsegpt_prune
 from sparsebench.methods.wanda import Wanda, wanda_scores
+from sparsebench.models.transformer import TiedProjection
 
 # Wanda's hand-worked layer: columns of X have norms 5, 1, 1, 2 (3-4-5 in the first).
 W_HAND = torch.tensor([[1.0, -2.0, 3.0, -4.0],
@@ -354,12 +355,53 @@ def test_a_model_without_sparsifiable_layers_or_with_uncalibratable_ones_is_refu
     with pytest.raises(ValueError, match=r"no nn.Linear, nn.Conv1d, nn.Conv2d"):
         prune_one_shot(nn.Sequential(nn.ReLU()), [torch.randn(2, 3)], "wanda", 0.5)
     embed = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match=r"0.weight \(Embedding\) has no input"):
+    with pytest.raises(ValueError, match=r"0.weight is an embedding \(a lookup\) read as a "
+                                         r"linear map by 0 projections"):
         prune_one_shot(embed, [torch.tensor([[1, 2]])], "wanda", 0.5, include="*")
     unused = nn.ModuleDict({"used": nn.Linear(4, 2), "unused": nn.Linear(4, 2)})
     with pytest.raises(ValueError, match=r"unused.weight is not called"):
         prune_one_shot(unused, [torch.randn(2, 4)], "wanda", 0.5,
                        forward=lambda model, batch: model["used"](batch))
+
+
+class _TiedLM(nn.Module):
+    """An embedding (vocabulary 2, width 4) whose weight is W_HAND, also read as the output
+    projection, either as a Hugging Face ``lm_head`` holding the same Parameter or as the
+    Transformer's ``TiedProjection``; the projection's input is given, so it is X_HAND."""
+
+    def __init__(self, tie: str):
+        super().__init__()
+        self.embed = nn.Embedding(2, 4)
+        with torch.no_grad():
+            self.embed.weight.copy_(W_HAND)
+        if tie == "linear":
+            self.head = nn.Linear(4, 2, bias=False)
+            self.head.weight = self.embed.weight
+        else:
+            self.head = TiedProjection(self.embed)
+
+    def forward(self, tokens, hidden):
+        return self.head(hidden) + self.embed(tokens).sum()
+
+
+@pytest.mark.parametrize("tie", ["linear", "tied_weight_module"])
+def test_an_embedding_tied_to_an_output_projection_is_calibrated_on_the_projection(tie):
+    model = _TiedLM(tie)
+    report = prune_one_shot(model, [(torch.tensor([[0, 1]]), X_HAND)], "wanda", 0.5,
+                            include="*")
+    # The projection multiplies X_HAND by the weight, so Wanda keeps what it keeps for a Linear
+    # of that weight (worked by hand above); the lookup reads the same, pruned, weight.
+    assert model.embed.weight.tolist() == [[1.0, 0.0, 0.0, -4.0], [4.0, 3.0, 0.0, 0.0]]
+    assert model.embed(torch.tensor([1])).tolist() == [[4.0, 3.0, 0.0, 0.0]]
+    assert list(report.masks) == ["embed.weight"] and report.layers[0].rows == 2
+
+
+def test_an_embedding_read_by_two_projections_is_refused():
+    model = _TiedLM("tied_weight_module")
+    model.second = TiedProjection(model.embed)
+    with pytest.raises(ValueError, match=r"embed.weight is an embedding \(a lookup\) read as a "
+                                         r"linear map by 2 projections"):
+        prune_one_shot(model, [(torch.tensor([[0, 1]]), X_HAND)], "wanda", 0.5, include="*")
 
 
 def test_a_sparsified_model_is_refused():

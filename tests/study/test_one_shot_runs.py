@@ -82,3 +82,51 @@ def test_a_row_does_not_depend_on_the_rows_before_it(dense_store, tmp_path):
     assert alone_store.get(row_id).metrics == dense_store.get(row_id).metrics
     alone_store.close()
 
+
+
+def _magnitude_row(run_id: str, task: str, include, exclude=None):
+    from sparsebench.study.store import Run
+
+    return Run(id=run_id, technique="magnitude", task=task, status="finished", source="ours",
+               target_sparsity=0.5, achieved_sparsity=0.5,
+               config={"sparsity": {"include": include, "exclude": exclude}})
+
+
+def test_rows_prune_the_weights_the_task_joint_runs_prune(dense_store, tmp_path):
+    """A one-shot row and a joint run at one level must hold as many nonzeros: the row prunes
+    the weights the store's magnitude runs of its task prune (here fc1 only), and says so."""
+    dense = dense_store.get("dense-r0")
+    store = RunStore(tmp_path / "joint.db")
+    store.upsert([dense, _magnitude_row("mp", dense.task, ["fc1"]),
+                  _magnitude_row("elsewhere", "another-task", ["*"])])
+    one_shot_runs(store, methods=["omp"], sparsities=[0.5], calibration_batches=2,
+                  say=lambda _: None)
+    (row,) = store.runs(sweep="one-shot")
+    assert row.id == one_shot_run_id("dense-r0", "one-shot-magnitude", 0.5, 2, 0, (["fc1"], None))
+    assert row.id != one_shot_run_id("dense-r0", "one-shot-magnitude", 0.5, 2, 0)
+    assert row.hyperparameters["include"] == ["fc1"]
+    layers = {layer["name"]: layer for layer in row.layers}
+    fc1 = layers["fc1.weight"]
+    assert fc1["size"] - fc1["nonzeros"] == round(0.5 * fc1["size"])
+    assert layers["fc2.weight"]["nonzeros"] == layers["fc2.weight"]["size"]  # left dense
+    assert row.achieved_sparsity == pytest.approx(0.5, abs=1e-6)  # over fc1, as the joint runs
+    # Asked for explicitly, another selection wins.
+    one_shot_runs(store, methods=["omp"], sparsities=[0.5], calibration_batches=2,
+                  include=["fc2"], say=lambda _: None)
+    row = store.get(one_shot_run_id("dense-r0", "one-shot-magnitude", 0.5, 2, 0, (["fc2"], None)))
+    layers = {layer["name"]: layer for layer in row.layers}
+    assert layers["fc1.weight"]["nonzeros"] == layers["fc1.weight"]["size"]
+    store.close()
+
+
+def test_joint_runs_that_prune_different_weights_are_refused(tmp_path):
+    from sparsebench.study.one_shot import joint_selection
+
+    with RunStore(tmp_path / "s.db") as store:
+        assert joint_selection(store, "t") == (None, None)  # no joint run: the default
+        store.upsert([_magnitude_row("a", "t", ["*"])])
+        assert joint_selection(store, "t") == (["*"], None)
+        store.upsert([_magnitude_row("b", "t", None)])
+        with pytest.raises(ValueError, match=r"The t runs of magnitude in this store prune "
+                                             r"different weights"):
+            joint_selection(store, "t")

@@ -27,7 +27,7 @@ from ..layer_kinds import is_transposed_linear
 from .base import Layer
 
 __all__ = ["CalibrationRunner", "Hessian", "SquaredNorms", "batch_statistics",
-           "calibration_batches", "check_calibratable", "input_rows"]
+           "calibration_batches", "calibration_module", "input_rows"]
 
 Forward = Callable[[nn.Module, Any], Any]
 
@@ -67,11 +67,33 @@ class Hessian:
         return self.total * (2.0 / max(self.rows, 1))
 
 
-def check_calibratable(layer: Layer) -> None:
-    """Refuses a weight whose input the hooks cannot turn into X: embeddings (a lookup),
-    attention's packed input projection, tied weights (two uses, two inputs) and convolutions
-    with groups, non-zero padding modes or string padding."""
+def calibration_module(layer: Layer, model: nn.Module) -> nn.Module:
+    """Returns the module whose input X ``layer``'s (out, in) weight multiplies, the input
+    one-shot pruning calibrates on: the layer's own module for a Linear, Conv1d, Conv2d or
+    Conv1D weight. An embedding whose weight the model also reads as a linear map (a tied
+    output projection: an nn.Linear holding the same Parameter, as a Hugging Face ``lm_head``,
+    or a module whose ``tied_weight_module`` is the embedding, as the Transformer's
+    ``TiedProjection``) is calibrated on that projection's input: its lookup use has no input
+    to reconstruct, and the (vocabulary, width) weight is the projection's (out, in).
+
+    Raises:
+        ValueError: one sentence for a weight whose input the hooks cannot turn into X:
+            an embedding read by no projection or by several, attention's packed input
+            projection, other tied weights (two uses, two inputs) and convolutions with
+            groups, non-zero padding modes or string padding.
+    """
     module = layer.module
+    if isinstance(module, nn.Embedding) and layer.attr == "weight":
+        projections = [m for _, m, attr in layer.tied if attr == "weight"
+                       and isinstance(m, nn.Linear)]
+        projections += [m for m in model.modules()
+                        if getattr(m, "tied_weight_module", None) is module]
+        others = [name for name, m, _ in layer.tied if not isinstance(m, nn.Linear)]
+        if len(projections) == 1 and not others:
+            return projections[0]
+        raise ValueError(f"{layer.name} is an embedding (a lookup) read as a linear map by "
+                         f"{len(projections)} projections, so one-shot pruning has no one input "
+                         f"to calibrate it on; exclude it.")
     if layer.tied:
         raise ValueError(f"{layer.name} is tied to {layer.tied[0][0]}.{layer.tied[0][2]}: its uses "
                          f"see different inputs, so one-shot pruning refuses it; exclude it.")
@@ -80,12 +102,13 @@ def check_calibratable(layer: Layer) -> None:
                                                                                str):
             raise ValueError(f"{layer.name}: one-shot pruning supports convolutions with "
                              f"groups=1, zero padding given as numbers; exclude this layer.")
-        return
+        return module
     if layer.attr != "weight" or not (isinstance(module, nn.Linear)
                                       or is_transposed_linear(module)):
         raise ValueError(f"{layer.name} ({type(module).__name__}) has no input one-shot pruning "
-                         f"can calibrate on (only Linear, Conv1d, Conv2d and Conv1D weights); "
-                         f"exclude it.")
+                         f"can calibrate on (only Linear, Conv1d, Conv2d and Conv1D weights, and "
+                         f"embeddings tied to one output projection); exclude it.")
+    return module
 
 
 def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -170,9 +193,11 @@ class CalibrationRunner:
                 f"a tuple of its arguments or a dict of keyword arguments) or "
                 f"forward=callable(model, batch).") from error
 
-    def order(self, layers: list[Layer]) -> tuple[list[Layer], dict[int, int]]:
-        """Returns the layers in the order the first batch calls them (layers it never calls
-        last) and how many times it calls each module."""
+    def order(self, layers: list[Layer], modules: Mapping[str, nn.Module]
+              ) -> tuple[list[Layer], dict[int, int]]:
+        """Returns the layers in the order the first batch calls their calibration modules
+        (``modules``, by layer name; layers it never calls last) and how many times it calls
+        each module."""
         first: dict[int, int] = {}
         calls: dict[int, int] = {}
 
@@ -180,18 +205,19 @@ class CalibrationRunner:
             first.setdefault(id(module), len(first))
             calls[id(module)] = calls.get(id(module), 0) + 1
 
-        handles = [layer.module.register_forward_pre_hook(hook) for layer in layers]
+        handles = [m.register_forward_pre_hook(hook)
+                   for m in {id(m): m for m in modules.values()}.values()]
         try:
             self.run(0)
         finally:
             for handle in handles:
                 handle.remove()
-        ordered = sorted(layers, key=lambda la: first.get(id(la.module), len(first)))
+        ordered = sorted(layers, key=lambda la: first.get(id(modules[la.name]), len(first)))
         return ordered, calls
 
-    def capture(self, layer: Layer, statistic: SquaredNorms | Hessian, calls: int) -> None:
-        """Adds every calibration row ``layer`` sees to ``statistic``; stops each forward after
-        the layer's last call (as many as the first batch made)."""
+    def capture(self, module: nn.Module, statistic: SquaredNorms | Hessian, calls: int) -> None:
+        """Adds every calibration row ``module`` sees to ``statistic``; stops each forward after
+        the module's last call (as many as the first batch made)."""
         seen = 0
 
         def hook(module, args):
@@ -202,7 +228,7 @@ class CalibrationRunner:
             if seen == calls:
                 raise _Stop
 
-        handle = layer.module.register_forward_pre_hook(hook)
+        handle = module.register_forward_pre_hook(hook)
         try:
             for index in range(len(self.batches)):
                 seen = 0

@@ -4,7 +4,10 @@ without training (magnitude, Wanda, SparseGPT), and optionally fine-tune it with
 Layers are pruned one at a time in the order the model runs them, as both papers do: before a
 layer is pruned the calibration batches run through the model once more, so the layer's input
 statistics are those of the already-pruned layers before it (Frantar & Alistarh 2023, §3.1;
-Sun et al. 2023, §3); ``calibration`` captures those inputs.
+Sun et al. 2023, §3); ``calibration`` captures those inputs. An embedding tied to an output
+projection (selected with ``include``, as the translation study prunes its shared embedding /
+softmax matrix) is calibrated on the projection's input, so it is pruned when the projection
+runs, last in a decoder: the layers before it saw its dense lookups.
 
 The techniques are catalogue entries of role ``ONE_SHOT``; each is a ``OneShotPruner`` (this
 module's ``OneShotMagnitude``, ``wanda.Wanda``, ``sparsegpt.SparseGPT``) that declares which input
@@ -36,7 +39,7 @@ from .calibration import (
     SquaredNorms,
     batch_statistics,
     calibration_batches,
-    check_calibratable,
+    calibration_module,
 )
 from .magnitude import MagnitudeConfig
 
@@ -192,7 +195,8 @@ def prune_one_shot(
         sparsity: each layer's target in [0, 1) (``layer_sparsity`` may share it otherwise, as in
             ``sparsify``); under ``nm`` omit it or pass 1 − N/M.
         nm: ``(N, M)``: keep N weights in every group of M consecutive inputs (``sparsebench.nm``).
-        include, exclude: glob patterns as in ``select_layers``.
+        include, exclude: glob patterns as in ``select_layers`` (``include=["*"]`` takes an
+            embedding too when a tied output projection reads its weight).
         forward: ``forward(model, batch)`` for models whose inputs a batch does not spell.
         **hparams: the technique's own options (SparseGPT: ``damping``, ``block_size``,
             ``mask_block_size``).
@@ -209,8 +213,7 @@ def prune_one_shot(
                          "before one-shot pruning.")
     nm = None if nm is None else check_nm(nm)
     layers = select_layers(model, include, exclude)
-    for layer in layers:
-        check_calibratable(layer)
+    modules = {layer.name: calibration_module(layer, model) for layer in layers}
     targets = _targets(layers, sparsity, nm, layer_sparsity)
     batches = calibration_batches(calibration, needed=pruner.statistic is not None)
     runner = CalibrationRunner(model, batches, forward)
@@ -221,21 +224,23 @@ def prune_one_shot(
         with batch_statistics(model):
             calls: dict[int, int] = {}
             if pruner.statistic is not None:
-                layers, calls = runner.order(layers)
+                layers, calls = runner.order(layers, modules)
             done, masks = [], {}
             for layer in layers:
-                done.append(_prune_layer(layer, pruner, runner, targets[layer.name], nm,
-                                         calls.get(id(layer.module), 0), masks))
+                module = modules[layer.name]
+                done.append(_prune_layer(layer, module, pruner, runner, targets[layer.name], nm,
+                                         calls.get(id(module), 0), masks))
     finally:
         model.train(was_training)
     return OneShotReport(technique.name, nm, done, masks, time.perf_counter() - started)
 
 
-def _prune_layer(layer: Layer, pruner: OneShotPruner, runner: CalibrationRunner, target: float,
-                 nm: tuple[int, int] | None, calls: int,
-                 masks: dict[str, torch.Tensor]) -> OneShotLayer:
-    """Captures ``layer``'s statistic (after the earlier layers were pruned), prunes it in place
-    and returns its report line; its mask goes into ``masks``."""
+def _prune_layer(layer: Layer, module: nn.Module, pruner: OneShotPruner,
+                 runner: CalibrationRunner, target: float, nm: tuple[int, int] | None,
+                 calls: int, masks: dict[str, torch.Tensor]) -> OneShotLayer:
+    """Captures ``layer``'s statistic from its calibration ``module``'s inputs (after the
+    earlier layers were pruned), prunes it in place and returns its report line; its mask goes
+    into ``masks``."""
     started = time.perf_counter()
     weight = getattr(layer.module, layer.attr)
     dtype = torch.promote_types(weight.dtype, torch.float32)
@@ -246,7 +251,7 @@ def _prune_layer(layer: Layer, pruner: OneShotPruner, runner: CalibrationRunner,
             raise ValueError(f"Layer {layer.name} is not called when the calibration batches "
                              f"run, so it has no input to calibrate on; exclude it.")
         statistic = pruner.statistic(matrix.shape[1], dtype, weight.device)
-        runner.capture(layer, statistic, calls)
+        runner.capture(module, statistic, calls)
         value, rows = statistic.value, statistic.rows
     try:
         pruned, keep = pruner.prune(matrix, value, target, nm)

@@ -374,6 +374,12 @@ def _add_one_shot(subparsers: argparse._SubParsersAction) -> None:
                      help="steps of training with the mask fixed after pruning (default 0)")
     one.add_argument("--runs-dir", type=Path, default=None,
                      help="where the run directories are (default: each run's own run_dir)")
+    one.add_argument("--include", nargs="+", default=None, metavar="PATTERN",
+                     help="the weights to prune (select_layers glob patterns; default: those "
+                          "the store's magnitude runs of the same task prune, so one-shot and "
+                          "joint runs count sparsity over the same weights)")
+    one.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN",
+                     help="weights to leave dense (default as --include)")
     one.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     one.add_argument("--threads", type=int, default=None, help="torch threads")
     one.set_defaults(func=_one_shot)
@@ -388,7 +394,8 @@ def _one_shot(args: argparse.Namespace) -> int:
         counts = one_shot_runs(store, methods=args.method, sparsities=args.sparsity,
                                calibration_batches=args.calibration_batches,
                                fine_tune_steps=args.fine_tune_steps, runs_dir=args.runs_dir,
-                               device=args.device, threads=args.threads)
+                               device=args.device, threads=args.threads,
+                               include=args.include, exclude=args.exclude)
     print(f"{args.store}: {counts.stored} one-shot runs stored, {counts.present} already there, "
           f"{counts.no_model} dense runs without their model file")
     return 0

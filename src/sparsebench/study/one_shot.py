@@ -10,6 +10,14 @@ settings, and stores one row per (dense run, technique, target). The report then
 on the frontiers beside the techniques that prune while training: how far pruning without
 training is from joint pruning and training, at each sparsity.
 
+A row prunes the weights the task's joint runs prune, so that both count sparsity over the same
+weights and a level means as many nonzeros: the layer selection (``sparsity.include`` and
+``exclude``) of the store's finished runs of the reference technique on that task, unless
+``include`` / ``exclude`` are given. On the translation task that takes the shared embedding /
+softmax matrix (``include: ["*"]``), calibrated on its output projection's input. (Rows
+stored before session 25 left it dense, so a "50%" one-shot model there kept 76% of the
+weights the joint runs count; they were removed from the store.)
+
     sparsebench one-shot --store results/study/fmnist-resnet.db --method wanda sparsegpt
 
 A row's id hashes what defines it (source run, technique, target, calibration batches,
@@ -26,15 +34,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..methods import catalogue
 from ..rundir import MODEL_FILE, RESULT_FILE
 from .store import Run, RunStore
 
-__all__ = ["OneShotCounts", "one_shot_run_id", "one_shot_runs"]
+__all__ = ["OneShotCounts", "Selection", "joint_selection", "one_shot_run_id", "one_shot_runs"]
 
 #: The sweep name of the rows this writes.
 SWEEP = "one-shot"
+
+#: A layer selection: (include patterns, exclude patterns), None for the default.
+Selection = tuple[list[str] | None, list[str] | None]
 
 
 @dataclass
@@ -48,9 +60,12 @@ class OneShotCounts:
 
 
 def one_shot_run_id(source: str, technique: str, target: float, calibration_batches: int,
-                    fine_tune_steps: int) -> str:
-    """Returns the row id of one one-shot pruning of run ``source`` (readable prefix, hash)."""
-    identity = [source, technique, target, calibration_batches, fine_tune_steps]
+                    fine_tune_steps: int, selection: Selection = (None, None)) -> str:
+    """Returns the row id of one one-shot pruning of run ``source`` (readable prefix, hash);
+    the layer selection enters the hash only when it is not the default."""
+    identity: list = [source, technique, target, calibration_batches, fine_tune_steps]
+    if selection != (None, None):
+        identity.append([selection[0], selection[1]])
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
     return f"{technique}-s{100 * target:g}-{digest}"
 
@@ -58,14 +73,18 @@ def one_shot_run_id(source: str, technique: str, target: float, calibration_batc
 def one_shot_runs(store: RunStore, *, methods: Sequence[str], sparsities: Sequence[float],
                   calibration_batches: int = 8, fine_tune_steps: int = 0,
                   runs_dir: str | Path | None = None, device: str = "cpu",
-                  threads: int | None = None, say: Callable[[str], None] | None = None
-                  ) -> OneShotCounts:
+                  threads: int | None = None, include: Sequence[str] | None = None,
+                  exclude: Sequence[str] | None = None,
+                  say: Callable[[str], None] | None = None) -> OneShotCounts:
     """Prunes every finished dense run of ours at each of ``sparsities`` with each of
-    ``methods`` (see the module docstring) and stores the results.
+    ``methods`` (see the module docstring) and stores the results. ``include`` / ``exclude``
+    choose the weights (``select_layers`` patterns); by default, those of the task's joint
+    runs (:func:`joint_selection`).
 
     Raises:
         ValueError: one sentence for a technique that is not one-shot, a target outside
-            (0, 1), or fewer than one calibration batch.
+            (0, 1), fewer than one calibration batch, or joint runs of one task that prune
+            different weights (then pass ``include``).
     """
     import torch
 
@@ -87,20 +106,56 @@ def one_shot_runs(store: RunStore, *, methods: Sequence[str], sparsities: Sequen
         if run_dir is None or not (run_dir / MODEL_FILE).is_file():
             counts.no_model += 1
             continue
+        selection: Selection = (
+            (_patterns(include), _patterns(exclude)) if include or exclude
+            else joint_selection(store, dense.task))
         wanted = [(t, s) for t in techniques for s in sparsities
                   if not _stored(store, one_shot_run_id(dense.id, t, s, calibration_batches,
-                                                        fine_tune_steps))]
+                                                        fine_tune_steps, selection))]
         counts.present += len(techniques) * len(sparsities) - len(wanted)
         if not wanted:
             continue
         source = _Source(run_dir, torch.device(device), calibration_batches)
         for technique, target in wanted:
-            row = source.prune(dense, technique, target, fine_tune_steps)
+            row = source.prune(dense, technique, target, fine_tune_steps, selection)
             store.upsert([row])
             counts.stored += 1
             say(f"{row.id}: {row.metric_name} {row.metric_value:.4f} at sparsity "
                 f"{row.achieved_sparsity:.3f} ({row.train_seconds:.1f}s)")
     return counts
+
+
+def joint_selection(store: RunStore, task: str) -> Selection:
+    """Returns the layer selection (``sparsity.include``, ``sparsity.exclude``) of the store's
+    finished runs of the reference technique (magnitude pruning) on ``task``, block-structured
+    ones aside: the weights a one-shot row must prune to be set beside them. The default
+    selection when there are none.
+
+    Raises:
+        ValueError: when those runs prune different weights.
+    """
+    found = set()
+    for run in store.runs(source="ours", status="finished", technique=catalogue.reference()):
+        if run.task != task or "block" in run.hyperparameters:
+            continue
+        sparsity = (run.config or {}).get("sparsity") or {}
+        found.add((_key(sparsity.get("include")), _key(sparsity.get("exclude"))))
+    if len(found) > 1:
+        raise ValueError(f"The {task} runs of {catalogue.reference()} in this store prune "
+                         f"different weights ({sorted(found, key=str)}); pass include / "
+                         f"exclude to choose the one-shot rows' weights.")
+    include, exclude = found.pop() if found else (None, None)
+    return (list(include) if include else None, list(exclude) if exclude else None)
+
+
+def _key(patterns: Any) -> tuple[str, ...] | None:
+    return None if not patterns else tuple(_patterns(patterns) or ())
+
+
+def _patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
+    if not patterns:
+        return None
+    return [patterns] if isinstance(patterns, str) else list(patterns)
 
 
 def _stored(store: RunStore, run_id: str) -> bool:
@@ -128,8 +183,12 @@ class _Source:
         own = self.config.eval.bn_batches  # None: the default for a perturbed network
         self.bn_batches = DEFAULT_BN_BATCHES if own is None else own
 
-    def prune(self, dense: Run, technique: str, target: float, fine_tune_steps: int) -> Run:
+    def prune(self, dense: Run, technique: str, target: float, fine_tune_steps: int,
+              selection: Selection) -> Run:
+        import torch
+
         from ..methods.one_shot import fine_tune, prune_one_shot
+        from ..metrics import sparsity_report
         from ..rundir import load_finalized_model
         from ..train.loop import recalibrate_batch_norm
         from ..train.tasks import seed_everything
@@ -138,12 +197,13 @@ class _Source:
         self.task.order.load_state_dict(self.order)
         seed_everything(self.config.run.seed)
         model = load_finalized_model(self.run_dir).to(self.device)
-        # The default selection (no embeddings: one-shot methods calibrate on a layer's
-        # inputs, and an embedding's are token ids).
+        include, exclude = selection
         with warnings.catch_warnings():
-            # "Embedding layers hold most parameters": known, and include=['*'] is no cure here.
+            # "Embedding layers hold most parameters" under the default selection: it is the
+            # joint runs' selection then, so the rows compare as they are.
             warnings.filterwarnings("ignore", message="Embedding layers hold", category=UserWarning)
             report = prune_one_shot(model, self.calibration, technique, target,
+                                    include=include, exclude=exclude,
                                     forward=lambda m, batch: self.task.loss(m, batch))
         if fine_tune_steps:
             data = [self.task.next_batch(self.device) for _ in range(fine_tune_steps)]
@@ -159,18 +219,23 @@ class _Source:
         metrics = {split: {k: float(v) for k, v in
                            self.task.evaluate(model, split, self.device).items()}
                    for split in ("valid", "test")}
+        with torch.no_grad():
+            example = tuple(t.to(self.device) for t in self.task.example_input())
+            layers = sparsity_report(model, *example).to_dict()["layers"]
         metric = self.task.metric_name
+        chosen = {"include": include, "exclude": exclude}
         return Run(
             id=one_shot_run_id(dense.id, technique, target, len(self.calibration),
-                               fine_tune_steps),
+                               fine_tune_steps, selection),
             technique=technique, sweep=SWEEP, task=dense.task, model_family=dense.model_family,
             variant=f"fine-tuned {fine_tune_steps} steps" if fine_tune_steps else "",
             target_sparsity=target, achieved_sparsity=report.sparsity, metric_name=metric,
             metric_value=(metrics["test"] or metrics["valid"]).get(metric),
             higher_is_better=self.task.higher_is_better,
             hyperparameters={"source": dense.id, "calibration_batches": len(self.calibration),
-                             "fine_tune_steps": fine_tune_steps, "bn_batches": self.bn_batches},
-            config=self.result["config"], status="finished", source="ours",
+                             "fine_tune_steps": fine_tune_steps, "bn_batches": self.bn_batches,
+                             **{k: v for k, v in chosen.items() if v}},
+            layers=layers, config=self.result["config"], status="finished", source="ours",
             train_seconds=time.monotonic() - start, metrics=metrics, seed=dense.seed,
             replica=dense.replica,
         )
