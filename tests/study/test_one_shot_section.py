@@ -95,3 +95,20 @@ def test_no_section_without_one_shot_runs(tmp_path):
         store.upsert([r for r in _store_rows() if r.technique not in ("sparsegpt", "wanda")])
         write_report(store, tmp_path / "report")
     assert not (tmp_path / "report" / "ours_transformer_one_shot.csv").exists()
+
+
+def test_one_shot_models_that_store_their_layers_join_the_per_layer_section(tmp_path):
+    def with_layers(run: Run, nonzeros: int) -> Run:
+        run.layers = [{"name": "fc.weight", "size": 1000, "nonzeros": nonzeros,
+                       "sparsity": 1 - nonzeros / 1000, "kind": "linear"}]
+        return run
+
+    rows = [r for r in _store_rows() if r.target_sparsity in (0.0, 0.9)]
+    # The best SparseGPT model at 90% (BLEU 0.1, dense seed 1) is the one drawn.
+    rows = [with_layers(r, 100) if r.id in ("mp90", "sparsegpt-0.9-1-0") else r for r in rows]
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert(rows)
+        write_report(store, tmp_path / "report")
+    with open(tmp_path / "report" / "ours_transformer_layers.csv", newline="") as handle:
+        found = {(row["technique"], row["run"]) for row in csv.DictReader(handle)}
+    assert found == {("magnitude pruning", "mp90"), ("SparseGPT", "sparsegpt-0.9-1-0")}

@@ -48,16 +48,18 @@ def _paper_cost_ratios() -> dict[str, float]:
 
 
 def training_cost_section(ctx: ReportContext, scope: Scope) -> Section | None:
-    """Seconds per step and total training time per technique (medians over runs), as ratios
-    to magnitude pruning, beside the study's Transformer ratios. Runs trained in different
-    activation layouts (``run.memory_format``) run at different speeds, so each layout's runs
-    are compared among themselves."""
+    """Seconds per step and total training time per technique and variant (medians over
+    runs), as ratios to magnitude pruning, beside the study's Transformer ratios. Runs trained
+    in different activation layouts (``run.memory_format``) run at different speeds, so each
+    layout's runs are compared among themselves."""
     if scope.source != "ours":
         return None
     groups: dict[str, dict[str, list[Run]]] = {}
     for run in finished(ctx.scope_runs(scope)):
         if run.seconds_per_step and run.train_seconds:
-            groups.setdefault(_layout(run), {}).setdefault(run.technique, []).append(run)
+            # By series: a variant trained differently (IMP at 4x the steps, a narrower small
+            # dense model) has a cost of its own, which a median over both would blur.
+            groups.setdefault(_layout(run), {}).setdefault(run.label, []).append(run)
     reference = catalogue.reference()
     groups = {layout: by for layout, by in groups.items() if reference in by and len(by) > 1}
     if not groups:

@@ -39,8 +39,9 @@ def _best_models(runs: Sequence[Run], level: float, tolerance_pp: float, higher:
     """Returns, per technique with a model at ``level``, its best model and the layers it
     sparsifies: biases and norms stay dense, so only weights (and anything sparse) count."""
     chosen: dict[str, tuple[Run, list[dict[str, Any]]]] = {}
-    # The techniques that sparsify during training, in the catalogue's order.
-    for technique in catalogue.trained():
+    # The techniques of the frontiers, in the catalogue's order: those that sparsify while
+    # training, then those that prune a trained model once (rows that store their layers).
+    for technique in catalogue.on_frontiers():
         # At the study's budget: a sweep's variant ("4x steps") is not this technique's model.
         own = [r for r in runs if r.technique == technique and not r.variant]
         best = _best_per_level(own, level, tolerance_pp, higher)

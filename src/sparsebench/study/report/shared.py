@@ -158,7 +158,8 @@ def run_test_loss(run: Run) -> float | None:
 def run_layers(run: Run) -> list[dict[str, Any]]:
     """Returns the run's per-layer report: kept in the store, else read from its result.json
     (stores written before schema 2)."""
-    return run.layers or result_layers(run.run_dir or "")
+    # No run directory (a one-shot row): nothing to read, and "" would be the working folder.
+    return run.layers or (result_layers(run.run_dir) if run.run_dir else [])
 
 
 def with_replicas(
