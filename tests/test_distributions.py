@@ -36,6 +36,17 @@ def test_erk_overall_sparsity_is_the_target():
     assert zeros / sum(sizes.values()) == pytest.approx(0.9)
 
 
+def test_erk_refuses_a_target_the_fixed_layers_rule_out():
+    # a dense keeps 100 weights where 10% of 200 allows 20: no sparsity of b can make up for it
+    # (it was given 1.8 once, an impossible sparsity).
+    with pytest.raises(ValueError, match="they alone keep more weights than it allows"):
+        erk({"a": (10, 10), "b": (10, 10)}, 0.9, {"a": 0.0})
+    # a at 95% already holds 95 zeros, 47.5% of the whole: 10% is out of reach even with b
+    # dense (it was returned anyway once, 47.5% for a 10% target).
+    with pytest.raises(ValueError, match="every other layer dense is still sparser"):
+        erk({"a": (10, 10), "b": (10, 10)}, 0.1, {"a": 0.95})
+
+
 def test_resolve_matches_patterns_on_aliases():
     layers = {"conv1.weight": ((8, 1, 3, 3), ("conv1.weight", "conv1")),
               "fc.weight": ((10, 8), ("fc.weight", "fc"))}

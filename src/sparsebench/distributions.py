@@ -69,7 +69,8 @@ def erk(shapes: Shapes, sparsity: float, fixed: Mapping[str, float] | None = Non
     rigl's sparse_utils. Layers in ``fixed`` keep their value and are left out of the scaling.
 
     Raises:
-        ValueError: when the target cannot be met (every free layer dense and still too sparse).
+        ValueError: when the target cannot be met: the fixed layers keep more weights than it
+            allows, or every free layer dense is still too sparse.
     """
     fixed = dict(fixed or {})
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
@@ -80,9 +81,13 @@ def erk(shapes: Shapes, sparsity: float, fixed: Mapping[str, float] | None = Non
         nonzero_budget = (1.0 - sparsity) * total
         nonzero_budget -= sum((1.0 - fixed[n]) * sizes[n] for n in fixed)
         nonzero_budget -= sum(sizes[n] for n in dense)
+        if nonzero_budget < -1e-6 * total:  # no share left to scale, not even zero
+            raise ValueError(f"ERK cannot reach overall sparsity {sparsity} with the fixed "
+                             f"layers {fixed}: they alone keep more weights than it allows.")
         if not free:
-            if nonzero_budget < -1e-6 * total:
-                raise ValueError(f"ERK cannot reach overall sparsity {sparsity} with {fixed}.")
+            if nonzero_budget > 1e-6 * total:
+                raise ValueError(f"ERK cannot reach overall sparsity {sparsity} with the fixed "
+                                 f"layers {fixed}: every other layer dense is still sparser.")
             break
         raw = {n: sum(shapes[n]) / sizes[n] for n in free}
         scale = nonzero_budget / sum(raw[n] * sizes[n] for n in free)
