@@ -75,6 +75,18 @@ def test_wanda_two_four_keeps_the_best_two_scores_of_each_group():
                                      [4.0, 3.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0]]
 
 
+@pytest.mark.parametrize("method", ["one-shot-magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8), (1, 4)])
+def test_every_group_of_m_inputs_keeps_exactly_n(method, nm):
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 6)
+    report = prune_one_shot(layer, [_correlated(n=64, features=16).float()], method, nm=nm)
+    n, m = nm
+    groups = (layer.weight != 0).reshape(6, 16 // m, m).sum(-1)
+    assert (groups == n).all(), groups
+    assert report.masks["weight"].reshape(6, 16 // m, m).sum(-1).eq(n).all()
+
+
 def test_exact_counts_are_spread_so_the_layer_hits_its_target():
     # 3 rows of 10 at 33%: round(0.33·30) = 10 zeros, shared 3, 4, 3 (not 3 per row = 30%).
     assert spread_zeros(0.33, 10, 3).tolist() == [3, 4, 3]
