@@ -24,18 +24,21 @@ from sparsebench.methods.one_shot import prune_one_shot
 
 
 def image_model(batches: int):
-    """resnet50-small (width 16, 28x28x1) with batches of 32 images, as Fashion-MNIST."""
+    """resnet50-small (width 16, 28x28x1) with batches of 32 images, as Fashion-MNIST; every
+    convolution and the classifier pruned (the default selection, as the image study)."""
     model = models.create("resnet50-small", in_channels=1, num_classes=10)
     data = [torch.randn(32, 1, 28, 28) for _ in range(batches)]
-    return "resnet50-small, batches of 32 images", model, data
+    return "resnet50-small, batches of 32 images", model, data, None
 
 
 def translation_model(batches: int):
-    """transformer-tiny with the Ding task's 8k vocabulary, batches of 16 x 24 tokens."""
+    """transformer-tiny with the Ding task's 8k vocabulary, batches of 16 x 24 tokens; the
+    shared embedding / softmax matrix pruned too (``include="*"``, as the translation study),
+    calibrated on the output projection's input."""
     model = models.create("transformer-tiny", vocab_size=8000)
     data = [(torch.randint(4, 8000, (16, 24)), torch.randint(4, 8000, (16, 24)))
             for _ in range(batches)]
-    return "transformer-tiny (8k vocab), batches of 16 x 24 tokens", model, data
+    return "transformer-tiny (8k vocab), batches of 16 x 24 tokens", model, data, "*"
 
 
 @torch.no_grad()
@@ -63,14 +66,14 @@ def main() -> None:
     print(f"one thread; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
           f"target {args.nm or args.sparsity}")
     for build in (image_model, translation_model):
-        title, model, data = build(args.batches)
+        title, model, data, include = build(args.batches)
         dense_pass_seconds(model, data)  # warm-up
         dense = dense_pass_seconds(model, data)
         print(f"\n{title}: {args.batches} batches, one dense pass {dense:.3f} s")
         for method in args.methods:
             pruned = copy.deepcopy(model)
             started = time.perf_counter()
-            report = prune_one_shot(pruned, data, method, **target)
+            report = prune_one_shot(pruned, data, method, include=include, **target)
             seconds = time.perf_counter() - started
             print(f"  {method:>20}: {seconds:7.2f} s = {seconds / dense:6.1f} dense passes "
                   f"({len(report.layers)} layers, sparsity {report.sparsity:.3f})")
