@@ -4,7 +4,9 @@
 #   1. the study's dense seeds of each task trained again where their folders are gone
 #      (one-shot pruning needs the trained models; the store keeps only their metrics);
 #   2. one-shot pruning of them, translation then image, at the study's sparsities, without
-#      and with a short fine-tuning (mask fixed);
+#      and with a short fine-tuning (mask fixed), each row pruning the weights the task's joint
+#      runs prune (`sparsebench one-shot` reads them from the store: on translation the shared
+#      embedding / softmax matrix too);
 #   3. the translation new-techniques sweep, then IMP at its own cost (image, translation).
 #   nohup bash scripts/run_new_techniques.sh > /dev/null 2>&1 &    # log: results/study/new-techniques.log
 # Stop it with `bash scripts/stop_study.sh`.
