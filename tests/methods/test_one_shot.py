@@ -408,6 +408,38 @@ def test_an_embedding_tied_to_an_output_projection_is_calibrated_on_the_projecti
     assert list(report.masks) == ["embed.weight"] and report.layers[0].rows == 2
 
 
+class _EmbedLinearTied(nn.Module):
+    """tokens -> embedding (2 x 4, weight W_HAND) -> fc (4 x 4) -> the tied projection."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(2, 4)
+        self.fc = nn.Linear(4, 4, bias=False)
+        with torch.no_grad():
+            self.embed.weight.copy_(W_HAND)
+            self.fc.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0],
+                                               [0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 4.0]]))
+        self.head = TiedProjection(self.embed)
+
+    def forward(self, tokens):
+        return self.head(self.fc(self.embed(tokens)))
+
+
+def test_a_tied_embedding_is_pruned_after_the_layers_its_projection_reads():
+    model = _EmbedLinearTied()
+    report = prune_one_shot(model, [torch.tensor([[0, 1]])], "wanda", 0.5, include="*")
+    assert [layer.name for layer in report.layers] == ["fc.weight", "embed.weight"]
+    # fc first, on the dense lookups (the rows of W_HAND): its input norms are those of W_HAND's
+    # columns, sqrt(17), sqrt(13), sqrt(13), sqrt(17); diagonal fc keeps 2 of 4 per row, its
+    # diagonal entry being each row's only nonzero: fc stays diag(1, 2, 3, 4).
+    assert model.fc.weight.diagonal().tolist() == [1.0, 2.0, 3.0, 4.0]
+    # Then the embedding, on the projection's input fc(W_HAND rows) = W_HAND · diag(1, 2, 3, 4):
+    # rows [1, −4, 9, −16] and [4, 6, −6, 4], column norms sqrt(17), sqrt(52), sqrt(117),
+    # sqrt(272). Scores |W|·norm, row 0: 4.12, 14.4, 32.4, 66.0 keep columns 2 and 3; row 1:
+    # 16.5, 21.6, 21.6, 16.5 (ties to the earlier column) keep columns 1 and 2.
+    assert model.embed.weight.tolist() == [[0.0, 0.0, 3.0, -4.0], [0.0, 3.0, -2.0, 0.0]]
+
+
 def test_an_embedding_read_by_two_projections_is_refused():
     model = _TiedLM("tied_weight_module")
     model.second = TiedProjection(model.embed)

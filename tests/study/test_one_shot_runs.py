@@ -84,10 +84,10 @@ def test_a_row_does_not_depend_on_the_rows_before_it(dense_store, tmp_path):
 
 
 
-def _magnitude_row(run_id: str, task: str, include, exclude=None):
+def _magnitude_row(run_id: str, task: str, include, exclude=None, technique="magnitude"):
     from sparsebench.study.store import Run
 
-    return Run(id=run_id, technique="magnitude", task=task, status="finished", source="ours",
+    return Run(id=run_id, technique=technique, task=task, status="finished", source="ours",
                target_sparsity=0.5, achieved_sparsity=0.5,
                config={"sparsity": {"include": include, "exclude": exclude}})
 
@@ -126,7 +126,16 @@ def test_joint_runs_that_prune_different_weights_are_refused(tmp_path):
         assert joint_selection(store, "t") == (None, None)  # no joint run: the default
         store.upsert([_magnitude_row("a", "t", ["*"])])
         assert joint_selection(store, "t") == (["*"], None)
-        store.upsert([_magnitude_row("b", "t", None)])
-        with pytest.raises(ValueError, match=r"The t runs of magnitude in this store prune "
-                                             r"different weights"):
+        store.upsert([_magnitude_row("c", "t", ["*"], technique="variational_dropout")])
+        assert joint_selection(store, "t") == (["*"], None)  # every joint technique agrees
+        store.upsert([_magnitude_row("b", "t", None, technique="random")])
+        with pytest.raises(ValueError, match=r"The t runs in this store that prune while they "
+                                             r"train prune different weights"):
             joint_selection(store, "t")
+
+
+def test_default_selection_keeps_the_ids_rows_were_stored_under():
+    """Rows stored before the selection entered the id (results/study/fmnist-resnet-one-shot.db)
+    are found again, not pruned twice."""
+    assert one_shot_run_id("dense-r1-5798dab409b9", "one-shot-magnitude", 0.5, 2, 0) == \
+        "one-shot-magnitude-s50-161026ebb68c"

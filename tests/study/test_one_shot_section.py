@@ -54,24 +54,27 @@ def test_one_shot_means_against_the_best_joint_run_judged_by_the_seed_spread(tmp
     text = " ".join(_text(index).split())
     # Test loss at 50%: SparseGPT's mean 4.92 against magnitude pruning's best 5.00 is 0.08
     # better, beyond the 0.04 spread; at 90% its 7.10 is 1.10 behind 6.00.
-    assert ("In test loss, SparseGPT (mean of 2) against the best run that prunes while it "
-            "trains: ahead at 50% by 0.080 nats; behind at 90% by 1.100 nats.") in text
+    assert ("In test loss, SparseGPT (mean of 2 dense models) against the best run that prunes "
+            "while it trains: ahead at 50% by 0.080 nats; behind at 90% by 1.100 nats.") in text
     # Wanda's 5.25 is 0.25 behind.
-    assert ("In test loss, Wanda (mean of 2) against the best run that prunes while it trains: "
-            "behind at 50% by 0.250 nats.") in text
+    assert ("In test loss, Wanda (mean of 2 dense models) against the best run that prunes "
+            "while it trains: behind at 50% by 0.250 nats.") in text
     assert ("In test loss, without any training, a one-shot method is level with or ahead of "
             "pruning while training at 50%; at 50% the best is SparseGPT (ahead by 0.080 "
             "nats); every one-shot method is behind at 90%.") in text
     # Fine-tuning: 6.60 against 7.10, half a nat better, still 0.60 behind 6.00.
-    assert ("In test loss, SparseGPT (fine-tuned 100 steps, mask fixed) against SparseGPT alone "
-            "(+ is better): +0.500 nats at 90% (then behind by 0.600 nats against the best "
-            "joint run).") in text
+    assert ("In test loss, SparseGPT (fine-tuned 100 steps) against SparseGPT (+ is better): "
+            "+0.500 nats at 90% (then behind by 0.600 nats against the best joint run).") in text
     # BLEU at 50%: 4.40 against 4.5 is 0.10 apart, inside the 0.5 spread; at 90% the best joint
     # run's own 0.3 BLEU is within the spread, so nothing can be ranked there.
-    assert "SparseGPT (mean of 2) against the best run that prunes while it trains: level at 50" \
-        in text
+    assert ("SparseGPT (mean of 2 dense models) against the best run that prunes while it "
+            "trains: level at 50% (0.10 BLEU apart, within the seed spread of 0.50 BLEU).") in text
+    # Fine-tuned, SparseGPT at 90% is 0.20 BLEU where the joint run's own 0.30 is inside the
+    # spread: no verdict, and the sentence says so.
+    assert ("SparseGPT (fine-tuned 100 steps) against SparseGPT (+ is better): +0.15 BLEU at "
+            "90% (not rankable against the joint runs).") in text
     assert ("The seed spread (0.50 BLEU) is as large as the best joint run's own score at 90%, "
-            "so there even a score of zero counts as level") in text
+            "so there even a score of zero would count as level") in text
     assert ("Without any training, a one-shot method is level with or ahead of pruning while "
             "training at 50%; at 50% the best is SparseGPT (level).") in text
 
@@ -86,7 +89,7 @@ def test_one_shot_means_against_the_best_joint_run_judged_by_the_seed_spread(tmp
     tuned = next(r for r in rows if r["measure"] == "bleu" and r["sparsity %"] == "90"
                  and r["one-shot method"] == "SparseGPT (fine-tuned 100 steps)")
     assert (tuned["mean"], tuned["one-shot better by"], tuned["verdict"]) == \
-        ("0.20", "-0.10", "level")
+        ("0.20", "-0.10", "unrankable")
     assert (tmp_path / "report" / "ours_transformer_one_shot.png").stat().st_size > 10_000
 
 
@@ -112,3 +115,24 @@ def test_one_shot_models_that_store_their_layers_join_the_per_layer_section(tmp_
     with open(tmp_path / "report" / "ours_transformer_layers.csv", newline="") as handle:
         found = {(row["technique"], row["run"]) for row in csv.DictReader(handle)}
     assert found == {("magnitude pruning", "mp90"), ("SparseGPT", "sparsegpt-0.9-1-0")}
+
+
+def test_rows_defined_apart_are_drawn_apart_and_collapsed_ones_are_counted(tmp_path):
+    rows = [r for r in _store_rows() if r.technique != "wanda"]
+    # SparseGPT at 50% of dense seed 0 again, pruning fc weights only: another series; and a
+    # collapsed row (no finite loss) of the plain series at 90%.
+    other = _run("sgpt-fc", "sparsegpt", 0.5, 3.0, 5.50, seed=0,
+                 hyperparameters={"source": "dense-0", "fine_tune_steps": 0, "include": ["fc*"]})
+    nan = _run("sgpt-nan", "sparsegpt", 0.9, 0.0, float("nan"), seed=2,
+               hyperparameters={"source": "dense-2", "fine_tune_steps": 0})
+    with RunStore(tmp_path / "s.db") as store:
+        store.upsert([*rows, other, nan])
+        index = write_report(store, tmp_path / "report")
+    text = " ".join(_text(index).split())
+    # The plain series' mean at 50% is still 4.92 over its two dense models.
+    assert ("In test loss, SparseGPT [include default] (mean of 2 dense models) against the "
+            "best run that prunes while it trains: ahead at 50% by 0.080 nats") in text
+    assert ("In test loss, SparseGPT [include ['fc*']] (one dense model) against the best run "
+            "that prunes while it trains: behind at 50% by 0.500 nats.") in text
+    assert ("In test loss, 1 SparseGPT [include default] row(s) have no finite value in this "
+            "measure and are left out of its means.") in text

@@ -7,7 +7,8 @@ statistics are those of the already-pruned layers before it (Frantar & Alistarh 
 Sun et al. 2023, §3); ``calibration`` captures those inputs. An embedding tied to an output
 projection (selected with ``include``, as the translation study prunes its shared embedding /
 softmax matrix) is calibrated on the projection's input, so it is pruned when the projection
-runs, last in a decoder: the layers before it saw its dense lookups.
+runs, last in a decoder: the layers before it were calibrated on its dense lookups, which its
+pruning (and SparseGPT's update of its kept weights) then changes.
 
 The techniques are catalogue entries of role ``ONE_SHOT``; each is a ``OneShotPruner`` (this
 module's ``OneShotMagnitude``, ``wanda.Wanda``, ``sparsegpt.SparseGPT``) that declares which input

@@ -12,9 +12,10 @@ training is from joint pruning and training, at each sparsity.
 
 A row prunes the weights the task's joint runs prune, so that both count sparsity over the same
 weights and a level means as many nonzeros: the layer selection (``sparsity.include`` and
-``exclude``) of the store's finished runs of the reference technique on that task, unless
-``include`` / ``exclude`` are given. On the translation task that takes the shared embedding /
-softmax matrix (``include: ["*"]``), calibrated on its output projection's input. (Rows
+``exclude``) of the store's finished runs on that task of the techniques that prune while
+they train, unless ``include`` / ``exclude`` are given. On the translation task that takes
+the shared embedding / softmax matrix (``include: ["*"]``), calibrated on its output
+projection's input. (Rows
 stored before session 25 left it dense, so a "50%" one-shot model there kept 76% of the
 weights the joint runs count; they were removed from the store.)
 
@@ -106,9 +107,10 @@ def one_shot_runs(store: RunStore, *, methods: Sequence[str], sparsities: Sequen
         if run_dir is None or not (run_dir / MODEL_FILE).is_file():
             counts.no_model += 1
             continue
-        selection: Selection = (
-            (_patterns(include), _patterns(exclude)) if include or exclude
-            else joint_selection(store, dense.task))
+        joint_include, joint_exclude = joint_selection(store, dense.task)
+        selection: Selection = (  # each half given overrides that half only
+            _patterns(include) if include else joint_include,
+            _patterns(exclude) if exclude else joint_exclude)
         wanted = [(t, s) for t in techniques for s in sparsities
                   if not _stored(store, one_shot_run_id(dense.id, t, s, calibration_batches,
                                                         fine_tune_steps, selection))]
@@ -127,21 +129,21 @@ def one_shot_runs(store: RunStore, *, methods: Sequence[str], sparsities: Sequen
 
 def joint_selection(store: RunStore, task: str) -> Selection:
     """Returns the layer selection (``sparsity.include``, ``sparsity.exclude``) of the store's
-    finished runs of the reference technique (magnitude pruning) on ``task``, block-structured
-    ones aside: the weights a one-shot row must prune to be set beside them. The default
-    selection when there are none.
+    finished runs on ``task`` of the techniques that prune while they train (the sparsifiers
+    the answers compare), block-structured ones aside: the weights a one-shot row must prune
+    to be set beside them. The default selection when there are none yet.
 
     Raises:
         ValueError: when those runs prune different weights.
     """
     found = set()
-    for run in store.runs(source="ours", status="finished", technique=catalogue.reference()):
+    for run in store.runs(source="ours", status="finished", technique=catalogue.sparsifiers()):
         if run.task != task or "block" in run.hyperparameters:
             continue
         sparsity = (run.config or {}).get("sparsity") or {}
         found.add((_key(sparsity.get("include")), _key(sparsity.get("exclude"))))
     if len(found) > 1:
-        raise ValueError(f"The {task} runs of {catalogue.reference()} in this store prune "
+        raise ValueError(f"The {task} runs in this store that prune while they train prune "
                          f"different weights ({sorted(found, key=str)}); pass include / "
                          f"exclude to choose the one-shot rows' weights.")
     include, exclude = found.pop() if found else (None, None)

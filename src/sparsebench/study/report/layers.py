@@ -43,7 +43,8 @@ def _best_models(runs: Sequence[Run], level: float, tolerance_pp: float, higher:
     # training, then those that prune a trained model once (rows that store their layers).
     for technique in catalogue.on_frontiers():
         # At the study's budget: a sweep's variant ("4x steps") is not this technique's model.
-        own = [r for r in runs if r.technique == technique and not r.variant]
+        # Of the runs that kept their layer report (one-shot rows stored before it did not).
+        own = [r for r in runs if r.technique == technique and not r.variant and run_layers(r)]
         best = _best_per_level(own, level, tolerance_pp, higher)
         all_layers = run_layers(best) if best else []
         if best and all_layers:

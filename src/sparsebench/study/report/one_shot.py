@@ -12,8 +12,9 @@ in the answers. In the headline metric and, where the runs carry one beside it, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ...methods import catalogue
 from .. import pareto as P
@@ -33,7 +34,7 @@ from ..store import Run
 from .loss import LOSS, with_test_loss
 from .shared import ReportContext, Scope, Section, Table, metric_of
 
-__all__ = ["OneShotGap", "one_shot_gaps", "one_shot_section"]
+__all__ = ["UNRANKABLE", "OneShotGap", "one_shot_gaps", "one_shot_section"]
 
 
 @dataclass(frozen=True)
@@ -50,18 +51,38 @@ class OneShotGap:
     joint_value: float
     gap: float
     verdict: str
+    #: The series of the same rows without fine-tuning, for a fine-tuned series; None else.
+    untuned: str | None = None
+
+
+#: The verdict of a level where the seed spread is as large as the best joint run's own score
+#: (BLEU near zero at high sparsity): a model scoring nothing would pass for level there.
+UNRANKABLE = "unrankable"
 
 
 def one_shot_gaps(runs: Sequence[Run], higher: bool, *, tolerance_pp: float = 1.0
-                  ) -> tuple[list[OneShotGap], SeedSpread | None]:
+                  ) -> tuple[list[OneShotGap], SeedSpread | None, dict[str, int]]:
     """Returns every one-shot series' mean against the best joint run at each level both
-    reach, in the runs' ``metric_value``, and the seed spread the verdicts are judged
-    against. Series in the catalogue's order, levels ascending."""
+    reach, in the runs' ``metric_value``; the seed spread the verdicts are judged against; and
+    per series, its rows left out for a non-finite value (a collapsed model), which the mean
+    does not hold. Series in the catalogue's order, levels ascending; a series is a technique
+    and variant, and also its layer selection and calibration batches where the scope's rows
+    differ in them. Each level's ``pruned.n`` counts the dense models pruned there."""
     finished = [r for r in runs if r.status == "finished"]
     one_shot = {t.name for t in catalogue.entries(catalogue.ONE_SHOT)}
-    pruned = P.replica_summaries(
-        P.points_from_runs([r for r in finished if r.technique in one_shot]),
-        tolerance_pp=tolerance_pp)
+    rows = [r for r in finished if r.technique in one_shot]
+    name = _series_names(rows)
+    dropped: dict[str, int] = {}
+    for r in rows:
+        if r.metric_value is None or not math.isfinite(r.metric_value):
+            dropped[name(r)] = dropped.get(name(r), 0) + 1
+    # One value per (series, level, dense model): a dense model pruned twice alike (a
+    # calibration set of another size, already apart in the series name) is not two seeds.
+    by_source = {(name(r), r.hyperparameters.get("source", r.id), r.target_sparsity): r
+                 for r in rows}
+    untuned = {name(r): name(replace(r, variant="")) for r in rows if r.variant}
+    pruned = P.replica_summaries(P.points_from_runs(by_source.values(), series=name),
+                                 tolerance_pp=tolerance_pp)
     joint = P.frontiers(
         P.points_from_runs([r for r in finished
                             if r.technique in compared_techniques() and not r.variant],
@@ -77,9 +98,33 @@ def one_shot_gaps(runs: Sequence[Run], higher: bool, *, tolerance_pp: float = 1.
                 continue
             best, point = ranked[0]
             gap = sign * (summary.mean - point.value)
+            # Scores floor at zero (BLEU, top-1); a spread that large ranks nothing there.
+            blind = higher and spread is not None and point.value <= spread.value
             gaps.append(OneShotGap(series, level, summary, best, point.value, gap,
-                                   gap_verdict(gap, spread)))
-    return gaps, spread
+                                   UNRANKABLE if blind else gap_verdict(gap, spread),
+                                   untuned.get(series)))
+    return gaps, spread, dropped
+
+
+def _series_names(rows: Sequence[Run]):
+    """Returns run -> series name: the run's label, with the parts of its definition the
+    scope's one-shot rows differ in (layer selection, calibration batches) where they do."""
+    def definition(run: Run) -> tuple:
+        hp = run.hyperparameters
+        return (str(hp.get("include") or ""), str(hp.get("exclude") or ""),
+                hp.get("calibration_batches"))
+
+    differ = [len({definition(r)[i] for r in rows}) > 1 for i in range(3)]
+
+    def name(run: Run) -> str:
+        include, exclude, batches = definition(run)
+        parts = [text for text, shown in ((f"include {include or 'default'}", differ[0]),
+                                          (f"exclude {exclude or 'none'}", differ[1]),
+                                          (f"{batches} calibration batches", differ[2]))
+                 if shown]
+        return run.label + (f" [{', '.join(parts)}]" if parts else "")
+
+    return name
 
 
 def one_shot_section(ctx: ReportContext, scope: Scope) -> Section | None:
@@ -94,12 +139,13 @@ def one_shot_section(ctx: ReportContext, scope: Scope) -> Section | None:
         measures.append((LOSS, False, with_test_loss(runs)))
     sentences, rows, panels = [], [], []
     for measure, better_high, measured in measures:
-        gaps, spread = one_shot_gaps(measured, better_high, tolerance_pp=ctx.tolerance_pp)
+        gaps, spread, dropped = one_shot_gaps(measured, better_high,
+                                              tolerance_pp=ctx.tolerance_pp)
         if not gaps:
             continue
         prefix = "In test loss, " if measure == LOSS else ""
         sentences += [P.sentence_start(prefix + s)
-                      for s in _sentences(gaps, measure, better_high, spread)]
+                      for s in _sentences(gaps, measure, spread, dropped)]
         rows += [_row(g, measure, spread) for g in gaps]
         dense = P.dense_baseline(r for r in measured if not r.variant)
         panels.append((measure, better_high, gaps, dense))
@@ -148,43 +194,49 @@ def _row(gap: OneShotGap, measure: str, spread: SeedSpread | None) -> list[str]:
             gap.verdict]
 
 
-def _sentences(gaps: Sequence[OneShotGap], measure: str, higher: bool,
-               spread: SeedSpread | None) -> list[str]:
-    """The comparison of each series with the best joint run, the highest level at which
-    pruning without training keeps up, and what fine-tuning changes."""
+def _sentences(gaps: Sequence[OneShotGap], measure: str, spread: SeedSpread | None,
+               dropped: dict[str, int]) -> list[str]:
+    """The comparison of each series with the best joint run, the levels this measure cannot
+    rank, the highest level at which pruning without training keeps up, and what fine-tuning
+    changes."""
     by_series: dict[str, list[OneShotGap]] = {}
     for g in gaps:
         by_series.setdefault(g.series, []).append(g)
     sentences = []
     for series, cells in by_series.items():
-        n = max(c.pruned.n for c in cells)
-        name = f"{P.display_name(series)} ({'one dense model' if n == 1 else f'mean of {n}'})"
-        sentences.append(pair_sentence(
-            name, "the best run that prunes while it trains",
-            [Gap(c.level, c.series, c.joint, c.gap, c.verdict) for c in cells], measure, spread))
-    untrained = [g for g in gaps if g.series == g.series.split(" ", 1)[0]]
-    # Where the seed spread exceeds the best joint run's own score (BLEU near zero at high
-    # sparsity), a model scoring nothing would pass for level: no ranking can be read there.
-    blind = sorted({g.level for g in gaps if higher and spread is not None
-                    and g.joint_value <= spread.value})
-    if blind:
+        counts = sorted({c.pruned.n for c in cells})
+        n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        name = P.display_name(series)
+        name = (name[:-1] + "; " if name.endswith(")") else name + " (") + (
+            "one dense model)" if n == "1" else f"mean of {n} dense models)")
+        ranked = [Gap(c.level, c.series, c.joint, c.gap, c.verdict) for c in cells
+                  if c.verdict != UNRANKABLE]
+        if ranked:
+            sentences.append(pair_sentence(name, "the best run that prunes while it trains",
+                                           ranked, measure, spread))
+        if dropped.get(series):
+            sentences.append(f"{dropped[series]} {P.display_name(series)} row(s) have no finite "
+                             f"value in this measure and are left out of its means")
+    blind = sorted({g.level for g in gaps if g.verdict == UNRANKABLE})
+    if blind and spread is not None:
         sentences.append(
             f"the seed spread ({amount(spread.value, measure)}) is as large as the best joint "
-            f"run's own score at {levels_text(blind)}, so there even a score of zero counts "
+            f"run's own score at {levels_text(blind)}, so there even a score of zero would count "
             f"as level: this measure cannot rank one-shot pruning at "
             f"{'that level' if len(blind) == 1 else 'those levels'}")
-    keeping = [g for g in untrained if g.verdict != "behind" and g.level not in blind]
+    untrained = [g for g in gaps if g.untuned is None and g.verdict != UNRANKABLE]
+    keeping = [g for g in untrained if g.verdict != "behind"]
     if keeping:
         levels = sorted({g.level for g in keeping})
         best = max((g for g in keeping if g.level == levels[-1]), key=lambda g: g.gap)
         text = (f"without any training, a one-shot method is level with or ahead of pruning "
                 f"while training at {levels_text(levels)}; at {100 * best.level:g}% the best "
                 f"is {P.display_name(best.series)} ({best.verdict}{_by(best, measure)})")
-        above = sorted({g.level for g in untrained if g.level > best.level} - set(blind))
+        above = sorted({g.level for g in untrained if g.level > best.level})
         if above:
             text += f"; every one-shot method is behind at {levels_text(above)}"
         sentences.append(text)
-    elif untrained and len(blind) < len({g.level for g in untrained}):
+    elif untrained:
         sentences.append("without any training, every one-shot method is behind pruning while "
                          "training at every sparsity this measure can rank")
     sentences += _fine_tuning_sentences(gaps, measure)
@@ -192,25 +244,24 @@ def _sentences(gaps: Sequence[OneShotGap], measure: str, higher: bool,
 
 
 def _by(gap: OneShotGap, measure: str) -> str:
-    return "" if gap.verdict == "level" else f" by {amount(gap.gap, measure)}"
+    return "" if gap.verdict in ("level", UNRANKABLE) else f" by {amount(gap.gap, measure)}"
 
 
 def _fine_tuning_sentences(gaps: Sequence[OneShotGap], measure: str) -> list[str]:
-    """For each technique pruned both with and without fine-tuning: how the mean moves."""
+    """For each fine-tuned series whose rows were also kept without fine-tuning: how the mean
+    moves, level by level."""
     cells = {(g.series, g.level): g for g in gaps}
     out = []
-    for series in dict.fromkeys(g.series for g in gaps):
-        technique, _, variant = series.partition(" ")
-        if not variant:
-            continue
-        pairs = [(cells[(technique, g.level)], g) for g in gaps
-                 if g.series == series and (technique, g.level) in cells]
+    for series in dict.fromkeys(g.series for g in gaps if g.untuned is not None):
+        pairs = [(cells[(g.untuned, g.level)], g) for g in gaps
+                 if g.series == series and (g.untuned, g.level) in cells]
         if not pairs:
             continue
         moves = [f"{'+' if after.gap >= before.gap else '−'}"
                  f"{amount(after.gap - before.gap, measure)} at {100 * after.level:g}% "
-                 f"(then {after.verdict}{_by(after, measure)} against the best joint run)"
+                 + (f"(then {after.verdict}{_by(after, measure)} against the best joint run)"
+                    if after.verdict != UNRANKABLE else "(not rankable against the joint runs)")
                  for before, after in pairs]
-        out.append(f"{P.display_name(technique)} {variant[:-1]}, mask fixed) against "
-                   f"{P.display_name(technique)} alone (+ is better): " + ", ".join(moves))
+        out.append(f"{P.display_name(series)} against {P.display_name(pairs[0][0].series)} "
+                   f"(+ is better): " + ", ".join(moves))
     return out
