@@ -47,9 +47,9 @@ def _best_models(runs: Sequence[Run], level: float, tolerance_pp: float, higher:
         own = [r for r in runs if r.technique == technique and not r.variant and run_layers(r)]
         best = _best_per_level(own, level, tolerance_pp, higher)
         all_layers = run_layers(best) if best else []
-        if best and all_layers:
-            layers = [la for la in all_layers if la.get("sparsity", 0) > 0
-                      or la["name"].endswith("weight")]
+        layers = [la for la in all_layers if la.get("sparsity", 0) > 0
+                  or la["name"].endswith("weight")]
+        if best and layers:  # a report of biases and norms alone has nothing to draw
             chosen[technique] = (best, layers)
     return chosen
 
