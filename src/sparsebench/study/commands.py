@@ -376,8 +376,9 @@ def _add_one_shot(subparsers: argparse._SubParsersAction) -> None:
                      help="where the run directories are (default: each run's own run_dir)")
     one.add_argument("--include", nargs="+", default=None, metavar="PATTERN",
                      help="the weights to prune (select_layers glob patterns; default: those "
-                          "the store's magnitude runs of the same task prune, so one-shot and "
-                          "joint runs count sparsity over the same weights)")
+                          "the store's runs of the same task that prune while they train "
+                          "prune, so one-shot and joint runs count sparsity over the same "
+                          "weights)")
     one.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN",
                      help="weights to leave dense (default as --include)")
     one.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
