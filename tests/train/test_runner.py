@@ -157,18 +157,20 @@ def _cli(out, *extra, method=("--method", "magnitude", "--sparsity", "0.8")):
 @needs_fmnist
 @pytest.mark.parametrize("method", [
     ("--method", "magnitude", "--sparsity", "0.8"),
-    # The newer techniques through a real SIGKILL, not only the in-process cut below: SET's
-    # regrowth draws from the generator, RigL's from the resumed run's gradients, both with
-    # updates after the cut at step 10; DNS revives weights every step; IMP's rewind state
-    # (step 3) and its later rounds must come back from the checkpoint.
-    ("--method", "set", "--sparsity", "0.8", "--set", "sparsity.begin=0",
-     "--set", "sparsity.end=1.0", "--set", "sparsity.frequency=5"),
+    # The newer techniques through a real SIGKILL, not only the in-process cut below: RigL's
+    # regrowth from the resumed run's gradients, with updates after the cut at step 10. SET
+    # (regrowth drawn from the generator), DNS (revival every step) and IMP (rewind state,
+    # later rounds) are in the slow run: the in-process cut covers them by default, and each
+    # killed-process case adds about 15 s to the default run.
     ("--method", "rigl", "--sparsity", "0.8", "--set", "sparsity.begin=0",
      "--set", "sparsity.end=1.0", "--set", "sparsity.frequency=5"),
-    ("--method", "dns"),
-    ("--method", "imp", "--sparsity", "0.8", "--set", "sparsity.rounds=3",
-     "--set", "sparsity.rewind_step=3"),
-], ids=["magnitude", "set", "rigl", "dns", "imp"])
+    pytest.param(("--method", "set", "--sparsity", "0.8", "--set", "sparsity.begin=0",
+                  "--set", "sparsity.end=1.0", "--set", "sparsity.frequency=5"),
+                 marks=pytest.mark.slow, id="set"),
+    pytest.param(("--method", "dns"), marks=pytest.mark.slow, id="dns"),
+    pytest.param(("--method", "imp", "--sparsity", "0.8", "--set", "sparsity.rounds=3",
+                  "--set", "sparsity.rewind_step=3"), marks=pytest.mark.slow, id="imp"),
+], ids=["magnitude", "rigl", "set", "dns", "imp"])
 def test_resume_after_sigkill_is_bit_identical(tmp_path, method):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_cli(tmp_path / "whole", method=method), check=True, env=env,
