@@ -11,9 +11,9 @@
 # One worker does it all, translation first:
 #   nohup bash scripts/run_new_techniques.sh > /dev/null 2>&1 &    # log: results/study/new-techniques.log
 # Two workers (one per core) split it by task: each does steps 1-2 and IMP at its own cost for
-# its task only (one-shot pruning does not share out its rows: two processes on one task would
-# prune the same rows twice), and both take runs of the translation sweep (a sweep hands each
-# run to one process):
+# its task only (retraining a lost dense seed is not shared out: two processes would train it
+# twice), and both take runs of the translation sweep (a sweep hands each run to one process,
+# as `sparsebench one-shot` does each row):
 #   nohup bash scripts/run_new_techniques.sh ding-transformer > /dev/null 2>&1 &
 #   nohup bash scripts/run_new_techniques.sh fmnist-resnet > /dev/null 2>&1 &
 # Stop them with `bash scripts/stop_study.sh`.

@@ -139,3 +139,143 @@ def test_default_selection_keeps_the_ids_rows_were_stored_under():
     are found again, not pruned twice."""
     assert one_shot_run_id("dense-r1-5798dab409b9", "one-shot-magnitude", 0.5, 2, 0) == \
         "one-shot-magnitude-s50-161026ebb68c"
+
+
+# -- several processes on one store --------------------------------------------------------------
+
+def _own_store(dense_store, path) -> RunStore:
+    """A store of its own holding only the trained dense run (its model stays where it is)."""
+    store = RunStore(path)
+    store.upsert([dense_store.get("dense-r0")])
+    return store
+
+
+def _hold(store: RunStore, run_id: str, worker: str, seconds_ago: float) -> None:
+    """Writes ``run_id`` as claimed by ``worker``, last heard of ``seconds_ago`` seconds ago."""
+    import time
+
+    from sparsebench.study.store import Run
+
+    store.add_pending(Run(id=run_id, technique="wanda", sweep="one-shot", target_sparsity=0.5))
+    with store.transaction() as db:
+        db.execute("UPDATE runs SET status='running', worker=?, heartbeat=? WHERE id=?",
+                   (worker, time.time() - seconds_ago, run_id))
+
+
+def _gone_pid() -> int:
+    """Returns the pid of a process of this host that has exited."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("holder, seconds_ago, taken", [
+    ("alive here", 1.0, False),          # a live process of this host: left to it
+    ("gone here", 1.0, True),            # its process was killed outright: taken at once
+    ("other host", 60.0, False),         # another host, heartbeat recent: left to it
+    ("other host", 700.0, True),         # another host, silent past stale_after: taken
+])
+def test_a_claimed_row_is_left_to_a_live_holder_and_taken_from_a_dead_one(
+        dense_store, tmp_path, holder, seconds_ago, taken):
+    import os
+    import socket
+
+    host = socket.gethostname()
+    worker = {"alive here": f"{host}:{os.getpid()}:other",
+              "gone here": f"{host}:{_gone_pid()}:killed",
+              "other host": "elsewhere.example:12345:abcdef"}[holder]
+    store = _own_store(dense_store, tmp_path / "claims.db")
+    held = one_shot_run_id("dense-r0", "wanda", 0.5, 2, 0)
+    _hold(store, held, worker, seconds_ago)
+    said: list[str] = []
+    counts = one_shot_runs(store, methods=["wanda"], sparsities=[0.5, 0.9],
+                           calibration_batches=2, say=said.append, stale_after=600.0)
+    assert (counts.stored, counts.elsewhere) == ((2, 0) if taken else (1, 1))
+    row = store.get(held)
+    if taken:
+        assert row.status == "finished" and row.worker is None and row.metric_value is not None
+    else:  # untouched: still the other process's
+        assert (row.status, row.worker) == ("running", worker)
+    assert any("taking over" in line for line in said) == (holder == "gone here")
+    assert store.get(one_shot_run_id("dense-r0", "wanda", 0.9, 2, 0)).status == "finished"
+    store.close()
+
+
+def test_an_interrupted_call_keeps_its_finished_rows_and_leaves_no_claim(
+        dense_store, tmp_path, monkeypatch):
+    """Ctrl-C / SIGTERM in the second row: the first is stored, the second leaves no row
+    behind (neither "running" nor "pending"), and the next call prunes only the second."""
+    from sparsebench.study import one_shot
+
+    store = _own_store(dense_store, tmp_path / "stop.db")
+    prune = one_shot._Source.prune
+    calls = []
+
+    def stop_in_second_row(self, *args, **kwargs):
+        calls.append(args[1:3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return prune(self, *args, **kwargs)
+
+    monkeypatch.setattr(one_shot._Source, "prune", stop_in_second_row)
+    with pytest.raises(KeyboardInterrupt):
+        one_shot_runs(store, methods=["omp"], sparsities=[0.5, 0.9], calibration_batches=2,
+                      say=lambda _: None)
+    rows = store.runs(sweep="one-shot")
+    assert [(r.target_sparsity, r.status) for r in rows] == [(0.5, "finished")]
+    monkeypatch.setattr(one_shot._Source, "prune", prune)
+    again = one_shot_runs(store, methods=["omp"], sparsities=[0.5, 0.9], calibration_batches=2,
+                          say=lambda _: None)
+    assert (again.stored, again.present, again.elsewhere) == (1, 1, 0)
+    store.close()
+
+
+def test_two_processes_on_one_store_prune_each_row_once(dense_store, tmp_path):
+    """Two workers started together on one store (threads here, each with its own connection,
+    as two processes would have) share the rows out: every row is stored once, by one of
+    them, and together they stored all."""
+    import threading
+
+    path = tmp_path / "shared.db"
+    _own_store(dense_store, path).close()
+    counts, said = [], []
+
+    def worker() -> None:
+        with RunStore(path) as store:
+            counts.append(one_shot_runs(store, methods=["omp", "wanda"],
+                                        sparsities=[0.5, 0.7, 0.9], calibration_batches=2,
+                                        say=said.append))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(c.stored for c in counts) == 6 == len(said)  # no row pruned twice
+    with RunStore(path) as store:
+        rows = store.runs(sweep="one-shot")
+        assert len(rows) == 6 and {r.status for r in rows} == {"finished"}
+
+
+def test_the_command_says_what_it_stored_and_what_another_process_holds(dense_store, tmp_path,
+                                                                          capsys):
+    import os
+    import socket
+
+    from sparsebench.cli import main
+
+    store = _own_store(dense_store, tmp_path / "cli.db")
+    _hold(store, one_shot_run_id("dense-r0", "wanda", 0.9, 2, 0),
+          f"{socket.gethostname()}:{os.getpid()}:other", 1.0)
+    store.close()
+    argv = ["one-shot", "--store", str(tmp_path / "cli.db"), "--method", "wanda",
+            "--sparsity", "0.5", "0.9", "--calibration-batches", "2"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"{tmp_path / 'cli.db'}: 1 one-shot runs stored, 0 already there, 0 dense runs without "
+        "their model file, 1 being pruned by another process")
+    assert main(["one-shot", "--store", str(tmp_path / "none.db"), "--method", "wanda"]) == 2
+    assert "no run store at" in capsys.readouterr().err

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -361,7 +362,8 @@ def _add_one_shot(subparsers: argparse._SubParsersAction) -> None:
                     "batches of the run's own training data, optionally fine-tunes it a few "
                     "steps with the mask fixed, evaluates it on the run's validation and test "
                     "splits and stores the result as a run (the report draws them on the "
-                    "frontiers). Rows already stored are skipped.",
+                    "frontiers). Rows already stored are skipped, and several processes may "
+                    "share one store: each row is pruned by the one that claims it.",
     )
     one.add_argument("--store", type=Path, required=True, help="SQLite run store")
     one.add_argument("--method", nargs="+", required=True,
@@ -392,12 +394,20 @@ def _one_shot(args: argparse.Namespace) -> int:
     if not args.store.is_file():
         raise FileNotFoundError(f"no run store at {args.store}.")
     with RunStore(args.store) as store:
-        counts = one_shot_runs(store, methods=args.method, sparsities=args.sparsity,
-                               calibration_batches=args.calibration_batches,
-                               fine_tune_steps=args.fine_tune_steps, runs_dir=args.runs_dir,
-                               device=args.device, threads=args.threads,
-                               include=args.include, exclude=args.exclude)
+        try:
+            counts = one_shot_runs(store, methods=args.method, sparsities=args.sparsity,
+                                   calibration_batches=args.calibration_batches,
+                                   fine_tune_steps=args.fine_tune_steps,
+                                   runs_dir=args.runs_dir, device=args.device,
+                                   threads=args.threads, include=args.include,
+                                   exclude=args.exclude)
+        except KeyboardInterrupt:
+            print("one-shot pruning stopped; the rows it finished are stored, the one in "
+                  "progress is pruned again next time", file=sys.stderr)
+            return 130
+    elsewhere = (f", {counts.elsewhere} being pruned by another process" if counts.elsewhere
+                 else "")
     print(f"{args.store}: {counts.stored} one-shot runs stored, {counts.present} already there, "
-          f"{counts.no_model} dense runs without their model file")
+          f"{counts.no_model} dense runs without their model file{elsewhere}")
     return 0
 

@@ -19,13 +19,8 @@ two phases: the second is planned from the store once every first-phase point is
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -36,7 +31,7 @@ from ..methods import catalogue
 from ..rundir import INIT_FILE, MASK_FILE
 from .executors import Executor
 from .source_masks import archive_path, archive_source, restore_source
-from .store import RunStore, StoreReplaced
+from .store import RunStore
 from .sweep import (
     Point,
     SweepSpec,
@@ -46,34 +41,13 @@ from .sweep import (
     plan_phase2,
     save_sweep_definition,
 )
+from .workers import Heartbeat, dead_local_worker, sigterm_as_interrupt, worker_id
 
 __all__ = ["SweepResult", "run_sweep", "worker_id"]
 
 TERMINAL = ("finished", "failed", "diverged")
 
 log = logging.getLogger(__name__)
-
-
-def worker_id() -> str:
-    """Returns ``host:pid:random``, the claim owner written to the store by this process."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def _dead_local_worker(worker: str | None) -> bool:
-    """Returns True when ``worker`` names a process of this host that no longer exists."""
-    if not worker:
-        return False
-    host, _, rest = worker.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 @dataclass
@@ -85,32 +59,6 @@ class SweepResult:
     failed: int = 0
     ran: int = 0
     skipped: int = 0
-
-
-class _Heartbeat(threading.Thread):
-    """Refreshes this process's claims every ``every`` seconds, on its own connection."""
-
-    def __init__(self, path: Path, worker: str, every: float) -> None:
-        super().__init__(daemon=True)
-        self.path, self.worker, self.every = path, worker, every
-        self.held: set[str] = set()
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        store = RunStore(self.path)
-        try:
-            while not self.stopped.wait(self.every):
-                with self.lock:
-                    held = list(self.held)
-                for run_id in held:
-                    store.heartbeat(run_id, self.worker)
-        except StoreReplaced as error:
-            # The main thread stops at its next write; the run in progress finishes first
-            # (its result is kept in its run directory), so say it now and stop beating.
-            log.warning("%s", error)
-        finally:
-            store.close()
 
 
 def _reads_source(point: Point) -> bool:
@@ -134,7 +82,7 @@ class _Driver:
         self.family = model_family(spec)
         self.result = SweepResult()
         self.durations: list[float] = []
-        self.heartbeat = _Heartbeat(store.path, self.worker, every=max(1.0, stale_after / 10))
+        self.heartbeat = Heartbeat(store.path, self.worker, every=max(1.0, stale_after / 10))
 
     # -- one phase ----------------------------------------------------------------------------
 
@@ -180,26 +128,21 @@ class _Driver:
         for run in (open_runs[i] for i in ids if i in open_runs):
             if run.status == "pending":
                 claimed = self.store.claim(run.id, self.worker, stale_after=self.stale_after)
-            elif _dead_local_worker(run.worker):
+            elif dead_local_worker(run.worker):
                 claimed = self._take_over(run.id, run.worker)
             else:  # a live claim, or one whose heartbeat stopped long ago (another host)
                 claimed = self.store.claim(run.id, self.worker, stale_after=self.stale_after)
             if claimed:
-                with self.heartbeat.lock:
-                    self.heartbeat.held.add(run.id)
+                self.heartbeat.hold(run.id)
                 return run.id
         return None
 
     def _take_over(self, run_id: str, dead: str | None) -> bool:
-        # Conditional on the dead owner, so of two processes taking over only one wins.
-        with self.store.transaction() as db:
-            cursor = db.execute(
-                "UPDATE runs SET worker=?, heartbeat=? WHERE id=? AND status='running' "
-                "AND worker=?", (self.worker, time.time(), run_id, dead))
-        if cursor.rowcount == 1:
+        claimed = self.store.take_over(run_id, dead, self.worker)
+        if claimed:
             self.say(f"  taking over {run_id} from {dead} (process gone); it resumes from its "
                      "last checkpoint")
-        return cursor.rowcount == 1
+        return claimed
 
     def _submit(self, run_id: str, point: Point) -> Future:
         source_dir = None
@@ -289,8 +232,7 @@ class _Driver:
 
     def _record(self, run_id: str, point: Point, answer: dict[str, Any], seconds: float,
                 ids: dict[str, Point], running: int) -> None:
-        with self.heartbeat.lock:
-            self.heartbeat.held.discard(run_id)
+        self.heartbeat.drop(run_id)
         self.result.ran += 1
         if answer.get("ok"):
             result = answer["result"]
@@ -320,10 +262,7 @@ class _Driver:
                  f"{eta}")
 
     def release_all(self) -> None:
-        with self.heartbeat.lock:
-            held = list(self.heartbeat.held)
-            self.heartbeat.held.clear()
-        for run_id in held:
+        for run_id in self.heartbeat.take_all():
             self.store.release(run_id, self.worker)
 
 
@@ -352,25 +291,21 @@ def run_sweep(spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: st
     driver = _Driver(spec, store, executor, Path(runs_dir), poll=poll, stale_after=stale_after,
                      retry_failed=retry_failed, say=say or default_say, device=device)
     save_sweep_definition(store, spec)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def on_term(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt
-
-        previous = signal.signal(signal.SIGTERM, on_term)
     driver.heartbeat.start()
     try:
-        phase1 = plan_phase1(spec)
-        driver.run_phase(phase1, f"sweep {spec.name}, phase 1")
-        phase2 = plan_phase2(spec, store, phase1, driver.runs_dir)
-        if driver.requeue_lost_sources(phase2):
-            driver.run_phase(phase1, f"sweep {spec.name}, phase 1 again (lost sources)")
+        with sigterm_as_interrupt():
+            phase1 = plan_phase1(spec)
+            driver.run_phase(phase1, f"sweep {spec.name}, phase 1")
             phase2 = plan_phase2(spec, store, phase1, driver.runs_dir)
-        if phase2:
-            driver.run_phase(phase2, f"sweep {spec.name}, phase 2 (retraining, small dense)")
-        elif spec.retraining is not None or spec.small_dense is not None:
-            driver.say("phase 2: no finished magnitude run at the chosen sparsities; "
-                       "nothing to retrain")
+            if driver.requeue_lost_sources(phase2):
+                driver.run_phase(phase1, f"sweep {spec.name}, phase 1 again (lost sources)")
+                phase2 = plan_phase2(spec, store, phase1, driver.runs_dir)
+            if phase2:
+                driver.run_phase(phase2,
+                                 f"sweep {spec.name}, phase 2 (retraining, small dense)")
+            elif spec.retraining is not None or spec.small_dense is not None:
+                driver.say("phase 2: no finished magnitude run at the chosen sparsities; "
+                           "nothing to retrain")
     except KeyboardInterrupt:
         driver.release_all()
         print("sweep stopped; its unfinished runs are pending again", file=sys.stderr)
@@ -378,8 +313,6 @@ def run_sweep(spec: SweepSpec, store: RunStore, executor: Executor, runs_dir: st
     finally:
         driver.heartbeat.stopped.set()
         executor.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     result = driver.result
     all_ids = [p.run_id(spec.task) for p in (*phase1, *phase2)]
     result.finished = store.count(id=all_ids, status="finished")

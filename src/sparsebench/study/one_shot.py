@@ -22,7 +22,11 @@ weights the joint runs count; they were removed from the store.)
     sparsebench one-shot --store results/study/fmnist-resnet.db --method wanda sparsegpt
 
 A row's id hashes what defines it (source run, technique, target, calibration batches,
-fine-tuning steps), so running the command again skips what is stored.
+fine-tuning steps), so running the command again skips what is stored. Several processes may
+work on one store at once, as sweeps do: each claims a row before pruning it (a "running" row
+naming its process, kept alive by a heartbeat) and skips rows another live process holds; a
+row left behind by a process killed outright is taken over, and a stopped one (Ctrl-C,
+SIGTERM) deletes the rows it had not finished.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 from ..methods import catalogue
 from ..rundir import MODEL_FILE, RESULT_FILE
 from .store import Run, RunStore
+from .workers import Heartbeat, dead_local_worker, sigterm_as_interrupt, worker_id
 
 __all__ = ["OneShotCounts", "Selection", "joint_selection", "one_shot_run_id", "one_shot_runs"]
 
@@ -53,11 +58,12 @@ Selection = tuple[list[str] | None, list[str] | None]
 @dataclass
 class OneShotCounts:
     """What :func:`one_shot_runs` did: rows stored, rows already there, dense runs without
-    their model file."""
+    their model file, rows left to another process pruning them."""
 
     stored: int = 0
     present: int = 0
     no_model: int = 0
+    elsewhere: int = 0
 
 
 def one_shot_run_id(source: str, technique: str, target: float, calibration_batches: int,
@@ -76,11 +82,13 @@ def one_shot_runs(store: RunStore, *, methods: Sequence[str], sparsities: Sequen
                   runs_dir: str | Path | None = None, device: str = "cpu",
                   threads: int | None = None, include: Sequence[str] | None = None,
                   exclude: Sequence[str] | None = None,
-                  say: Callable[[str], None] | None = None) -> OneShotCounts:
+                  say: Callable[[str], None] | None = None,
+                  stale_after: float = 600.0) -> OneShotCounts:
     """Prunes every finished dense run of ours at each of ``sparsities`` with each of
     ``methods`` (see the module docstring) and stores the results. ``include`` / ``exclude``
     choose the weights (``select_layers`` patterns); by default, those of the task's joint
-    runs (:func:`joint_selection`).
+    runs (:func:`joint_selection`). A row another process claimed is skipped unless that
+    process is gone or its heartbeat is older than ``stale_after`` seconds.
 
     Raises:
         ValueError: one sentence for a technique that is not one-shot, a target outside
@@ -99,6 +107,21 @@ def one_shot_runs(store: RunStore, *, methods: Sequence[str], sparsities: Sequen
     if threads:
         torch.set_num_threads(threads)
     counts = OneShotCounts()
+    claims = _RowClaims(store, stale_after)
+    claims.heartbeat.start()
+    try:
+        with sigterm_as_interrupt():
+            _prune_all(store, techniques, sparsities, calibration_batches, fine_tune_steps,
+                       runs_dir, torch.device(device), include, exclude, claims, counts, say)
+    finally:
+        claims.release_all()
+    return counts
+
+
+def _prune_all(store: RunStore, techniques: Sequence[str], sparsities: Sequence[float],
+               calibration_batches: int, fine_tune_steps: int, runs_dir: str | Path | None,
+               device, include: Sequence[str] | None, exclude: Sequence[str] | None,
+               claims: _RowClaims, counts: OneShotCounts, say: Callable[[str], None]) -> None:
     for dense in store.runs(source="ours", status="finished", technique=catalogue.DENSE):
         if dense.variant:  # a wider or narrower model than the study's: not a baseline
             continue
@@ -111,20 +134,68 @@ def one_shot_runs(store: RunStore, *, methods: Sequence[str], sparsities: Sequen
         selection: Selection = (  # each half given overrides that half only
             _patterns(include) if include else joint_include,
             _patterns(exclude) if exclude else joint_exclude)
-        wanted = [(t, s) for t in techniques for s in sparsities
-                  if not _stored(store, one_shot_run_id(dense.id, t, s, calibration_batches,
-                                                        fine_tune_steps, selection))]
-        counts.present += len(techniques) * len(sparsities) - len(wanted)
-        if not wanted:
-            continue
-        source = _Source(run_dir, torch.device(device), calibration_batches)
+        ids = {(t, s): one_shot_run_id(dense.id, t, s, calibration_batches, fine_tune_steps,
+                                       selection) for t in techniques for s in sparsities}
+        wanted = [key for key, run_id in ids.items() if not _stored(store, run_id)]
+        counts.present += len(ids) - len(wanted)
+        source = None  # loaded for the first row this process claims
         for technique, target in wanted:
+            run_id = ids[technique, target]
+            if not claims.claim(run_id, dense, technique, target, fine_tune_steps, say):
+                if _stored(store, run_id):  # finished by another process since
+                    counts.present += 1
+                else:
+                    counts.elsewhere += 1
+                continue
+            if source is None:
+                source = _Source(run_dir, device, calibration_batches)
             row = source.prune(dense, technique, target, fine_tune_steps, selection)
             store.upsert([row])
+            claims.done(run_id)
             counts.stored += 1
             say(f"{row.id}: {row.metric_name} {row.metric_value:.4f} at sparsity "
                 f"{row.achieved_sparsity:.3f} ({row.train_seconds:.1f}s)")
-    return counts
+
+
+class _RowClaims:
+    """This process's claims on the one-shot rows it prunes: a row is written "running" under
+    this process's name before it is pruned, so a second process on the store leaves it."""
+
+    def __init__(self, store: RunStore, stale_after: float) -> None:
+        self.store, self.stale_after = store, stale_after
+        self.worker = worker_id()
+        self.heartbeat = Heartbeat(store.path, self.worker, every=max(1.0, stale_after / 10))
+
+    def claim(self, run_id: str, dense: Run, technique: str, target: float,
+              fine_tune_steps: int, say: Callable[[str], None]) -> bool:
+        """Returns True when this process now holds ``run_id``: a new row, a pending one, or
+        one whose holder is gone (on this host) or silent for ``stale_after`` seconds."""
+        self.store.add_pending(Run(
+            id=run_id, technique=technique, sweep=SWEEP, task=dense.task,
+            model_family=dense.model_family,
+            variant=f"fine-tuned {fine_tune_steps} steps" if fine_tune_steps else "",
+            target_sparsity=target, hyperparameters={"source": dense.id}, source="ours",
+            seed=dense.seed, replica=dense.replica))
+        held = self.store.get(run_id)
+        if held is not None and held.status == "running" and dead_local_worker(held.worker):
+            claimed = self.store.take_over(run_id, held.worker, self.worker)
+            if claimed:
+                say(f"  taking over {run_id} from {held.worker} (process gone)")
+        else:
+            claimed = self.store.claim(run_id, self.worker, stale_after=self.stale_after)
+        if claimed:
+            self.heartbeat.hold(run_id)
+        return claimed
+
+    def done(self, run_id: str) -> None:
+        self.heartbeat.drop(run_id)
+
+    def release_all(self) -> None:
+        """Deletes the rows this process claimed and did not finish (a one-shot row is only
+        ever written whole), and stops the heartbeat."""
+        self.heartbeat.stopped.set()
+        for run_id in self.heartbeat.take_all():
+            self.store.delete(id=run_id, worker=self.worker, status="running")
 
 
 def joint_selection(store: RunStore, task: str) -> Selection:

@@ -47,6 +47,16 @@ class RunClaims(StoreFile):
             )
         return cursor.rowcount == 1
 
+    def take_over(self, run_id: str, dead: str | None, worker: str) -> bool:
+        """Gives ``worker`` the claim on ``run_id`` that ``dead`` (a process gone) held.
+        Conditional on the dead owner, so of several processes taking over only one wins.
+        Returns True for that one."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET worker=?, heartbeat=? WHERE id=? AND status='running' "
+                "AND worker IS ?", (worker, time.time(), run_id, dead))
+        return cursor.rowcount == 1
+
     def heartbeat(self, run_id: str, worker: str) -> bool:
         """Refreshes the claim of ``worker`` on ``run_id``. Returns False when the worker no
         longer holds it (another worker reclaimed it as stale)."""
