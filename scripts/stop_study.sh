@@ -40,8 +40,8 @@ print(sys.argv[1] + ": " + ", ".join(f"{n} {s}" for s, n in counts))
 PY
   # Leftovers of a clean close: with no process on the store and an empty WAL, the -shm
   # index holds nothing either. A non-empty WAL would hold data, so then both stay. Another
-  # process with the store open (e.g. `sparsebench one-shot`, which this script does not stop)
-  # keeps writing into the WAL it has open: deleting it lost that process's rows (session 12).
+  # process with the store open (a Python session, a command this script does not stop) keeps
+  # writing into the WAL it has open: deleting it lost that process's rows (session 12).
   if [ ! -s "$db-wal" ] && ! _open_elsewhere "$db"; then rm -f "$db-wal" "$db-shm"; fi
 done
 exit 0
