@@ -41,7 +41,7 @@ from .sweep import (
     plan_phase2,
     save_sweep_definition,
 )
-from .workers import Heartbeat, dead_local_worker, sigterm_as_interrupt, worker_id
+from .workers import Heartbeat, claim_open_run, sigterm_as_interrupt, worker_id
 
 __all__ = ["SweepResult", "run_sweep", "worker_id"]
 
@@ -126,23 +126,14 @@ class _Driver:
         open_runs = {run.id: run for run in self.store.runs(id=list(ids),
                                                              status=["pending", "running"])}
         for run in (open_runs[i] for i in ids if i in open_runs):
-            if run.status == "pending":
-                claimed = self.store.claim(run.id, self.worker, stale_after=self.stale_after)
-            elif dead_local_worker(run.worker):
-                claimed = self._take_over(run.id, run.worker)
-            else:  # a live claim, or one whose heartbeat stopped long ago (another host)
-                claimed = self.store.claim(run.id, self.worker, stale_after=self.stale_after)
-            if claimed:
+            def taken_over(dead: str | None, run_id: str = run.id) -> None:
+                self.say(f"  taking over {run_id} from {dead} (process gone); it resumes from "
+                         "its last checkpoint")
+
+            if claim_open_run(self.store, run, self.worker, self.stale_after, taken_over):
                 self.heartbeat.hold(run.id)
                 return run.id
         return None
-
-    def _take_over(self, run_id: str, dead: str | None) -> bool:
-        claimed = self.store.take_over(run_id, dead, self.worker)
-        if claimed:
-            self.say(f"  taking over {run_id} from {dead} (process gone); it resumes from its "
-                     "last checkpoint")
-        return claimed
 
     def _submit(self, run_id: str, point: Point) -> Future:
         source_dir = None

@@ -44,9 +44,10 @@ from typing import Any
 from ..methods import catalogue
 from ..rundir import MODEL_FILE, RESULT_FILE
 from .store import Run, RunStore
-from .workers import Heartbeat, dead_local_worker, sigterm_as_interrupt, worker_id
+from .workers import Heartbeat, claim_open_run, sigterm_as_interrupt, worker_id
 
-__all__ = ["OneShotCounts", "Selection", "joint_selection", "one_shot_run_id", "one_shot_runs"]
+__all__ = ["OneShotCounts", "Selection", "fine_tuned_variant", "joint_selection",
+           "one_shot_run_id", "one_shot_runs"]
 
 #: The sweep name of the rows this writes.
 SWEEP = "one-shot"
@@ -64,6 +65,11 @@ class OneShotCounts:
     present: int = 0
     no_model: int = 0
     elsewhere: int = 0
+
+
+def fine_tuned_variant(fine_tune_steps: int) -> str:
+    """Returns a one-shot row's variant label: empty without fine-tuning."""
+    return f"fine-tuned {fine_tune_steps} steps" if fine_tune_steps else ""
 
 
 def one_shot_run_id(source: str, technique: str, target: float, calibration_batches: int,
@@ -173,16 +179,13 @@ class _RowClaims:
         self.store.add_pending(Run(
             id=run_id, technique=technique, sweep=SWEEP, task=dense.task,
             model_family=dense.model_family,
-            variant=f"fine-tuned {fine_tune_steps} steps" if fine_tune_steps else "",
+            variant=fine_tuned_variant(fine_tune_steps),
             target_sparsity=target, hyperparameters={"source": dense.id}, source="ours",
             seed=dense.seed, replica=dense.replica))
         held = self.store.get(run_id)
-        if held is not None and held.status == "running" and dead_local_worker(held.worker):
-            claimed = self.store.take_over(run_id, held.worker, self.worker)
-            if claimed:
-                say(f"  taking over {run_id} from {held.worker} (process gone)")
-        else:
-            claimed = self.store.claim(run_id, self.worker, stale_after=self.stale_after)
+        claimed = held is not None and claim_open_run(
+            self.store, held, self.worker, self.stale_after,
+            lambda dead: say(f"  taking over {run_id} from {dead} (process gone)"))
         if claimed:
             self.heartbeat.hold(run_id)
         return claimed
@@ -301,7 +304,7 @@ class _Source:
             id=one_shot_run_id(dense.id, technique, target, len(self.calibration),
                                fine_tune_steps, selection),
             technique=technique, sweep=SWEEP, task=dense.task, model_family=dense.model_family,
-            variant=f"fine-tuned {fine_tune_steps} steps" if fine_tune_steps else "",
+            variant=fine_tuned_variant(fine_tune_steps),
             target_sparsity=target, achieved_sparsity=report.sparsity, metric_name=metric,
             metric_value=(metrics["test"] or metrics["valid"]).get(metric),
             higher_is_better=self.task.higher_is_better,

@@ -15,12 +15,13 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .store import RunStore, StoreReplaced
+from .store import Run, RunStore, StoreReplaced
 
-__all__ = ["Heartbeat", "dead_local_worker", "sigterm_as_interrupt", "worker_id"]
+__all__ = ["Heartbeat", "claim_open_run", "dead_local_worker", "sigterm_as_interrupt",
+           "worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,20 @@ def dead_local_worker(worker: str | None) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def claim_open_run(store: RunStore, run: Run, worker: str, stale_after: float,
+                   on_take_over: Callable[[str | None], None] | None = None) -> bool:
+    """Returns True when ``worker`` now holds ``run``, a row last read as pending or running:
+    a pending row, or a running one whose holder is a process of this host that is gone (taken
+    over at once, then ``on_take_over`` is called with the old holder) or whose heartbeat has
+    been silent for ``stale_after`` seconds."""
+    if run.status == "running" and dead_local_worker(run.worker):
+        claimed = store.take_over(run.id, run.worker, worker)
+        if claimed and on_take_over is not None:
+            on_take_over(run.worker)
+        return claimed
+    return store.claim(run.id, worker, stale_after=stale_after)
 
 
 class Heartbeat(threading.Thread):
