@@ -2,6 +2,7 @@
 and invariants (exact per-layer counts, what is dropped, what is grown, what trains)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -407,3 +408,16 @@ def test_rigl_shares_its_target_by_erk_unless_told_otherwise():
     uniform = sb.sparsify(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)),
                           "rigl", sparsity=0.8, schedule=schedule, layer_sparsity="uniform")
     assert set(uniform.technique.targets.values()) == {0.8}
+
+
+def test_dns_warns_when_a_surgery_prunes_a_layer_whole():
+    # |w| = 0.1 … 0.8 evenly: μ = 0.45, σ = sqrt(0.0525) = 0.2291; at c = 2.5, t = 1.0228 and
+    # a = 0.9205, above the largest magnitude 0.8: every weight is pruned at the first surgery.
+    weights = [0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8]
+    with pytest.warns(UserWarning, match=r"pruned every weight of 0\.weight.*c_rate=2\.5"):
+        sp = sb.sparsify(_one_layer(2, 4, weights), "dns", c_rate=2.5, gamma=0.0)
+    assert not sp.masks()["0.weight"].any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sp.step()  # still empty: warned once only
+        sb.sparsify(_one_layer(2, 4, weights), "dns", c_rate=1.0, gamma=0.0)  # a = 0.6112

@@ -27,6 +27,7 @@ value is reported.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -136,6 +137,7 @@ class DynamicNetworkSurgery(Method):
     def on_attach(self) -> None:
         for layer in self.layers:  # σ(0) = 1: every layer operates before the first step
             self.surgery(layer, refresh=True)
+        self._warn_if_emptied(self.layers)
 
     def on_step(self, step: int) -> None:
         config = self.config
@@ -144,9 +146,34 @@ class DynamicNetworkSurgery(Method):
         probability = surgery_probability(step, config.gamma, config.power)
         generator = torch.Generator().manual_seed(((config.seed << 32) + step) % 2**64)
         draws = torch.rand(len(self.layers), generator=generator)
-        for layer, draw in zip(self.layers, draws.tolist(), strict=True):
-            if draw < probability:
-                self.surgery(layer, refresh=not config.fixed_statistics)
+        operated = [layer for layer, draw in zip(self.layers, draws.tolist(), strict=True)
+                    if draw < probability]
+        for layer in operated:
+            self.surgery(layer, refresh=not config.fixed_statistics)
+        self._warn_if_emptied(operated)
+
+    def _warn_if_emptied(self, layers: list[Layer]) -> None:
+        """Warns once per layer that a surgery pruned whole. From scratch this is the rule's,
+        not the run's, doing: a uniformly initialized layer's |w| on [0, B] has μ = B/2 and
+        σ = B/√12, so a = 0.9·(μ + c·σ) reaches B at c ≈ 2.1 and every weight is pruned at the
+        first surgery; none is above b then to come back (the translation sweep's c = 3 run
+        pruned 32 of its 33 layers whole and ended at a uniform guess's loss)."""
+        warned = self.__dict__.setdefault("_emptied", set())
+        layers = [layer for layer in layers if layer.name not in warned]
+        if not layers:
+            return
+        # One read of all the flags: on a GPU, each .any() read alone would wait for it.
+        alive = torch.stack([layer.parametrization.mask.any() for layer in layers]).tolist()
+        emptied = [layer for layer, kept in zip(layers, alive, strict=True) if not kept]
+        if not emptied:
+            return
+        warned.update(layer.name for layer in emptied)
+        names = ", ".join(layer.name for layer in emptied[:3])
+        more = f" and {len(emptied) - 3} more" if len(emptied) > 3 else ""
+        warnings.warn(f"dns: surgery pruned every weight of {names}{more}: with c_rate="
+                      f"{self.config.c_rate:g} the threshold a lies above all of their weights' "
+                      f"magnitudes, and a layer comes back only when one grows above b; a lower "
+                      f"c_rate prunes less.", stacklevel=3)
 
     @torch.no_grad()
     def surgery(self, layer: Layer, refresh: bool) -> None:
