@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +127,15 @@ class _Driver:
         open_runs = {run.id: run for run in self.store.runs(id=list(ids),
                                                              status=["pending", "running"])}
         for run in (open_runs[i] for i in ids if i in open_runs):
-            def taken_over(dead: str | None, run_id: str = run.id) -> None:
-                self.say(f"  taking over {run_id} from {dead} (process gone); it resumes from "
-                         "its last checkpoint")
-
-            if claim_open_run(self.store, run, self.worker, self.stale_after, taken_over):
+            if claim_open_run(self.store, run, self.worker, self.stale_after,
+                              partial(self._say_taken_over, run.id)):
                 self.heartbeat.hold(run.id)
                 return run.id
         return None
+
+    def _say_taken_over(self, run_id: str, dead: str | None) -> None:
+        self.say(f"  taking over {run_id} from {dead} (process gone); it resumes from its last "
+                 "checkpoint")
 
     def _submit(self, run_id: str, point: Point) -> Future:
         source_dir = None
