@@ -271,3 +271,27 @@ def test_a_sweeps_variant_is_drawn_apart_and_left_out_of_the_answers(tmp_path):
     assert at_90["best"] == "variational dropout"
     assert "Not ranked with the others, since they train on another budget: random pruning " \
         "(4x steps)." in html.unescape(reports["marked"].read_text())
+
+
+def test_a_sweeps_variant_is_tabled_but_not_ranked_in_test_loss(tmp_path):
+    # The loss frontiers name a leader at each level: a run at 4x the steps with the lowest
+    # loss and the best top-1 at 90% is tabled in its own column, and the leaders stay those
+    # at the study's budget (magnitude pruning: 0.50 nats against random pruning's 0.60).
+    def run(name, technique, top1, loss, variant="", sparsity=0.9):
+        return Run(id=name, technique=technique, variant=variant, model_family="lenet300",
+                   metric_name="top1", metric_value=top1, achieved_sparsity=sparsity,
+                   target_sparsity=sparsity or None, seed=0, status="finished",
+                   metrics={"test": {"top1": top1, "loss": loss}})
+    with RunStore(tmp_path / "study.db") as store:
+        store.upsert([run("dense", "dense", 0.88, 0.40, sparsity=0.0),
+                      run("m90", "magnitude", 0.84, 0.50), run("r90", "random", 0.83, 0.60),
+                      run("r90-long", "random", 0.95, 0.30, variant="4x steps")])
+        index = write_report(store, tmp_path / "report", source="ours")
+    with open(index.parent / "ours_lenet300_loss_frontiers.csv", newline="") as handle:
+        at_90 = next(row for row in csv.DictReader(handle) if row["sparsity %"] == "90")
+    assert at_90["random pruning (4x steps)"] == "0.300 (1)"
+    assert at_90["lowest loss"] == "magnitude pruning"
+    assert at_90["best top-1"] == "magnitude pruning"
+    text = html.unescape(index.read_text())
+    assert "At 90%, magnitude pruning has the lowest test loss (0.500, 0.100 below random " \
+        "pruning)" in text

@@ -16,6 +16,7 @@ from .shared import (
     Scope,
     Section,
     Table,
+    at_study_budget,
     cell,
     family_name,
     metric_of,
@@ -60,10 +61,7 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
     figures.frontier_figure(table, points, ctx.out_dir / name, metric_name=metric,
                             baseline=baseline, collapsed=_collapsed(family_runs),
                             title=f"{scope.title}: Pareto frontier per technique")
-    # A sweep's variant ("imp (4x steps)") trains on another budget: drawn and tabled, never
-    # ranked against the techniques at the study's.
-    apart = sorted({r.label for r in runs if r.variant} & set(table))
-    ranked_table = {s: f for s, f in table.items() if s not in apart}
+    ranked_table, apart = at_study_budget(table, runs)
     sentences = [P.leaders_sentence(ranked_table, higher_is_better=higher)]
     sentences += [P.best_at_level_sentence(ranked_table, lv, metric, higher_is_better=higher)
                   for lv in HEADLINE_LEVELS]
@@ -191,6 +189,8 @@ def published_comparison_section(ctx: ReportContext, scope: Scope) -> Section | 
         return P.frontiers(pts, tolerance_pp=ctx.tolerance_pp, higher_is_better=higher)
 
     ours_t, pub_t = table(ours), table(published)
+    # Who leads in our runs is asked at the study's budget: our variants ("4x steps") are not.
+    ours_ranked, _ = at_study_budget(ours_t, ours)
     if not any(ours_t.values()):  # nothing of ours finished yet beside the dense baseline
         return None
     name = f"{scope.key}_relative.png"
@@ -205,7 +205,7 @@ def published_comparison_section(ctx: ReportContext, scope: Scope) -> Section | 
                 b = pub_t[series][lv].value / base_pub.mean
                 rows.append([P.display_name(series), f"{100 * lv:g}", f"{a:.3f}", f"{b:.3f}"])
     for lv in HEADLINE_LEVELS:
-        ours_rank, pub_rank = P.leaders(ours_t, lv), P.leaders(pub_t, lv)
+        ours_rank, pub_rank = P.leaders(ours_ranked, lv), P.leaders(pub_t, lv)
         if ours_rank and pub_rank:
             same = ours_rank[0][0] == pub_rank[0][0]
             sentences.append(

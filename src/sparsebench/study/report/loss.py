@@ -17,7 +17,15 @@ from ...methods import catalogue
 from .. import figures
 from .. import pareto as P
 from ..store import Run
-from .shared import ReportContext, Scope, Section, Table, metric_of, with_replicas
+from .shared import (
+    ReportContext,
+    Scope,
+    Section,
+    Table,
+    at_study_budget,
+    metric_of,
+    with_replicas,
+)
 
 __all__ = ["LOSS", "loss_section", "retraining_loss_section", "with_test_loss"]
 
@@ -70,6 +78,9 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
                                  baseline=baseline, unit=unit,
                                  title=f"{scope.title}: frontier per technique in test loss")
     short = _SHORT.get(metric, metric)
+    # The leaders are named at the study's budget; a sweep's variant is drawn and tabled only.
+    ranked, apart = at_study_budget(table, sparse)
+    ranked_headline, _ = at_study_budget(headline, same)
     sentences = []
     if baseline is not None and dense_metric is not None and baseline.n > 1:
         sentences.append(
@@ -80,13 +91,14 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
     rows = []
     names = sorted(table, key=figures.series_order)
     for level in P.LEVELS:
-        by_loss = P.leaders(table, level, higher_is_better=False)
-        by_metric = P.leaders(headline, level, higher_is_better=higher)
-        if not by_loss:
+        if not any(level in table[n] for n in names):
             continue
+        by_loss = P.leaders(ranked, level, higher_is_better=False)
+        by_metric = P.leaders(ranked_headline, level, higher_is_better=higher)
         cells = [f"{table[n][level].value:.3f} ({table[n][level].n})" if level in table[n]
                  else "–" for n in names]
-        rows.append([f"{100 * level:g}", *cells, P.display_name(by_loss[0][0]),
+        rows.append([f"{100 * level:g}", *cells,
+                     P.display_name(by_loss[0][0]) if by_loss else "–",
                      P.display_name(by_metric[0][0]) if by_metric else "–"])
         if len(by_loss) > 1 and by_metric:
             (best, top), (second, runner_up) = by_loss[0], by_loss[1]
@@ -98,6 +110,9 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
                 + (f", {top.value - baseline.mean:+.3f} from the dense mean" if baseline else "")
                 + (f"; by {short} it leads too." if agree else
                    f"; by {short}, {P.display_name(by_metric[0][0])} leads."))
+    if apart:
+        sentences.append("Not ranked with the others, since they train on another budget: "
+                         + ", ".join(P.display_name(s) for s in apart) + ".")
     return Section(
         id=f"{scope.key}-loss",
         title=f"{scope.title}: the frontiers in test loss",

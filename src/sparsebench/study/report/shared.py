@@ -26,6 +26,7 @@ __all__ = [
     "family_name",
     "finished",
     "metric_of",
+    "at_study_budget",
     "run_layers",
     "run_test_loss",
     "with_replicas",
@@ -147,6 +148,15 @@ def cell(value: float, metric: str) -> str:
 def finished(runs: Sequence[Run]) -> list[Run]:
     """Returns the runs that finished (not pending, diverged or failed)."""
     return [r for r in runs if r.status == "finished"]
+
+
+def at_study_budget(table: dict[str, P.Frontier], runs: Sequence[Run]
+                    ) -> tuple[dict[str, P.Frontier], list[str]]:
+    """Splits a frontier table into the series trained at the study's budget, which are ranked
+    against each other, and those of a sweep's variant ("imp (4x steps)"), which train on
+    another budget and are drawn and tabled, never ranked: (ranked table, variant series)."""
+    apart = sorted({r.label for r in runs if r.variant} & set(table))
+    return {s: f for s, f in table.items() if s not in apart}, apart
 
 
 def run_test_loss(run: Run) -> float | None:
