@@ -20,6 +20,7 @@ from .shared import (
     cell,
     family_name,
     metric_of,
+    not_ranked_sentence,
     run_test_loss,
     with_replicas,
 )
@@ -66,8 +67,7 @@ def technique_section(ctx: ReportContext, scope: Scope) -> Section | None:
     sentences += [P.best_at_level_sentence(ranked_table, lv, metric, higher_is_better=higher)
                   for lv in HEADLINE_LEVELS]
     if apart:
-        sentences.append("Not ranked with the others, since they train on another budget: "
-                         + ", ".join(P.display_name(s) for s in apart) + ".")
+        sentences.append(not_ranked_sentence(apart))
     if baseline is not None:
         for lv in HEADLINE_LEVELS:
             ranked = P.leaders(ranked_table, lv, higher_is_better=higher)

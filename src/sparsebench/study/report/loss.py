@@ -24,6 +24,7 @@ from .shared import (
     Table,
     at_study_budget,
     metric_of,
+    not_ranked_sentence,
     with_replicas,
 )
 
@@ -111,8 +112,7 @@ def loss_section(ctx: ReportContext, scope: Scope) -> Section | None:
                 + (f"; by {short} it leads too." if agree else
                    f"; by {short}, {P.display_name(by_metric[0][0])} leads."))
     if apart:
-        sentences.append("Not ranked with the others, since they train on another budget: "
-                         + ", ".join(P.display_name(s) for s in apart) + ".")
+        sentences.append(not_ranked_sentence(apart))
     return Section(
         id=f"{scope.key}-loss",
         title=f"{scope.title}: the frontiers in test loss",

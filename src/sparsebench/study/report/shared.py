@@ -27,6 +27,7 @@ __all__ = [
     "finished",
     "metric_of",
     "at_study_budget",
+    "not_ranked_sentence",
     "run_layers",
     "run_test_loss",
     "with_replicas",
@@ -157,6 +158,12 @@ def at_study_budget(table: dict[str, P.Frontier], runs: Sequence[Run]
     another budget and are drawn and tabled, never ranked: (ranked table, variant series)."""
     apart = sorted({r.label for r in runs if r.variant} & set(table))
     return {s: f for s, f in table.items() if s not in apart}, apart
+
+
+def not_ranked_sentence(apart: Sequence[str]) -> str:
+    """Names the series :func:`at_study_budget` left unranked."""
+    return ("Not ranked with the others, since they train on another budget: "
+            + ", ".join(P.display_name(s) for s in apart) + ".")
 
 
 def run_test_loss(run: Run) -> float | None:
